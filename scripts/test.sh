@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install vecpress with its test dependencies and run the whole test suite.
+# torch is installed first and pinned: 2.13.0 is a CPU build; an unpinned torch pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --quiet torch==2.13.0
+python -m pip install --quiet -e ".[dev]"
+export HF_HUB_OFFLINE=1
+python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""vecpress: a compressed, embedded vector store for RAG."""

@@ -1,0 +1,512 @@
+"""Codecs: turn float vectors into compact codes and score queries against those codes.
+
+A codec is a small object with array state (saved as ``.npy`` by the index, never pickled) and
+four operations: ``fit`` (optional, data-dependent state), ``encode``, ``scan`` (best-K rows
+for a batch of queries, under an optional row filter) and ``estimate`` (scores of given rows,
+used by tests). Every codec works in one of two internal metrics: ``"ip"`` (inner product; the
+index normalises vectors first for cosine) or ``"l2"``. Scores are always higher-is-better: the
+inner product, or minus the squared Euclidean distance.
+
+``CODECS`` maps a codec name to its class; :func:`make_codec` is the only place names are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import kernels
+
+#: rows per thread below which a single query is scanned on one thread
+PARALLEL_MIN_ROWS = 20_000
+
+
+@dataclass
+class RowFilter:
+    """Which rows a scan may return. ``rows`` (sorted int64) wins over ``mask`` when given."""
+
+    n_rows: int
+    deleted: bool = False
+    ids: np.ndarray | None = None  # row -> id, -1 for deleted rows (checked when ``deleted``)
+    mask: np.ndarray | None = None  # bool per row
+    rows: np.ndarray | None = None  # explicit allowed rows (selective filters)
+
+
+_EMPTY_BOOL = np.zeros(1, dtype=np.bool_)
+_EMPTY_IDS = np.zeros(1, dtype=np.int64)
+
+
+def _filter_args(flt: RowFilter) -> tuple[np.ndarray, bool, np.ndarray, bool]:
+    ids = flt.ids if (flt.deleted and flt.ids is not None) else _EMPTY_IDS
+    mask = flt.mask if flt.mask is not None else _EMPTY_BOOL
+    return ids, ids is not _EMPTY_IDS, mask, mask is not _EMPTY_BOOL
+
+
+def _thread_count() -> int:
+    from numba import get_num_threads
+
+    return max(1, int(get_num_threads()))
+
+
+def _sort_heaps(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-chunk heaps (..., chunks, K) into the best ``k`` per query, best first."""
+    scores = scores.reshape(scores.shape[0], -1)
+    rows = rows.reshape(rows.shape[0], -1)
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.tile(
+        np.arange(scores.shape[1]), (scores.shape[0], 1))
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    best = np.take_along_axis(top, order, axis=1)
+    out_scores = np.take_along_axis(scores, best, axis=1).astype(np.float32)
+    out_rows = np.take_along_axis(rows, best, axis=1).astype(np.int64)
+    out_rows[~np.isfinite(out_scores)] = -1
+    return out_scores, out_rows
+
+
+class Codec:
+    """Base class: shared bookkeeping for every codec."""
+
+    name = "base"
+    #: True when codes lose information, so keeping originals for a rerank pays off
+    lossy = True
+
+    def __init__(self, dim: int, bits: int, metric: str) -> None:
+        self.dim = dim
+        self.bits = bits
+        self.metric = metric  # "ip" or "l2"
+
+    # -- state ------------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """JSON-serialisable parameters (the manifest stores them)."""
+        return {"name": self.name, "dim": self.dim, "bits": self.bits, "metric": self.metric}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays the codec needs to decode (saved as .npy files)."""
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_arrays` returned."""
+
+    @property
+    def fitted(self) -> bool:
+        return True
+
+    def fit(self, vectors: np.ndarray) -> None:
+        """Learn data-dependent state from a sample (no-op for data-oblivious codecs)."""
+
+    # -- codes ------------------------------------------------------------------------------
+    @property
+    def factor_count(self) -> int:
+        return 2 if self.metric == "l2" else 1
+
+    def code_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        raise NotImplementedError
+
+    def code_bytes(self) -> int:
+        return int(np.prod(self.code_shape())) * np.dtype(self.code_dtype).itemsize
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def scan(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray, k: int,
+             flt: RowFilter) -> tuple[np.ndarray, np.ndarray]:
+        """Best ``k`` rows per query by estimated score: (q, k) scores and rows, -1 padded."""
+        raise NotImplementedError
+
+
+# =========================================================================== RaBitQ family
+
+
+def random_rotation(dim: int, seed: int) -> np.ndarray:
+    """A Haar-random orthogonal matrix (QR of a Gaussian matrix with the sign fix)."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    q *= np.sign(np.diag(r))
+    return np.ascontiguousarray(q.T, dtype=np.float32)
+
+
+class RaBitQCodec(Codec):
+    """RaBitQ-family codes: random rotation, then 1..8-bit levels with a per-vector scale.
+
+    A vector ``o`` is centred on ``c``, rotated (``r = P(o - c)``), and ``r`` is replaced by
+    integer levels ``x`` (centred on zero) that point as closely as possible in its direction.
+    ``<r, q> ~ <x, q> * |r|^2 / <x, r>`` is the RaBitQ estimator: unbiased for 1-bit codes
+    under the random rotation, with error shrinking as 1/sqrt(dim) and with each extra bit.
+    The single per-vector factor ``|r|^2 / <x, r>`` is all the scan needs for inner products
+    (plus ``|o - c|^2`` for L2). Queries are quantized to ``query_bits`` so the scan is popcounts.
+    """
+
+    name = "rabitq"
+    #: the centroid is learnt from the first batch only when it has at least this many rows
+    MIN_FIT_ROWS = 32
+
+    def __init__(self, dim: int, bits: int, metric: str, *, seed: int = 0,
+                 query_bits: int | None = None, n_scales: int = 6, n_sweeps: int = 4) -> None:
+        super().__init__(dim, bits, metric)
+        self.seed = seed
+        self.query_bits = query_bits if query_bits is not None else (4 if bits == 1 else 8)
+        self.n_scales = n_scales
+        self.n_sweeps = n_sweeps
+        self.words = (dim + 63) // 64
+        self.rotation = random_rotation(dim, seed)
+        self.centroid: np.ndarray | None = None
+        self.level_mid = ((1 << bits) - 1) / 2.0
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "seed": self.seed, "query_bits": self.query_bits,
+                "n_scales": self.n_scales, "n_sweeps": self.n_sweeps}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"rotation": self.rotation}
+        if self.centroid is not None:
+            arrays["centroid"] = self.centroid
+        return arrays
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.rotation = np.ascontiguousarray(arrays["rotation"], dtype=np.float32)
+        centroid = arrays.get("centroid")
+        self.centroid = None if centroid is None else np.asarray(centroid, dtype=np.float32)
+
+    @property
+    def fitted(self) -> bool:
+        return self.centroid is not None
+
+    def fit(self, vectors: np.ndarray) -> None:
+        if len(vectors) >= self.MIN_FIT_ROWS:
+            self.centroid = vectors.mean(axis=0).astype(np.float32)
+        else:
+            self.centroid = np.zeros(self.dim, dtype=np.float32)
+
+    def code_shape(self) -> tuple[int, ...]:
+        return (self.bits, self.words)
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.uint64)
+
+    def code_bytes(self) -> int:
+        return self.bits * self.words * 8
+
+    def rotate(self, vectors: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(vectors @ self.rotation.T, dtype=np.float32)
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.centroid is None:
+            self.fit(vectors)
+        residual = vectors - self.centroid
+        rotated = self.rotate(residual)
+        levels, x_dot_r = kernels.fit_levels(rotated, self.bits, self.n_scales, self.n_sweeps)
+        codes = kernels.pack_planes(levels, self.bits, self.words)
+        norm_sq = np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
+        factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
+        nonzero = x_dot_r != 0
+        factors[nonzero, 0] = norm_sq[nonzero] / x_dot_r[nonzero]
+        if self.metric == "l2":
+            factors[:, 1] = norm_sq
+        return codes, factors
+
+    def decode_levels(self, codes: np.ndarray) -> np.ndarray:
+        """Centred integer levels ``x`` (n, dim) of stored codes (for tests and refits)."""
+        return kernels.unpack_planes(codes, self.dim).astype(np.float32) - self.level_mid
+
+    def prepare(self, queries: np.ndarray) -> dict[str, np.ndarray]:
+        """Rotate and quantize queries to ``query_bits`` bit planes."""
+        centroid = self.centroid if self.centroid is not None else np.zeros(self.dim, np.float32)
+        if self.metric == "l2":
+            centred = queries - centroid
+            const = np.einsum("ij,ij->i", centred, centred)
+        else:
+            centred = queries
+            const = queries @ centroid
+        rotated = self.rotate(centred)
+        low = rotated.min(axis=1)
+        top = (1 << self.query_bits) - 1
+        step = (rotated.max(axis=1) - low) / top
+        step[step == 0] = 1.0
+        levels = np.clip(np.rint((rotated - low[:, None]) / step[:, None]), 0, top)
+        planes = kernels.pack_planes(levels.astype(np.uint8), self.query_bits, self.words)
+        return {"planes": planes, "step": step.astype(np.float64), "low": low.astype(np.float64),
+                "sum": rotated.sum(axis=1, dtype=np.float64),
+                "const": np.asarray(const, dtype=np.float64)}
+
+    def scan(self, codes, factors, queries, k, flt):
+        prepared = self.prepare(queries)
+        n_queries = len(queries)
+        l2 = self.metric == "l2"
+        mid = self.level_mid
+        if flt.rows is not None:
+            out_s = np.empty((n_queries, 1, k), np.float32)
+            out_r = np.empty((n_queries, 1, k), np.int64)
+            for q in range(n_queries):
+                kernels.scan_planes_rows(codes, factors, flt.rows, prepared["planes"][q],
+                                         prepared["step"][q], prepared["low"][q], mid,
+                                         prepared["sum"][q], prepared["const"][q], l2,
+                                         out_s[q, 0], out_r[q, 0])
+            return _sort_heaps(out_s, out_r, k)
+        ids, check_ids, mask, check_mask = _filter_args(flt)
+        if n_queries == 1:
+            chunks = _chunk_count(flt.n_rows)
+            out_s = np.empty((chunks, k), np.float32)
+            out_r = np.empty((chunks, k), np.int64)
+            kernels.scan_planes_chunked(codes, factors, ids, check_ids, mask, check_mask,
+                                        prepared["planes"][0], prepared["step"][0],
+                                        prepared["low"][0], mid, prepared["sum"][0],
+                                        prepared["const"][0], l2, flt.n_rows, chunks, out_s,
+                                        out_r)
+            return _sort_heaps(out_s[None], out_r[None], k)
+        out_s = np.empty((n_queries, k), np.float32)
+        out_r = np.empty((n_queries, k), np.int64)
+        kernels.scan_planes_batch(codes, factors, ids, check_ids, mask, check_mask,
+                                  prepared["planes"], prepared["step"], prepared["low"], mid,
+                                  prepared["sum"], prepared["const"], l2, flt.n_rows, out_s,
+                                  out_r)
+        return _sort_heaps(out_s[:, None], out_r[:, None], k)
+
+    def estimate(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray,
+                 exact_query: bool = True) -> np.ndarray:
+        """Estimated scores of every code for every query, in numpy (reference for tests)."""
+        centroid = self.centroid if self.centroid is not None else np.zeros(self.dim, np.float32)
+        x = self.decode_levels(codes).astype(np.float64)
+        centred = queries - centroid if self.metric == "l2" else queries
+        rotated = self.rotate(centred).astype(np.float64)
+        ip = (rotated @ x.T) * factors[:, 0][None, :]
+        if self.metric == "l2":
+            q_sq = np.einsum("ij,ij->i", centred, centred)[:, None]
+            return -(factors[:, 1][None, :] + q_sq - 2 * ip)
+        return ip + (queries @ centroid)[:, None]
+
+
+def _chunk_count(n_rows: int) -> int:
+    threads = _thread_count()
+    if threads == 1 or n_rows < PARALLEL_MIN_ROWS:
+        return 1
+    return min(4 * threads, max(1, n_rows // (PARALLEL_MIN_ROWS // 4)))
+
+
+# =========================================================================== one-byte codes
+
+
+def _e4m3_table() -> np.ndarray:
+    """The 256 values of float8 e4m3 (FN variant: no infinities, one NaN code per sign)."""
+    values = np.empty(256, dtype=np.float32)
+    for code in range(256):
+        sign = -1.0 if code & 0x80 else 1.0
+        exponent = (code >> 3) & 0xF
+        mantissa = code & 0x7
+        if exponent == 0xF and mantissa == 0x7:
+            values[code] = np.nan
+        elif exponent == 0:
+            values[code] = sign * (mantissa / 8.0) * 2.0 ** -6
+        else:
+            values[code] = sign * (1.0 + mantissa / 8.0) * 2.0 ** (exponent - 7)
+    return values
+
+
+class ByteCodec(Codec):
+    """One byte per dimension with a per-vector scale, decoded by a 256-entry table.
+
+    The simple baselines users know: ``int8`` (symmetric absmax scaling) and ``fp8``
+    (float8 e4m3 after scaling the largest coordinate to 448). No rotation, no training.
+    """
+
+    def __init__(self, dim: int, bits: int, metric: str) -> None:
+        if bits != 8:
+            raise ValueError(f"codec={self.name!r} stores 8 bits per dimension; pass bits=8")
+        super().__init__(dim, bits, metric)
+        finite = np.isfinite(self.table)
+        order = np.argsort(self.table[finite], kind="stable")
+        self._sorted_values = self.table[finite][order]
+        self._sorted_codes = np.nonzero(finite)[0][order].astype(np.uint8)
+
+    table: np.ndarray
+    peak: float
+
+    def code_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        peak = np.abs(vectors).max(axis=1)
+        scale = np.where(peak > 0, peak / self.peak, 1.0).astype(np.float32)
+        scaled = vectors / scale[:, None]
+        pos = np.searchsorted(self._sorted_values, scaled).clip(1, len(self._sorted_values) - 1)
+        below = self._sorted_values[pos - 1]
+        above = self._sorted_values[pos]
+        nearest = np.where(scaled - below <= above - scaled, pos - 1, pos)
+        codes = self._sorted_codes[nearest]
+        factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
+        factors[:, 0] = scale
+        if self.metric == "l2":
+            factors[:, 1] = np.einsum("ij,ij->i", vectors, vectors)
+        return np.ascontiguousarray(codes), factors
+
+    def scan(self, codes, factors, queries, k, flt):
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n_queries = len(queries)
+        l2 = self.metric == "l2"
+        const = (np.einsum("ij,ij->i", queries, queries) if l2
+                 else np.zeros(n_queries)).astype(np.float64)
+        if flt.rows is not None:
+            out_s = np.empty((n_queries, 1, k), np.float32)
+            out_r = np.empty((n_queries, 1, k), np.int64)
+            for q in range(n_queries):
+                kernels.scan_bytes_rows(codes, factors, self.table, flt.rows, queries[q],
+                                        const[q], l2, out_s[q, 0], out_r[q, 0])
+            return _sort_heaps(out_s, out_r, k)
+        ids, check_ids, mask, check_mask = _filter_args(flt)
+        if n_queries == 1:
+            chunks = _chunk_count(flt.n_rows)
+            out_s = np.empty((chunks, k), np.float32)
+            out_r = np.empty((chunks, k), np.int64)
+            kernels.scan_bytes_chunked(codes, factors, self.table, ids, check_ids, mask,
+                                       check_mask, queries[0], const[0], l2, flt.n_rows, chunks,
+                                       out_s, out_r)
+            return _sort_heaps(out_s[None], out_r[None], k)
+        out_s = np.empty((n_queries, k), np.float32)
+        out_r = np.empty((n_queries, k), np.int64)
+        kernels.scan_bytes_batch(codes, factors, self.table, ids, check_ids, mask, check_mask,
+                                 queries, const, l2, flt.n_rows, out_s, out_r)
+        return _sort_heaps(out_s[:, None], out_r[:, None], k)
+
+    def decode(self, codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
+        return self.table[codes] * factors[:, :1]
+
+
+class Int8Codec(ByteCodec):
+    name = "int8"
+    table = (np.arange(256, dtype=np.float32) - 128.0)
+    table[0] = np.nan  # -128 is never produced: keeps the code symmetric
+    peak = 127.0
+
+
+class Float8Codec(ByteCodec):
+    name = "fp8"
+    table = _e4m3_table()
+    peak = 448.0
+
+
+# =========================================================================== exact codes
+
+
+class ExactCodec(Codec):
+    """float32 (``bits=32``) or float16 (``bits=16``) vectors scanned with BLAS."""
+
+    lossy = False
+    BLOCK = 65_536
+
+    def __init__(self, dim: int, bits: int, metric: str) -> None:
+        super().__init__(dim, bits, metric)
+        self.name = "float32" if bits == 32 else "float16"
+        self._dtype = np.dtype(np.float32 if bits == 32 else np.float16)
+
+    @property
+    def factor_count(self) -> int:
+        return 1 if self.metric == "l2" else 0
+
+    def code_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return self._dtype
+
+    def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        codes = vectors.astype(self._dtype)
+        factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
+        if self.metric == "l2":
+            as_stored = codes.astype(np.float32)
+            factors[:, 0] = np.einsum("ij,ij->i", as_stored, as_stored)
+        return codes, factors
+
+    def score_rows(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray,
+                   rows: slice | np.ndarray) -> np.ndarray:
+        block = np.asarray(codes[rows], dtype=np.float32)
+        scores = queries @ block.T
+        if self.metric == "l2":
+            q_sq = np.einsum("ij,ij->i", queries, queries)[:, None]
+            scores = -(factors[rows, 0][None, :] + q_sq - 2 * scores)
+        return scores
+
+    def scan(self, codes, factors, queries, k, flt):
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if flt.rows is not None:
+            scores = self.score_rows(codes, factors, queries, flt.rows)
+            return _top_of_block(scores, flt.rows, k)
+        best_s = np.full((len(queries), 0), -np.inf, np.float32)
+        best_r = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, flt.n_rows, self.BLOCK):
+            stop = min(flt.n_rows, start + self.BLOCK)
+            scores = self.score_rows(codes, factors, queries, slice(start, stop))
+            allowed = np.ones(stop - start, dtype=bool)
+            if flt.deleted and flt.ids is not None:
+                allowed &= flt.ids[start:stop] >= 0
+            if flt.mask is not None:
+                allowed &= flt.mask[start:stop]
+            scores[:, ~allowed] = -np.inf
+            block_s, block_r = _top_of_block(scores, np.arange(start, stop), k)
+            best_s, best_r = _sort_heaps(np.concatenate([best_s, block_s], axis=1)[:, None],
+                                         np.concatenate([best_r, block_r], axis=1)[:, None], k)
+        if best_s.shape[1] < k:
+            pad = k - best_s.shape[1]
+            best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+            best_r = np.pad(best_r, ((0, 0), (0, pad)), constant_values=-1)
+        return best_s, best_r
+
+
+def _top_of_block(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.broadcast_to(np.asarray(rows, dtype=np.int64), scores.shape)
+    if scores.shape[1] == 0:
+        return scores.astype(np.float32), np.zeros(scores.shape, np.int64)
+    return _sort_heaps(scores[:, None], np.ascontiguousarray(rows)[:, None], k)
+
+
+# =========================================================================== registry
+
+CODECS: dict[str, type[Codec]] = {
+    "rabitq": RaBitQCodec,
+    "int8": Int8Codec,
+    "fp8": Float8Codec,
+    "float16": ExactCodec,
+    "float32": ExactCodec,
+}
+
+
+def default_codec_name(bits: int) -> str:
+    return {32: "float32", 16: "float16"}.get(bits, "rabitq")
+
+
+def make_codec(name: str, dim: int, bits: int, metric: str, **options: Any) -> Codec:
+    """Build a codec from its name; the one place codec names are interpreted."""
+    if name not in CODECS:
+        raise ValueError(f"codec={name!r} is unknown; choose one of {sorted(CODECS)}")
+    cls = CODECS[name]
+    if cls is ExactCodec:
+        expected = 32 if name == "float32" else 16
+        if bits != expected:
+            raise ValueError(f"codec={name!r} needs bits={expected}, got bits={bits}")
+        return ExactCodec(dim, bits, metric)
+    if cls is RaBitQCodec:
+        if not 1 <= bits <= 8:
+            raise ValueError(f"codec='rabitq' takes bits from 1 to 8, got bits={bits}")
+        return RaBitQCodec(dim, bits, metric, **options)
+    return cls(dim, bits, metric)
+
+
+def thread_count() -> int:
+    """Threads numba will use for parallel scans (``NUMBA_NUM_THREADS`` caps it)."""
+    return _thread_count()
+
+
+__all__ = ["CODECS", "Codec", "RowFilter", "make_codec", "default_codec_name", "random_rotation",
+           "RaBitQCodec", "ByteCodec", "Int8Codec", "Float8Codec", "ExactCodec",
+           "thread_count"]
