@@ -1,1 +1,10 @@
-"""vecpress: a compressed, embedded vector store for RAG."""
+"""vecpress: a compressed, embedded vector store for RAG.
+
+Embeddings are quantized on insert (1-8 bits per dimension), scanned as compact codes by numba
+kernels, and the best candidates are re-scored exactly from the kept originals.
+"""
+
+from .core.index import Index
+
+__all__ = ["Index"]
+__version__ = "0.1.0"
