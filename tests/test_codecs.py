@@ -1,0 +1,164 @@
+"""Kernels and codecs against numpy references: packing, popcount, top-k, the RaBitQ estimator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from vecpress.core import kernels
+from vecpress.core.codecs import RaBitQCodec, RowFilter, make_codec
+
+from conftest import clustered_vectors, random_vectors, reference_scores
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(1, 8), dim=st.integers(1, 200), n=st.integers(1, 6), data=st.data())
+def test_pack_unpack_round_trip(bits, dim, n, data):
+    levels = data.draw(arrays(np.uint8, (n, dim), elements=st.integers(0, (1 << bits) - 1)))
+    words = (dim + 63) // 64
+    planes = kernels.pack_planes(levels, bits, words)
+    assert planes.shape == (n, bits, words)
+    np.testing.assert_array_equal(kernels.unpack_planes(planes, dim), levels)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=20))
+def test_plane_scan_popcount_matches_integer_dot_product(words):
+    """A 1-bit code scanned against a 1-bit query counts the common set bits."""
+    codes = np.array(words, dtype=np.uint64).reshape(-1, 1, 1)
+    query = np.array([[np.uint64(0xF0F0F0F0F0F0F0F0)]], dtype=np.uint64)
+    factors = np.ones((len(words), 1), dtype=np.float32)
+    heap_s = np.empty(len(words), np.float32)
+    heap_r = np.empty(len(words), np.int64)
+    empty_ids, empty_mask = np.zeros(1, np.int64), np.zeros(1, np.bool_)
+    kernels.scan_planes(codes, factors, empty_ids, False, empty_mask, False, query, 1.0, 0.0,
+                        0.0, 0.0, 0.0, False, 0, len(words), heap_s, heap_r)
+    expected = [bin(w & 0xF0F0F0F0F0F0F0F0).count("1") for w in words]
+    got = dict(zip(heap_r.tolist(), heap_s.tolist()))
+    assert [got[i] for i in range(len(words))] == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(scores=arrays(np.float32, st.integers(1, 300),
+                     elements=st.floats(-1e6, 1e6, width=32, allow_nan=False)),
+       k=st.integers(1, 50))
+def test_heap_top_k_equals_sorting(scores, k):
+    """Exact float32 codes with dim 1 turn the scan into a pure top-k selection."""
+    codec = make_codec("float32", 1, 32, "ip")
+    codes, factors = codec.encode(scores[:, None])
+    got_s, got_r = codec.scan(codes, factors, np.ones((1, 1), np.float32), k,
+                              RowFilter(n_rows=len(scores)))
+    expected = np.sort(scores)[::-1][:k]
+    np.testing.assert_array_equal(got_s[0][: len(expected)], expected)
+    np.testing.assert_array_equal(scores[got_r[0][: len(expected)]], expected)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_kernel_scan_agrees_with_numpy_estimator(bits, metric):
+    """The popcount scan equals the numpy estimator up to the query quantization error."""
+    data = clustered_vectors(2000, 96, seed=bits)
+    queries = clustered_vectors(5, 96, seed=100 + bits)
+    codec = RaBitQCodec(96, bits, metric)
+    codes, factors = codec.encode(data)
+    scores, rows = codec.scan(codes, factors, queries, 50, RowFilter(n_rows=len(data)))
+    reference = codec.estimate(codes, factors, queries)
+    x_abs = np.abs(codec.decode_levels(codes)).sum(axis=1)
+    prepared = codec.prepare(queries)
+    for q in range(len(queries)):
+        bound = np.abs(factors[:, 0]) * x_abs * prepared["step"][q] / 2
+        factor = 2 if metric == "l2" else 1
+        diff = np.abs(scores[q] - reference[q, rows[q]])
+        assert (diff <= factor * bound[rows[q]] + 1e-3 * np.abs(reference[q, rows[q]]) + 1e-4).all()
+
+
+def test_one_bit_estimator_is_unbiased():
+    """Averaged over random rotations, the 1-bit estimate of <o, q> has no bias."""
+    rng = np.random.default_rng(7)
+    dim = 64
+    o = rng.standard_normal(dim).astype(np.float32)
+    q = (o + 1.5 * rng.standard_normal(dim)).astype(np.float32)
+    truth = float(o @ q)
+    estimates = []
+    for seed in range(400):
+        codec = RaBitQCodec(dim, 1, "ip", seed=seed)
+        codec.fit(o[None])  # one row: centroid stays at zero
+        codes, factors = codec.encode(o[None])
+        estimates.append(codec.estimate(codes, factors, q[None])[0, 0])
+    estimates = np.array(estimates)
+    standard_error = estimates.std(ddof=1) / np.sqrt(len(estimates))
+    assert abs(estimates.mean() - truth) < 4 * standard_error
+    assert estimates.std() > 0  # the estimate really depends on the rotation
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_estimator_error_within_rabitq_bound(bits):
+    """|estimate - truth| <= |r| |q| sqrt(1 - c^2) / c * eps0 / sqrt(dim - 1) for nearly all pairs,
+    where c is the cosine between a code and its vector (the RaBitQ bound, eps0 = 5)."""
+    dim = 128
+    data = random_vectors(1000, dim, seed=bits)
+    queries = random_vectors(20, dim, seed=50 + bits)
+    codec = RaBitQCodec(dim, bits, "ip")
+    codes, factors = codec.encode(data)
+    estimate = codec.estimate(codes, factors, queries)
+    truth = queries.astype(np.float64) @ data.T.astype(np.float64)
+    residual = codec.rotate(data - codec.centroid).astype(np.float64)
+    x = codec.decode_levels(codes).astype(np.float64)
+    cos = (x * residual).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(residual, axis=1)
+    bound = (np.linalg.norm(residual, axis=1)[None, :] * np.linalg.norm(queries, axis=1)[:, None]
+             * np.sqrt(1 - cos ** 2) / cos * 5.0 / np.sqrt(dim - 1))
+    violations = (np.abs(estimate - truth) > bound).mean()
+    assert violations < 1e-3
+    # more bits, tighter codes: the mean cosine grows with the bit width
+    assert cos.mean() > {1: 0.75, 2: 0.9, 4: 0.98, 8: 0.999}[bits]
+
+
+@pytest.mark.parametrize("name", ["int8", "fp8"])
+def test_byte_codecs_decode_close_to_input(name):
+    data = random_vectors(300, 48, seed=3)
+    codec = make_codec(name, 48, 8, "ip")
+    codes, factors = codec.encode(data)
+    decoded = codec.decode(codes, factors)
+    peak = np.abs(data).max(axis=1, keepdims=True)
+    error = np.abs(decoded - data)
+    if name == "int8":
+        # symmetric absmax scaling: at most half a step of peak / 127
+        assert (error <= peak * (0.5 / 127) * (1 + 1e-5)).all()
+    else:
+        # e4m3 has 3 mantissa bits (half-ulp relative error 2^-4); below 2^-6 (in units of
+        # peak / 448) values are subnormal with a fixed step of 2^-9
+        step_floor = peak / 448 * 2.0 ** -10
+        assert (error <= np.maximum(np.abs(data) * 2.0 ** -4, step_floor) * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("name,bits", [("int8", 8), ("fp8", 8), ("rabitq", 4)])
+def test_scan_respects_row_filter(name, bits):
+    data = random_vectors(500, 32, seed=11)
+    codec = make_codec(name, 32, bits, "ip")
+    codes, factors = codec.encode(data)
+    allowed = np.zeros(500, bool)
+    allowed[::7] = True
+    query = random_vectors(2, 32, seed=12)
+    by_mask = codec.scan(codes, factors, query, 10, RowFilter(n_rows=500, mask=allowed))
+    by_rows = codec.scan(codes, factors, query, 10,
+                         RowFilter(n_rows=500, rows=np.nonzero(allowed)[0]))
+    for scores, rows in (by_mask, by_rows):
+        assert allowed[rows].all()
+    np.testing.assert_array_equal(by_mask[1], by_rows[1])
+
+
+def test_exact_codec_equals_reference():
+    data = random_vectors(3000, 40, seed=5)
+    queries = random_vectors(4, 40, seed=6)
+    for metric in ("ip", "l2"):
+        codec = make_codec("float32", 40, 32, metric)
+        codes, factors = codec.encode(data)
+        scores, rows = codec.scan(codes, factors, queries, 15, RowFilter(n_rows=len(data)))
+        reference = reference_scores(data, queries, metric)
+        expected = np.argsort(-reference, axis=1, kind="stable")[:, :15]
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_allclose(scores, np.take_along_axis(reference, rows, 1), rtol=1e-4,
+                                   atol=1e-3)

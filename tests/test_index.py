@@ -1,0 +1,370 @@
+"""Index against the brute-force numpy reference: every metric and bit width, masks, persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vecpress import Index
+from vecpress.core.storage import StoreCorruptedError
+
+from conftest import clustered_vectors, random_vectors, recall, reference_scores, reference_topk
+
+METRICS = ["cosine", "ip", "l2"]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("data_kind", ["random", "clustered"])
+def test_exact_float32_equals_reference(metric, data_kind):
+    make = random_vectors if data_kind == "random" else clustered_vectors
+    data, queries = make(3000, 48, seed=1), make(25, 48, seed=2)
+    index = Index(48, metric=metric, bits=32)
+    ids = index.add(data)
+    scores, found = index.search(queries, k=10)
+    ref_scores, ref_rows = reference_topk(data, queries, 10, metric)
+    np.testing.assert_array_equal(found, ids[ref_rows])
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_float16_equals_reference_on_rounded_vectors(metric):
+    data, queries = clustered_vectors(2000, 32, seed=3), clustered_vectors(10, 32, seed=4)
+    index = Index(32, metric=metric, bits=16)
+    index.add(data)
+    stored = data / np.linalg.norm(data, axis=1, keepdims=True) if metric == "cosine" else data
+    stored = stored.astype(np.float16).astype(np.float32)
+    ref_scores = reference_scores(stored, queries, "ip" if metric == "cosine" else metric)
+    if metric == "cosine":
+        ref_scores /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores, found = index.search(queries, k=8)
+    np.testing.assert_allclose(scores, np.take_along_axis(ref_scores, found, 1), rtol=1e-3, atol=1e-3)
+    # every returned row is at least as good as the best row not returned
+    for q in range(len(queries)):
+        rest = np.delete(ref_scores[q], found[q])
+        assert scores[q, -1] >= rest.max() - 1e-3
+
+
+def _guaranteed_recall_floor(index: Index, data, queries, k, candidates, metric) -> float:
+    """Fraction of true top-k that the estimator's error bound guarantees a rerank returns.
+
+    A true neighbour whose exact score beats the ``candidates``-th exact score by more than
+    twice the worst-case estimation error must be among the scanned candidates.
+    """
+    codec = index._codec
+    prepared = data / np.linalg.norm(data, axis=1, keepdims=True) if metric == "cosine" else data
+    qprep = queries / np.linalg.norm(queries, axis=1, keepdims=True) if metric == "cosine" else queries
+    residual = codec.rotate(prepared - codec.centroid).astype(np.float64)
+    x = codec.decode_levels(index._codes.view).astype(np.float64)
+    cos = (x * residual).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(residual, axis=1)
+    dim = data.shape[1]
+    q_norm = np.linalg.norm(qprep - (codec.centroid if metric == "l2" else 0), axis=1)
+    err = (np.linalg.norm(residual, axis=1)[None] * q_norm[:, None] * np.sqrt(1 - cos ** 2) / cos
+           * 5.0 / np.sqrt(dim - 1))
+    steps = codec.prepare(qprep)["step"]
+    err += np.abs(index._factors.view[:, 0])[None] * np.abs(x).sum(1)[None] * steps[:, None] / 2
+    if metric == "l2":
+        err *= 2
+    exact = reference_scores(data, queries, metric)
+    order = np.argsort(-exact, axis=1)
+    guaranteed = 0
+    for q in range(len(queries)):
+        cutoff = exact[q, order[q, min(candidates, len(data)) - 1]]
+        top = order[q, :k]
+        guaranteed += int((exact[q, top] > cutoff + 2 * err[q].max()).sum())
+    return guaranteed / (k * len(queries))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("metric", METRICS)
+def test_quantized_rerank_reaches_floor_from_error_bound(bits, metric):
+    dim, k = 64, 10
+    data, queries = clustered_vectors(3000, dim, seed=bits), clustered_vectors(20, dim, seed=99)
+    index = Index(dim, metric=metric, bits=bits, rerank=True, rerank_dtype="float32")
+    ids = index.add(data)
+    scores, found = index.search(queries, k=k)
+    _, truth = reference_topk(data, queries, k, metric)
+    floor = _guaranteed_recall_floor(index, data, queries, k, k * index.oversample, metric)
+    assert recall(found, ids[truth]) >= floor
+    # reranked scores are the exact scores of the returned ids, best first
+    exact = reference_scores(data, queries, metric)
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), rtol=1e-4, atol=1e-3)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8])
+def test_quantized_recall_on_clustered_data(bits):
+    """A sanity floor on hard synthetic clusters (neighbours nearly tied), measured with a
+    margin; the real-embedding figures live in benchmarks/."""
+    data, queries = clustered_vectors(5000, 128, seed=5), clustered_vectors(50, 128, seed=6)
+    _, truth = reference_topk(data, queries, 10, "cosine")
+    index = Index(128, bits=bits)
+    index.add(data)
+    plain = Index(128, bits=bits, rerank=False)
+    plain.add(data)
+    assert recall(index.search(queries, 10)[1], truth) >= {1: 0.5, 4: 0.95, 8: 0.98}[bits]
+    assert recall(plain.search(queries, 10)[1], truth) >= {1: 0.12, 4: 0.6, 8: 0.95}[bits]
+
+
+@pytest.mark.parametrize("bits", [32, 4, 1])
+def test_mask_returns_k_hits_when_k_allowed(bits):
+    data, queries = clustered_vectors(4000, 32, seed=8), clustered_vectors(6, 32, seed=9)
+    index = Index(32, bits=bits)
+    ids = index.add(data)
+    rng = np.random.default_rng(0)
+    for fraction in (0.5, 0.05, 0.003):
+        allowed = rng.random(len(data)) < fraction
+        allowed_ids = ids[allowed]
+        k = 10
+        scores, found = index.search(queries, k=k, mask=set(allowed_ids.tolist()))
+        expected_hits = min(k, allowed.sum())
+        assert ((found >= 0).sum(axis=1) == expected_hits).all()
+        assert np.isin(found[found >= 0], allowed_ids).all()
+        if bits == 32 or allowed.sum() <= k * index.oversample:
+            _, truth = reference_topk(data, queries, k, "cosine", allowed=allowed)
+            np.testing.assert_array_equal(found[:, :expected_hits], ids[truth[:, :expected_hits]])
+
+
+def test_boolean_row_mask_and_removed_rows():
+    data = random_vectors(500, 16, seed=10)
+    index = Index(16, bits=32)
+    ids = index.add(data)
+    index.remove(ids[:100])
+    mask = np.zeros(len(index.row_ids), bool)
+    mask[:200] = True  # half of these rows are removed: only ids 100..199 may come back
+    _, found = index.search(data[:3], k=150, mask=mask)
+    live = found[found >= 0]
+    assert set(live.tolist()) <= set(range(100, 200))
+    assert ((found >= 0).sum(axis=1) == 100).all()
+
+
+def test_k_larger_than_count_pads_with_minus_one():
+    index = Index(8, bits=4)
+    index.add(random_vectors(3, 8))
+    scores, found = index.search(random_vectors(2, 8, seed=1), k=5)
+    assert found.shape == (2, 5)
+    assert (found[:, 3:] == -1).all() and (found[:, :3] >= 0).all()
+    assert np.isneginf(scores[:, 3:]).all()
+    empty = Index(8)
+    s, f = empty.search(random_vectors(1, 8), k=2)
+    assert (f == -1).all() and np.isneginf(s).all()
+
+
+def test_add_with_existing_id_replaces_it():
+    data = random_vectors(50, 12, seed=11)
+    index = Index(12, bits=32)
+    index.add(data, ids=np.arange(50) * 10)
+    new = random_vectors(2, 12, seed=12)
+    index.add(new, ids=[30, 1000])
+    assert len(index) == 51
+    np.testing.assert_allclose(index.get([30])[0], new[0] / np.linalg.norm(new[0]), rtol=1e-6)
+    _, found = index.search(new[:1], k=1)
+    assert found[0, 0] == 30
+    auto = index.add(random_vectors(1, 12, seed=13))
+    assert auto[0] == 1001  # automatic ids continue after the largest id seen
+
+
+def test_compaction_keeps_results(tmp_path):
+    data, queries = clustered_vectors(1000, 24, seed=14), clustered_vectors(5, 24, seed=15)
+    for path in (None, tmp_path / "store"):
+        index = Index(24, bits=4, path=path)
+        ids = index.add(data)
+        index.remove(ids[::3])
+        before = index.search(queries, k=7)
+        index.compact()
+        after = index.search(queries, k=7)
+        np.testing.assert_array_equal(before[1], after[1])
+        assert index.stats()["rows"] == len(index) == 1000 - len(ids[::3])
+        index.close()
+
+
+# ---------------------------------------------------------------------- persistence
+
+
+@pytest.mark.parametrize("bits", [1, 4, 16, 32])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_save_load_round_trip(tmp_path, bits, metric):
+    data, queries = clustered_vectors(800, 40, seed=16), clustered_vectors(6, 40, seed=17)
+    index = Index(40, metric=metric, bits=bits)
+    index.add(data[:500])
+    index.add(data[500:])
+    index.remove([3, 4, 5])
+    expected = index.search(queries, k=9)
+    index.save(tmp_path / "copy")
+    loaded = Index.load(tmp_path / "copy")
+    got = loaded.search(queries, k=9)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    assert len(loaded) == len(index) == 797
+    assert loaded.stats()["bits"] == bits and loaded.metric == metric
+
+
+def test_persistent_index_survives_reopen_and_continues(tmp_path):
+    path = tmp_path / "store"
+    data = random_vectors(300, 16, seed=18)
+    index = Index(16, bits=2, path=path)
+    for start in range(0, 300, 50):
+        index.add(data[start:start + 50])
+    index.remove(list(range(0, 300, 10)))
+    expected = index.search(data[:5], k=4)
+    index.close()
+    reopened = Index.load(path)
+    np.testing.assert_array_equal(reopened.search(data[:5], k=4)[1], expected[1])
+    reopened.add(data[:1], ids=[0])
+    assert len(reopened) == 271
+    assert reopened.stats()["segments"] <= 4  # small segments are merged
+    reopened.close()
+
+
+def test_second_writer_is_refused_but_reader_allowed(tmp_path):
+    path = tmp_path / "store"
+    index = Index(8, path=path)
+    index.add(random_vectors(10, 8))
+    with pytest.raises(RuntimeError, match="read_only=True"):
+        Index.load(path)
+    reader = Index.load(path, read_only=True)
+    assert len(reader) == 10
+    with pytest.raises(PermissionError, match="read-only"):
+        reader.add(random_vectors(1, 8))
+    index.close()
+    with pytest.raises(FileExistsError, match="Index.load"):
+        Index(8, path=path)
+
+
+def _segment_file(path: Path, part: str) -> Path:
+    manifest = json.loads((path / "manifest.json").read_text())
+    return path / manifest["segments"][0]["files"][part]["file"]
+
+
+@pytest.mark.parametrize("part", ["codes", "ids", "originals"])
+def test_truncated_file_is_named_in_error(tmp_path, part):
+    path = tmp_path / "store"
+    with Index(16, path=path) as index:
+        index.add(random_vectors(100, 16))
+    target = _segment_file(path, part)
+    target.write_bytes(target.read_bytes()[:-40])
+    with pytest.raises(StoreCorruptedError, match=target.name):
+        Index.load(path)
+
+
+def test_flipped_byte_fails_checksum_naming_file(tmp_path):
+    path = tmp_path / "store"
+    with Index(16, path=path) as index:
+        index.add(random_vectors(100, 16))
+    target = _segment_file(path, "codes")
+    raw = bytearray(target.read_bytes())
+    raw[-5] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(StoreCorruptedError, match=f"{target.name}.*checksum"):
+        Index.load(path)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "store"
+    with Index(16, path=path):
+        pass
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreCorruptedError, match="newer"):
+        Index.load(path)
+
+
+def test_no_pickle_in_store(tmp_path):
+    path = tmp_path / "store"
+    with Index(16, path=path) as index:
+        index.add(random_vectors(20, 16))
+    for file in path.glob("*.npy"):
+        array = np.load(file, allow_pickle=False)  # would raise on object arrays
+        assert array.dtype != object
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def _bad_calls():
+    good = random_vectors(4, 8)
+    return [
+        ("dim mismatch", lambda i: i.add(random_vectors(4, 9)), ValueError, "dim=8"),
+        ("nan", lambda i: i.add(np.full((2, 8), np.nan)), ValueError, "NaN"),
+        ("inf", lambda i: i.add(np.full((2, 8), np.inf)), ValueError, "finite"),
+        ("1-D add", lambda i: i.add(good[0]), ValueError, r"vectors\[None, :\]"),
+        ("strings", lambda i: i.add(np.array([["a"] * 8])), TypeError, "numbers"),
+        ("empty", lambda i: i.add(np.zeros((0, 8))), ValueError, "empty"),
+        ("zero vector cosine", lambda i: i.add(np.zeros((1, 8))), ValueError, "all zeros"),
+        ("ids length", lambda i: i.add(good, ids=[1, 2]), ValueError, "one id per vector"),
+        ("duplicate ids", lambda i: i.add(good, ids=[1, 1, 2, 3]), ValueError, "repeats id 1"),
+        ("negative ids", lambda i: i.add(good, ids=[-1, 1, 2, 3]), ValueError, "non-negative"),
+        ("float ids", lambda i: i.add(good, ids=[0.5, 1, 2, 3]), TypeError, "integers"),
+        ("k zero", lambda i: i.search(good, k=0), ValueError, "k must be at least 1"),
+        ("k float", lambda i: i.search(good, k=2.5), TypeError, "k must be an integer"),
+        ("query dim", lambda i: i.search(random_vectors(1, 3), k=1), ValueError, "dim=8"),
+        ("unknown remove", lambda i: i.remove([12345]), KeyError, "12345"),
+        ("bad mask", lambda i: i.search(good, mask=np.ones(3, bool)), ValueError, "mask"),
+    ]
+
+
+@pytest.mark.parametrize("name,call,error,message", _bad_calls(), ids=[c[0] for c in _bad_calls()])
+def test_bad_input_raises_before_writing(tmp_path, name, call, error, message):
+    path = tmp_path / "store"
+    index = Index(8, bits=4, path=path)
+    index.add(random_vectors(10, 8, seed=3))
+    files_before = sorted(p.name for p in path.iterdir())
+    manifest_before = (path / "manifest.json").read_bytes()
+    with pytest.raises(error, match=message):
+        call(index)
+    assert sorted(p.name for p in path.iterdir()) == files_before
+    assert (path / "manifest.json").read_bytes() == manifest_before
+    assert len(index) == 10
+    index.close()
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"dim": 0}, ValueError, "dim must be at least 1"),
+    ({"dim": 8, "bits": 9}, ValueError, "bits=9 is out of range"),
+    ({"dim": 8, "bits": 0}, ValueError, "bits=0"),
+    ({"dim": 8, "bits": "4"}, TypeError, "bits must be an integer"),
+    ({"dim": 8, "metric": "manhattan"}, ValueError, "metric='manhattan'"),
+    ({"dim": 8, "codec": "pq"}, ValueError, "codec='pq' is unknown"),
+    ({"dim": 8, "codec": "int8", "bits": 4}, ValueError, "bits=8"),
+    ({"dim": 8, "truncate_dim": 9}, ValueError, "truncate_dim=9 exceeds dim=8"),
+    ({"dim": 8, "rerank_dtype": "int8"}, ValueError, "rerank_dtype"),
+])
+def test_bad_constructor_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Index(**kwargs)
+
+
+def test_metric_aliases_and_named_codecs():
+    data, queries = clustered_vectors(1500, 32, seed=20), clustered_vectors(10, 32, seed=21)
+    _, truth = reference_topk(data, queries, 10, "ip")
+    for codec in ("int8", "fp8"):
+        index = Index(32, metric="dot", bits=8, codec=codec)
+        ids = index.add(data)
+        assert index.metric == "ip"
+        assert recall(index.search(queries, 10)[1], ids[truth]) >= 0.99
+
+
+def test_truncate_dim_codes_prefix_but_reranks_full_vectors():
+    data, queries = clustered_vectors(2000, 64, seed=22), clustered_vectors(10, 64, seed=23)
+    index = Index(64, bits=4, truncate_dim=32, oversample=10)
+    ids = index.add(data)
+    assert index.stats()["code_bytes"] == 4 * 8  # 32 dims x 4 bits in one word per plane
+    scores, found = index.search(queries, 10)
+    exact = reference_scores(data, queries, "cosine")
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), atol=2e-3)
+    _, truth = reference_topk(data, queries, 10, "cosine")
+    assert recall(found, ids[truth]) >= 0.9
+
+
+def test_stats_ram_is_codes_plus_small_overhead(tmp_path):
+    index = Index(384, bits=1, path=tmp_path / "store")  # originals stay on disk
+    index.add(random_vectors(1000, 384))
+    stats = index.stats()
+    per_vector = (stats["ram_bytes"] - stats["ram_fixed_bytes"]) / stats["count"]
+    assert stats["code_bytes"] == 48
+    assert per_vector <= stats["code_bytes"] + 16
+    assert stats["disk_bytes"] > 1000 * 384 * 2  # float16 originals are on disk
+    index.close()
