@@ -1,0 +1,221 @@
+"""Mutation sequences against a dict model (hypothesis), kill -9 during writes, warm numba cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from vecpress import Index
+
+DIM = 6
+
+
+class IndexModel(RuleBasedStateMachine):
+    """Random add / replace / remove / compact / reopen against ``dict[id, vector]``.
+
+    Exact float32 codes make every search comparable with a brute-force search of the model.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = Path(tempfile.mkdtemp(prefix="vecpress-model-"))
+        self.model: dict[int, np.ndarray] = {}
+
+    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]))
+    def create(self, persistent, metric):
+        self.path = self.directory / "store" if persistent else None
+        self.index = Index(DIM, metric=metric, bits=32, path=self.path)
+        self.metric = metric
+
+    vectors = st.lists(st.lists(st.integers(-20, 20), min_size=DIM, max_size=DIM),
+                       min_size=1, max_size=6)
+
+    @rule(rows=vectors)
+    def add_auto(self, rows):
+        array = np.array(rows, dtype=np.float32)
+        ids = self.index.add(array)
+        assert not set(ids.tolist()) & set(self.model)
+        self.model.update(zip(ids.tolist(), array))
+
+    @rule(rows=vectors, data=st.data())
+    def add_with_ids(self, rows, data):
+        ids = data.draw(st.lists(st.integers(0, 40), min_size=len(rows), max_size=len(rows),
+                                 unique=True))
+        array = np.array(rows, dtype=np.float32)
+        self.index.add(array, ids=ids)
+        self.model.update(zip(ids, array))
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def remove(self, data):
+        ids = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, unique=True))
+        assert self.index.remove(ids) == len(ids)
+        for i in ids:
+            del self.model[i]
+
+    @rule(missing=st.integers(1000, 2000))
+    def remove_unknown_changes_nothing(self, missing):
+        with pytest.raises(KeyError):
+            self.index.remove([missing])
+
+    @rule()
+    def compact(self):
+        self.index.compact()
+
+    @precondition(lambda self: self.path is not None)
+    @rule()
+    def reopen(self):
+        self.index.close()
+        self.index = Index.load(self.path)
+
+    @invariant()
+    def same_contents(self):
+        if not hasattr(self, "index"):
+            return
+        assert len(self.index) == len(self.model)
+        assert sorted(self.index.ids.tolist()) == sorted(self.model)
+        if self.model:
+            ids = np.array(sorted(self.model))
+            np.testing.assert_array_equal(self.index.get(ids), np.stack([self.model[i] for i in ids]))
+
+    @invariant()
+    def search_matches_brute_force(self):
+        if not hasattr(self, "index") or not self.model:
+            return
+        ids = np.array(sorted(self.model))
+        data = np.stack([self.model[i] for i in ids]).astype(np.float64)
+        query = np.array([[1, -2, 3, 0.5, -1, 2]], dtype=np.float32)
+        k = 4
+        scores, found = self.index.search(query, k=k)
+        if self.metric == "ip":
+            exact = data @ query[0]
+        else:
+            exact = -((data - query[0]) ** 2).sum(axis=1)
+        expected = np.sort(exact)[::-1][:k]
+        np.testing.assert_allclose(scores[0, : len(expected)], expected, rtol=1e-5, atol=1e-3)
+        # returned ids really have those scores (ties may be ordered either way)
+        lookup = dict(zip(ids.tolist(), exact))
+        got = [lookup[i] for i in found[0, : len(expected)]]
+        np.testing.assert_allclose(got, scores[0, : len(expected)], rtol=1e-5, atol=1e-3)
+
+    def teardown(self):
+        if hasattr(self, "index"):
+            self.index.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+TestIndexModel = IndexModel.TestCase
+TestIndexModel.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
+                                   suppress_health_check=[HealthCheck.too_slow])
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from vecpress import Index
+    path, dim = sys.argv[1], 16
+    index = Index(dim, bits=4, path=path)
+    rng = np.random.default_rng(0)
+    step = 0
+    while True:
+        vectors = rng.standard_normal((37, dim)).astype(np.float32)
+        index.add(vectors, ids=np.arange(step * 37, step * 37 + 37))
+        if step % 3 == 2:
+            index.remove(np.arange((step - 2) * 37, (step - 2) * 37 + 5))
+        print(step, flush=True)
+        step += 1
+""")
+
+
+def _states_after_each_call(steps: int) -> list[dict[int, np.ndarray]]:
+    """Contents after every completed ``add``/``remove`` of the writer (its RNG replayed);
+    entry ``i`` of the result is the state after call ``i``."""
+    rng = np.random.default_rng(0)
+    model: dict[int, np.ndarray] = {}
+    states = []
+    for s in range(steps):
+        vectors = rng.standard_normal((37, 16)).astype(np.float32)
+        model.update(zip(range(s * 37, s * 37 + 37), vectors))
+        states.append(dict(model))
+        if s % 3 == 2:
+            for i in range((s - 2) * 37, (s - 2) * 37 + 5):
+                model.pop(i, None)
+            states.append(dict(model))
+    return states
+
+
+def _calls_through(step: int) -> int:
+    """How many calls the writer has made once it printed ``step``."""
+    return (step + 1) + (step + 1) // 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.4, 0.9, 1.7])
+def test_kill_9_during_writes_leaves_every_completed_call(tmp_path, delay):
+    path = tmp_path / "store"
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                               text=True)
+    completed = -1
+    deadline = time.monotonic() + 60
+    while completed < 3 and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.strip().isdigit():
+            completed = int(line)
+    time.sleep(delay)
+    os.kill(process.pid, signal.SIGKILL)
+    rest = process.stdout.read()
+    process.wait()
+    completed = max([completed] + [int(x) for x in rest.split() if x.isdigit()])
+    assert completed >= 3, "the writer never got going"
+
+    index = Index.load(path)  # verifies every checksum
+    contents = dict(zip(index.ids.tolist(), index.get(index.ids)))
+    # the store holds the state after the last reported call, or after one or two calls more
+    # (the writer was killed after a commit but before it printed)
+    states = _states_after_each_call(completed + 2)
+    reported = _calls_through(completed)
+    candidates = states[reported - 1: reported + 2]
+    matched = [m for m in candidates if sorted(m) == sorted(contents)]
+    assert matched, f"store holds {len(contents)} ids, matching no completed state"
+    model = matched[0]
+    for i, vector in model.items():
+        np.testing.assert_allclose(contents[i], vector / np.linalg.norm(vector), atol=2e-3)
+    index.add(np.ones((1, 16), np.float32))  # and it accepts writes again
+    leftovers = [p.name for p in path.iterdir() if p.suffix == ".tmp"]
+    assert not leftovers
+    index.close()
+
+
+CACHE_PROBE = textwrap.dedent("""
+    import numpy as np
+    from vecpress import Index
+    from vecpress.core import kernels
+    index = Index(64, bits=4)
+    index.add(np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32))
+    index.search(np.ones((1, 64), np.float32), k=3)
+    stats = kernels.scan_planes_chunked.stats
+    print(stats.cache_hits and sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+""")
+
+
+@pytest.mark.slow
+def test_second_process_loads_kernels_from_numba_cache():
+    """After one run has compiled the kernels, a fresh interpreter loads them from the cache."""
+    subprocess.run([sys.executable, "-c", CACHE_PROBE], check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE], check=True, capture_output=True,
+                         text=True).stdout.split()
+    hits, misses = int(out[0] or 0), int(out[1])
+    assert hits >= 1 and misses == 0
