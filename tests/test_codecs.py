@@ -22,6 +22,11 @@ def test_pack_unpack_round_trip(bits, dim, n, data):
     planes = kernels.pack_planes(levels, bits, words)
     assert planes.shape == (n, bits, words)
     np.testing.assert_array_equal(kernels.unpack_planes(planes, dim), levels)
+    if bits in (2, 4, 8):
+        width = -(-dim // (8 // bits))
+        lanes = kernels.pack_lanes(levels, bits, width)
+        assert lanes.shape == (n, width)
+        np.testing.assert_array_equal(kernels.unpack_lanes(lanes, bits, dim), levels)
 
 
 @settings(max_examples=30, deadline=None)
@@ -29,15 +34,16 @@ def test_pack_unpack_round_trip(bits, dim, n, data):
 def test_plane_scan_popcount_matches_integer_dot_product(words):
     """A 1-bit code scanned against a 1-bit query counts the common set bits."""
     codes = np.array(words, dtype=np.uint64).reshape(-1, 1, 1)
-    query = np.array([[np.uint64(0xF0F0F0F0F0F0F0F0)]], dtype=np.uint64)
+    query = np.array([[[0xF0F0F0F0F0F0F0F0]]], dtype=np.uint64)  # (queries, words, query bits)
     factors = np.ones((len(words), 1), dtype=np.float32)
-    heap_s = np.empty(len(words), np.float32)
-    heap_r = np.empty(len(words), np.int64)
-    empty_ids, empty_mask = np.zeros(1, np.int64), np.zeros(1, np.bool_)
-    kernels.scan_planes(codes, factors, empty_ids, False, empty_mask, False, query, 1.0, 0.0,
-                        0.0, 0.0, 0.0, False, 0, len(words), heap_s, heap_r)
+    heap_s = np.empty((1, 1, len(words)), np.float32)
+    heap_r = np.empty((1, 1, len(words)), np.int64)
+    none = np.zeros(1, np.int64)
+    one, zero = np.ones(1), np.zeros(1)
+    kernels.scan_planes(codes, factors, none, False, np.zeros(1, np.bool_), False, none, False,
+                        len(words), query, one, zero, zero, zero, 0.0, False, heap_s, heap_r)
     expected = [bin(w & 0xF0F0F0F0F0F0F0F0).count("1") for w in words]
-    got = dict(zip(heap_r.tolist(), heap_s.tolist()))
+    got = dict(zip(heap_r.ravel().tolist(), heap_s.ravel().tolist()))
     assert [got[i] for i in range(len(words))] == expected
 
 
@@ -56,10 +62,11 @@ def test_heap_top_k_equals_sorting(scores, k):
     np.testing.assert_array_equal(scores[got_r[0][: len(expected)]], expected)
 
 
-@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_kernel_scan_agrees_with_numpy_estimator(bits, metric):
-    """The popcount scan equals the numpy estimator up to the query quantization error."""
+    """The numba scan equals the numpy estimator: up to the query quantization error for
+    bit-plane codes (popcounts), up to float32 rounding for byte-lane codes."""
     data = clustered_vectors(2000, 96, seed=bits)
     queries = clustered_vectors(5, 96, seed=100 + bits)
     codec = RaBitQCodec(96, bits, metric)
@@ -67,9 +74,9 @@ def test_kernel_scan_agrees_with_numpy_estimator(bits, metric):
     scores, rows = codec.scan(codes, factors, queries, 50, RowFilter(n_rows=len(data)))
     reference = codec.estimate(codes, factors, queries)
     x_abs = np.abs(codec.decode_levels(codes)).sum(axis=1)
-    prepared = codec.prepare(queries)
+    steps = codec.query_step(queries)
     for q in range(len(queries)):
-        bound = np.abs(factors[:, 0]) * x_abs * prepared["step"][q] / 2
+        bound = np.abs(factors[:, 0]) * x_abs * steps[q] / 2
         factor = 2 if metric == "l2" else 1
         diff = np.abs(scores[q] - reference[q, rows[q]])
         assert (diff <= factor * bound[rows[q]] + 1e-3 * np.abs(reference[q, rows[q]]) + 1e-4).all()

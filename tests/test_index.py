@@ -63,7 +63,7 @@ def _guaranteed_recall_floor(index: Index, data, queries, k, candidates, metric)
     q_norm = np.linalg.norm(qprep - (codec.centroid if metric == "l2" else 0), axis=1)
     err = (np.linalg.norm(residual, axis=1)[None] * q_norm[:, None] * np.sqrt(1 - cos ** 2) / cos
            * 5.0 / np.sqrt(dim - 1))
-    steps = codec.prepare(qprep)["step"]
+    steps = codec.query_step(qprep)
     err += np.abs(index._factors.view[:, 0])[None] * np.abs(x).sum(1)[None] * steps[:, None] / 2
     if metric == "l2":
         err *= 2
@@ -351,7 +351,7 @@ def test_truncate_dim_codes_prefix_but_reranks_full_vectors():
     data, queries = clustered_vectors(2000, 64, seed=22), clustered_vectors(10, 64, seed=23)
     index = Index(64, bits=4, truncate_dim=32, oversample=10)
     ids = index.add(data)
-    assert index.stats()["code_bytes"] == 4 * 8  # 32 dims x 4 bits in one word per plane
+    assert index.stats()["code_bytes"] == 32 * 4 // 8  # 32 dims at 4 bits
     scores, found = index.search(queries, 10)
     exact = reference_scores(data, queries, "cosine")
     np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), atol=2e-3)

@@ -38,10 +38,26 @@ _EMPTY_BOOL = np.zeros(1, dtype=np.bool_)
 _EMPTY_IDS = np.zeros(1, dtype=np.int64)
 
 
-def _filter_args(flt: RowFilter) -> tuple[np.ndarray, bool, np.ndarray, bool]:
-    ids = flt.ids if (flt.deleted and flt.ids is not None) else _EMPTY_IDS
-    mask = flt.mask if flt.mask is not None else _EMPTY_BOOL
-    return ids, ids is not _EMPTY_IDS, mask, mask is not _EMPTY_BOOL
+def run_scan(kernel: Any, codes: np.ndarray, factors: np.ndarray, flt: RowFilter,
+             n_queries: int, k: int, *query_args: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Call a parallel scan kernel with the row filter unpacked; best ``k`` per query.
+
+    A single query over many rows is split in chunks so that both cores work on it; a batch
+    of queries runs one query per task.
+    """
+    check_ids = flt.deleted and flt.ids is not None
+    ids = flt.ids if check_ids else _EMPTY_IDS
+    check_mask = flt.mask is not None
+    mask = flt.mask if check_mask else _EMPTY_BOOL
+    use_rows = flt.rows is not None
+    rows = flt.rows if use_rows else _EMPTY_IDS
+    n_items = len(rows) if use_rows else flt.n_rows
+    chunks = _chunk_count(n_items) if n_queries == 1 else 1
+    out_s = np.empty((n_queries, chunks, k), np.float32)
+    out_r = np.empty((n_queries, chunks, k), np.int64)
+    kernel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
+           *query_args, out_s, out_r)
+    return _sort_heaps(out_s, out_r, k)
 
 
 def _thread_count() -> int:
@@ -140,20 +156,29 @@ class RaBitQCodec(Codec):
     ``<r, q> ~ <x, q> * |r|^2 / <x, r>`` is the RaBitQ estimator: unbiased for 1-bit codes
     under the random rotation, with error shrinking as 1/sqrt(dim) and with each extra bit.
     The single per-vector factor ``|r|^2 / <x, r>`` is all the scan needs for inner products
-    (plus ``|o - c|^2`` for L2). Queries are quantized to ``query_bits`` so the scan is popcounts.
+    (plus ``|o - c|^2`` for L2).
+
+    Two layouts, chosen by width for speed: 2, 4 and 8 bits pack 8/bits levels per byte and
+    are scanned with vectorised float dot products against the unquantized query; 1, 3, 5, 6
+    and 7 bits are stored as bit planes and scanned with popcounts against a query quantized
+    to ``query_bits`` (4 for 1-bit codes, as in RaBitQ).
     """
 
     name = "rabitq"
     #: the centroid is learnt from the first batch only when it has at least this many rows
     MIN_FIT_ROWS = 32
+    LANE_WIDTHS = (2, 4, 8)
 
     def __init__(self, dim: int, bits: int, metric: str, *, seed: int = 0,
-                 query_bits: int | None = None, n_scales: int = 6, n_sweeps: int = 4) -> None:
+                 query_bits: int | None = None, n_scales: int = 6, n_sweeps: int = 3) -> None:
         super().__init__(dim, bits, metric)
         self.seed = seed
         self.query_bits = query_bits if query_bits is not None else (4 if bits == 1 else 8)
         self.n_scales = n_scales
         self.n_sweeps = n_sweeps
+        self.uses_lanes = bits in self.LANE_WIDTHS
+        self.lanes = 8 // bits if self.uses_lanes else 0
+        self.width = -(-dim // self.lanes) if self.uses_lanes else 0  # bytes per code
         self.words = (dim + 63) // 64
         self.rotation = random_rotation(dim, seed)
         self.centroid: np.ndarray | None = None
@@ -185,14 +210,11 @@ class RaBitQCodec(Codec):
             self.centroid = np.zeros(self.dim, dtype=np.float32)
 
     def code_shape(self) -> tuple[int, ...]:
-        return (self.bits, self.words)
+        return (self.width,) if self.uses_lanes else (self.bits, self.words)
 
     @property
     def code_dtype(self) -> np.dtype:
-        return np.dtype(np.uint64)
-
-    def code_bytes(self) -> int:
-        return self.bits * self.words * 8
+        return np.dtype(np.uint8 if self.uses_lanes else np.uint64)
 
     def rotate(self, vectors: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(vectors @ self.rotation.T, dtype=np.float32)
@@ -200,10 +222,12 @@ class RaBitQCodec(Codec):
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.centroid is None:
             self.fit(vectors)
-        residual = vectors - self.centroid
-        rotated = self.rotate(residual)
+        rotated = self.rotate(vectors - self.centroid)
         levels, x_dot_r = kernels.fit_levels(rotated, self.bits, self.n_scales, self.n_sweeps)
-        codes = kernels.pack_planes(levels, self.bits, self.words)
+        if self.uses_lanes:
+            codes = kernels.pack_lanes(levels, self.bits, self.width)
+        else:
+            codes = kernels.pack_planes(levels, self.bits, self.words)
         norm_sq = np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         nonzero = x_dot_r != 0
@@ -214,73 +238,61 @@ class RaBitQCodec(Codec):
 
     def decode_levels(self, codes: np.ndarray) -> np.ndarray:
         """Centred integer levels ``x`` (n, dim) of stored codes (for tests and refits)."""
-        return kernels.unpack_planes(codes, self.dim).astype(np.float32) - self.level_mid
+        if self.uses_lanes:
+            levels = kernels.unpack_lanes(codes, self.bits, self.dim)
+        else:
+            levels = kernels.unpack_planes(codes, self.dim)
+        return levels.astype(np.float32) - self.level_mid
 
-    def prepare(self, queries: np.ndarray) -> dict[str, np.ndarray]:
-        """Rotate and quantize queries to ``query_bits`` bit planes."""
+    def _rotated_queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rotated queries (centred for L2) and the per-query constant of the estimate."""
         centroid = self.centroid if self.centroid is not None else np.zeros(self.dim, np.float32)
         if self.metric == "l2":
             centred = queries - centroid
-            const = np.einsum("ij,ij->i", centred, centred)
-        else:
-            centred = queries
-            const = queries @ centroid
-        rotated = self.rotate(centred)
+            return self.rotate(centred), np.einsum("ij,ij->i", centred, centred)
+        return self.rotate(queries), queries @ centroid
+
+    def quantize_query(self, rotated: np.ndarray) -> dict[str, np.ndarray]:
+        """Bit planes (q, words, query_bits) of queries quantized to ``query_bits``."""
         low = rotated.min(axis=1)
         top = (1 << self.query_bits) - 1
         step = (rotated.max(axis=1) - low) / top
         step[step == 0] = 1.0
         levels = np.clip(np.rint((rotated - low[:, None]) / step[:, None]), 0, top)
         planes = kernels.pack_planes(levels.astype(np.uint8), self.query_bits, self.words)
-        return {"planes": planes, "step": step.astype(np.float64), "low": low.astype(np.float64),
-                "sum": rotated.sum(axis=1, dtype=np.float64),
-                "const": np.asarray(const, dtype=np.float64)}
+        return {"planes": np.ascontiguousarray(planes.transpose(0, 2, 1)),
+                "step": step.astype(np.float64), "low": low.astype(np.float64)}
 
     def scan(self, codes, factors, queries, k, flt):
-        prepared = self.prepare(queries)
-        n_queries = len(queries)
+        rotated, const = self._rotated_queries(queries)
+        q_sum = rotated.sum(axis=1, dtype=np.float64)
+        const = np.asarray(const, dtype=np.float64)
         l2 = self.metric == "l2"
-        mid = self.level_mid
-        if flt.rows is not None:
-            out_s = np.empty((n_queries, 1, k), np.float32)
-            out_r = np.empty((n_queries, 1, k), np.int64)
-            for q in range(n_queries):
-                kernels.scan_planes_rows(codes, factors, flt.rows, prepared["planes"][q],
-                                         prepared["step"][q], prepared["low"][q], mid,
-                                         prepared["sum"][q], prepared["const"][q], l2,
-                                         out_s[q, 0], out_r[q, 0])
-            return _sort_heaps(out_s, out_r, k)
-        ids, check_ids, mask, check_mask = _filter_args(flt)
-        if n_queries == 1:
-            chunks = _chunk_count(flt.n_rows)
-            out_s = np.empty((chunks, k), np.float32)
-            out_r = np.empty((chunks, k), np.int64)
-            kernels.scan_planes_chunked(codes, factors, ids, check_ids, mask, check_mask,
-                                        prepared["planes"][0], prepared["step"][0],
-                                        prepared["low"][0], mid, prepared["sum"][0],
-                                        prepared["const"][0], l2, flt.n_rows, chunks, out_s,
-                                        out_r)
-            return _sort_heaps(out_s[None], out_r[None], k)
-        out_s = np.empty((n_queries, k), np.float32)
-        out_r = np.empty((n_queries, k), np.int64)
-        kernels.scan_planes_batch(codes, factors, ids, check_ids, mask, check_mask,
-                                  prepared["planes"], prepared["step"], prepared["low"], mid,
-                                  prepared["sum"], prepared["const"], l2, flt.n_rows, out_s,
-                                  out_r)
-        return _sort_heaps(out_s[:, None], out_r[:, None], k)
+        if self.uses_lanes:
+            padded = np.zeros((len(queries), self.lanes * self.width), np.float32)
+            padded[:, : self.dim] = rotated
+            qlanes = padded.reshape(len(queries), self.lanes, self.width)
+            return run_scan(kernels.scan_lanes, codes, factors, flt, len(queries), k, qlanes,
+                            q_sum, const, self.level_mid, self.bits, l2)
+        quantized = self.quantize_query(rotated)
+        return run_scan(kernels.scan_planes, codes, factors, flt, len(queries), k,
+                        quantized["planes"], quantized["step"], quantized["low"], q_sum, const,
+                        self.level_mid, l2)
 
-    def estimate(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray,
-                 exact_query: bool = True) -> np.ndarray:
-        """Estimated scores of every code for every query, in numpy (reference for tests)."""
-        centroid = self.centroid if self.centroid is not None else np.zeros(self.dim, np.float32)
+    def query_step(self, queries: np.ndarray) -> np.ndarray:
+        """Quantization step of each query (0 when the scan uses the float query)."""
+        if self.uses_lanes:
+            return np.zeros(len(queries))
+        return self.quantize_query(self._rotated_queries(queries)[0])["step"]
+
+    def estimate(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Estimated scores of every code for every (unquantized) query: the numpy reference."""
         x = self.decode_levels(codes).astype(np.float64)
-        centred = queries - centroid if self.metric == "l2" else queries
-        rotated = self.rotate(centred).astype(np.float64)
-        ip = (rotated @ x.T) * factors[:, 0][None, :]
+        rotated, const = self._rotated_queries(queries)
+        ip = (rotated.astype(np.float64) @ x.T) * factors[:, 0][None, :]
         if self.metric == "l2":
-            q_sq = np.einsum("ij,ij->i", centred, centred)[:, None]
-            return -(factors[:, 1][None, :] + q_sq - 2 * ip)
-        return ip + (queries @ centroid)[:, None]
+            return -(factors[:, 1][None, :] + const[:, None] - 2 * ip)
+        return ip + const[:, None]
 
 
 def _chunk_count(n_rows: int) -> int:
@@ -352,31 +364,11 @@ class ByteCodec(Codec):
 
     def scan(self, codes, factors, queries, k, flt):
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        n_queries = len(queries)
         l2 = self.metric == "l2"
         const = (np.einsum("ij,ij->i", queries, queries) if l2
-                 else np.zeros(n_queries)).astype(np.float64)
-        if flt.rows is not None:
-            out_s = np.empty((n_queries, 1, k), np.float32)
-            out_r = np.empty((n_queries, 1, k), np.int64)
-            for q in range(n_queries):
-                kernels.scan_bytes_rows(codes, factors, self.table, flt.rows, queries[q],
-                                        const[q], l2, out_s[q, 0], out_r[q, 0])
-            return _sort_heaps(out_s, out_r, k)
-        ids, check_ids, mask, check_mask = _filter_args(flt)
-        if n_queries == 1:
-            chunks = _chunk_count(flt.n_rows)
-            out_s = np.empty((chunks, k), np.float32)
-            out_r = np.empty((chunks, k), np.int64)
-            kernels.scan_bytes_chunked(codes, factors, self.table, ids, check_ids, mask,
-                                       check_mask, queries[0], const[0], l2, flt.n_rows, chunks,
-                                       out_s, out_r)
-            return _sort_heaps(out_s[None], out_r[None], k)
-        out_s = np.empty((n_queries, k), np.float32)
-        out_r = np.empty((n_queries, k), np.int64)
-        kernels.scan_bytes_batch(codes, factors, self.table, ids, check_ids, mask, check_mask,
-                                 queries, const, l2, flt.n_rows, out_s, out_r)
-        return _sort_heaps(out_s[:, None], out_r[:, None], k)
+                 else np.zeros(len(queries))).astype(np.float64)
+        return run_scan(kernels.scan_bytes, codes, factors, flt, len(queries), k, self.table,
+                        queries, const, l2)
 
     def decode(self, codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
         return self.table[codes] * factors[:, :1]

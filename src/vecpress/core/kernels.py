@@ -16,6 +16,9 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 _NO_ROW = -1
+#: fast-math flags that let LLVM vectorise float reductions; no "ninf"/"nnan", because the
+#: top-k heaps start at -inf and must compare it correctly
+_VECTORISE = {"reassoc", "contract"}
 
 
 @intrinsic
@@ -134,25 +137,18 @@ def fit_levels(rows, bits, n_scales, n_sweeps):
             for _ in range(n_sweeps):
                 changed = False
                 for i in range(dim):
+                    # move one level up or down when that raises cos = ip / sqrt(sq);
+                    # compared as ip'^2 * sq > ip^2 * sq' (both ip > 0) to avoid square roots
                     x = float(levels[r, i]) - mid
                     v = row[i]
-                    current = ip / np.sqrt(sq)
-                    if levels[r, i] < top:
-                        up_ip = ip + v
-                        up_sq = sq + 2.0 * x + 1.0
-                        if up_ip / np.sqrt(up_sq) > current:
-                            levels[r, i] += 1
-                            ip = up_ip
-                            sq = up_sq
-                            changed = True
-                            continue
-                    if levels[r, i] > 0:
-                        down_ip = ip - v
-                        down_sq = sq - 2.0 * x + 1.0
-                        if down_sq > 0 and down_ip / np.sqrt(down_sq) > current:
-                            levels[r, i] -= 1
-                            ip = down_ip
-                            sq = down_sq
+                    step = 1.0 if v > 0 else -1.0
+                    if (step > 0 and levels[r, i] < top) or (step < 0 and levels[r, i] > 0):
+                        new_ip = ip + step * v
+                        new_sq = sq + 2.0 * step * x + 1.0
+                        if new_ip * new_ip * sq > ip * ip * new_sq:
+                            levels[r, i] = np.uint8(levels[r, i] + step)
+                            ip = new_ip
+                            sq = new_sq
                             changed = True
                 if not changed:
                     break
@@ -218,142 +214,183 @@ def _row_allowed(row, ids, check_ids, mask, check_mask):
     return True
 
 
-# --------------------------------------------------------------------------- B-bit scan
+# --------------------------------------------------------------------------- scans
+#
+# Each code family has one inline score function and one parallel scan. A scan runs
+# ``n_queries * n_chunks`` independent tasks: task (q, c) scores chunk ``c`` of the candidate
+# rows for query ``q`` into its own bounded heap ``out_scores[q, c]``. One query over many rows
+# uses several chunks (both cores); a batch of queries uses one chunk per query. Candidates are
+# either all rows ``0..n_items`` (skipping removed rows and rows outside ``mask``) or, for
+# selective filters, the explicit ``rows`` list.
 
 
 @njit(inline="always")
-def _plane_score(codes, row, qplanes, qbits, factors, metric_l2, q_step, q_low, level_mid,
-                 q_sum, q_const):
-    """Estimated score (higher is better) of one row from its bit planes."""
+def _row_at(i, rows, use_rows):
+    if use_rows:
+        return rows[i]
+    return i
+
+
+@njit(inline="always")
+def _chunk_bounds(chunk, n_chunks, n_items):
+    size = (n_items + n_chunks - 1) // n_chunks
+    start = min(n_items, chunk * size)
+    return start, min(n_items, start + size)
+
+
+@njit(inline="always")
+def _finish(ip, factors, row, metric_l2, q_const):
+    """Turn an estimated inner product with the residual into a higher-is-better score."""
+    if metric_l2:
+        return -(factors[row, 1] + q_const - 2.0 * ip)
+    return ip + q_const
+
+
+@njit(inline="always")
+def _plane_score(codes, row, qplanes, q_step, q_low, level_mid, q_sum):
+    """<level - mid, q'> for bit-plane codes against a query quantized to bit planes.
+
+    ``qplanes`` is (words, query_bits). The 1-bit, 4-query-bit case (plain RaBitQ) has its own
+    unrolled loop; other widths use the generic double loop over code and query planes.
+    """
     bits = codes.shape[1]
     words = codes.shape[2]
-    acc = 0
-    level_sum = 0
-    for b in range(bits):
+    qbits = qplanes.shape[1]
+    acc = np.uint64(0)
+    level_sum = np.uint64(0)
+    if bits == 1 and qbits == 4:
         for w in range(words):
-            cw = codes[row, b, w]
-            level_sum += np.int64(popcount64(cw)) << b
-            for j in range(qbits):
-                acc += np.int64(popcount64(cw & qplanes[j, w])) << (b + j)
-    # <level, q'> from the quantized query, then <level - mid, q'>.
-    x_dot_q = q_step * acc + q_low * level_sum - level_mid * q_sum
-    ip = factors[row, 0] * x_dot_q
-    if metric_l2:
-        return -(factors[row, 1] + q_const - 2.0 * ip)
-    return ip + q_const
-
-
-@njit(cache=True)
-def scan_planes(codes, factors, ids, check_ids, mask, check_mask, qplanes, q_step, q_low,
-                level_mid, q_sum, q_const, metric_l2, start, stop, heap_scores, heap_rows):
-    """Scan rows [start, stop) and keep the best ``len(heap_scores)`` estimates in the heap."""
-    _heap_init(heap_scores, heap_rows)
-    size = 0
-    qbits = qplanes.shape[0]
-    for row in range(start, stop):
-        if not _row_allowed(row, ids, check_ids, mask, check_mask):
-            continue
-        s = _plane_score(codes, row, qplanes, qbits, factors, metric_l2, q_step, q_low,
-                         level_mid, q_sum, q_const)
-        size = _heap_offer(heap_scores, heap_rows, size, s, row)
-    return size
-
-
-@njit(cache=True)
-def scan_planes_rows(codes, factors, rows, qplanes, q_step, q_low, level_mid, q_sum, q_const,
-                     metric_l2, heap_scores, heap_rows):
-    """Like :func:`scan_planes` but over an explicit list of allowed rows (selective filters)."""
-    _heap_init(heap_scores, heap_rows)
-    size = 0
-    qbits = qplanes.shape[0]
-    for i in range(rows.shape[0]):
-        row = rows[i]
-        s = _plane_score(codes, row, qplanes, qbits, factors, metric_l2, q_step, q_low,
-                         level_mid, q_sum, q_const)
-        size = _heap_offer(heap_scores, heap_rows, size, s, row)
-    return size
+            cw = codes[row, 0, w]
+            level_sum += popcount64(cw)
+            acc += (popcount64(cw & qplanes[w, 0])
+                    + (popcount64(cw & qplanes[w, 1]) << np.uint64(1))
+                    + (popcount64(cw & qplanes[w, 2]) << np.uint64(2))
+                    + (popcount64(cw & qplanes[w, 3]) << np.uint64(3)))
+    else:
+        for b in range(bits):
+            for w in range(words):
+                cw = codes[row, b, w]
+                level_sum += popcount64(cw) << np.uint64(b)
+                for j in range(qbits):
+                    acc += popcount64(cw & qplanes[w, j]) << np.uint64(b + j)
+    return q_step * np.float64(acc) + q_low * np.float64(level_sum) - level_mid * q_sum
 
 
 @njit(cache=True, parallel=True)
-def scan_planes_chunked(codes, factors, ids, check_ids, mask, check_mask, qplanes, q_step,
-                        q_low, level_mid, q_sum, q_const, metric_l2, n_rows, n_chunks,
-                        out_scores, out_rows):
-    """One query over all rows, split in ``n_chunks`` parallel chunks, one heap per chunk."""
-    chunk = (n_rows + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        start = c * chunk
-        stop = min(n_rows, start + chunk)
-        scan_planes(codes, factors, ids, check_ids, mask, check_mask, qplanes, q_step, q_low,
-                    level_mid, q_sum, q_const, metric_l2, start, max(start, stop),
-                    out_scores[c], out_rows[c])
-
-
-@njit(cache=True, parallel=True)
-def scan_planes_batch(codes, factors, ids, check_ids, mask, check_mask, qplanes, q_step, q_low,
-                      level_mid, q_sum, q_const, metric_l2, n_rows, out_scores, out_rows):
-    """Many queries, one thread each: ``qplanes`` is (q, Bq, W), the scalars are (q,) arrays."""
-    for q in prange(qplanes.shape[0]):
-        scan_planes(codes, factors, ids, check_ids, mask, check_mask, qplanes[q], q_step[q],
-                    q_low[q], level_mid, q_sum[q], q_const[q], metric_l2, 0, n_rows,
-                    out_scores[q], out_rows[q])
-
-
-# --------------------------------------------------------------------------- byte codes (int8 / fp8)
+def scan_planes(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
+                qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2, out_scores,
+                out_rows):
+    """Bit-plane codes (n, bits, words) against queries as bit planes (q, words, query_bits)."""
+    n_queries, n_chunks, _ = out_scores.shape
+    for task in prange(n_queries * n_chunks):
+        q = task // n_chunks
+        start, stop = _chunk_bounds(task % n_chunks, n_chunks, n_items)
+        heap_s = out_scores[q, task % n_chunks]
+        heap_r = out_rows[q, task % n_chunks]
+        _heap_init(heap_s, heap_r)
+        size = 0
+        for i in range(start, stop):
+            row = _row_at(i, rows, use_rows)
+            if not _row_allowed(row, ids, check_ids, mask, check_mask):
+                continue
+            ip = factors[row, 0] * _plane_score(codes, row, qplanes[q], q_step[q], q_low[q],
+                                                level_mid, q_sum[q])
+            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2,
+                                                             q_const[q]), row)
 
 
 @njit(inline="always")
-def _byte_score(codes, row, table, query, factors, metric_l2, q_const):
+def _lane_score(codes, row, qlanes, bits):
+    """<level, q'> for codes packing 8/bits levels per byte, lane ``l`` of byte ``j`` holding
+    coordinate ``l * width + j``; ``qlanes`` is the query cut the same way, (8 / bits, width).
+    Written once per width so that LLVM vectorises each inner loop (fastmath)."""
+    width = codes.shape[1]
+    acc = np.float32(0.0)
+    if bits == 8:
+        for j in range(width):
+            acc += np.float32(codes[row, j]) * qlanes[0, j]
+    elif bits == 4:
+        for j in range(width):
+            c = codes[row, j]
+            acc += np.float32(c & 15) * qlanes[0, j] + np.float32(c >> 4) * qlanes[1, j]
+    else:
+        for j in range(width):
+            c = codes[row, j]
+            acc += (np.float32(c & 3) * qlanes[0, j] + np.float32((c >> 2) & 3) * qlanes[1, j]
+                    + np.float32((c >> 4) & 3) * qlanes[2, j] + np.float32(c >> 6) * qlanes[3, j])
+    return acc
+
+
+@njit(cache=True, parallel=True, fastmath=_VECTORISE)
+def scan_lanes(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
+               qlanes, q_sum, q_const, level_mid, bits, metric_l2, out_scores, out_rows):
+    """Byte-lane codes (n, width) uint8 of 2, 4 or 8 bits against float queries (q, lanes, width)."""
+    n_queries, n_chunks, _ = out_scores.shape
+    for task in prange(n_queries * n_chunks):
+        q = task // n_chunks
+        start, stop = _chunk_bounds(task % n_chunks, n_chunks, n_items)
+        heap_s = out_scores[q, task % n_chunks]
+        heap_r = out_rows[q, task % n_chunks]
+        _heap_init(heap_s, heap_r)
+        size = 0
+        for i in range(start, stop):
+            row = _row_at(i, rows, use_rows)
+            if not _row_allowed(row, ids, check_ids, mask, check_mask):
+                continue
+            x_dot_q = _lane_score(codes, row, qlanes[q], bits) - level_mid * q_sum[q]
+            ip = factors[row, 0] * x_dot_q
+            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2,
+                                                             q_const[q]), row)
+
+
+@njit(cache=True, parallel=True, fastmath=_VECTORISE)
+def scan_bytes(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
+               table, queries, q_const, metric_l2, out_scores, out_rows):
+    """One byte per coordinate decoded through a 256-entry ``table`` (int8, float8)."""
+    n_queries, n_chunks, _ = out_scores.shape
     dim = codes.shape[1]
-    acc = 0.0
-    for i in range(dim):
-        acc += table[codes[row, i]] * query[i]
-    ip = factors[row, 0] * acc
-    if metric_l2:
-        return -(factors[row, 1] + q_const - 2.0 * ip)
-    return ip + q_const
+    for task in prange(n_queries * n_chunks):
+        q = task // n_chunks
+        start, stop = _chunk_bounds(task % n_chunks, n_chunks, n_items)
+        heap_s = out_scores[q, task % n_chunks]
+        heap_r = out_rows[q, task % n_chunks]
+        _heap_init(heap_s, heap_r)
+        size = 0
+        query = queries[q]
+        for i in range(start, stop):
+            row = _row_at(i, rows, use_rows)
+            if not _row_allowed(row, ids, check_ids, mask, check_mask):
+                continue
+            acc = np.float32(0.0)
+            for d in range(dim):
+                acc += table[codes[row, d]] * query[d]
+            ip = factors[row, 0] * acc
+            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2,
+                                                             q_const[q]), row)
+
+
+# --------------------------------------------------------------------------- byte lanes
 
 
 @njit(cache=True)
-def scan_bytes(codes, factors, table, ids, check_ids, mask, check_mask, query, q_const,
-               metric_l2, start, stop, heap_scores, heap_rows):
-    """Scan one-byte-per-dimension codes decoded through a 256-entry ``table``."""
-    _heap_init(heap_scores, heap_rows)
-    size = 0
-    for row in range(start, stop):
-        if not _row_allowed(row, ids, check_ids, mask, check_mask):
-            continue
-        s = _byte_score(codes, row, table, query, factors, metric_l2, q_const)
-        size = _heap_offer(heap_scores, heap_rows, size, s, row)
-    return size
+def pack_lanes(levels, bits, width):
+    """Pack (n, dim) levels of ``bits`` in {2, 4, 8} into (n, width) bytes of 8/bits lanes."""
+    n, dim = levels.shape
+    out = np.zeros((n, width), dtype=np.uint8)
+    for r in range(n):
+        for i in range(dim):
+            lane = i // width
+            out[r, i - lane * width] |= np.uint8(levels[r, i] << (lane * bits))
+    return out
 
 
 @njit(cache=True)
-def scan_bytes_rows(codes, factors, table, rows, query, q_const, metric_l2, heap_scores,
-                    heap_rows):
-    """:func:`scan_bytes` over an explicit list of allowed rows."""
-    _heap_init(heap_scores, heap_rows)
-    size = 0
-    for i in range(rows.shape[0]):
-        row = rows[i]
-        s = _byte_score(codes, row, table, query, factors, metric_l2, q_const)
-        size = _heap_offer(heap_scores, heap_rows, size, s, row)
-    return size
-
-
-@njit(cache=True, parallel=True)
-def scan_bytes_chunked(codes, factors, table, ids, check_ids, mask, check_mask, query, q_const,
-                       metric_l2, n_rows, n_chunks, out_scores, out_rows):
-    chunk = (n_rows + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        start = c * chunk
-        stop = min(n_rows, start + chunk)
-        scan_bytes(codes, factors, table, ids, check_ids, mask, check_mask, query, q_const,
-                   metric_l2, start, max(start, stop), out_scores[c], out_rows[c])
-
-
-@njit(cache=True, parallel=True)
-def scan_bytes_batch(codes, factors, table, ids, check_ids, mask, check_mask, queries, q_const,
-                     metric_l2, n_rows, out_scores, out_rows):
-    for q in prange(queries.shape[0]):
-        scan_bytes(codes, factors, table, ids, check_ids, mask, check_mask, queries[q],
-                   q_const[q], metric_l2, 0, n_rows, out_scores[q], out_rows[q])
+def unpack_lanes(codes, bits, dim):
+    n, width = codes.shape
+    mask = (1 << bits) - 1
+    out = np.zeros((n, dim), dtype=np.uint8)
+    for r in range(n):
+        for i in range(dim):
+            lane = i // width
+            out[r, i] = (codes[r, i - lane * width] >> (lane * bits)) & mask
+    return out
