@@ -4,7 +4,8 @@ Embeddings are quantized on insert (1-8 bits per dimension), scanned as compact 
 kernels, and the best candidates are re-scored exactly from the kept originals.
 """
 
+from .core.collection import Collection, Hit
 from .core.index import Index
 
-__all__ = ["Index"]
+__all__ = ["Collection", "Hit", "Index"]
 __version__ = "0.1.0"

@@ -1,0 +1,837 @@
+"""``Collection``: documents (string id, text, metadata, vector) over one :class:`Index` + SQLite.
+
+Layout of a persistent collection::
+
+    <path>/docs.sqlite      ids, text, metadata JSON, FTS5 index (WAL mode)
+    <path>/index/           the Index (codes, kept originals, manifest)
+    <path>/LOCK             held by the one process that writes
+
+**One write, two stores.** Every document version gets a fresh int64 row id (``docs.rowid``
+equals its vector's id in the Index). A write first makes the new vectors durable in the Index,
+then commits one SQLite transaction (insert the new rows, delete the replaced or deleted ones),
+and only then removes the old vectors from the Index. The SQLite commit is the commit point:
+a crash before it leaves vectors no document refers to, a crash after it leaves old vectors
+nothing refers to, and opening the collection for writing removes both. So after a crash the
+two agree, and every call that returned is present.
+
+**Threads and processes.** Searches and reads run in parallel; a write waits for them and holds
+them off while it runs (a readers-writer lock), so a search never sees half a write. Another
+process may open the same directory with ``read_only=True``: it reads SQLite live and the Index
+as it was when opened (:meth:`Collection.refresh` reloads it); hits whose document has gone
+are dropped and refilled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import uuid
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import filters as filters_module
+from . import storage
+from .docstore import DB_FILE, DocStore, fts_query
+from .index import METRIC_ALIASES, Index
+from .validate import as_matrix, as_positive_int
+
+FORMAT_NAME = "vecpress-collection"
+FORMAT_VERSION = 1
+INDEX_DIR = "index"
+SEARCH_MODES = ("dense", "text", "hybrid")
+FUSIONS = ("rrf", "weighted")
+#: reciprocal rank fusion constant (Cormack et al. 2009)
+RRF_K = 60
+INDEX_OPTIONS = ("rerank", "codec", "oversample", "rerank_dtype", "truncate_dim", "seed",
+                 "query_bits")
+
+
+@dataclass
+class Hit:
+    """One document: ``score`` is higher-is-better (``None`` when read by :meth:`Collection.get`).
+
+    Dense scores are the index metric's score (cosine similarity, inner product, or minus the
+    squared L2 distance); text scores are BM25; hybrid scores are the fused score.
+    """
+
+    id: str
+    score: float | None
+    text: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    vector: np.ndarray | None = field(default=None, repr=False)
+
+
+def relevance_score(score: Any, metric: str) -> Any:
+    """Map a dense score to [0, 1], higher is more relevant (for framework adapters).
+
+    For unit-length embeddings all three metrics give the same number, ``(1 + cosine) / 2``:
+    cosine and inner product map ``s -> (1 + s) / 2``; L2 scores (``-d²``, and ``d² = 2 - 2 cos``
+    for unit vectors) map ``s -> 1 + s / 4``. Results are clipped to [0, 1], so for vectors far
+    from unit length the mapping saturates; rank by the raw score in that case.
+    """
+    metric = METRIC_ALIASES.get(str(metric).lower())
+    if metric is None:
+        raise ValueError(f"metric must be 'cosine', 'ip' or 'l2', got {metric!r}")
+    value = np.asarray(score, dtype=np.float64)
+    mapped = (1.0 + value) / 2.0 if metric in ("cosine", "ip") else 1.0 + value / 4.0
+    mapped = np.clip(mapped, 0.0, 1.0)
+    return float(mapped) if mapped.ndim == 0 else mapped
+
+
+def maximal_marginal_relevance(query: np.ndarray, candidates: np.ndarray, k: int,
+                               lambda_mult: float) -> list[int]:
+    """Indices of ``k`` candidates chosen greedily by ``lambda * sim(query, d) - (1 - lambda) *
+    max sim(d, chosen)``, with cosine similarity (Carbonell & Goldstein 1998)."""
+    if len(candidates) == 0:
+        return []
+    unit = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-12)
+    q = query / max(float(np.linalg.norm(query)), 1e-12)
+    relevance = unit @ q
+    chosen = [int(np.argmax(relevance))]
+    redundancy = unit @ unit[chosen[0]]
+    while len(chosen) < min(k, len(candidates)):
+        value = lambda_mult * relevance - (1.0 - lambda_mult) * redundancy
+        value[chosen] = -np.inf
+        best = int(np.argmax(value))
+        chosen.append(best)
+        redundancy = np.maximum(redundancy, unit @ unit[best])
+    return chosen
+
+
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds off new readers. Not re-entrant."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class Collection:
+    """Documents with string ids, text, JSON metadata and a vector, searchable by vector, text,
+    both, or maximal marginal relevance, with metadata filters applied before scoring.
+
+    Args:
+        dim: vector dimension (needed to create; checked when opening).
+        path: a directory. ``None`` keeps everything in memory. A directory that already holds a
+            collection is opened for writing (``dim``/``bits``/``metric``/index options, when
+            given, must match what it was created with, else ``ValueError``); a new or empty
+            directory gets a new collection; any other directory is ``FileExistsError``.
+        bits: code size per dimension of the :class:`Index` (default 4; 32 is exact).
+        metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``.
+        read_only: open an existing directory without taking the write lock (another process
+            may be writing it). Same as :meth:`Collection.open`.
+        filter_cache_size: how many filters' matching row sets to keep between writes.
+        **index_options: passed to :class:`Index` (``rerank``, ``codec``, ``oversample``,
+            ``rerank_dtype``, ``truncate_dim``, ``seed``, ``query_bits``).
+
+    Filters (``where=``) are LangChain-style dicts or LlamaIndex ``MetadataFilters``; see
+    :mod:`vecpress.core.filters` for the exact semantics.
+    """
+
+    def __init__(self, dim: int | None = None, path: str | Path | None = None,
+                 bits: int | None = None, metric: str | None = None, *,
+                 read_only: bool = False, filter_cache_size: int = 64,
+                 **index_options: Any) -> None:
+        unknown = set(index_options) - set(INDEX_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown Collection arguments {sorted(unknown)}; index options "
+                            f"are {', '.join(INDEX_OPTIONS)}")
+        if isinstance(filter_cache_size, bool) or not isinstance(filter_cache_size, int) \
+                or filter_cache_size < 0:
+            raise ValueError(f"filter_cache_size must be a non-negative integer, got "
+                             f"{filter_cache_size!r}")
+        self._rw = _ReadWriteLock()
+        self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._cache_size = 0 if read_only else filter_cache_size
+        self._lock: storage.DirectoryLock | None = None
+        self._path = None if path is None else Path(path)
+        given = {"dim": dim, "bits": bits, "metric": metric, **index_options}
+        if self._path is None:
+            if read_only:
+                raise ValueError("read_only=True needs the path of an existing collection")
+            self._create(given)
+        elif (self._path / DB_FILE).exists():
+            self._open(given, read_only=read_only)
+        elif read_only:
+            raise FileNotFoundError(f"path={str(self._path)!r} holds no vecpress collection "
+                                    f"({DB_FILE} is missing)")
+        else:
+            self._create(given)
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False, **kwargs: Any) -> "Collection":
+        """Open an existing collection directory (``FileNotFoundError`` if there is none)."""
+        if not (Path(path) / DB_FILE).exists():
+            raise FileNotFoundError(f"path={str(path)!r} holds no vecpress collection ({DB_FILE} "
+                                    f"is missing); create one with Collection(dim, path=...)")
+        return cls(path=path, read_only=read_only, **kwargs)
+
+    # ------------------------------------------------------------------ create / open
+    def _create(self, given: dict[str, Any]) -> None:
+        if given["dim"] is None:
+            raise TypeError("dim is required to create a collection: Collection(dim, path=...)")
+        options = {k: v for k, v in given.items() if k not in ("dim", "bits", "metric")}
+        bits = 4 if given["bits"] is None else given["bits"]
+        metric = "cosine" if given["metric"] is None else given["metric"]
+        # an in-memory Index validates every argument before any file exists
+        index = Index(given["dim"], metric=metric, bits=bits, path=None, **options)
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dim": index.dim,
+                "metric": index.metric, "bits": index.bits, "index_options": options}
+        if self._path is not None:
+            path = self._path
+            if path.exists() and not path.is_dir():
+                raise NotADirectoryError(f"path={str(path)!r} is a file; give a directory")
+            if path.exists() and any(p.name != storage.LOCK_FILE for p in path.iterdir()):
+                raise FileExistsError(f"path={str(path)!r} is a non-empty directory that holds "
+                                      f"no vecpress collection; choose a new or empty directory")
+            path.mkdir(parents=True, exist_ok=True)
+            self._lock = storage.DirectoryLock(path)
+        try:
+            # SQLite first: a crash before the Index directory exists leaves an empty collection
+            # that the next open completes (see _open)
+            self._store = DocStore(self._path)
+            self._store.create(meta)
+            if self._path is not None:
+                index = Index(given["dim"], metric=metric, bits=bits,
+                              path=self._path / INDEX_DIR, **options)
+        except BaseException:
+            if hasattr(self, "_store"):
+                self._store.close()
+            self._release_lock()
+            raise
+        self._index = index
+        self._read_only = False
+        self._meta = meta
+        self._next_rowid = 0
+
+    def _open(self, given: dict[str, Any], *, read_only: bool) -> None:
+        path = self._path
+        if not read_only:
+            self._lock = storage.DirectoryLock(path)
+        try:
+            self._store = DocStore(path, read_only=read_only)
+            self._meta = self._checked_meta(given)
+            index_path = path / INDEX_DIR
+            if (index_path / storage.MANIFEST).exists():
+                self._index = Index.load(index_path, read_only=read_only)
+            elif self._store.count() == 0 and not read_only:
+                # a crash while creating: SQLite was written, the Index directory was not
+                self._index = Index(self._meta["dim"], metric=self._meta["metric"],
+                                    bits=self._meta["bits"], path=index_path,
+                                    **self._meta["index_options"])
+            else:
+                raise storage.StoreCorruptedError(
+                    f"{index_path}: the vector index of this collection is missing")
+            if self._index.dim != self._meta["dim"] or self._index.metric != self._meta["metric"]:
+                raise storage.StoreCorruptedError(
+                    f"{index_path}: index has dim={self._index.dim}, metric={self._index.metric!r}"
+                    f" but {path / DB_FILE} says dim={self._meta['dim']}, "
+                    f"metric={self._meta['metric']!r}")
+            self._read_only = read_only
+            if not read_only:
+                self._reconcile()
+            live = self._index.ids
+            self._next_rowid = max(self._store.max_rowid(),
+                                   int(live.max()) if len(live) else -1) + 1
+        except BaseException:
+            if hasattr(self, "_store"):
+                self._store.close()
+            if hasattr(self, "_index"):
+                self._index.close()
+            self._release_lock()
+            raise
+
+    def _checked_meta(self, given: dict[str, Any]) -> dict[str, Any]:
+        db = self._path / DB_FILE
+        try:
+            meta = self._store.meta() if self._store.has_schema() else {}
+        except Exception as exc:  # sqlite3.DatabaseError: not a database, corrupted
+            raise storage.StoreCorruptedError(f"{db}: not a readable SQLite database ({exc})") from None
+        if meta.get("format") != FORMAT_NAME:
+            raise storage.StoreCorruptedError(f"{db}: not a vecpress collection database")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise storage.StoreCorruptedError(
+                f"{db}: collection format version {version!r} is newer than this vecpress "
+                f"supports ({FORMAT_VERSION}); upgrade vecpress to open it")
+        stored = {"dim": meta["dim"], "bits": meta["bits"], "metric": meta["metric"],
+                  **meta.get("index_options", {})}
+        for name, value in given.items():
+            if value is None:
+                continue
+            if name == "metric" and isinstance(value, str):
+                value = METRIC_ALIASES.get(value.lower(), value)
+            if name not in stored:
+                raise ValueError(
+                    f"{name}={value!r}: the collection at {str(self._path)!r} was created "
+                    f"without {name} (the Index default applies); leave it out to open it")
+            if stored[name] != value:
+                raise ValueError(
+                    f"{name}={value!r} does not match the collection at {str(self._path)!r}, "
+                    f"created with {name}={stored.get(name)!r}; leave {name} out to open it "
+                    f"as it is, or use a new path")
+        return meta
+
+    def _reconcile(self) -> None:
+        """Make the Index hold exactly the vectors SQLite refers to (after a crash)."""
+        in_index = self._index.ids
+        in_sql = self._store.rowids()
+        orphans = np.setdiff1d(in_index, in_sql)
+        if len(orphans):
+            self._index.remove(orphans)
+        missing = np.setdiff1d(in_sql, in_index)
+        if len(missing):  # cannot follow from a crash (vectors are written first)
+            warnings.warn(f"{len(missing)} documents of {self._path} had no vector in the index "
+                          f"(was the index directory replaced?); they were removed",
+                          RuntimeWarning, stacklevel=3)
+            with self._store.transaction() as conn:
+                self._store.delete_rowids(conn, missing.tolist())
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        return self._index.dim
+
+    @property
+    def metric(self) -> str:
+        return self._index.metric
+
+    @property
+    def bits(self) -> int:
+        return self._index.bits
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def index(self) -> Index:
+        """The underlying :class:`Index` (int64 ids = ``docs.rowid``); do not write to it."""
+        return self._index
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __repr__(self) -> str:
+        where = f", path={str(self._path)!r}" if self._path else ""
+        return (f"Collection(dim={self.dim}, metric={self.metric!r}, bits={self.bits}, "
+                f"count={len(self)}{where}{', read_only=True' if self._read_only else ''})")
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the write lock and close the database; the object is unusable afterwards."""
+        with self._rw.write():
+            self._read_only = True
+            self._index.close()
+            self._store.close()
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise PermissionError("this collection is read-only (opened with read_only=True or "
+                                  "closed); open it with Collection.open(path) to write")
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, ids: Sequence[str] | None, vectors: Any, texts: Sequence[str | None] | None = None,
+               metadatas: Sequence[dict | None] | None = None) -> list[str]:
+        """Insert or replace documents; returns their ids (new uuid4 hex ids when ``ids`` is None).
+
+        Everything is validated before anything is written; when the call returns the
+        documents are durable (for a persistent collection).
+        """
+        matrix = as_matrix(vectors, self.dim, "vectors")
+        n = len(matrix)
+        ids = _checked_ids(ids, n)
+        texts = _checked_texts(texts, n)
+        metas = _checked_list(metadatas, n, "metadatas")
+        meta_json = [_metadata_json(m, f"metadatas[{i}]") for i, m in enumerate(metas)]
+        if self.metric == "cosine":
+            zero = np.nonzero(~np.any(matrix, axis=1))[0]
+            if len(zero):
+                raise ValueError(f"vectors row {int(zero[0])} is all zeros; cosine similarity "
+                                 f"needs non-zero vectors")
+        with self._rw.write():
+            self._check_writable()
+            old = self._store.rowids_of(ids)
+            rowids = np.arange(self._next_rowid, self._next_rowid + n, dtype=np.int64)
+            self._index.add(matrix, ids=rowids)
+            self._next_rowid += n
+            self._clear_cache()
+            try:
+                with self._store.transaction() as conn:
+                    if old:
+                        self._store.delete_rowids(conn, old.values())
+                    self._store.insert(conn, [(int(r), i, t, m) for r, i, t, m
+                                              in zip(rowids, ids, texts, meta_json)])
+            except BaseException:
+                self._drop_vectors(rowids)
+                raise
+            if old:
+                self._drop_vectors(np.fromiter(old.values(), dtype=np.int64, count=len(old)))
+        return ids
+
+    def delete(self, ids: Sequence[str] | None = None, where: Any = None) -> int:
+        """Delete documents by id, by filter, or both (those matching both); returns the count.
+        Unknown ids are ignored."""
+        if ids is None and where is None:
+            raise ValueError("delete needs ids=... or where=...; to delete everything call clear()")
+        node = filters_module.parse(where)
+        where_sql, params = filters_module.to_sql(node) if node is not None else (None, [])
+        if ids is not None:
+            ids = _checked_id_list(ids)
+        with self._rw.write():
+            self._check_writable()
+            if ids is not None:
+                found = self._store.rowids_of(ids)
+                rowids = np.fromiter(found.values(), dtype=np.int64, count=len(found))
+                if where_sql is not None and len(rowids):
+                    rowids = np.intersect1d(rowids, self._store.matching_rowids(where_sql, params))
+            else:
+                rowids = (self._store.matching_rowids(where_sql, params)
+                          if where_sql is not None else self._store.rowids())
+            if len(rowids) == 0:
+                return 0
+            self._clear_cache()
+            with self._store.transaction() as conn:
+                self._store.delete_rowids(conn, rowids.tolist())
+            self._drop_vectors(rowids)
+        return len(rowids)
+
+    def clear(self) -> None:
+        """Delete every document."""
+        with self._rw.write():
+            self._check_writable()
+            self._clear_cache()
+            with self._store.transaction() as conn:
+                self._store.delete_all(conn)
+            live = self._index.ids
+            if len(live):
+                self._drop_vectors(live)
+
+    def _drop_vectors(self, rowids: np.ndarray) -> None:
+        """Remove vectors no document refers to any more. A failure here leaves only vectors
+        that nothing finds (searches join with SQLite) and that the next open removes."""
+        try:
+            self._index.remove(rowids)
+        except KeyError:
+            present = np.intersect1d(rowids, self._index.ids)
+            if len(present):
+                self._index.remove(present)
+
+    # ------------------------------------------------------------------ reads
+    def count(self, where: Any = None) -> int:
+        """Number of documents (matching ``where``, if given)."""
+        node = filters_module.parse(where)
+        with self._rw.read():
+            if node is None:
+                return self._store.count()
+            return len(self._matching(node))
+
+    def get(self, ids: Sequence[str] | None = None, *, where: Any = None,
+            limit: int | None = None, offset: int = 0,
+            include_vectors: bool = False) -> list[Hit]:
+        """Documents by id (in the order given; unknown ids are left out) and/or by filter (in
+        insertion order, ``limit``/``offset`` paging). ``score`` is ``None``."""
+        node = filters_module.parse(where)
+        if limit is not None:
+            limit = as_positive_int(limit, "limit")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+        with self._rw.read():
+            if ids is not None:
+                ids = _checked_id_list(ids)
+                found = self._store.by_id(ids)
+                rows = [(found[i][0], i, found[i][1], found[i][2]) for i in dict.fromkeys(ids)
+                        if i in found]
+                if node is not None:
+                    allowed = set(self._matching(node).tolist())
+                    rows = [r for r in rows if r[0] in allowed]
+                end = None if limit is None else offset + limit
+                rows = rows[offset:end]
+            else:
+                where_sql, params = (filters_module.to_sql(node) if node is not None
+                                     else (None, []))
+                rows = self._store.select(where_sql, params, limit=limit, offset=offset)
+            hits = [Hit(i, None, t, json.loads(m)) for _, i, t, m in rows]
+            if include_vectors and hits:
+                self._attach_vectors(hits, [r[0] for r in rows])
+        return hits
+
+    def search(self, vector: Any = None, k: int = 10, where: Any = None, *,
+               mode: str = "dense", query_text: str | None = None, alpha: float = 0.5,
+               fusion: str = "rrf", fetch_k: int | None = None, oversample: int | None = None,
+               include_vectors: bool = False) -> list[Hit]:
+        """The best ``k`` documents, best first; only documents matching ``where`` are scored.
+
+        Modes:
+            ``"dense"``: vector search (quantized scan + exact rerank); ``score`` is the metric's
+                score (cosine similarity in [-1, 1] by default; see :func:`relevance_score`).
+            ``"text"``: full-text search of ``query_text`` (its words ORed, FTS5 BM25, Porter
+                stemming); ``score`` is ``-bm25`` (higher is better). ``vector`` is not needed.
+            ``"hybrid"``: both, over ``fetch_k`` candidates each (default ``max(4k, 40)``), fused
+                by ``fusion``: ``"rrf"`` scores ``alpha / (60 + dense rank) + (1 - alpha) /
+                (60 + text rank)``; ``"weighted"`` scores ``alpha * dense + (1 - alpha) * text``
+                with the dense scores min-max scaled over the candidates and BM25 divided by its
+                maximum.
+
+        Returns ``k`` hits whenever ``k`` documents match the filter (dense and hybrid) or match
+        the filter and a word of ``query_text`` (text).
+        """
+        k = as_positive_int(k, "k")
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(SEARCH_MODES)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion={fusion!r} is unknown; use 'rrf' or 'weighted'")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        if fetch_k is not None:
+            fetch_k = as_positive_int(fetch_k, "fetch_k")
+        query = None
+        if mode != "text":
+            if vector is None:
+                raise ValueError(f"mode={mode!r} needs a query vector")
+            query = self._query_vector(vector)
+        match = None
+        if mode != "dense":
+            if not isinstance(query_text, str):
+                raise ValueError(f"mode={mode!r} needs query_text, a string")
+            match = fts_query(query_text)
+        node = filters_module.parse(where)
+        with self._rw.read():
+            if mode == "dense":
+                ranked = self._dense(query, k, node, oversample)
+            elif mode == "text":
+                ranked = self._text(match, k, node)
+            else:
+                ranked = self._hybrid(query, match, k, node, fetch_k or max(4 * k, 40), alpha,
+                                      fusion, oversample)
+            return self._hits(ranked, include_vectors)
+
+    def max_marginal_relevance_search(self, vector: Any, k: int = 4, fetch_k: int = 20,
+                                      lambda_mult: float = 0.5, where: Any = None, *,
+                                      oversample: int | None = None,
+                                      include_vectors: bool = False) -> list[Hit]:
+        """``k`` documents chosen from the ``fetch_k`` best (exactly reranked) by maximal marginal
+        relevance on their exact vectors: ``lambda_mult`` 1 is pure relevance, 0 pure diversity.
+        Hits come in selection order; ``score`` is the dense score."""
+        k = as_positive_int(k, "k")
+        fetch_k = as_positive_int(fetch_k, "fetch_k")
+        if isinstance(lambda_mult, bool) or not isinstance(lambda_mult, (int, float)) \
+                or not 0 <= lambda_mult <= 1:
+            raise ValueError(f"lambda_mult must be a number in [0, 1], got {lambda_mult!r}")
+        query = self._query_vector(vector)
+        node = filters_module.parse(where)
+        with self._rw.read():
+            candidates = self._dense(query, max(k, fetch_k), node, oversample)
+            if not candidates:
+                return []
+            rowids = [r for r, _, _ in candidates]
+            vectors = self._vectors(rowids, "maximal marginal relevance")
+            chosen = maximal_marginal_relevance(query[0], vectors, k, float(lambda_mult))
+            hits = self._hits([candidates[i] for i in chosen], False)
+            if include_vectors:
+                for hit, i in zip(hits, chosen):
+                    hit.vector = vectors[i]
+            return hits
+
+    def stats(self) -> dict[str, Any]:
+        with self._rw.read():
+            info = dict(self._index.stats())
+            info["documents"] = self._store.count()
+            if self._path is not None:
+                info["db_bytes"] = sum(p.stat().st_size for p in self._path.glob(DB_FILE + "*"))
+            return info
+
+    def refresh(self) -> None:
+        """Read-only collections: reload the Index to see vectors written since opening."""
+        if self._path is None or not self._read_only or self._lock is not None:
+            return
+        with self._rw.write():
+            self._index = Index.load(self._path / INDEX_DIR, read_only=True, verify=False)
+            self._clear_cache()
+
+    # ------------------------------------------------------------------ internals: search
+    def _query_vector(self, vector: Any) -> np.ndarray:
+        query = as_matrix(vector, self.dim, "vector", allow_1d=True)
+        if len(query) != 1:
+            raise ValueError(f"vector must be one query vector of shape ({self.dim},), got shape "
+                             f"{np.shape(vector)}")
+        return query
+
+    def _matching(self, node: filters_module.Filter) -> np.ndarray:
+        """Sorted row ids of the documents matching a filter (cached until the next write)."""
+        return self._filter_entry(node)[0]
+
+    def _filter_entry(self, node: filters_module.Filter) -> list:
+        sql, params = filters_module.to_sql(node)
+        key = (sql, tuple((type(p), p) for p in params))
+        with self._cache_lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                return entry
+        rowids = np.sort(self._store.matching_rowids(sql, params))
+        entry = [rowids, None]
+        if self._cache_size:
+            with self._cache_lock:
+                self._cache[key] = entry
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return entry
+
+    def _row_mask(self, entry: list) -> np.ndarray:
+        """A boolean mask over the Index rows allowing the entry's row ids (kept with it)."""
+        if entry[1] is not None:
+            return entry[1]
+        allowed = entry[0]
+        row_ids = self._index.row_ids
+        size = max(int(row_ids.max(initial=-1)), int(allowed.max())) + 1
+        table = np.zeros(size, dtype=np.bool_)
+        table[allowed] = True
+        mask = table[np.maximum(row_ids, 0)] & (row_ids >= 0)
+        entry[1] = mask
+        return mask
+
+    def _dense(self, query: np.ndarray, k: int, node: filters_module.Filter | None,
+               oversample: int | None) -> list[tuple[int, float, tuple]]:
+        """``(rowid, score, (id, text, metadata JSON))``, best first, for documents that exist."""
+        mask = None
+        if node is not None:
+            entry = self._filter_entry(node)
+            if len(entry[0]) == 0:
+                return []
+            mask = self._row_mask(entry)
+        want = k
+        while True:
+            scores, ids = self._index.search(query, want, mask=mask, oversample=oversample)
+            keep = ids[0] >= 0
+            found_ids, found_scores = ids[0][keep], scores[0][keep]
+            docs = self._store.by_rowid(found_ids.tolist())
+            ranked = [(int(r), float(s), docs[int(r)]) for r, s in zip(found_ids, found_scores)
+                      if int(r) in docs]
+            # Vectors without a document exist only in a read-only view of a store being
+            # written; ask for more until k documents are found or the index is exhausted.
+            if len(ranked) >= k or len(found_ids) < want:
+                return ranked[:k]
+            want *= 2
+
+    def _text(self, match: str | None, k: int,
+              node: filters_module.Filter | None) -> list[tuple[int, float, tuple]]:
+        if match is None:
+            return []
+        where_sql, params = filters_module.to_sql(node) if node is not None else (None, [])
+        return [(r, s, (i, t, m))
+                for r, s, i, t, m in self._store.text_search(match, k, where_sql, params)]
+
+    def _hybrid(self, query: np.ndarray, match: str | None, k: int,
+                node: filters_module.Filter | None, fetch_k: int, alpha: float, fusion: str,
+                oversample: int | None) -> list[tuple[int, float, tuple]]:
+        dense = self._dense(query, max(fetch_k, k), node, oversample)
+        text = self._text(match, max(fetch_k, k), node)
+        docs = {r: d for r, _, d in dense}
+        docs.update({r: d for r, _, d in text})
+        fused: dict[int, float] = {}
+        if fusion == "rrf":
+            for weight, ranked in ((alpha, dense), (1.0 - alpha, text)):
+                for rank, (rowid, _, _) in enumerate(ranked, start=1):
+                    fused[rowid] = fused.get(rowid, 0.0) + weight / (RRF_K + rank)
+        else:
+            rowids = list(docs)
+            dense_scores = self._dense_scores(query[0], rowids, dict((r, s) for r, s, _ in dense))
+            text_scores = (self._store.text_scores(match, rowids) if match is not None else {})
+            d = np.array([dense_scores[r] for r in rowids])
+            t = np.array([text_scores.get(r, 0.0) for r in rowids])
+            span = d.max() - d.min() if len(d) else 0.0
+            d = (d - d.min()) / span if span > 0 else np.ones_like(d)
+            t = t / t.max() if len(t) and t.max() > 0 else np.zeros_like(t)
+            fused = dict(zip(rowids, (alpha * d + (1.0 - alpha) * t).tolist()))
+        order = sorted(fused, key=lambda r: (-fused[r], r))[:k]
+        return [(r, fused[r], docs[r]) for r in order]
+
+    def _dense_scores(self, query: np.ndarray, rowids: list[int],
+                      known: dict[int, float]) -> dict[int, float]:
+        """Exact dense scores of ``rowids`` (from the kept vectors when not already known)."""
+        scores = dict(known)
+        missing = [r for r in rowids if r not in scores]
+        if not missing:
+            return scores
+        try:
+            vectors = self._index.get(missing)
+        except ValueError:  # no kept vectors (rerank=False): outside the dense top list
+            floor = min(known.values()) if known else 0.0
+            scores.update((r, floor) for r in missing)
+            return scores
+        q = query.astype(np.float32)
+        if self.metric == "cosine":
+            q = q / np.linalg.norm(q)
+        if self.metric == "l2":
+            values = -np.sum((vectors - q) ** 2, axis=1)
+        else:
+            values = vectors @ q
+        scores.update(zip(missing, values.astype(float).tolist()))
+        return scores
+
+    def _vectors(self, rowids: list[int], purpose: str) -> np.ndarray:
+        try:
+            return self._index.get(rowids)
+        except ValueError as exc:
+            raise ValueError(f"{purpose} needs the exact vectors: {exc}") from None
+
+    def _attach_vectors(self, hits: list[Hit], rowids: list[int]) -> None:
+        present = np.isin(rowids, self._index.ids)
+        wanted = [r for r, p in zip(rowids, present) if p]
+        vectors = iter(self._vectors(wanted, "include_vectors") if wanted else [])
+        for hit, p in zip(hits, present):
+            hit.vector = next(vectors) if p else None
+
+    def _hits(self, ranked: list[tuple[int, float, tuple]], include_vectors: bool) -> list[Hit]:
+        hits = [Hit(doc[0], score, doc[1], json.loads(doc[2])) for _, score, doc in ranked]
+        if include_vectors and hits:
+            self._attach_vectors(hits, [r for r, _, _ in ranked])
+        return hits
+
+    def _clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+
+# ---------------------------------------------------------------------- validation helpers
+
+
+def _checked_ids(ids: Any, n: int) -> list[str]:
+    if ids is None:
+        return [uuid.uuid4().hex for _ in range(n)]
+    ids = _checked_id_list(ids)
+    if len(ids) != n:
+        raise ValueError(f"ids has {len(ids)} entries but there are {n} vectors; pass one id "
+                         f"per vector")
+    if len(set(ids)) != n:
+        seen: set[str] = set()
+        repeated = next(i for i in ids if i in seen or seen.add(i))
+        raise ValueError(f"ids repeats {repeated!r} within one call; ids in a batch must be "
+                         f"distinct")
+    return ids
+
+
+def _checked_id_list(ids: Any) -> list[str]:
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise TypeError(f"ids must be a list of strings, got {type(ids).__name__}"
+                        + (f"; for one id pass [{ids!r}]" if isinstance(ids, str) else ""))
+    ids = list(ids)
+    for position, value in enumerate(ids):
+        if not isinstance(value, str):
+            raise TypeError(f"ids[{position}] must be a string, got {type(value).__name__} "
+                            f"{value!r}")
+        if not value:
+            raise ValueError(f"ids[{position}] is an empty string; ids must be non-empty")
+    return ids
+
+
+def _checked_list(values: Any, n: int, name: str) -> list[Any]:
+    if values is None:
+        return [None] * n
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a list with one entry per vector, got "
+                        f"{type(values).__name__}")
+    values = list(values)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries but there are {n} vectors")
+    return values
+
+
+def _checked_texts(texts: Any, n: int) -> list[str | None]:
+    texts = _checked_list(texts, n, "texts")
+    for position, text in enumerate(texts):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"texts[{position}] must be a string or None, got "
+                            f"{type(text).__name__}")
+    return texts
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """``value`` as plain JSON data (numpy scalars unwrapped, tuples as lists), or TypeError."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+        if isinstance(value, (bool, str)):
+            return value
+    if isinstance(value, int):
+        if not -(2 ** 63) <= value < 2 ** 63:
+            raise TypeError(f"{where} is an integer outside the 64-bit range JSON in SQLite "
+                            f"holds: {value}")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(f"{where} is {value!r}; JSON has no NaN or infinity")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has key {key!r} of type {type(key).__name__}; "
+                                f"metadata keys must be strings")
+            out[key] = _json_value(item, f"{where}[{key!r}]")
+        return out
+    raise TypeError(f"{where} is a {type(value).__name__} ({value!r:.60}); metadata must be "
+                    f"JSON: str, int, float, bool, None, lists and dicts of them")
+
+
+def _metadata_json(metadata: Any, where: str) -> str:
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise TypeError(f"{where} must be a dict, got {type(metadata).__name__}")
+    return json.dumps(_json_value(metadata, where), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":"))

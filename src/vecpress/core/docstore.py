@@ -1,0 +1,264 @@
+"""SQLite side of a collection: ids, text, metadata (JSON1) and the full-text index (FTS5).
+
+``docs.rowid`` is the int64 id of the document's vector in the :class:`~vecpress.core.index.Index`.
+A file database runs in WAL mode with ``synchronous=FULL``, so a committed transaction survives
+a crash and readers never block the writer. Every statement is parameterised; id lists travel
+as one JSON array parameter (``IN (SELECT value FROM json_each(?))``), so no statement grows
+with the batch and nothing from the user is ever spliced into SQL.
+
+Threads: the writer uses one connection; each reading thread gets its own connection (WAL
+snapshots). An in-memory database has a single connection, shared under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .filters import LOWER_FUNCTION, lower
+
+DB_FILE = "docs.sqlite"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE docs (
+    rowid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE VIRTUAL TABLE docs_fts USING fts5(
+    text, content='docs', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER docs_after_insert AFTER INSERT ON docs BEGIN
+    INSERT INTO docs_fts(rowid, text) VALUES (new.rowid, new.text);
+END;
+CREATE TRIGGER docs_after_delete AFTER DELETE ON docs BEGIN
+    INSERT INTO docs_fts(docs_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+END;
+CREATE TRIGGER docs_after_update AFTER UPDATE ON docs BEGIN
+    INSERT INTO docs_fts(docs_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+    INSERT INTO docs_fts(rowid, text) VALUES (new.rowid, new.text);
+END;
+"""
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 MATCH expression for free text: its words ORed (BM25 ranks the matches).
+
+    Each word is a quoted string, so operators and punctuation in the text are plain words.
+    """
+    tokens = list(dict.fromkeys(t.lower() for t in _TOKEN.findall(text)))
+    if not tokens:
+        return None
+    return " OR ".join(f'"{t}"' for t in tokens)  # \w+ never holds a double quote
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The complete SQL statements of a script (trigger bodies hold semicolons)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+
+
+def _id_list(values: Iterable[Any]) -> str:
+    return json.dumps([v.item() if isinstance(v, np.generic) else v for v in values])
+
+
+class DocStore:
+    """The ``docs`` table and its FTS5 index, in ``<directory>/docs.sqlite`` or in memory."""
+
+    def __init__(self, directory: Path | None, *, read_only: bool = False) -> None:
+        self.read_only = read_only
+        self._file = None if directory is None else directory / DB_FILE
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._memory_lock = threading.RLock() if self._file is None else None
+        self._write_lock = self._memory_lock or threading.Lock()
+        if self._file is None:
+            self._writer = self._connect(":memory:")
+        elif read_only:
+            if not self._file.exists():
+                raise FileNotFoundError(f"{self._file} does not exist")
+            self._writer = None
+        else:
+            self._writer = self._connect(str(self._file))
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("PRAGMA synchronous=FULL")
+
+    # ------------------------------------------------------------------ connections
+    def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri,
+                               timeout=30.0)
+        conn.create_function(LOWER_FUNCTION, 1, lower, deterministic=True)
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        if self._memory_lock is not None:
+            with self._memory_lock:
+                yield self._writer
+            return
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.read_only:
+                conn = self._connect(f"{self._file.resolve().as_uri()}?mode=ro", uri=True)
+            else:
+                conn = self._connect(str(self._file))
+                conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+        yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back on an error."""
+        if self._writer is None:
+            raise PermissionError("this collection is read-only")
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ schema and meta
+    def has_schema(self) -> bool:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+        return bool(row[0])
+
+    def create(self, meta: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            for statement in _statements(_SCHEMA):
+                conn.execute(statement)
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                             [(k, json.dumps(v)) for k, v in meta.items()])
+
+    def meta(self) -> dict[str, Any]:
+        with self._reading() as conn:
+            return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+
+    # ------------------------------------------------------------------ reads
+    def count(self) -> int:
+        with self._reading() as conn:
+            return int(conn.execute("SELECT count(*) FROM docs").fetchone()[0])
+
+    def rowids(self) -> np.ndarray:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT rowid FROM docs ORDER BY rowid").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def max_rowid(self) -> int:
+        with self._reading() as conn:
+            value = conn.execute("SELECT max(rowid) FROM docs").fetchone()[0]
+        return -1 if value is None else int(value)
+
+    def rowids_of(self, ids: list[str], conn: sqlite3.Connection | None = None) -> dict[str, int]:
+        """Row ids of the documents with these string ids (absent ids are left out)."""
+        sql = "SELECT id, rowid FROM docs WHERE id IN (SELECT value FROM json_each(?))"
+        if conn is not None:
+            return dict(conn.execute(sql, (_id_list(ids),)).fetchall())
+        with self._reading() as reader:
+            return dict(reader.execute(sql, (_id_list(ids),)).fetchall())
+
+    def by_rowid(self, rowids: Iterable[int]) -> dict[int, tuple[str, str | None, str]]:
+        """``rowid -> (id, text, metadata JSON)`` for the rows that exist."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT rowid, id, text, metadata FROM docs "
+                "WHERE rowid IN (SELECT value FROM json_each(?))", (_id_list(rowids),)).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def by_id(self, ids: list[str]) -> dict[str, tuple[int, str | None, str]]:
+        """``id -> (rowid, text, metadata JSON)`` for the documents that exist."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT id, rowid, text, metadata FROM docs "
+                "WHERE id IN (SELECT value FROM json_each(?))", (_id_list(ids),)).fetchall()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def select(self, where_sql: str | None, params: list[Any], *, limit: int | None = None,
+               offset: int = 0) -> list[tuple[int, str, str | None, str]]:
+        """``(rowid, id, text, metadata JSON)`` of matching rows in insertion order."""
+        sql = "SELECT rowid, id, text, metadata FROM docs"
+        args = list(params)
+        if where_sql:
+            sql += f" WHERE {where_sql}"
+        sql += " ORDER BY rowid LIMIT ? OFFSET ?"
+        args += [-1 if limit is None else limit, offset]
+        with self._reading() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def matching_rowids(self, where_sql: str, params: list[Any]) -> np.ndarray:
+        with self._reading() as conn:
+            rows = conn.execute(f"SELECT rowid FROM docs WHERE {where_sql}", params).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def text_search(self, match: str, k: int, where_sql: str | None,
+                    params: list[Any]) -> list[tuple[int, float, str, str | None, str]]:
+        """Best ``k`` ``(rowid, score, id, text, metadata JSON)`` by BM25 (score = -bm25:
+        higher is better)."""
+        sql = ("SELECT docs.rowid, -bm25(docs_fts), docs.id, docs.text, docs.metadata "
+               "FROM docs_fts "
+               "JOIN docs ON docs.rowid = docs_fts.rowid WHERE docs_fts MATCH ?")
+        args: list[Any] = [match]
+        if where_sql:
+            sql += f" AND {where_sql}"
+            args += params
+        sql += " ORDER BY bm25(docs_fts), docs.rowid LIMIT ?"
+        args.append(k)
+        with self._reading() as conn:
+            return [(int(r), float(s), i, t, m) for r, s, i, t, m in conn.execute(sql, args)]
+
+    def text_scores(self, match: str, rowids: Iterable[int]) -> dict[int, float]:
+        """BM25 scores (-bm25) of the given rows that match; rows that do not are absent."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT rowid, -bm25(docs_fts) FROM docs_fts WHERE docs_fts MATCH ? "
+                "AND rowid IN (SELECT value FROM json_each(?))", (match, _id_list(rowids))
+            ).fetchall()
+        return {int(r): float(s) for r, s in rows}
+
+    # ------------------------------------------------------------------ writes (in a transaction)
+    @staticmethod
+    def insert(conn: sqlite3.Connection, rows: list[tuple[int, str, str | None, str]]) -> None:
+        conn.executemany("INSERT INTO docs(rowid, id, text, metadata) VALUES (?, ?, ?, ?)", rows)
+
+    @staticmethod
+    def delete_rowids(conn: sqlite3.Connection, rowids: Iterable[int]) -> None:
+        conn.execute("DELETE FROM docs WHERE rowid IN (SELECT value FROM json_each(?))",
+                     (_id_list(rowids),))
+
+    @staticmethod
+    def delete_all(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM docs")
