@@ -158,22 +158,25 @@ class RaBitQCodec(Codec):
     The single per-vector factor ``|r|^2 / <x, r>`` is all the scan needs for inner products
     (plus ``|o - c|^2`` for L2).
 
-    Two layouts, chosen by width for speed: 2, 4 and 8 bits pack 8/bits levels per byte and
-    are scanned with vectorised float dot products against the unquantized query; 1, 3, 5, 6
-    and 7 bits are stored as bit planes and scanned with popcounts against a query quantized
-    to ``query_bits`` (4 for 1-bit codes, as in RaBitQ).
+    Two layouts, chosen by width for speed: 4 and 8 bits pack 8/bits levels per byte and are
+    scanned with vectorised float dot products against the unquantized query; other widths are
+    stored as bit planes and scanned with popcounts against a query quantized to
+    ``query_bits`` (4 for 1- and 2-bit codes, as in RaBitQ).
     """
 
     name = "rabitq"
     #: the centroid is learnt from the first batch only when it has at least this many rows
     MIN_FIT_ROWS = 32
-    LANE_WIDTHS = (2, 4, 8)
+    LANE_WIDTHS = (4, 8)
+    #: query bits by code bits for bit-plane codes: enough that query rounding stays well
+    #: below the code's own error (measured in benchmarks/)
+    DEFAULT_QUERY_BITS = {1: 4, 2: 4, 3: 6, 5: 8, 6: 8, 7: 8}
 
     def __init__(self, dim: int, bits: int, metric: str, *, seed: int = 0,
                  query_bits: int | None = None, n_scales: int = 6, n_sweeps: int = 3) -> None:
         super().__init__(dim, bits, metric)
         self.seed = seed
-        self.query_bits = query_bits if query_bits is not None else (4 if bits == 1 else 8)
+        self.query_bits = query_bits or self.DEFAULT_QUERY_BITS.get(bits, 8)
         self.n_scales = n_scales
         self.n_sweeps = n_sweeps
         self.uses_lanes = bits in self.LANE_WIDTHS

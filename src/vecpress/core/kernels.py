@@ -250,22 +250,24 @@ def _finish(ip, factors, row, metric_l2, q_const):
 def _plane_score(codes, row, qplanes, q_step, q_low, level_mid, q_sum):
     """<level - mid, q'> for bit-plane codes against a query quantized to bit planes.
 
-    ``qplanes`` is (words, query_bits). The 1-bit, 4-query-bit case (plain RaBitQ) has its own
-    unrolled loop; other widths use the generic double loop over code and query planes.
+    ``qplanes`` is (words, query_bits). Queries of 4 bits (the default for 1- and 2-bit codes,
+    as in RaBitQ) have an unrolled loop; other widths use the generic loop over query planes.
     """
     bits = codes.shape[1]
     words = codes.shape[2]
     qbits = qplanes.shape[1]
     acc = np.uint64(0)
     level_sum = np.uint64(0)
-    if bits == 1 and qbits == 4:
-        for w in range(words):
-            cw = codes[row, 0, w]
-            level_sum += popcount64(cw)
-            acc += (popcount64(cw & qplanes[w, 0])
-                    + (popcount64(cw & qplanes[w, 1]) << np.uint64(1))
-                    + (popcount64(cw & qplanes[w, 2]) << np.uint64(2))
-                    + (popcount64(cw & qplanes[w, 3]) << np.uint64(3)))
+    if qbits == 4:
+        for b in range(bits):
+            shift = np.uint64(b)
+            for w in range(words):
+                cw = codes[row, b, w]
+                level_sum += popcount64(cw) << shift
+                acc += (popcount64(cw & qplanes[w, 0])
+                        + (popcount64(cw & qplanes[w, 1]) << np.uint64(1))
+                        + (popcount64(cw & qplanes[w, 2]) << np.uint64(2))
+                        + (popcount64(cw & qplanes[w, 3]) << np.uint64(3))) << shift
     else:
         for b in range(bits):
             for w in range(words):
