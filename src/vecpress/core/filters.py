@@ -340,7 +340,8 @@ class _Accessors:
         if self.by_path:
             return f"json_each({self.column}, {self._path()})"
         self.params.append(self.key)
-        return f"json_each((SELECT value FROM json_each({self.column}) WHERE key = ?))"
+        return (f"json_each((SELECT CASE WHEN type = 'array' THEN value ELSE '[]' END "
+                f"FROM json_each({self.column}) WHERE key = ?))")
 
 
 def _json_types(value: Any) -> tuple[str, ...]:
