@@ -11,12 +11,22 @@ from .sentence_transformers import (
     SentenceTransformerEmbedder,
     default_embedder,
 )
+from .wrappers import (
+    LangChainEmbedder,
+    LlamaIndexEmbedder,
+    as_langchain_embeddings,
+    as_llama_index_embedding,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
     "Embedder",
+    "LangChainEmbedder",
+    "LlamaIndexEmbedder",
     "ModelLoadError",
     "SentenceTransformerEmbedder",
+    "as_langchain_embeddings",
+    "as_llama_index_embedding",
     "default_embedder",
     "iter_document_batches",
 ]
