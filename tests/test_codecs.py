@@ -40,8 +40,9 @@ def test_plane_scan_popcount_matches_integer_dot_product(words):
     heap_r = np.empty((1, 1, len(words)), np.int64)
     none = np.zeros(1, np.int64)
     one, zero = np.ones(1), np.zeros(1)
-    kernels.scan_planes(codes, factors, none, False, np.zeros(1, np.bool_), False, none, False,
-                        len(words), query, one, zero, zero, zero, 0.0, False, heap_s, heap_r)
+    kernels.scan_planes_parallel(codes, factors, none, False, np.zeros(1, np.bool_), False,
+                                 none, False, len(words), query, one, zero, zero, zero, 0.0,
+                                 False, heap_s, heap_r)
     expected = [bin(w & 0xF0F0F0F0F0F0F0F0).count("1") for w in words]
     got = dict(zip(heap_r.ravel().tolist(), heap_s.ravel().tolist()))
     assert [got[i] for i in range(len(words))] == expected
@@ -169,3 +170,23 @@ def test_exact_codec_equals_reference():
         np.testing.assert_array_equal(rows, expected)
         np.testing.assert_allclose(scores, np.take_along_axis(reference, rows, 1), rtol=1e-4,
                                    atol=1e-3)
+
+
+@pytest.mark.parametrize("name,bits", [("rabitq", 1), ("rabitq", 2), ("rabitq", 4),
+                                       ("rabitq", 8), ("int8", 8)])
+@pytest.mark.parametrize("n_queries", [1, 3])
+def test_parallel_and_serial_scans_agree(monkeypatch, name, bits, n_queries):
+    from vecpress.core import codecs
+
+    data = random_vectors(3000, 40, seed=21)
+    queries = random_vectors(n_queries, 40, seed=22)
+    codec = make_codec(name, 40, bits, "ip")
+    codes, factors = codec.encode(data)
+    mask = np.random.default_rng(0).random(3000) < 0.5
+    results = []
+    for threshold in (10**12, 0):  # serial, then parallel with several chunks
+        monkeypatch.setattr(codecs, "PARALLEL_MIN_ROWS", threshold)
+        monkeypatch.setattr(codecs, "_chunk_count", lambda n: 5)
+        results.append(codec.scan(codes, factors, queries, 20, RowFilter(n_rows=3000, mask=mask)))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)

@@ -19,8 +19,8 @@ import numpy as np
 
 from . import kernels
 
-#: rows per thread below which a single query is scanned on one thread
-PARALLEL_MIN_ROWS = 20_000
+#: rows of work (rows x queries) below which a scan runs on the calling thread only
+PARALLEL_MIN_ROWS = 50_000
 
 
 @dataclass
@@ -38,13 +38,15 @@ _EMPTY_BOOL = np.zeros(1, dtype=np.bool_)
 _EMPTY_IDS = np.zeros(1, dtype=np.int64)
 
 
-def run_scan(kernel: Any, codes: np.ndarray, factors: np.ndarray, flt: RowFilter,
+def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter,
              n_queries: int, k: int, *query_args: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Call a parallel scan kernel with the row filter unpacked; best ``k`` per query.
+    """Run the scan of a code family (see ``kernels.SCANS``); best ``k`` per query.
 
-    A single query over many rows is split in chunks so that both cores work on it; a batch
-    of queries runs one query per task.
+    Scans with fewer than ``PARALLEL_MIN_ROWS`` rows of work in all run serially. Otherwise a
+    single query is split in chunks so that every core works on it, and a batch of queries
+    runs one query per task.
     """
+    task, parallel = kernels.SCANS[family]
     check_ids = flt.deleted and flt.ids is not None
     ids = flt.ids if check_ids else _EMPTY_IDS
     check_mask = flt.mask is not None
@@ -52,11 +54,16 @@ def run_scan(kernel: Any, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
     use_rows = flt.rows is not None
     rows = flt.rows if use_rows else _EMPTY_IDS
     n_items = len(rows) if use_rows else flt.n_rows
-    chunks = _chunk_count(n_items) if n_queries == 1 else 1
+    serial = _thread_count() == 1 or n_items * n_queries < PARALLEL_MIN_ROWS
+    chunks = 1 if serial or n_queries > 1 else _chunk_count(n_items)
     out_s = np.empty((n_queries, chunks, k), np.float32)
     out_r = np.empty((n_queries, chunks, k), np.int64)
-    kernel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
-           *query_args, out_s, out_r)
+    common = (codes, factors, ids, check_ids, mask, check_mask, rows, use_rows)
+    if serial:
+        for q in range(n_queries):
+            task(*common, 0, n_items, q, *query_args, out_s[q, 0], out_r[q, 0])
+    else:
+        parallel(*common, n_items, *query_args, out_s, out_r)
     return _sort_heaps(out_s, out_r, k)
 
 
@@ -275,10 +282,10 @@ class RaBitQCodec(Codec):
             padded = np.zeros((len(queries), self.lanes * self.width), np.float32)
             padded[:, : self.dim] = rotated
             qlanes = padded.reshape(len(queries), self.lanes, self.width)
-            return run_scan(kernels.scan_lanes, codes, factors, flt, len(queries), k, qlanes,
+            return run_scan("lanes", codes, factors, flt, len(queries), k, qlanes,
                             q_sum, const, self.level_mid, self.bits, l2)
         quantized = self.quantize_query(rotated)
-        return run_scan(kernels.scan_planes, codes, factors, flt, len(queries), k,
+        return run_scan("planes", codes, factors, flt, len(queries), k,
                         quantized["planes"], quantized["step"], quantized["low"], q_sum, const,
                         self.level_mid, l2)
 
@@ -299,10 +306,8 @@ class RaBitQCodec(Codec):
 
 
 def _chunk_count(n_rows: int) -> int:
-    threads = _thread_count()
-    if threads == 1 or n_rows < PARALLEL_MIN_ROWS:
-        return 1
-    return min(4 * threads, max(1, n_rows // (PARALLEL_MIN_ROWS // 4)))
+    """Chunks for one query: a few per thread, none smaller than a quarter of the minimum."""
+    return max(1, min(4 * _thread_count(), n_rows // (PARALLEL_MIN_ROWS // 4)))
 
 
 # =========================================================================== one-byte codes
@@ -370,7 +375,7 @@ class ByteCodec(Codec):
         l2 = self.metric == "l2"
         const = (np.einsum("ij,ij->i", queries, queries) if l2
                  else np.zeros(len(queries))).astype(np.float64)
-        return run_scan(kernels.scan_bytes, codes, factors, flt, len(queries), k, self.table,
+        return run_scan("bytes", codes, factors, flt, len(queries), k, self.table,
                         queries, const, l2)
 
     def decode(self, codes: np.ndarray, factors: np.ndarray) -> np.ndarray:

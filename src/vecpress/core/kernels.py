@@ -35,12 +35,12 @@ def popcount64(typingctx, word):
 # --------------------------------------------------------------------------- bit packing
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def pack_planes(levels, bits, words):
     """Pack (n, dim) uint8 levels into (n, bits, words) uint64 bit planes."""
     n, dim = levels.shape
     out = np.zeros((n, bits, words), dtype=np.uint64)
-    for r in range(n):
+    for r in prange(n):
         for i in range(dim):
             value = np.uint64(levels[r, i])
             word = i >> 6
@@ -216,12 +216,14 @@ def _row_allowed(row, ids, check_ids, mask, check_mask):
 
 # --------------------------------------------------------------------------- scans
 #
-# Each code family has one inline score function and one parallel scan. A scan runs
-# ``n_queries * n_chunks`` independent tasks: task (q, c) scores chunk ``c`` of the candidate
-# rows for query ``q`` into its own bounded heap ``out_scores[q, c]``. One query over many rows
-# uses several chunks (both cores); a batch of queries uses one chunk per query. Candidates are
-# either all rows ``0..n_items`` (skipping removed rows and rows outside ``mask``) or, for
-# selective filters, the explicit ``rows`` list.
+# Each code family has an inline score function, a serial ``*_task`` that scans the candidate
+# items [start, stop) for query ``q`` into one bounded heap, and a ``*_parallel`` driver that
+# runs ``n_queries * n_chunks`` tasks, task (q, c) filling heap ``out_scores[q, c]``. One query
+# over many rows uses several chunks (both cores); a batch uses one chunk per query. Small scans
+# call the task directly: waking a thread pool costs more than they do, and far more when the
+# cores are busy (an embedding model in the same process). Candidates are either all rows
+# ``0..n_items`` (skipping removed rows and rows outside ``mask``) or, for selective filters,
+# the explicit ``rows`` list.
 
 
 @njit(inline="always")
@@ -278,34 +280,41 @@ def _plane_score(codes, row, qplanes, q_step, q_low, level_mid, q_sum):
     return q_step * np.float64(acc) + q_low * np.float64(level_sum) - level_mid * q_sum
 
 
+@njit(cache=True)
+def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+                     stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
+                     heap_s, heap_r):
+    """Bit-plane codes (n, bits, words) against query ``q`` of (q, words, query_bits) planes."""
+    _heap_init(heap_s, heap_r)
+    size = 0
+    for i in range(start, stop):
+        row = _row_at(i, rows, use_rows)
+        if not _row_allowed(row, ids, check_ids, mask, check_mask):
+            continue
+        ip = factors[row, 0] * _plane_score(codes, row, qplanes[q], q_step[q], q_low[q],
+                                            level_mid, q_sum[q])
+        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, q_const[q]),
+                           row)
+
+
 @njit(cache=True, parallel=True)
-def scan_planes(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
-                qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2, out_scores,
-                out_rows):
-    """Bit-plane codes (n, bits, words) against queries as bit planes (q, words, query_bits)."""
+def scan_planes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+                         n_items, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
+                         out_scores, out_rows):
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
-        q = task // n_chunks
-        start, stop = _chunk_bounds(task % n_chunks, n_chunks, n_items)
-        heap_s = out_scores[q, task % n_chunks]
-        heap_r = out_rows[q, task % n_chunks]
-        _heap_init(heap_s, heap_r)
-        size = 0
-        for i in range(start, stop):
-            row = _row_at(i, rows, use_rows)
-            if not _row_allowed(row, ids, check_ids, mask, check_mask):
-                continue
-            ip = factors[row, 0] * _plane_score(codes, row, qplanes[q], q_step[q], q_low[q],
-                                                level_mid, q_sum[q])
-            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2,
-                                                             q_const[q]), row)
+        q, chunk = task // n_chunks, task % n_chunks
+        start, stop = _chunk_bounds(chunk, n_chunks, n_items)
+        scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+                         stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
+                         out_scores[q, chunk], out_rows[q, chunk])
 
 
 @njit(inline="always")
 def _lane_score(codes, row, qlanes, bits):
     """<level, q'> for codes packing 8/bits levels per byte, lane ``l`` of byte ``j`` holding
     coordinate ``l * width + j``; ``qlanes`` is the query cut the same way, (8 / bits, width).
-    Written once per width so that LLVM vectorises each inner loop (fastmath)."""
+    Written once per width so that LLVM vectorises each inner loop."""
     width = codes.shape[1]
     acc = np.float32(0.0)
     if bits == 8:
@@ -323,63 +332,85 @@ def _lane_score(codes, row, qlanes, bits):
     return acc
 
 
-@njit(cache=True, parallel=True, fastmath=_VECTORISE)
-def scan_lanes(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
-               qlanes, q_sum, q_const, level_mid, bits, metric_l2, out_scores, out_rows):
-    """Byte-lane codes (n, width) uint8 of 2, 4 or 8 bits against float queries (q, lanes, width)."""
+@njit(cache=True, fastmath=_VECTORISE)
+def scan_lanes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+                    stop, q, qlanes, q_sum, q_const, level_mid, bits, metric_l2, heap_s, heap_r):
+    """Byte-lane codes (n, width) uint8 of 4 or 8 bits against float queries (q, lanes, width)."""
+    _heap_init(heap_s, heap_r)
+    size = 0
+    query = qlanes[q]
+    offset = level_mid * q_sum[q]
+    for i in range(start, stop):
+        row = _row_at(i, rows, use_rows)
+        if not _row_allowed(row, ids, check_ids, mask, check_mask):
+            continue
+        ip = factors[row, 0] * (_lane_score(codes, row, query, bits) - offset)
+        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, q_const[q]),
+                           row)
+
+
+@njit(cache=True, parallel=True)
+def scan_lanes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+                        n_items, qlanes, q_sum, q_const, level_mid, bits, metric_l2, out_scores,
+                        out_rows):
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
-        q = task // n_chunks
-        start, stop = _chunk_bounds(task % n_chunks, n_chunks, n_items)
-        heap_s = out_scores[q, task % n_chunks]
-        heap_r = out_rows[q, task % n_chunks]
-        _heap_init(heap_s, heap_r)
-        size = 0
-        for i in range(start, stop):
-            row = _row_at(i, rows, use_rows)
-            if not _row_allowed(row, ids, check_ids, mask, check_mask):
-                continue
-            x_dot_q = _lane_score(codes, row, qlanes[q], bits) - level_mid * q_sum[q]
-            ip = factors[row, 0] * x_dot_q
-            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2,
-                                                             q_const[q]), row)
+        q, chunk = task // n_chunks, task % n_chunks
+        start, stop = _chunk_bounds(chunk, n_chunks, n_items)
+        scan_lanes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+                        stop, q, qlanes, q_sum, q_const, level_mid, bits, metric_l2,
+                        out_scores[q, chunk], out_rows[q, chunk])
 
 
-@njit(cache=True, parallel=True, fastmath=_VECTORISE)
-def scan_bytes(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, n_items,
-               table, queries, q_const, metric_l2, out_scores, out_rows):
+@njit(cache=True, fastmath=_VECTORISE)
+def scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+                    stop, q, table, queries, q_const, metric_l2, heap_s, heap_r):
     """One byte per coordinate decoded through a 256-entry ``table`` (int8, float8)."""
-    n_queries, n_chunks, _ = out_scores.shape
+    _heap_init(heap_s, heap_r)
+    size = 0
     dim = codes.shape[1]
+    query = queries[q]
+    for i in range(start, stop):
+        row = _row_at(i, rows, use_rows)
+        if not _row_allowed(row, ids, check_ids, mask, check_mask):
+            continue
+        acc = np.float32(0.0)
+        for d in range(dim):
+            acc += table[codes[row, d]] * query[d]
+        ip = factors[row, 0] * acc
+        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, q_const[q]),
+                           row)
+
+
+@njit(cache=True, parallel=True)
+def scan_bytes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+                        n_items, table, queries, q_const, metric_l2, out_scores, out_rows):
+    n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
-        q = task // n_chunks
-        start, stop = _chunk_bounds(task % n_chunks, n_chunks, n_items)
-        heap_s = out_scores[q, task % n_chunks]
-        heap_r = out_rows[q, task % n_chunks]
-        _heap_init(heap_s, heap_r)
-        size = 0
-        query = queries[q]
-        for i in range(start, stop):
-            row = _row_at(i, rows, use_rows)
-            if not _row_allowed(row, ids, check_ids, mask, check_mask):
-                continue
-            acc = np.float32(0.0)
-            for d in range(dim):
-                acc += table[codes[row, d]] * query[d]
-            ip = factors[row, 0] * acc
-            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2,
-                                                             q_const[q]), row)
+        q, chunk = task // n_chunks, task % n_chunks
+        start, stop = _chunk_bounds(chunk, n_chunks, n_items)
+        scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+                        stop, q, table, queries, q_const, metric_l2, out_scores[q, chunk],
+                        out_rows[q, chunk])
+
+
+#: serial task and parallel driver of each code family
+SCANS = {
+    "planes": (scan_planes_task, scan_planes_parallel),
+    "lanes": (scan_lanes_task, scan_lanes_parallel),
+    "bytes": (scan_bytes_task, scan_bytes_parallel),
+}
 
 
 # --------------------------------------------------------------------------- byte lanes
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def pack_lanes(levels, bits, width):
     """Pack (n, dim) levels of ``bits`` in {2, 4, 8} into (n, width) bytes of 8/bits lanes."""
     n, dim = levels.shape
     out = np.zeros((n, width), dtype=np.uint8)
-    for r in range(n):
+    for r in prange(n):
         for i in range(dim):
             lane = i // width
             out[r, i - lane * width] |= np.uint8(levels[r, i] << (lane * bits))
