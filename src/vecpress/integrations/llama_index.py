@@ -1,0 +1,552 @@
+"""LlamaIndex vector store over a vecpress :class:`~vecpress.Collection`.
+
+A translation layer: LlamaIndex nodes become Collection documents (id, embedding, text, and the
+node's serialised form in the metadata, as ``node_to_metadata_dict`` writes it), and a
+``VectorStoreQuery`` becomes one Collection search. Filtering, scoring, text search, hybrid
+fusion and MMR all happen in the Collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+try:
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.schema import BaseNode, MetadataMode
+    from llama_index.core.vector_stores.types import (
+        BasePydanticVectorStore,
+        FilterOperator,
+        MetadataFilter,
+        MetadataFilters,
+        VectorStoreQuery,
+        VectorStoreQueryMode,
+        VectorStoreQueryResult,
+    )
+    from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
+except ModuleNotFoundError as error:  # pragma: no cover - depends on the environment
+    if (error.name or "").split(".")[0] != "llama_index":
+        raise
+    raise ImportError(
+        "vecpress.integrations.llama_index needs llama-index-core; install it with "
+        '`pip install "vecpress[llama-index]"` (or `pip install llama-index-core`)'
+    ) from error
+
+from ..core import filters as filters_module
+from ..core.collection import Collection, Hit
+from ..core.docstore import DB_FILE
+from ..core.index import METRIC_ALIASES
+
+#: metadata key holding the node id, so that ``VectorStoreQuery.node_ids`` is a metadata filter
+NODE_ID_KEY = "_node_id"
+#: metadata key ``node_to_metadata_dict`` writes the node's source document id to
+REF_DOC_ID_KEY = "ref_doc_id"
+#: what ``persist`` writes: a small JSON file naming the collection directory
+POINTER_FORMAT = "vecpress-llama-index-store"
+POINTER_VERSION = 1
+#: LlamaIndex's naming of a persisted vector store: ``<namespace>__vector_store.json``
+DEFAULT_PERSIST_DIR = "./storage"
+DEFAULT_NAMESPACE = "default"
+PERSIST_FNAME = "vector_store.json"
+NAMESPACE_SEP = "__"
+
+_MODES = {
+    VectorStoreQueryMode.DEFAULT: "dense",
+    VectorStoreQueryMode.TEXT_SEARCH: "text",
+    VectorStoreQueryMode.HYBRID: "hybrid",
+    VectorStoreQueryMode.MMR: "mmr",
+}
+_QUERY_KWARGS = {"mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor", "oversample"}
+DEFAULT_MMR_THRESHOLD = 0.5
+DEFAULT_MMR_PREFETCH_FACTOR = 4.0
+
+
+class VecpressVectorStore(BasePydanticVectorStore):
+    """A LlamaIndex vector store kept as compressed codes in RAM, originals and text on disk.
+
+    Setup:
+        ``pip install "vecpress[llama-index,sentence-transformers]"``
+
+    Key init args:
+        path: directory of the store; ``None`` keeps it in memory (``persist`` writes a copy).
+            A directory that already holds a store is opened; otherwise the store is created
+            there (with the first ``add`` unless ``dim`` is given).
+        dim: embedding width; learned from the first added node when not given.
+        bits: code bits per dimension (1-8; 16 or 32 is exact); default 4.
+        metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``.
+        read_only: open an existing ``path`` without the write lock (another process may be
+            writing it).
+        batch_size: nodes written per Collection transaction in ``add``.
+        hybrid_fusion: how HYBRID mode fuses dense and text ranks: ``"rrf"`` (default) or
+            ``"weighted"``.
+        **index_options: passed to the :class:`~vecpress.Index` (``rerank``, ``oversample``,
+            ``codec``, ``rerank_dtype``, ``truncate_dim``, ``seed``, ``query_bits``).
+
+    Instantiate:
+        .. code-block:: python
+
+            from llama_index.core import StorageContext, VectorStoreIndex
+            from vecpress.integrations.llama_index import VecpressVectorStore
+
+            vector_store = VecpressVectorStore(path="./vecpress_store")
+            storage_context = StorageContext.from_defaults(vector_store=vector_store)
+            index = VectorStoreIndex.from_documents(
+                documents, storage_context=storage_context, embed_model=embed_model)
+
+    Add / delete:
+        .. code-block:: python
+
+            index.insert(document)                  # -> vector_store.add(nodes)
+            index.delete_ref_doc(document.doc_id)   # -> vector_store.delete(ref_doc_id)
+            vector_store.delete_nodes(node_ids=["..."], filters=filters)
+
+    Search with filter:
+        .. code-block:: python
+
+            from llama_index.core.vector_stores import MetadataFilters, MetadataFilter
+
+            filters = MetadataFilters(filters=[MetadataFilter(key="year", operator=">=", value=2020)])
+            retriever = index.as_retriever(similarity_top_k=5, filters=filters)
+
+    Search modes: ``vector_store_query_mode="default" | "mmr" | "text_search" | "hybrid"``
+    (``alpha``: 1 is dense only, 0 text only; MMR takes ``vector_store_kwargs=
+    {"mmr_threshold": 0.5, "mmr_prefetch_factor": 4}``).
+
+    Scores: higher is better; cosine similarity for DEFAULT and MMR (as ``SimpleVectorStore``),
+    BM25 for TEXT_SEARCH, the fused score for HYBRID.
+
+    Reopen (no re-embedding):
+        .. code-block:: python
+
+            vector_store = VecpressVectorStore(path="./vecpress_store")
+            index = VectorStoreIndex.from_vector_store(vector_store, embed_model=embed_model)
+
+    Async: every method has an ``a``-prefixed twin that runs it in a worker thread.
+    """
+
+    stores_text: bool = True
+    is_embedding_query: bool = True
+
+    path: Optional[str] = Field(default=None, description="store directory; None = in memory")
+    dim: Optional[int] = Field(default=None, description="embedding width (learned if None)")
+    bits: Optional[int] = Field(default=None, description="code bits per dimension (default 4)")
+    metric: Optional[str] = Field(default=None, description="cosine (default), ip or l2")
+    read_only: bool = False
+    batch_size: int = Field(default=2048, gt=0, description="nodes per write transaction")
+    hybrid_fusion: str = Field(default="rrf", description="rrf or weighted")
+    index_options: Dict[str, Any] = Field(default_factory=dict)
+
+    _collection: Optional[Collection] = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        dim: int | None = None,
+        bits: int | None = None,
+        metric: str | None = None,
+        read_only: bool = False,
+        batch_size: int = 2048,
+        hybrid_fusion: str = "rrf",
+        collection: Collection | None = None,
+        index_options: dict[str, Any] | None = None,
+        **more_index_options: Any,
+    ) -> None:
+        if hybrid_fusion not in ("rrf", "weighted"):
+            raise ValueError(f"hybrid_fusion must be 'rrf' or 'weighted', got {hybrid_fusion!r}")
+        if metric is not None and str(metric).lower() not in METRIC_ALIASES:
+            raise ValueError(f"metric must be 'cosine', 'ip' or 'l2', got {metric!r}")
+        options = {**(index_options or {}), **more_index_options}
+        if collection is not None:
+            if not isinstance(collection, Collection):
+                raise TypeError(f"collection must be a vecpress Collection, got "
+                                f"{type(collection).__name__}")
+            if path is not None or dim is not None or bits is not None or metric is not None \
+                    or options:
+                raise ValueError("pass either collection=... or path/dim/bits/metric/index "
+                                 "options, not both")
+            path = None if collection.path is None else str(collection.path)
+            dim, bits, metric = collection.dim, collection.bits, collection.metric
+        super().__init__(
+            path=None if path is None else os.fspath(path), dim=dim, bits=bits, metric=metric,
+            read_only=read_only, batch_size=batch_size, hybrid_fusion=hybrid_fusion,
+            index_options=options,
+        )
+        if collection is not None:
+            self._collection = collection
+        elif read_only or dim is not None or _holds_collection(self.path):
+            self._collection = self._open_collection(dim)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "VecpressVectorStore"
+
+    @property
+    def client(self) -> Collection | None:
+        """The vecpress :class:`~vecpress.Collection` (``None`` until the first ``add`` when
+        the store was created without ``dim``)."""
+        return self._collection
+
+    def close(self) -> None:
+        """Release the store directory (its write lock); the object is unusable afterwards."""
+        if self._collection is not None:
+            self._collection.close()
+
+    # ------------------------------------------------------------------ writes
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> List[str]:
+        """Add (or replace, by node id) nodes that carry embeddings; returns their ids."""
+        _no_kwargs("add", add_kwargs)
+        nodes = list(nodes)
+        if not nodes:
+            return []
+        width = self._checked_embeddings(nodes)
+        rows = {node.node_id: _node_row(node) for node in nodes}  # a repeated id: last one wins
+        collection = self._writable(width)
+        ids = list(rows)
+        for start in range(0, len(ids), self.batch_size):
+            batch = [rows[i] for i in ids[start:start + self.batch_size]]
+            collection.upsert([r[0] for r in batch], [r[1] for r in batch],
+                              texts=[r[2] for r in batch], metadatas=[r[3] for r in batch])
+        return [node.node_id for node in nodes]
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete every node whose source document is ``ref_doc_id``."""
+        _no_kwargs("delete", delete_kwargs)
+        if not isinstance(ref_doc_id, str):
+            raise TypeError(f"ref_doc_id must be a string, got {type(ref_doc_id).__name__}")
+        if self._collection is not None:
+            self._collection.delete(where={REF_DOC_ID_KEY: ref_doc_id})
+
+    def delete_nodes(self, node_ids: Optional[List[str]] = None,
+                     filters: Optional[MetadataFilters] = None, **delete_kwargs: Any) -> None:
+        """Delete the nodes among ``node_ids`` (all when ``None``) that match ``filters``."""
+        _no_kwargs("delete_nodes", delete_kwargs)
+        if node_ids is None and filters_module.parse(filters) is None:
+            raise ValueError("delete_nodes needs node_ids=... or non-empty filters=...; to delete "
+                             "every node call clear()")
+        if self._collection is not None:
+            self._collection.delete(ids=_id_list(node_ids, "node_ids"), where=filters)
+
+    def clear(self) -> None:
+        """Delete every node."""
+        if self._collection is not None:
+            self._collection.clear()
+
+    # ------------------------------------------------------------------ reads
+    def get_nodes(self, node_ids: Optional[List[str]] = None,
+                  filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
+        """Nodes by id (in the order given, unknown ids left out) and/or by filter; all nodes
+        when neither is given. Nodes come back without embeddings."""
+        node_ids = _id_list(node_ids, "node_ids")
+        filters_module.parse(filters)  # a malformed filter is an error even on an empty store
+        if self._collection is None:
+            return []
+        return [_to_node(hit) for hit in self._collection.get(node_ids, where=filters)]
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Run a ``VectorStoreQuery`` (modes DEFAULT, MMR, TEXT_SEARCH, HYBRID)."""
+        mode, call = _search_call(query, kwargs)
+        if self._collection is None:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        if mode == "mmr":
+            hits = self._collection.max_marginal_relevance_search(**call)
+        else:
+            hits = self._collection.search(**call)
+        return VectorStoreQueryResult(nodes=[_to_node(hit) for hit in hits],
+                                      similarities=[float(hit.score) for hit in hits],
+                                      ids=[hit.id for hit in hits])
+
+    # ------------------------------------------------------------------ async: the sync
+    # methods in a worker thread (the Collection lets searches run in parallel)
+    async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> List[str]:
+        return await asyncio.to_thread(self.add, nodes, **kwargs)
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        await asyncio.to_thread(self.delete, ref_doc_id, **delete_kwargs)
+
+    async def adelete_nodes(self, node_ids: Optional[List[str]] = None,
+                            filters: Optional[MetadataFilters] = None,
+                            **delete_kwargs: Any) -> None:
+        await asyncio.to_thread(self.delete_nodes, node_ids, filters, **delete_kwargs)
+
+    async def aclear(self) -> None:
+        await asyncio.to_thread(self.clear)
+
+    async def aget_nodes(self, node_ids: Optional[List[str]] = None,
+                         filters: Optional[MetadataFilters] = None) -> List[BaseNode]:
+        return await asyncio.to_thread(self.get_nodes, node_ids, filters)
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        return await asyncio.to_thread(self.query, query, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def persist(self, persist_path: str = os.path.join(DEFAULT_PERSIST_DIR, PERSIST_FNAME),
+                fs: Any = None) -> None:
+        """Write ``persist_path``: a small JSON file naming the store directory.
+
+        A store with a ``path`` is already on disk (every write is durable when it returns),
+        so only the pointer is written. An in-memory store is first copied, replacing any
+        earlier copy, to the directory ``persist_path`` with the suffix ``.vecpress``
+        (``storage/default__vector_store.vecpress`` for ``StorageContext.persist("storage")``);
+        the store itself stays in memory, as ``SimpleVectorStore`` does.
+        """
+        _check_local(fs)
+        pointer = Path(persist_path)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        if self.path is not None:
+            target = Path(self.path)
+        else:
+            target = _copy_target(pointer)
+            self._copy_to(target)
+        record = {
+            "format": POINTER_FORMAT,
+            "format_version": POINTER_VERSION,
+            "path": _relative_to(target, pointer.parent),
+            "batch_size": self.batch_size,
+            "hybrid_fusion": self.hybrid_fusion,
+        }
+        partial = pointer.with_name(pointer.name + f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        os.replace(partial, pointer)
+
+    @classmethod
+    def from_persist_path(cls, persist_path: str, fs: Any = None, *,
+                          read_only: bool = False) -> "VecpressVectorStore":
+        """Open what :meth:`persist` wrote (or a store directory given directly)."""
+        _check_local(fs)
+        pointer = Path(persist_path)
+        if pointer.is_dir():
+            return cls(path=pointer, read_only=read_only)
+        if not pointer.is_file():
+            raise FileNotFoundError(f"persist_path={str(pointer)!r} does not exist; write it "
+                                    f"with VecpressVectorStore.persist(...) or "
+                                    f"StorageContext.persist(...)")
+        try:
+            record = json.loads(pointer.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{pointer} is not a vecpress store pointer ({exc}); was it written "
+                             f"by another vector store?") from None
+        if not isinstance(record, dict) or record.get("format") != POINTER_FORMAT:
+            raise ValueError(f"{pointer} was not written by VecpressVectorStore.persist (a "
+                             f"SimpleVectorStore file? load it with SimpleVectorStore)")
+        if not isinstance(record.get("format_version"), int) \
+                or record["format_version"] > POINTER_VERSION:
+            raise ValueError(f"{pointer} has format version {record.get('format_version')!r}; "
+                             f"this vecpress reads up to {POINTER_VERSION}: upgrade vecpress")
+        target = pointer.parent / record["path"]
+        if not (target / DB_FILE).exists():
+            raise FileNotFoundError(f"{pointer} names the store directory {str(target)!r}, which "
+                                    f"holds no vecpress store (moved or deleted?)")
+        return cls(path=target, read_only=read_only,
+                   batch_size=record.get("batch_size", 2048),
+                   hybrid_fusion=record.get("hybrid_fusion", "rrf"))
+
+    @classmethod
+    def from_persist_dir(cls, persist_dir: str = DEFAULT_PERSIST_DIR,
+                         namespace: str = DEFAULT_NAMESPACE, fs: Any = None, *,
+                         read_only: bool = False) -> "VecpressVectorStore":
+        """Open the store ``StorageContext.persist(persist_dir)`` wrote for ``namespace``."""
+        name = f"{namespace}{NAMESPACE_SEP}{PERSIST_FNAME}"
+        return cls.from_persist_path(os.path.join(persist_dir, name), fs, read_only=read_only)
+
+    # ------------------------------------------------------------------ internals
+    def _open_collection(self, dim: int | None) -> Collection:
+        return Collection(dim=dim, path=self.path, bits=self.bits, metric=self.metric,
+                          read_only=self.read_only, **self.index_options)
+
+    def _writable(self, width: int) -> Collection:
+        if self._collection is None:
+            self._collection = self._open_collection(width)
+        elif self._collection.dim != width:
+            raise ValueError(f"the nodes' embeddings have {width} dimensions but this store holds "
+                             f"{self._collection.dim}-dimensional vectors; embed with the model "
+                             f"the store was built with")
+        return self._collection
+
+    def _checked_embeddings(self, nodes: list[BaseNode]) -> int:
+        width = None
+        for position, node in enumerate(nodes):
+            if not isinstance(node, BaseNode):
+                raise TypeError(f"nodes[{position}] must be a LlamaIndex node, got "
+                                f"{type(node).__name__}")
+            if node.embedding is None:
+                raise ValueError(f"nodes[{position}] (id {node.node_id!r}) has no embedding; "
+                                 f"VectorStoreIndex embeds nodes before adding them, or set "
+                                 f"node.embedding yourself")
+            if width is None:
+                width = len(node.embedding)
+            elif len(node.embedding) != width:
+                raise ValueError(f"nodes[{position}] (id {node.node_id!r}) has a "
+                                 f"{len(node.embedding)}-dimensional embedding, nodes[0] a "
+                                 f"{width}-dimensional one")
+        return width
+
+    def _copy_to(self, target: Path) -> None:
+        """Write the in-memory collection to ``target`` (replacing what is there)."""
+        source = self._collection
+        fresh = target.with_name(target.name + f".{os.getpid()}.new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        options = {"dim": self.dim, "bits": self.bits, "metric": self.metric, **self.index_options}
+        if source is not None:
+            options.update(dim=source.dim, bits=source.bits, metric=source.metric)
+        if options["dim"] is None:  # nothing added yet: an empty directory opens as a new store
+            fresh.mkdir(parents=True)
+        else:
+            copy = Collection(path=fresh, **options)
+            try:
+                offset = 0
+                while source is not None:
+                    hits = source.get(limit=self.batch_size, offset=offset, include_vectors=True)
+                    if not hits:
+                        break
+                    copy.upsert([h.id for h in hits], [h.vector for h in hits],
+                                texts=[h.text for h in hits], metadatas=[h.metadata for h in hits])
+                    offset += len(hits)
+            finally:
+                copy.close()
+        old = target.with_name(target.name + f".{os.getpid()}.old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(fresh, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _holds_collection(path: str | None) -> bool:
+    return path is not None and (Path(path) / DB_FILE).exists()
+
+
+def _node_row(node: BaseNode) -> tuple[str, list[float], str, dict[str, Any]]:
+    metadata = node_to_metadata_dict(node, remove_text=True, flat_metadata=False)
+    metadata[NODE_ID_KEY] = node.node_id
+    return node.node_id, node.embedding, node.get_content(metadata_mode=MetadataMode.NONE), metadata
+
+
+def _to_node(hit: Hit) -> BaseNode:
+    return metadata_dict_to_node(hit.metadata, text=hit.text)
+
+
+def _no_kwargs(method: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise TypeError(f"VecpressVectorStore.{method} takes no options {sorted(kwargs)}")
+
+
+def _id_list(ids: Any, name: str) -> list[str] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, str) or not hasattr(ids, "__iter__"):
+        raise TypeError(f"{name} must be a list of strings, got {type(ids).__name__}")
+    return list(ids)
+
+
+def _restricted(filters: Any, doc_ids: Any, node_ids: Any) -> Any:
+    """``filters`` ANDed with ``ref_doc_id in doc_ids`` and ``node id in node_ids``."""
+    parts = []
+    for key, ids, name in ((REF_DOC_ID_KEY, doc_ids, "doc_ids"), (NODE_ID_KEY, node_ids, "node_ids")):
+        ids = _id_list(ids, name)
+        if ids is not None:
+            parts.append(MetadataFilter(key=key, operator=FilterOperator.IN, value=ids))
+    if not parts:
+        return filters
+    if filters is not None:
+        parts.append(filters)
+    return MetadataFilters(filters=parts)
+
+
+def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The Collection method (``"mmr"`` or a search mode) and its arguments for ``query``;
+    every field that the mode cannot honour is an error."""
+    unknown = set(kwargs) - _QUERY_KWARGS
+    if unknown:
+        raise TypeError(f"unknown query options {sorted(unknown)}; VecpressVectorStore.query takes "
+                        f"{', '.join(sorted(_QUERY_KWARGS))}")
+    mode = _MODES.get(query.mode)
+    if mode is None:
+        raise ValueError(f"query mode {getattr(query.mode, 'value', query.mode)!r} is not supported "
+                         f"by VecpressVectorStore; use one of "
+                         f"{', '.join(m.value for m in _MODES)}")
+    k = query.similarity_top_k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"similarity_top_k must be a positive integer, got {k!r}")
+    for name in ("output_fields", "embedding_field"):
+        if getattr(query, name) is not None:
+            raise ValueError(f"VectorStoreQuery.{name} is not supported by VecpressVectorStore; "
+                             f"leave it None (nodes always come back whole)")
+    mmr_threshold = kwargs.get("mmr_threshold", query.mmr_threshold)
+    misplaced = {
+        "alpha": (query.alpha, ("hybrid",)),
+        "sparse_top_k": (query.sparse_top_k, ("hybrid",)),
+        "hybrid_top_k": (query.hybrid_top_k, ("hybrid",)),
+        "mmr_threshold": (mmr_threshold, ("mmr",)),
+        "mmr_prefetch_k": (kwargs.get("mmr_prefetch_k"), ("mmr",)),
+        "mmr_prefetch_factor": (kwargs.get("mmr_prefetch_factor"), ("mmr",)),
+        "oversample": (kwargs.get("oversample"), ("dense", "hybrid", "mmr")),
+    }
+    for name, (value, modes) in misplaced.items():
+        if value is not None and mode not in modes:
+            raise ValueError(f"{name} applies to mode {' / '.join(m.upper() for m in modes)} "
+                             f"only, but the query mode is {query.mode.value!r}")
+    if mode != "text" and query.query_embedding is None:
+        raise ValueError(f"mode {query.mode.value!r} needs query.query_embedding (the query's "
+                         f"vector, computed by the retriever's embed_model)")
+    if mode in ("text", "hybrid") and not isinstance(query.query_str, str):
+        raise ValueError(f"mode {query.mode.value!r} needs query.query_str, the query text")
+    where = _restricted(query.filters, query.doc_ids, query.node_ids)
+    call: dict[str, Any] = {"where": where}
+    if mode != "text":
+        call["vector"] = query.query_embedding
+        call["oversample"] = kwargs.get("oversample")
+    if mode == "mmr":
+        call["k"] = k
+        call["lambda_mult"] = DEFAULT_MMR_THRESHOLD if mmr_threshold is None else mmr_threshold
+        fetch_k = kwargs.get("mmr_prefetch_k")
+        if fetch_k is None:
+            factor = kwargs.get("mmr_prefetch_factor", DEFAULT_MMR_PREFETCH_FACTOR)
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1:
+                raise ValueError(f"mmr_prefetch_factor must be a number >= 1, got {factor!r}")
+            fetch_k = math.ceil(k * factor)
+        elif "mmr_prefetch_factor" in kwargs:
+            raise ValueError("give mmr_prefetch_k or mmr_prefetch_factor, not both")
+        call["fetch_k"] = fetch_k
+        return mode, call
+    call["mode"] = mode
+    call["k"] = k
+    if mode in ("text", "hybrid"):
+        call["query_text"] = query.query_str
+    if mode == "hybrid":
+        call["alpha"] = 0.5 if query.alpha is None else query.alpha
+        # LlamaIndex: similarity_top_k dense and sparse_top_k text candidates, hybrid_top_k
+        # results (default similarity_top_k); without either, the Collection's default pool
+        if query.hybrid_top_k is not None or query.sparse_top_k is not None:
+            call["k"] = query.hybrid_top_k or k
+            call["fetch_k"] = max(k, query.sparse_top_k or k)
+    return mode, call
+
+
+def _check_local(fs: Any) -> None:
+    if fs is None:
+        return
+    protocol = getattr(fs, "protocol", None)
+    protocols = protocol if isinstance(protocol, (tuple, list)) else (protocol,)
+    if not {"file", "local"} & set(protocols):
+        raise ValueError(f"VecpressVectorStore persists to a local directory; the filesystem "
+                         f"{type(fs).__name__} (protocol {protocol!r}) is not supported")
+
+
+def _copy_target(pointer: Path) -> Path:
+    return pointer.with_suffix(".vecpress") if pointer.suffix else \
+        pointer.with_name(pointer.name + ".vecpress")
+
+
+def _relative_to(target: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(target.resolve(), base.resolve())
+    except ValueError:  # another drive (Windows)
+        return str(target.resolve())
