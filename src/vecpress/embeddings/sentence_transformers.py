@@ -58,8 +58,13 @@ def resolve_model_path(model_name: str) -> str:
 def _import_sentence_transformer() -> Any:
     try:
         from sentence_transformers import SentenceTransformer
-    except ImportError as error:
-        raise ImportError(f"sentence-transformers is not installed; {_INSTALL_HINT}") from error
+    except ModuleNotFoundError as error:
+        # only a missing model library gets the install hint; any other import failure is real
+        if (error.name or "").split(".")[0] not in {"sentence_transformers", "torch", "transformers"}:
+            raise
+        raise ImportError(
+            f"sentence-transformers is not installed (missing module {error.name!r}); {_INSTALL_HINT}"
+        ) from error
     return SentenceTransformer
 
 
