@@ -38,7 +38,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the enviro
     ) from error
 
 from ..core import filters as filters_module
-from ..core.collection import Collection, Hit
+from ..core.collection import INDEX_OPTIONS, Collection, Hit
 from ..core.docstore import DB_FILE
 from ..core.index import METRIC_ALIASES
 
@@ -62,6 +62,9 @@ _MODES = {
     VectorStoreQueryMode.MMR: "mmr",
 }
 _QUERY_KWARGS = {"mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor", "oversample"}
+#: nodes per Collection write in ``add`` (and per page when ``persist`` copies a store);
+#: large batches amortise the per-write cost of the index
+DEFAULT_BATCH_SIZE = 16_384
 DEFAULT_MMR_THRESHOLD = 0.5
 DEFAULT_MMR_PREFETCH_FACTOR = 4.0
 
@@ -137,7 +140,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
     bits: Optional[int] = Field(default=None, description="code bits per dimension (default 4)")
     metric: Optional[str] = Field(default=None, description="cosine (default), ip or l2")
     read_only: bool = False
-    batch_size: int = Field(default=2048, gt=0, description="nodes per write transaction")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0, description="nodes per write")
     hybrid_fusion: str = Field(default="rrf", description="rrf or weighted")
     index_options: Dict[str, Any] = Field(default_factory=dict)
 
@@ -151,7 +154,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
         bits: int | None = None,
         metric: str | None = None,
         read_only: bool = False,
-        batch_size: int = 2048,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         hybrid_fusion: str = "rrf",
         collection: Collection | None = None,
         index_options: dict[str, Any] | None = None,
@@ -162,6 +165,10 @@ class VecpressVectorStore(BasePydanticVectorStore):
         if metric is not None and str(metric).lower() not in METRIC_ALIASES:
             raise ValueError(f"metric must be 'cosine', 'ip' or 'l2', got {metric!r}")
         options = {**(index_options or {}), **more_index_options}
+        unknown = set(options) - set(INDEX_OPTIONS)
+        if unknown:
+            raise TypeError(f"unknown VecpressVectorStore arguments {sorted(unknown)}; index "
+                            f"options are {', '.join(INDEX_OPTIONS)}")
         if collection is not None:
             if not isinstance(collection, Collection):
                 raise TypeError(f"collection must be a vecpress Collection, got "
@@ -339,11 +346,12 @@ class VecpressVectorStore(BasePydanticVectorStore):
             raise ValueError(f"{pointer} has format version {record.get('format_version')!r}; "
                              f"this vecpress reads up to {POINTER_VERSION}: upgrade vecpress")
         target = pointer.parent / record["path"]
-        if not (target / DB_FILE).exists():
+        # an empty directory is what persisting a store that never had a node leaves
+        if not (target / DB_FILE).exists() and not (target.is_dir() and not any(target.iterdir())):
             raise FileNotFoundError(f"{pointer} names the store directory {str(target)!r}, which "
                                     f"holds no vecpress store (moved or deleted?)")
         return cls(path=target, read_only=read_only,
-                   batch_size=record.get("batch_size", 2048),
+                   batch_size=record.get("batch_size", DEFAULT_BATCH_SIZE),
                    hybrid_fusion=record.get("hybrid_fusion", "rrf"))
 
     @classmethod
@@ -467,11 +475,11 @@ def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, 
     if unknown:
         raise TypeError(f"unknown query options {sorted(unknown)}; VecpressVectorStore.query takes "
                         f"{', '.join(sorted(_QUERY_KWARGS))}")
-    mode = _MODES.get(query.mode)
+    mode_name = getattr(query.mode, "value", query.mode)  # the dataclass keeps plain strings
+    mode = _MODES.get(mode_name)
     if mode is None:
-        raise ValueError(f"query mode {getattr(query.mode, 'value', query.mode)!r} is not supported "
-                         f"by VecpressVectorStore; use one of "
-                         f"{', '.join(m.value for m in _MODES)}")
+        raise ValueError(f"query mode {mode_name!r} is not supported by VecpressVectorStore; use "
+                         f"one of {', '.join(m.value for m in _MODES)}")
     k = query.similarity_top_k
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"similarity_top_k must be a positive integer, got {k!r}")
@@ -492,12 +500,12 @@ def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, 
     for name, (value, modes) in misplaced.items():
         if value is not None and mode not in modes:
             raise ValueError(f"{name} applies to mode {' / '.join(m.upper() for m in modes)} "
-                             f"only, but the query mode is {query.mode.value!r}")
+                             f"only, but the query mode is {mode_name!r}")
     if mode != "text" and query.query_embedding is None:
-        raise ValueError(f"mode {query.mode.value!r} needs query.query_embedding (the query's "
+        raise ValueError(f"mode {mode_name!r} needs query.query_embedding (the query's "
                          f"vector, computed by the retriever's embed_model)")
     if mode in ("text", "hybrid") and not isinstance(query.query_str, str):
-        raise ValueError(f"mode {query.mode.value!r} needs query.query_str, the query text")
+        raise ValueError(f"mode {mode_name!r} needs query.query_str, the query text")
     where = _restricted(query.filters, query.doc_ids, query.node_ids)
     call: dict[str, Any] = {"where": where}
     if mode != "text":
