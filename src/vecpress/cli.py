@@ -1,0 +1,563 @@
+"""The ``vecpress`` command: index text files, search them, show store stats, run the demo.
+
+    vecpress index PATH... --store DIR      index .txt/.md files (chunked with overlap)
+    vecpress search DIR "question" -k 5     ranked hits with scores and sources
+    vecpress stats DIR                      counts, bits, RAM and disk bytes per vector
+    vecpress demo                           WordNet glosses end to end (Debian wordnet-base)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+#: written next to the collection by ``vecpress index``/``demo``: which model made the vectors
+STORE_CONFIG = "vecpress-cli.json"
+DEFAULT_DEMO_LIMIT = 20_000
+DEMO_QUESTIONS = (
+    ("What do you call a young dog?", None),
+    ("a musical instrument with strings that you pluck", None),
+    ("an illness that makes it hard to breathe", None),
+    ("a tool for cutting wood", None),
+    ("to move quickly on foot", {"pos": "verb"}),
+)
+
+
+class CommandError(Exception):
+    """A problem with the user's input or files: printed as one message, exit status 1."""
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _quiet_model_loading() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only; loading reports its own errors
+        pass
+
+
+def load_embedder(model: str | None) -> Any:
+    """The default embedder (shared, loaded once) or a sentence-transformers model by name."""
+    from .embeddings import DEFAULT_MODEL, SentenceTransformerEmbedder, default_embedder
+
+    _quiet_model_loading()
+    if model is None or model == DEFAULT_MODEL:
+        return default_embedder()
+    return SentenceTransformerEmbedder(model)
+
+
+def _read_store_config(store: Path) -> dict[str, Any]:
+    try:
+        return json.loads((store / STORE_CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise CommandError(f"{store / STORE_CONFIG} is unreadable ({error}); delete it to use the default model")
+
+
+def _write_store_config(store: Path, embedder: Any, extra: dict[str, Any] | None = None) -> None:
+    config = {"model": getattr(embedder, "model_name", None), "dim": embedder.dim, **(extra or {})}
+    partial = store / (STORE_CONFIG + ".partial")
+    partial.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, store / STORE_CONFIG)
+
+
+def _is_store(path: Path) -> bool:
+    from .core.docstore import DB_FILE
+
+    return (path / DB_FILE).is_file()
+
+
+def open_store(path: str | Path, *, read_only: bool = True) -> Any:
+    """An existing collection, or ``CommandError`` saying how to make one."""
+    from . import Collection
+
+    path = Path(path)
+    if not _is_store(path):
+        what = "does not exist" if not path.exists() else "holds no vecpress store"
+        raise CommandError(
+            f"{str(path)!r} {what}; build a store with `vecpress index PATH... --store {path}`"
+        )
+    return Collection.open(path, read_only=read_only)
+
+
+def _check_dim(store: Path, collection: Any, embedder: Any, model: str) -> None:
+    if embedder.dim != collection.dim:
+        built = _read_store_config(store).get("model")
+        built_with = f" (built with {built!r})" if built else ""
+        raise CommandError(
+            f"the store {str(store)!r}{built_with} holds {collection.dim}-dimensional vectors, but "
+            f"the model {model!r} makes {embedder.dim}-dimensional ones; use --model with the model "
+            "the store was built with, or index into a new --store"
+        )
+
+
+def _model_for(store: Path, requested: str | None) -> str:
+    from .embeddings import DEFAULT_MODEL
+
+    return requested or _read_store_config(store).get("model") or DEFAULT_MODEL
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _one_line(text: str | None, width: int) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
+
+
+def _source_of(hit: Any) -> str:
+    source = hit.metadata.get("source")
+    if source is None:
+        return hit.id
+    try:
+        shown = os.path.relpath(source)
+        if shown.startswith(".." + os.sep + ".."):
+            shown = source
+    except ValueError:
+        shown = str(source)
+    if "chunk" in hit.metadata:
+        shown += f" #{hit.metadata['chunk']}"
+    return shown
+
+
+def format_hits(hits: Sequence[Any], width: int | None = None) -> str:
+    """Ranked hits as a table: rank, score, source, one line of text fitted to the terminal."""
+    if not hits:
+        return "  (no hits)"
+    if width is None:
+        width = shutil.get_terminal_size((100, 24)).columns
+    sources = [_source_of(hit) for hit in hits]
+    source_width = min(max(len("source"), *(len(s) for s in sources)), 40)
+    header = f"  {'#':>2}  {'score':>7}  {'source':<{source_width}}  text"
+    text_width = max(width - len(header) + len("text"), 20)
+    lines = [header]
+    for rank, (hit, source) in enumerate(zip(hits, sources), start=1):
+        if len(source) > source_width:
+            source = "…" + source[-(source_width - 1):]
+        score = "-" if hit.score is None else f"{hit.score:7.4f}"
+        lines.append(f"  {rank:>2}  {score:>7}  {source:<{source_width}}  {_one_line(hit.text, text_width)}")
+    return "\n".join(lines)
+
+
+def store_stats(collection: Any) -> dict[str, Any]:
+    """``Collection.stats()`` plus sizes per vector and the float32 size they compare with."""
+    info = dict(collection.stats())
+    count = info.get("count") or 0
+    disk = info.get("disk_bytes", 0)
+    db = info.get("db_bytes", 0)
+    info["float32_bytes_per_vector"] = 4 * info["dim"]
+    info["ram_bytes_per_vector"] = info["ram_bytes"] / count if count else None
+    info["index_disk_bytes_per_vector"] = disk / count if count else None
+    info["db_disk_bytes_per_vector"] = db / count if count else None
+    return info
+
+
+def format_stats(info: dict[str, Any], path: Path | None = None) -> str:
+    count = info["count"]
+    code_bits = info["code_bytes"] * 8 if info.get("code_bytes") else None
+    rerank = ("exact rerank from kept originals on disk" if info.get("rerank")
+              else "no kept originals (codes only)")
+    rows = []
+    if path is not None:
+        rows.append(("store", str(path)))
+    rows += [
+        ("documents", _count(info.get("documents", count))),
+        ("vectors", f"{_count(count)} × {info['dim']} dims, metric {info['metric']}"),
+        ("codes", f"{info['bits']} bits per dimension ({info.get('codec', '?')}"
+                  + (f", {info['code_bytes']} B = {code_bits} bits per vector" if code_bits else "")
+                  + f"), {rerank}"),
+    ]
+    f32 = info["float32_bytes_per_vector"]
+    if count:
+        ram_per = info["ram_bytes_per_vector"]
+        variable = (info["ram_bytes"] - info.get("ram_fixed_bytes", 0)) / count
+        rows.append(("RAM", f"{_size(info['ram_bytes'])} total, {ram_per:,.0f} B per vector "
+                            f"({variable:,.0f} B per vector + {_size(info.get('ram_fixed_bytes', 0))} "
+                            f"fixed; float32 vectors: {f32:,} B each, {f32 / max(variable, 1e-9):.1f}× more)"))
+        rows.append(("disk, index", f"{_size(info['disk_bytes'])}, {info['index_disk_bytes_per_vector']:,.0f} B "
+                                    "per vector (codes + kept originals)"))
+        if info.get("db_bytes") is not None:
+            rows.append(("disk, documents", f"{_size(info['db_bytes'])}, {info['db_disk_bytes_per_vector']:,.0f} B "
+                                            "per document (text, metadata, full-text index)"))
+    if info.get("deleted"):
+        rows.append(("deleted rows", f"{_count(info['deleted'])} (space reclaimed by compaction)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from . import Collection
+    from .chunking import chunk_text, find_text_files, iter_file_chunks, read_text_file
+    from .pipeline import add_texts
+
+    store = Path(args.store)
+    try:
+        files = find_text_files(args.paths)
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from None
+    if not files:
+        raise CommandError(
+            f"no .txt or .md files under {', '.join(map(repr, args.paths))}; give files or folders that hold some"
+        )
+    if args.overlap >= args.chunk_size:
+        raise CommandError(f"--overlap ({args.overlap}) must be smaller than --chunk-size ({args.chunk_size})")
+    # count first: the progress bar gets a total and an all-empty input fails before any model loads
+    total = sum(len(chunk_text(read_text_file(f), args.chunk_size, args.overlap)) for f in files)
+    if total == 0:
+        raise CommandError(f"the {len(files)} text file(s) found are empty")
+    existing = _is_store(store)
+    model = _model_for(store, args.model) if existing else (args.model or None)
+    embedder = load_embedder(model)
+    model_name = getattr(embedder, "model_name", str(model))
+    if existing:
+        collection = open_store(store, read_only=False)
+        try:
+            _check_dim(store, collection, embedder, model_name)
+        except CommandError:
+            collection.close()
+            raise
+    else:
+        if store.exists() and (not store.is_dir() or any(store.iterdir())):
+            raise CommandError(f"--store {str(store)!r} exists and is not a vecpress store; give a new or empty folder")
+        collection = Collection(embedder.dim, path=store, bits=args.bits, metric=embedder.metric)
+        _write_store_config(store, embedder)
+    _status(f"indexing {_count(total)} chunks of {len(files)} file(s) into {store} with {model_name}")
+    started = time.perf_counter()
+    with collection:
+        # a file indexed again replaces all its chunks, also those past its new end
+        for file in files:
+            collection.delete(where={"source": str(file)})
+        # chunk texts are small next to their vectors, which add_texts streams batch by batch
+        texts, metas, ids = [], [], []
+        for file, chunk in iter_file_chunks(files, args.chunk_size, args.overlap):
+            texts.append(chunk.text)
+            metas.append({"source": str(file), "chunk": chunk.number, "start": chunk.start})
+            ids.append(f"{file}#{chunk.number}")
+        add_texts(collection, embedder, texts, metas, ids, batch_size=args.batch_size,
+                  progress=None if args.progress else False)
+        elapsed = time.perf_counter() - started
+        count = len(collection)
+    print(f"indexed {_count(total)} chunks from {len(files)} file(s) in {elapsed:.1f} s; "
+          f"the store {store} now holds {_count(count)} chunks")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline import search
+
+    store = Path(args.store)
+    where = None
+    if args.where is not None:
+        try:
+            where = json.loads(args.where)
+        except ValueError as error:
+            raise CommandError(f"--where must be JSON, e.g. '{{\"source\": \"notes.md\"}}': {error}") from None
+    with open_store(store) as collection:
+        if len(collection) == 0:
+            raise CommandError(f"the store {str(store)!r} is empty; add files with `vecpress index PATH --store {store}`")
+        embedder = None
+        if args.mode != "text" or args.rerank in ("exact", "embed"):
+            model = _model_for(store, args.model)
+            embedder = load_embedder(model)
+            _check_dim(store, collection, embedder, getattr(embedder, "model_name", model))
+        reranker = None if args.rerank == "none" else args.rerank
+        if args.cross_encoder:
+            reranker = "cross-encoder:" + args.cross_encoder
+        started = time.perf_counter()
+        hits = search(collection, embedder, args.question, args.k, where=where, reranker=reranker, mode=args.mode)
+        elapsed = time.perf_counter() - started
+    if args.json:
+        print(json.dumps([{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits],
+                         ensure_ascii=False, indent=1))
+    else:
+        print(format_hits(hits))
+        _status(f"{len(hits)} hit(s) in {elapsed * 1000:.0f} ms")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    store = Path(args.store)
+    with open_store(store) as collection:
+        info = store_stats(collection)
+    config = _read_store_config(store)
+    if config.get("model"):
+        info["model"] = config["model"]
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        text = format_stats(info, store)
+        if info.get("model"):
+            text += f"\n  {'model':<15}  {info['model']}"
+        print(text)
+    return 0
+
+
+def default_demo_store(limit: int | None) -> Path:
+    """``$XDG_CACHE_HOME/vecpress/demo-wordnet-LIMIT`` (``~/.cache`` by default), or the same
+    under the temporary folder when the cache folder cannot be made."""
+    name = f"demo-wordnet-{limit or 'all'}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vecpress"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / "vecpress"
+    return cache / name
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import Collection
+    from .coldstart import measure_cold_start
+    from .pipeline import add_texts, search
+    from .wordnet import sample_glosses
+
+    limit = None if args.limit == 0 else args.limit
+    store = Path(args.store) if args.store else default_demo_store(limit)
+    try:
+        glosses, total = sample_glosses(limit, args.wordnet_dir)
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from None
+    print(f"vecpress demo: {_count(len(glosses))} WordNet glosses (of {_count(total)}, spread over "
+          f"nouns, verbs, adjectives, adverbs) from {args.wordnet_dir}")
+    print(f"store: {store}")
+    started = time.perf_counter()
+    embedder = load_embedder(args.model)
+    model_seconds = time.perf_counter() - started
+    print(f"model: {embedder.model_name} ({embedder.dim} dims, loaded in {model_seconds:.1f} s)")
+
+    if _is_store(store):
+        collection = open_store(store, read_only=False)
+        try:
+            _check_dim(store, collection, embedder, embedder.model_name)
+        except CommandError:
+            collection.close()
+            raise
+        if args.rebuild:
+            collection.clear()
+    else:
+        if store.exists() and (not store.is_dir() or any(store.iterdir())):
+            raise CommandError(f"--store {str(store)!r} exists and is not a vecpress store; give a new or empty folder")
+        collection = Collection(embedder.dim, path=store, bits=args.bits, metric=embedder.metric)
+        _write_store_config(store, embedder, {"demo_limit": limit})
+
+    with collection:
+        wanted = {g.id for g in glosses}
+        present = {hit.id for hit in collection.get()}
+        stale = sorted(present - wanted)
+        if stale:  # left by a run with another --limit
+            collection.delete(ids=stale)
+        todo = [g for g in glosses if g.id not in present]
+        if todo:
+            verb = "indexing" if len(todo) == len(glosses) else f"resuming: indexing the {_count(len(todo))} missing of"
+            print(f"{verb} {_count(len(glosses))} glosses (embed in batches, quantize to {collection.bits}-bit codes "
+                  "on insert, keep float16 originals on disk)…", flush=True)
+            started = time.perf_counter()
+            add_texts(collection, embedder, [g.text for g in todo], [g.metadata for g in todo],
+                      [g.id for g in todo], progress=None if args.progress else False)
+            elapsed = time.perf_counter() - started
+            print(f"indexed {_count(len(todo))} glosses in {elapsed:.1f} s ({len(todo) / elapsed:,.0f} texts/s)")
+        else:
+            print(f"all {_count(len(glosses))} glosses already indexed (use --rebuild to index again)")
+
+        print()
+        for question, where in DEMO_QUESTIONS:
+            started = time.perf_counter()
+            hits = search(collection, embedder, question, args.k, where=where)
+            elapsed = time.perf_counter() - started
+            shown = f"{question}   [where {json.dumps(where)}]" if where else question
+            print(f"Q: {shown}   ({elapsed * 1000:.0f} ms, embedding the question included)")
+            print(format_hits(hits))
+            print()
+
+        print("store stats:")
+        print(format_stats(store_stats(collection), store))
+        query_vector = embedder.embed_query(DEMO_QUESTIONS[0][0])
+
+    print()
+    with tempfile.TemporaryDirectory(prefix="vecpress-demo-") as scratch:
+        query_file = Path(scratch) / "query.npy"
+        np.save(query_file, query_vector)
+        timing = measure_cold_start(store, query_file, runs=args.cold_runs)
+    print(f"cold start, median of {args.cold_runs} fresh python processes (numba cache warm, query "
+          "vector precomputed):")
+    print(f"  import vecpress {timing['import']:.3f} s, open store {timing['open']:.3f} s, "
+          f"first query {timing['first_query'] * 1000:.1f} ms (second {timing['second_query'] * 1000:.1f} ms): "
+          f"{timing['total']:.2f} s in all")
+    print(f"  (loading the embedding model took {model_seconds:.1f} s in this process; "
+          "a long-lived app pays it once)")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _bits(text: str) -> int:
+    value = _positive_int(text)
+    if not (1 <= value <= 8 or value in (16, 32)):
+        raise argparse.ArgumentTypeError(f"bits must be 1-8, 16 or 32, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .chunking import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP
+    from .wordnet import WORDNET_DIR
+
+    parser = argparse.ArgumentParser(
+        prog="vecpress",
+        description="A compressed, embedded vector store for RAG: index text files, search them, "
+                    "inspect a store, or run the WordNet demo.",
+        epilog="Run `vecpress COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"vecpress {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def model_option(p: argparse.ArgumentParser, default_text: str) -> None:
+        p.add_argument("--model", default=None,
+                       help=f"sentence-transformers model name or local folder ({default_text})")
+
+    def progress_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="no progress bar (it shows only on a terminal anyway)")
+
+    index = commands.add_parser(
+        "index", help="index the .txt and .md files under PATHs into a store",
+        description="Index plain-text and Markdown files: each file is cut into overlapping chunks, "
+                    "embedded, quantized and written to the store (created if needed). A file "
+                    "indexed again replaces its old chunks.")
+    index.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked for .txt/.md)")
+    index.add_argument("--store", required=True, metavar="DIR", help="store folder (new, empty or an existing store)")
+    model_option(index, "default: the store's model, else sentence-transformers/all-MiniLM-L6-v2")
+    index.add_argument("--bits", type=_bits, default=4, help="code bits per dimension for a new store (default 4)")
+    index.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE,
+                       help=f"characters per chunk (default {DEFAULT_CHUNK_SIZE})")
+    index.add_argument("--overlap", type=_non_negative_int, default=DEFAULT_OVERLAP,
+                       help=f"characters shared by consecutive chunks (default {DEFAULT_OVERLAP})")
+    index.add_argument("--batch-size", type=_positive_int, default=None, help="texts per model call")
+    progress_option(index)
+    index.set_defaults(run=cmd_index)
+
+    search = commands.add_parser(
+        "search", help="ask a store a question; prints ranked hits",
+        description="Print the best hits of a store for a question: rank, score (higher is better), "
+                    "source file and chunk, and the text.")
+    search.add_argument("store", metavar="DIR", help="a store made by `vecpress index`")
+    search.add_argument("question")
+    search.add_argument("-k", type=_positive_int, default=5, help="number of hits (default 5)")
+    search.add_argument("--mode", choices=("dense", "text", "hybrid"), default="dense",
+                        help="vector search, full-text search, or both fused (default dense)")
+    search.add_argument("--where", metavar="JSON", help='metadata filter, e.g. \'{"chunk": {"$lt": 3}}\'')
+    search.add_argument("--rerank", choices=("none", "exact", "embed"), default="none",
+                        help="second stage: none (the index's own exact rerank; default), exact "
+                             "(kept vectors), embed (re-embed the candidates' texts)")
+    search.add_argument("--cross-encoder", metavar="MODEL",
+                        help="rerank with this sentence-transformers CrossEncoder (name or folder)")
+    model_option(search, "default: the model the store was built with")
+    search.add_argument("--json", action="store_true", help="print the hits as JSON")
+    search.set_defaults(run=cmd_search)
+
+    stats = commands.add_parser(
+        "stats", help="counts, bits, RAM and disk bytes per vector of a store",
+        description="Show what a store holds and what it costs: vectors, code bits, RAM and disk "
+                    "bytes per vector compared with float32.")
+    stats.add_argument("store", metavar="DIR")
+    stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    stats.set_defaults(run=cmd_stats)
+
+    demo = commands.add_parser(
+        "demo", help="index WordNet glosses, answer sample questions, show stats and cold start",
+        description="The whole job on a real corpus: WordNet glosses from Debian's wordnet-base "
+                    "(apt-get install wordnet-base) are embedded with the local default model, "
+                    "quantized on insert, and searched. A second run reuses the store.")
+    demo.add_argument("--limit", type=_non_negative_int, default=DEFAULT_DEMO_LIMIT,
+                      help=f"glosses to index, spread over all of WordNet (default {DEFAULT_DEMO_LIMIT:,}; "
+                           "0 = all ~117k)")
+    demo.add_argument("--store", metavar="DIR", default=None,
+                      help="store folder (default: ~/.cache/vecpress/demo-wordnet-LIMIT)")
+    demo.add_argument("--rebuild", action="store_true", help="index again even if the store is complete")
+    demo.add_argument("--bits", type=_bits, default=4, help="code bits per dimension for a new store (default 4)")
+    demo.add_argument("-k", type=_positive_int, default=3, help="hits per question (default 3)")
+    demo.add_argument("--cold-runs", type=_positive_int, default=3,
+                      help="fresh processes for the cold-start timing (default 3)")
+    demo.add_argument("--wordnet-dir", default=str(WORDNET_DIR), help=f"WordNet data folder (default {WORDNET_DIR})")
+    model_option(demo, "default: sentence-transformers/all-MiniLM-L6-v2, offline copy")
+    progress_option(demo)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vecpress`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except CommandError as error:
+        print(f"vecpress {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except (ImportError, OSError, ValueError) as error:
+        # ModelLoadError (an OSError), a store locked by another writer, a bad filter, ...
+        if os.environ.get("VECPRESS_DEBUG"):
+            raise
+        print(f"vecpress {args.command}: error: {error} (VECPRESS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"vecpress {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
