@@ -351,7 +351,7 @@ def test_truncate_dim_codes_prefix_but_reranks_full_vectors():
     data, queries = clustered_vectors(2000, 64, seed=22), clustered_vectors(10, 64, seed=23)
     index = Index(64, bits=4, truncate_dim=32, oversample=10)
     ids = index.add(data)
-    assert index.stats()["code_bytes"] == 32 * 4 // 8  # 32 dims at 4 bits
+    assert index.stats()["code_bytes"] == 4 * 8  # 4 planes of one 64-bit word for 32 dims
     scores, found = index.search(queries, 10)
     exact = reference_scores(data, queries, "cosine")
     np.testing.assert_allclose(scores, np.take_along_axis(exact, found, 1), atol=2e-3)
@@ -359,12 +359,17 @@ def test_truncate_dim_codes_prefix_but_reranks_full_vectors():
     assert recall(found, ids[truth]) >= 0.9
 
 
-def test_stats_ram_is_codes_plus_small_overhead(tmp_path):
-    index = Index(384, bits=1, path=tmp_path / "store")  # originals stay on disk
+@pytest.mark.parametrize("bits,metric,code_bytes", [(1, "cosine", 48), (4, "cosine", 192),
+                                                    (8, "ip", 384), (2, "l2", 96)])
+def test_stats_ram_is_codes_plus_small_overhead(tmp_path, bits, metric, code_bytes):
+    index = Index(384, bits=bits, metric=metric, path=tmp_path / "store")  # originals on disk
     index.add(random_vectors(1000, 384))
     stats = index.stats()
     per_vector = (stats["ram_bytes"] - stats["ram_fixed_bytes"]) / stats["count"]
-    assert stats["code_bytes"] == 48
-    assert per_vector <= stats["code_bytes"] + 16
+    assert stats["code_bytes"] == code_bytes
+    # an int64 id and float32 factors: one, plus one to prune multi-bit codes, plus |r|^2 for L2
+    factors = 1 + (bits > 1) + (metric == "l2")
+    assert per_vector == code_bytes + 8 + 4 * factors
+    assert per_vector <= code_bytes + 16 or metric == "l2"
     assert stats["disk_bytes"] > 1000 * 384 * 2  # float16 originals are on disk
     index.close()

@@ -206,7 +206,7 @@ CACHE_PROBE = textwrap.dedent("""
     index = Index(64, bits=4)
     index.add(np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32))
     index.search(np.ones((1, 64), np.float32), k=3)
-    stats = kernels.scan_lanes_task.stats
+    stats = kernels.scan_planes_task.stats
     print(stats.cache_hits and sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
 """)
 

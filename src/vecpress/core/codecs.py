@@ -165,34 +165,43 @@ class RaBitQCodec(Codec):
     The single per-vector factor ``|r|^2 / <x, r>`` is all the scan needs for inner products
     (plus ``|o - c|^2`` for L2).
 
-    Two layouts, chosen by width for speed: 4 and 8 bits pack 8/bits levels per byte and are
-    scanned with vectorised float dot products against the unquantized query; other widths are
-    stored as bit planes and scanned with popcounts against a query quantized to
-    ``query_bits`` (4 for 1- and 2-bit codes, as in RaBitQ).
+    Codes are stored as bit planes and scanned with popcounts against the query quantized to
+    ``query_bits``. Multi-bit codes are scanned in two steps: the top plane alone is a 1-bit
+    RaBitQ code (with a second factor), and the full code is scored only for rows whose 1-bit
+    estimate plus its error bound could still make the top candidates.
     """
 
     name = "rabitq"
     #: the centroid is learnt from the first batch only when it has at least this many rows
     MIN_FIT_ROWS = 32
-    LANE_WIDTHS = (4, 8)
+    #: multiplier of the top-plane estimate's standard error used to skip rows (RaBitQ's eps0)
+    PRUNE_EPSILON = 3.0
     #: query bits by code bits for bit-plane codes: enough that query rounding stays well
     #: below the code's own error (measured in benchmarks/)
-    DEFAULT_QUERY_BITS = {1: 4, 2: 4, 3: 6, 5: 8, 6: 8, 7: 8}
+    DEFAULT_QUERY_BITS = {1: 4, 2: 6, 3: 6, 4: 8, 5: 8, 6: 8, 7: 8, 8: 8}
 
     def __init__(self, dim: int, bits: int, metric: str, *, seed: int = 0,
                  query_bits: int | None = None, n_scales: int = 6, n_sweeps: int = 3) -> None:
         super().__init__(dim, bits, metric)
         self.seed = seed
-        self.query_bits = query_bits or self.DEFAULT_QUERY_BITS.get(bits, 8)
+        self.query_bits = query_bits or self.DEFAULT_QUERY_BITS[bits]
+        if not 4 <= self.query_bits <= 8:
+            raise ValueError(f"query_bits={self.query_bits} is out of range; use 4-8")
         self.n_scales = n_scales
         self.n_sweeps = n_sweeps
-        self.uses_lanes = bits in self.LANE_WIDTHS
-        self.lanes = 8 // bits if self.uses_lanes else 0
-        self.width = -(-dim // self.lanes) if self.uses_lanes else 0  # bytes per code
         self.words = (dim + 63) // 64
         self.rotation = random_rotation(dim, seed)
         self.centroid: np.ndarray | None = None
         self.level_mid = ((1 << bits) - 1) / 2.0
+
+    @property
+    def prunes(self) -> bool:
+        """Multi-bit codes keep a top-plane factor to skip hopeless rows early."""
+        return self.bits > 1
+
+    @property
+    def factor_count(self) -> int:
+        return super().factor_count + int(self.prunes)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "seed": self.seed, "query_bits": self.query_bits,
@@ -220,11 +229,11 @@ class RaBitQCodec(Codec):
             self.centroid = np.zeros(self.dim, dtype=np.float32)
 
     def code_shape(self) -> tuple[int, ...]:
-        return (self.width,) if self.uses_lanes else (self.bits, self.words)
+        return (self.bits, self.words)
 
     @property
     def code_dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if self.uses_lanes else np.uint64)
+        return np.dtype(np.uint64)
 
     def rotate(self, vectors: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(vectors @ self.rotation.T, dtype=np.float32)
@@ -234,25 +243,22 @@ class RaBitQCodec(Codec):
             self.fit(vectors)
         rotated = self.rotate(vectors - self.centroid)
         levels, x_dot_r = kernels.fit_levels(rotated, self.bits, self.n_scales, self.n_sweeps)
-        if self.uses_lanes:
-            codes = kernels.pack_lanes(levels, self.bits, self.width)
-        else:
-            codes = kernels.pack_planes(levels, self.bits, self.words)
+        codes = kernels.pack_planes(levels, self.bits, self.words)
         norm_sq = np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
-        nonzero = x_dot_r != 0
-        factors[nonzero, 0] = norm_sq[nonzero] / x_dot_r[nonzero]
+        factors[:, 0] = _ratio(norm_sq, x_dot_r)
         if self.metric == "l2":
             factors[:, 1] = norm_sq
+        if self.prunes:
+            # the top level bit alone is a 1-bit RaBitQ code: x1 = +-1/2 by the sign of the level
+            top_bit = levels >= (1 << (self.bits - 1))
+            x1_dot_r = 0.5 * np.where(top_bit, rotated, -rotated).sum(axis=1, dtype=np.float64)
+            factors[:, -1] = _ratio(norm_sq, x1_dot_r)
         return codes, factors
 
     def decode_levels(self, codes: np.ndarray) -> np.ndarray:
         """Centred integer levels ``x`` (n, dim) of stored codes (for tests and refits)."""
-        if self.uses_lanes:
-            levels = kernels.unpack_lanes(codes, self.bits, self.dim)
-        else:
-            levels = kernels.unpack_planes(codes, self.dim)
-        return levels.astype(np.float32) - self.level_mid
+        return kernels.unpack_planes(codes, self.dim).astype(np.float32) - self.level_mid
 
     def _rotated_queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rotated queries (centred for L2) and the per-query constant of the estimate."""
@@ -278,21 +284,28 @@ class RaBitQCodec(Codec):
         q_sum = rotated.sum(axis=1, dtype=np.float64)
         const = np.asarray(const, dtype=np.float64)
         l2 = self.metric == "l2"
-        if self.uses_lanes:
-            padded = np.zeros((len(queries), self.lanes * self.width), np.float32)
-            padded[:, : self.dim] = rotated
-            qlanes = padded.reshape(len(queries), self.lanes, self.width)
-            return run_scan("lanes", codes, factors, flt, len(queries), k, qlanes,
-                            q_sum, const, self.level_mid, self.bits, l2)
         quantized = self.quantize_query(rotated)
         return run_scan("planes", codes, factors, flt, len(queries), k,
                         quantized["planes"], quantized["step"], quantized["low"], q_sum, const,
-                        self.level_mid, l2)
+                        self.level_mid, l2, self.factor_count - 1 if self.prunes else -1,
+                        self._prune_bound(rotated, quantized["step"]))
+
+    def _prune_bound(self, rotated: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """Per query, the top-plane estimate's error bound divided by the row's factor.
+
+        RaBitQ bounds the 1-bit error by ``|r| |q| sqrt(1 - c^2) / c * eps0 / sqrt(dim - 1)``
+        where ``c = <x1, r> / (|x1| |r|)``; for rotated vectors ``c`` concentrates at
+        sqrt(2 / pi) = 0.8, so ``|r| = factor * c * sqrt(dim) / 2`` and the bound becomes
+        ``factor * 0.3 * eps0 * |q|``. Rounding the query to 4 bits adds
+        ``eps0 * 0.5 * step4 * sqrt(dim / 12)`` times the factor.
+        """
+        step4 = step * (1 << (self.query_bits - 4)) if self.query_bits >= 4 else step
+        norms = np.linalg.norm(rotated, axis=1)
+        return (self.PRUNE_EPSILON * (0.3 * norms + 0.5 * step4 * np.sqrt(self.dim / 12.0))
+                ).astype(np.float64)
 
     def query_step(self, queries: np.ndarray) -> np.ndarray:
-        """Quantization step of each query (0 when the scan uses the float query)."""
-        if self.uses_lanes:
-            return np.zeros(len(queries))
+        """Quantization step of each query."""
         return self.quantize_query(self._rotated_queries(queries)[0])["step"]
 
     def estimate(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -303,6 +316,14 @@ class RaBitQCodec(Codec):
         if self.metric == "l2":
             return -(factors[:, 1][None, :] + const[:, None] - 2 * ip)
         return ip + const[:, None]
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` with 0 where the denominator is 0 (a zero residual)."""
+    out = np.zeros(len(numerator), dtype=np.float64)
+    nonzero = denominator != 0
+    out[nonzero] = numerator[nonzero] / denominator[nonzero]
+    return out
 
 
 def _chunk_count(n_rows: int) -> int:

@@ -640,8 +640,8 @@ def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, o
         raise TypeError(f"seed must be an integer, got {seed!r}")
     if query_bits is not None:
         query_bits = as_positive_int(query_bits, "query_bits")
-        if query_bits > 8:
-            raise ValueError(f"query_bits={query_bits} is out of range; use 1-8")
+        if not 4 <= query_bits <= 8:
+            raise ValueError(f"query_bits={query_bits} is out of range; use 4-8")
     config = {"dim": dim, "metric": metric, "bits": bits, "rerank": bool(rerank),
               "codec": codec, "oversample": oversample, "rerank_dtype": rerank_dtype,
               "truncate_dim": truncate_dim, "seed": int(seed), "query_bits": query_bits}

@@ -280,86 +280,70 @@ def _plane_score(codes, row, qplanes, q_step, q_low, level_mid, q_sum):
     return q_step * np.float64(acc) + q_low * np.float64(level_sum) - level_mid * q_sum
 
 
+@njit(inline="always")
+def _top_plane_ip(codes, row, query, first):
+    """<top level bit - 1/2, q4> pieces: the popcount sum of the code's top plane against the
+    4 most significant query planes (``first`` .. ``first + 3``) and the plane's popcount."""
+    top = codes.shape[1] - 1
+    acc = np.uint64(0)
+    ones = np.uint64(0)
+    for w in range(codes.shape[2]):
+        cw = codes[row, top, w]
+        ones += popcount64(cw)
+        acc += (popcount64(cw & query[w, first])
+                + (popcount64(cw & query[w, first + 1]) << np.uint64(1))
+                + (popcount64(cw & query[w, first + 2]) << np.uint64(2))
+                + (popcount64(cw & query[w, first + 3]) << np.uint64(3)))
+    return np.float64(acc), np.float64(ones)
+
+
 @njit(cache=True)
 def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
                      stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
-                     heap_s, heap_r):
-    """Bit-plane codes (n, bits, words) against query ``q`` of (q, words, query_bits) planes."""
+                     prune_col, q_bound, heap_s, heap_r):
+    """Bit-plane codes (n, bits, words) against query ``q`` of (q, words, query_bits) planes.
+
+    With ``prune_col >= 0`` (multi-bit codes), each row is first estimated from its top bit
+    plane alone, a plain 1-bit RaBitQ code whose correction factor is ``factors[:, prune_col]``,
+    and the full code is scored only when that estimate plus its error bound
+    (``|factor| * q_bound[q]``) could still enter the heap. The top plane is a quarter or less
+    of the code, so most rows cost a 1-bit scan.
+    """
     _heap_init(heap_s, heap_r)
     size = 0
+    capacity = heap_s.shape[0]
+    query = qplanes[q]
+    step, low, total, const = q_step[q], q_low[q], q_sum[q], q_const[q]
+    first = qplanes.shape[2] - 4
+    scale4 = np.float64(1 << first)
+    step4 = step * scale4
+    low4 = low + step * (scale4 - 1.0) / 2.0
+    bound = q_bound[q]
     for i in range(start, stop):
         row = _row_at(i, rows, use_rows)
         if not _row_allowed(row, ids, check_ids, mask, check_mask):
             continue
-        ip = factors[row, 0] * _plane_score(codes, row, qplanes[q], q_step[q], q_low[q],
-                                            level_mid, q_sum[q])
-        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, q_const[q]),
-                           row)
+        if prune_col >= 0 and size == capacity:
+            acc, ones = _top_plane_ip(codes, row, query, first)
+            factor = factors[row, prune_col]
+            upper = factor * (step4 * acc + low4 * ones - 0.5 * total) + abs(factor) * bound
+            if _finish(upper, factors, row, metric_l2, const) <= heap_s[0]:
+                continue
+        ip = factors[row, 0] * _plane_score(codes, row, query, step, low, level_mid, total)
+        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, const), row)
 
 
 @njit(cache=True, parallel=True)
 def scan_planes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
                          n_items, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
-                         out_scores, out_rows):
+                         prune_col, q_bound, out_scores, out_rows):
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
         scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
                          stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
-                         out_scores[q, chunk], out_rows[q, chunk])
-
-
-@njit(inline="always")
-def _lane_score(codes, row, qlanes, bits):
-    """<level, q'> for codes packing 8/bits levels per byte, lane ``l`` of byte ``j`` holding
-    coordinate ``l * width + j``; ``qlanes`` is the query cut the same way, (8 / bits, width).
-    Written once per width so that LLVM vectorises each inner loop."""
-    width = codes.shape[1]
-    acc = np.float32(0.0)
-    if bits == 8:
-        for j in range(width):
-            acc += np.float32(codes[row, j]) * qlanes[0, j]
-    elif bits == 4:
-        for j in range(width):
-            c = codes[row, j]
-            acc += np.float32(c & 15) * qlanes[0, j] + np.float32(c >> 4) * qlanes[1, j]
-    else:
-        for j in range(width):
-            c = codes[row, j]
-            acc += (np.float32(c & 3) * qlanes[0, j] + np.float32((c >> 2) & 3) * qlanes[1, j]
-                    + np.float32((c >> 4) & 3) * qlanes[2, j] + np.float32(c >> 6) * qlanes[3, j])
-    return acc
-
-
-@njit(cache=True, fastmath=_VECTORISE)
-def scan_lanes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
-                    stop, q, qlanes, q_sum, q_const, level_mid, bits, metric_l2, heap_s, heap_r):
-    """Byte-lane codes (n, width) uint8 of 4 or 8 bits against float queries (q, lanes, width)."""
-    _heap_init(heap_s, heap_r)
-    size = 0
-    query = qlanes[q]
-    offset = level_mid * q_sum[q]
-    for i in range(start, stop):
-        row = _row_at(i, rows, use_rows)
-        if not _row_allowed(row, ids, check_ids, mask, check_mask):
-            continue
-        ip = factors[row, 0] * (_lane_score(codes, row, query, bits) - offset)
-        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, q_const[q]),
-                           row)
-
-
-@njit(cache=True, parallel=True)
-def scan_lanes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
-                        n_items, qlanes, q_sum, q_const, level_mid, bits, metric_l2, out_scores,
-                        out_rows):
-    n_queries, n_chunks, _ = out_scores.shape
-    for task in prange(n_queries * n_chunks):
-        q, chunk = task // n_chunks, task % n_chunks
-        start, stop = _chunk_bounds(chunk, n_chunks, n_items)
-        scan_lanes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
-                        stop, q, qlanes, q_sum, q_const, level_mid, bits, metric_l2,
-                        out_scores[q, chunk], out_rows[q, chunk])
+                         prune_col, q_bound, out_scores[q, chunk], out_rows[q, chunk])
 
 
 @njit(cache=True, fastmath=_VECTORISE)
@@ -370,6 +354,7 @@ def scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_
     size = 0
     dim = codes.shape[1]
     query = queries[q]
+    const = q_const[q]
     for i in range(start, stop):
         row = _row_at(i, rows, use_rows)
         if not _row_allowed(row, ids, check_ids, mask, check_mask):
@@ -378,8 +363,7 @@ def scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_
         for d in range(dim):
             acc += table[codes[row, d]] * query[d]
         ip = factors[row, 0] * acc
-        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, q_const[q]),
-                           row)
+        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, const), row)
 
 
 @njit(cache=True, parallel=True)
@@ -397,33 +381,5 @@ def scan_bytes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, 
 #: serial task and parallel driver of each code family
 SCANS = {
     "planes": (scan_planes_task, scan_planes_parallel),
-    "lanes": (scan_lanes_task, scan_lanes_parallel),
     "bytes": (scan_bytes_task, scan_bytes_parallel),
 }
-
-
-# --------------------------------------------------------------------------- byte lanes
-
-
-@njit(cache=True, parallel=True)
-def pack_lanes(levels, bits, width):
-    """Pack (n, dim) levels of ``bits`` in {2, 4, 8} into (n, width) bytes of 8/bits lanes."""
-    n, dim = levels.shape
-    out = np.zeros((n, width), dtype=np.uint8)
-    for r in prange(n):
-        for i in range(dim):
-            lane = i // width
-            out[r, i - lane * width] |= np.uint8(levels[r, i] << (lane * bits))
-    return out
-
-
-@njit(cache=True)
-def unpack_lanes(codes, bits, dim):
-    n, width = codes.shape
-    mask = (1 << bits) - 1
-    out = np.zeros((n, dim), dtype=np.uint8)
-    for r in range(n):
-        for i in range(dim):
-            lane = i // width
-            out[r, i] = (codes[r, i - lane * width] >> (lane * bits)) & mask
-    return out
