@@ -206,7 +206,8 @@ def test_sql_looking_keys_values_and_ids_are_data():
 
 
 @settings(max_examples=60, deadline=None)
-@given(key=st.text(min_size=0, max_size=8), value=st.one_of(st.text(max_size=8),
+@given(key=st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=8),
+       value=st.one_of(st.text(st.characters(codec="utf-8", blacklist_characters="\x00"), max_size=8),
                                                            st.integers(-10**18, 10**18),
                                                            st.floats(allow_nan=False,
                                                                      allow_infinity=False)))
@@ -220,10 +221,38 @@ def test_any_key_and_value_can_be_filtered(key, value):
 
 
 def test_sql_is_parameterised():
-    node = filters.parse({"$or": [{"'; DROP TABLE x": {"$in": ["'", '"', "\\"]}},
-                                  {"k": {"$contains": "%_"}}]})
-    sql, params = filters.to_sql(node)
-    assert "DROP" not in sql and "%_" not in sql
-    assert sql.count("?") == len(params)
-    sqlite3.complete_statement(f"SELECT 1 WHERE {sql};")
-    assert "DROP TABLE" in str(params)
+    node = filters.parse({"$or": [{"'; DROP TABLE x": {"$in": ["'", '"', "\\", 3, True]}},
+                                  {"k": {"$contains": "%_"}},
+                                  {"$not": {"z": {"$gt": "') OR 1=1"}}}]})
+    leaves = []
+
+    def walk(n):
+        if isinstance(n, filters.Field):
+            leaves.append(n)
+        elif isinstance(n, filters.Not):
+            walk(n.child)
+        else:
+            for c in n.children:
+                walk(c)
+
+    walk(node)
+    assert len(leaves) == 3
+    for leaf in leaves:
+        sql, params = filters.condition_sql(leaf)
+        assert "DROP" not in sql and "%_" not in sql and "OR 1=1" not in sql
+        assert sql.count("?") == len(params)
+        assert sqlite3.complete_statement(sql + ";")
+        assert leaf.key in params
+
+
+def test_nul_characters_in_metadata_are_rejected():
+    col = Collection(2, bits=32)
+    with pytest.raises(ValueError, match=r"metadatas\[0\]\['k'\] contains a NUL"):
+        col.upsert(["a"], [[1.0, 0.0]], metadatas=[{"k": "x\x00y"}])
+    with pytest.raises(ValueError, match="key 'k\\\\x00z' contains a NUL"):
+        col.upsert(["a"], [[1.0, 0.0]], metadatas=[{"k\x00z": 1}])
+    with pytest.raises(ValueError, match=r"\['k'\] is not valid Unicode"):
+        col.upsert(["a"], [[1.0, 0.0]], metadatas=[{"k": "\ud800"}])
+    with pytest.raises(ValueError, match=r"texts\[0\] is not valid Unicode"):
+        col.upsert(["a"], [[1.0, 0.0]], texts=["\ud800"])
+    assert len(col) == 0

@@ -179,7 +179,8 @@ class Collection:
             raise ValueError(f"filter_cache_size must be a non-negative integer, got "
                              f"{filter_cache_size!r}")
         self._rw = _ReadWriteLock()
-        self._cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        #: filter repr -> [sorted matching row ids, Index row mask or None]; "" -> all row ids
+        self._cache: OrderedDict[str, list] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = 0 if read_only else filter_cache_size
         self._lock: storage.DirectoryLock | None = None
@@ -425,19 +426,17 @@ class Collection:
         if ids is None and where is None:
             raise ValueError("delete needs ids=... or where=...; to delete everything call clear()")
         node = filters_module.parse(where)
-        where_sql, params = filters_module.to_sql(node) if node is not None else (None, [])
         if ids is not None:
             ids = _checked_id_list(ids)
         with self._rw.write():
             self._check_writable()
             if ids is not None:
                 found = self._store.rowids_of(ids)
-                rowids = np.fromiter(found.values(), dtype=np.int64, count=len(found))
-                if where_sql is not None and len(rowids):
-                    rowids = np.intersect1d(rowids, self._store.matching_rowids(where_sql, params))
+                rowids = np.unique(np.fromiter(found.values(), dtype=np.int64, count=len(found)))
+                if node is not None and len(rowids):
+                    rowids = np.intersect1d(rowids, self._matching(node), assume_unique=True)
             else:
-                rowids = (self._store.matching_rowids(where_sql, params)
-                          if where_sql is not None else self._store.rowids())
+                rowids = self._matching(node) if node is not None else self._store.rowids()
             if len(rowids) == 0:
                 return 0
             self._clear_cache()
@@ -487,6 +486,7 @@ class Collection:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
         with self._rw.read():
+            end = None if limit is None else offset + limit
             if ids is not None:
                 ids = _checked_id_list(ids)
                 found = self._store.by_id(ids)
@@ -495,12 +495,13 @@ class Collection:
                 if node is not None:
                     allowed = set(self._matching(node).tolist())
                     rows = [r for r in rows if r[0] in allowed]
-                end = None if limit is None else offset + limit
                 rows = rows[offset:end]
+            elif node is not None:
+                rowids = self._matching(node)[offset:end].tolist()
+                docs = self._store.by_rowid(rowids)
+                rows = [(r, *docs[r]) for r in rowids if r in docs]
             else:
-                where_sql, params = (filters_module.to_sql(node) if node is not None
-                                     else (None, []))
-                rows = self._store.select(where_sql, params, limit=limit, offset=offset)
+                rows = self._store.select(limit=limit, offset=offset)
             hits = [Hit(i, None, t, json.loads(m)) for _, i, t, m in rows]
             if include_vectors and hits:
                 self._attach_vectors(hits, [r[0] for r in rows])
@@ -612,15 +613,28 @@ class Collection:
         return self._filter_entry(node)[0]
 
     def _filter_entry(self, node: filters_module.Filter) -> list:
-        sql, params = filters_module.to_sql(node)
-        key = (sql, tuple((type(p), p) for p in params))
+        """``[sorted row ids, Index row mask or None]`` of a filter, from the cache if there."""
+        key = repr(node)  # repr tells True, 1 and 1.0 apart; equality and hashing do not
+        entry = self._cached(key)
+        if entry is None:
+            rowids = filters_module.evaluate(node, self._store.selected_rowids, self._universe)
+            entry = self._remember(key, [rowids, None])
+        return entry
+
+    def _universe(self) -> np.ndarray:
+        entry = self._cached("")
+        if entry is None:
+            entry = self._remember("", [self._store.rowids(), None])
+        return entry[0]
+
+    def _cached(self, key: str) -> list | None:
         with self._cache_lock:
             entry = self._cache.get(key)
             if entry is not None:
                 self._cache.move_to_end(key)
-                return entry
-        rowids = np.sort(self._store.matching_rowids(sql, params))
-        entry = [rowids, None]
+            return entry
+
+    def _remember(self, key: str, entry: list) -> list:
         if self._cache_size:
             with self._cache_lock:
                 self._cache[key] = entry
@@ -668,9 +682,13 @@ class Collection:
               node: filters_module.Filter | None) -> list[tuple[int, float, tuple]]:
         if match is None:
             return []
-        where_sql, params = filters_module.to_sql(node) if node is not None else (None, [])
+        allowed = None
+        if node is not None:
+            allowed = self._matching(node)
+            if len(allowed) == 0:
+                return []
         return [(r, s, (i, t, m))
-                for r, s, i, t, m in self._store.text_search(match, k, where_sql, params)]
+                for r, s, i, t, m in self._store.text_search(match, k, allowed)]
 
     def _hybrid(self, query: np.ndarray, match: str | None, k: int,
                 node: filters_module.Filter | None, fetch_k: int, alpha: float, fusion: str,
@@ -773,6 +791,7 @@ def _checked_id_list(ids: Any) -> list[str]:
                             f"{value!r}")
         if not value:
             raise ValueError(f"ids[{position}] is an empty string; ids must be non-empty")
+        _storable_text(value, f"ids[{position}]")
     return ids
 
 
@@ -794,17 +813,37 @@ def _checked_texts(texts: Any, n: int) -> list[str | None]:
         if text is not None and not isinstance(text, str):
             raise TypeError(f"texts[{position}] must be a string or None, got "
                             f"{type(text).__name__}")
+        if text is not None:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"texts[{position}] is not valid Unicode ({exc.reason})") from None
     return texts
+
+
+def _storable_text(text: str, where: str) -> str:
+    """``text`` if SQLite can store and match it: UTF-8 encodable, without NUL characters."""
+    if "\x00" in text:
+        raise ValueError(f"{where} contains a NUL character, which SQLite's JSON functions cut "
+                         f"off; remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where} is not valid Unicode ({exc.reason}: {text[exc.start:exc.end]!r})"
+                         ) from None
+    return text
 
 
 def _json_value(value: Any, where: str) -> Any:
     """``value`` as plain JSON data (numpy scalars unwrapped, tuples as lists), or TypeError."""
-    if value is None or isinstance(value, (str, bool)):
+    if isinstance(value, str):
+        return _storable_text(value, where)
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, np.generic):
         value = value.item()
         if isinstance(value, (bool, str)):
-            return value
+            return _json_value(value, where)
     if isinstance(value, int):
         if not -(2 ** 63) <= value < 2 ** 63:
             raise TypeError(f"{where} is an integer outside the 64-bit range JSON in SQLite "
@@ -822,6 +861,7 @@ def _json_value(value: Any, where: str) -> Any:
             if not isinstance(key, str):
                 raise TypeError(f"{where} has key {key!r} of type {type(key).__name__}; "
                                 f"metadata keys must be strings")
+            _storable_text(key, f"{where} key {key!r}")
             out[key] = _json_value(item, f"{where}[{key!r}]")
         return out
     raise TypeError(f"{where} is a {type(value).__name__} ({value!r:.60}); metadata must be "

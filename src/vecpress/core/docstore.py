@@ -2,7 +2,10 @@
 
 ``docs.rowid`` is the int64 id of the document's vector in the :class:`~vecpress.core.index.Index`.
 A file database runs in WAL mode with ``synchronous=FULL``, so a committed transaction survives
-a crash and readers never block the writer. Every statement is parameterised; id lists travel
+a crash and readers never block the writer. Metadata is stored as JSON text (returned as is) and, through triggers, as one ``fields`` row
+per top-level key and list element, indexed for filters (:mod:`vecpress.core.filters`). A
+document's row is never updated: a new version is a new row. Every statement is
+parameterised; id lists travel
 as one JSON array parameter (``IN (SELECT value FROM json_each(?))``), so no statement grows
 with the batch and nothing from the user is ever spliced into SQL.
 
@@ -37,15 +40,31 @@ CREATE TABLE docs (
 CREATE VIRTUAL TABLE docs_fts USING fts5(
     text, content='docs', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
 );
+CREATE TABLE fields (doc INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, value);
+CREATE INDEX fields_by_key ON fields(key, kind, value, doc);
+CREATE INDEX fields_by_doc ON fields(doc);
 CREATE TRIGGER docs_after_insert AFTER INSERT ON docs BEGIN
     INSERT INTO docs_fts(rowid, text) VALUES (new.rowid, new.text);
+    INSERT INTO fields(doc, key, kind, value)
+        SELECT new.rowid, key, CASE type WHEN 'text' THEN 's' WHEN 'integer' THEN 'n'
+                                         WHEN 'real' THEN 'n' WHEN 'true' THEN 'b'
+                                         WHEN 'false' THEN 'b' WHEN 'null' THEN 'z'
+                                         WHEN 'array' THEN 'a' ELSE 'o' END,
+               CASE type WHEN 'array' THEN json_array_length(value)
+                         WHEN 'object' THEN NULL ELSE atom END
+        FROM json_each(new.metadata);
+    INSERT INTO fields(doc, key, kind, value)
+        SELECT new.rowid, top.key, CASE item.type WHEN 'text' THEN 'es' WHEN 'integer' THEN 'en'
+                                                  WHEN 'real' THEN 'en' WHEN 'true' THEN 'eb'
+                                                  WHEN 'false' THEN 'eb' WHEN 'null' THEN 'ez'
+                                                  WHEN 'array' THEN 'ea' ELSE 'eo' END,
+               CASE WHEN item.type IN ('array', 'object') THEN NULL ELSE item.atom END
+        FROM json_each(new.metadata) AS top, json_each(top.value) AS item
+        WHERE top.type = 'array';
 END;
 CREATE TRIGGER docs_after_delete AFTER DELETE ON docs BEGIN
     INSERT INTO docs_fts(docs_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
-END;
-CREATE TRIGGER docs_after_update AFTER UPDATE ON docs BEGIN
-    INSERT INTO docs_fts(docs_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
-    INSERT INTO docs_fts(rowid, text) VALUES (new.rowid, new.text);
+    DELETE FROM fields WHERE doc = old.rowid;
 END;
 """
 
@@ -174,9 +193,21 @@ class DocStore:
             return int(conn.execute("SELECT count(*) FROM docs").fetchone()[0])
 
     def rowids(self) -> np.ndarray:
+        """Sorted row ids of every document."""
+        return self.selected_rowids("SELECT rowid AS doc FROM docs", [])
+
+    def selected_rowids(self, select_sql: str, params: list[Any]) -> np.ndarray:
+        """Sorted distinct row ids from a one-column ``SELECT`` (a filter condition).
+
+        They come back as one comma-separated string: building 50,000 Python tuples would
+        cost several times more than the indexed scan that finds them.
+        """
         with self._reading() as conn:
-            rows = conn.execute("SELECT rowid FROM docs ORDER BY rowid").fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+            text = conn.execute(f"SELECT group_concat(doc) FROM ({select_sql})",
+                                params).fetchone()[0]
+        if not text:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.fromstring(text, dtype=np.int64, sep=","))
 
     def max_rowid(self) -> int:
         with self._reading() as conn:
@@ -207,34 +238,24 @@ class DocStore:
                 "WHERE id IN (SELECT value FROM json_each(?))", (_id_list(ids),)).fetchall()
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
-    def select(self, where_sql: str | None, params: list[Any], *, limit: int | None = None,
-               offset: int = 0) -> list[tuple[int, str, str | None, str]]:
-        """``(rowid, id, text, metadata JSON)`` of matching rows in insertion order."""
-        sql = "SELECT rowid, id, text, metadata FROM docs"
-        args = list(params)
-        if where_sql:
-            sql += f" WHERE {where_sql}"
-        sql += " ORDER BY rowid LIMIT ? OFFSET ?"
-        args += [-1 if limit is None else limit, offset]
+    def select(self, *, limit: int | None = None, offset: int = 0
+               ) -> list[tuple[int, str, str | None, str]]:
+        """``(rowid, id, text, metadata JSON)`` of documents in insertion order."""
         with self._reading() as conn:
-            return conn.execute(sql, args).fetchall()
+            return conn.execute("SELECT rowid, id, text, metadata FROM docs ORDER BY rowid "
+                                "LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset)
+                                ).fetchall()
 
-    def matching_rowids(self, where_sql: str, params: list[Any]) -> np.ndarray:
-        with self._reading() as conn:
-            rows = conn.execute(f"SELECT rowid FROM docs WHERE {where_sql}", params).fetchall()
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-
-    def text_search(self, match: str, k: int, where_sql: str | None,
-                    params: list[Any]) -> list[tuple[int, float, str, str | None, str]]:
+    def text_search(self, match: str, k: int, allowed: np.ndarray | None
+                    ) -> list[tuple[int, float, str, str | None, str]]:
         """Best ``k`` ``(rowid, score, id, text, metadata JSON)`` by BM25 (score = -bm25:
-        higher is better)."""
+        higher is better), among the ``allowed`` row ids when given."""
         sql = ("SELECT docs.rowid, -bm25(docs_fts), docs.id, docs.text, docs.metadata "
-               "FROM docs_fts "
-               "JOIN docs ON docs.rowid = docs_fts.rowid WHERE docs_fts MATCH ?")
+               "FROM docs_fts JOIN docs ON docs.rowid = docs_fts.rowid WHERE docs_fts MATCH ?")
         args: list[Any] = [match]
-        if where_sql:
-            sql += f" AND {where_sql}"
-            args += params
+        if allowed is not None:
+            sql += " AND docs.rowid IN (SELECT value FROM json_each(?))"
+            args.append(_id_list(allowed.tolist()))
         sql += " ORDER BY bm25(docs_fts), docs.rowid LIMIT ?"
         args.append(k)
         with self._reading() as conn:

@@ -2,8 +2,9 @@
 
 Users write LangChain-style dicts (``{"year": {"$gte": 2020}, "$or": [...]}``) or LlamaIndex
 ``MetadataFilters``; both become the small tree below (``Field``, ``And``, ``Or``, ``Not``),
-which :func:`to_sql` compiles into a ``WHERE`` clause over ``docs.metadata`` (a JSON object).
-Every key and value is a bound parameter: a key like ``"); DROP TABLE docs`` is just a key.
+which :func:`evaluate` runs as indexed ``SELECT``s over the ``fields`` table, combined in
+numpy. Every key and value is a bound parameter: a key like ``"); DROP TABLE docs``
+is just a key.
 
 Semantics, the same in both dialects (the tests check them against a plain-Python model):
 
@@ -25,14 +26,17 @@ Anything unknown or malformed raises ``ValueError`` — a filter never silently 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
+
+import numpy as np
 
 #: leaf operators of the internal tree
 FIELD_OPS = frozenset({"eq", "gt", "gte", "lt", "lte", "in", "exists", "contains", "any", "all",
-                       "text_match", "text_match_insensitive", "is_empty"})
+                       "text_match", "text_match_insensitive", "is_empty", "empty_value"})
 ORDERING = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 #: SQLite function registered on every connection for ``text_match_insensitive`` (SQLite's own
@@ -269,177 +273,129 @@ def _field(key: Any, op: str, value: Any) -> Filter:
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
             raise ValueError(f"filter {op} on key {key!r} needs a list of values, got {value!r}")
         values = tuple(_scalar(key, op, v) for v in value)
-        if op != "in" and not values:
+        if op == "in":
+            return Field(key, op, values)
+        if not values:
             raise ValueError(f"filter {op} on key {key!r} needs a non-empty list of values")
-        return Field(key, op, values)
+        parts = tuple(Field(key, "contains", v) for v in values)
+        return parts[0] if len(parts) == 1 else (Or(parts) if op == "any" else And(parts))
     if op == "exists":
         if not isinstance(value, bool):
             raise ValueError(f"$exists on key {key!r} takes True or False, got {value!r}")
-        return Field(key, op, value)
+        return Field(key, op, True) if value else Not(Field(key, op, True))
     if op in ("text_match", "text_match_insensitive"):
         if not isinstance(value, str):
             raise ValueError(f"filter {op} on key {key!r} needs a string, got {value!r}")
         return Field(key, op, value)
+    if op == "empty_value":
+        return Field(key, op, None)
     # is_empty takes no operand (LlamaIndex passes value=None)
-    return Field(key, op, None)
+    return Or((Not(Field(key, "exists", True)), Field(key, "empty_value", None)))
 
 
-# ---------------------------------------------------------------------- SQL
+# ---------------------------------------------------------------------- evaluation
+#
+# Conditions run on the ``fields`` table that SQLite triggers keep beside ``docs`` (see
+# :mod:`vecpress.core.docstore`): one row per top-level metadata key with its JSON kind and
+# value, and one per element of a list. An index on ``(key, kind, value, doc)`` turns each
+# condition into one range scan over the documents having that key, so a selective condition
+# costs little however many documents there are. AND, OR and NOT then combine the sorted row
+# id arrays in numpy (a NOT under an AND is a set difference, so it needs no complement).
+
+#: ``fields.kind`` of a top-level value by JSON type; elements of lists get an "e" prefix
+KIND_STRING, KIND_NUMBER, KIND_BOOL = "s", "n", "b"
+TOP_LEVEL_KINDS = "('s', 'n', 'b', 'z', 'a', 'o')"
 
 
-def to_sql(node: Filter, column: str = "metadata") -> tuple[str, list[Any]]:
-    """A boolean SQL expression (never NULL) over the JSON ``column``, and its parameters."""
-    params: list[Any] = []
-    sql = _compile(node, column, params)
-    return sql, params
+def evaluate(node: Filter, run: Callable[[str, list[Any]], np.ndarray],
+             universe: Callable[[], np.ndarray]) -> np.ndarray:
+    """Sorted distinct row ids matching ``node``.
 
-
-def _compile(node: Filter, column: str, params: list[Any]) -> str:
-    if isinstance(node, And):
-        return "(" + " AND ".join(_compile(c, column, params) for c in node.children) + ")"
-    if isinstance(node, Or):
-        return "(" + " OR ".join(_compile(c, column, params) for c in node.children) + ")"
-    if isinstance(node, Not):
-        return "(NOT " + _compile(node.child, column, params) + ")"
-    return "IFNULL(" + _leaf(node, column, params) + ", 0)"
-
-
-class _Accessors:
-    """SQL for the type and value of one key, adding parameters as used.
-
-    A key goes into a JSON path as ``$."key"``. SQLite compares a quoted path label with the
-    key as it is written in the JSON text, so the label is the JSON-escaped key; SQLite's path
-    syntax cannot express a double quote inside a label, so such keys are looked up with
-    ``json_each`` (slower, exact).
+    ``run(sql, params)`` returns the sorted distinct row ids a condition's ``SELECT`` yields;
+    ``universe()`` those of every document (needed only for a NOT outside any AND).
     """
-
-    def __init__(self, key: str, column: str, params: list[Any]) -> None:
-        self.key, self.column, self.params = key, column, params
-        self.by_path = '"' not in key
-
-    def _path(self) -> str:
-        import json
-
-        self.params.append("$." + json.dumps(self.key, ensure_ascii=False))
-        return "?"
-
-    def type(self) -> str:
-        if self.by_path:
-            return f"json_type({self.column}, {self._path()})"
-        self.params.append(self.key)
-        return f"(SELECT type FROM json_each({self.column}) WHERE key = ?)"
-
-    def value(self) -> str:
-        if self.by_path:
-            return f"json_extract({self.column}, {self._path()})"
-        self.params.append(self.key)
-        return f"(SELECT value FROM json_each({self.column}) WHERE key = ?)"
-
-    def elements(self) -> str:
-        """A table expression over the elements of an array field."""
-        if self.by_path:
-            return f"json_each({self.column}, {self._path()})"
-        self.params.append(self.key)
-        return (f"json_each((SELECT CASE WHEN type = 'array' THEN value ELSE '[]' END "
-                f"FROM json_each({self.column}) WHERE key = ?))")
+    if isinstance(node, Field):
+        sql, params = condition_sql(node)
+        return run(sql, params)
+    if isinstance(node, Not):
+        return np.setdiff1d(universe(), evaluate(node.child, run, universe), assume_unique=True)
+    if isinstance(node, Or):
+        parts = [evaluate(c, run, universe) for c in node.children]
+        return functools.reduce(np.union1d, parts)
+    positive = [c for c in node.children if not isinstance(c, Not)]
+    negative = [c.child for c in node.children if isinstance(c, Not)]
+    result = None
+    for child in positive:
+        part = evaluate(child, run, universe)
+        result = part if result is None else np.intersect1d(result, part, assume_unique=True)
+        if len(result) == 0:
+            return result
+    if result is None:
+        result = universe()
+    for child in negative:
+        if len(result) == 0:
+            break
+        result = np.setdiff1d(result, evaluate(child, run, universe), assume_unique=True)
+    return result
 
 
-def _json_types(value: Any) -> tuple[str, ...]:
-    if isinstance(value, bool):
-        return ("true",) if value else ("false",)
-    if isinstance(value, str):
-        return ("text",)
-    return ("integer", "real")
+def condition_sql(node: Field) -> tuple[str, list[Any]]:
+    """A ``SELECT doc FROM fields ...`` for one condition, and its parameters."""
+    params: list[Any] = []
+    return _leaf(node, params), params
 
 
-def _typed_equal(acc: _Accessors, value: Any, params: list[Any]) -> str:
-    """The key's value equals ``value`` (a scalar) with matching JSON type."""
-    types = _json_types(value)
-    if isinstance(value, bool):
-        return f"{acc.type()} = '{types[0]}'"
-    type_sql = acc.type()
-    value_sql = acc.value()
-    params.append(value)
-    return f"({type_sql} IN ({_quoted(types)}) AND {value_sql} = ?)"
+def _kind(value: Any, element: bool = False) -> str:
+    kind = KIND_BOOL if isinstance(value, bool) else KIND_STRING if isinstance(value, str) \
+        else KIND_NUMBER
+    return "e" + kind if element else kind
 
 
-def _quoted(types: tuple[str, ...]) -> str:
-    return ", ".join(f"'{t}'" for t in types)  # fixed JSON type names, never user data
+def _scan(key: str, kinds: str, condition: str, args: list[Any], params: list[Any]) -> str:
+    """Documents whose ``key`` has a field row of ``kinds`` (an SQL list of kind constants)
+    meeting ``condition`` (which uses ``value`` and the placeholders for ``args``)."""
+    params.append(key)
+    params.extend(args)
+    return f"SELECT doc FROM fields WHERE key = ? AND kind IN {kinds}{condition}"
 
 
-def _element_equal(value: Any, params: list[Any]) -> str:
-    """Inside ``json_each``: the element equals ``value`` with matching JSON type."""
-    types = _json_types(value)
-    if isinstance(value, bool):
-        return f"type = '{types[0]}'"
-    params.append(value)
-    return f"(type IN ({_quoted(types)}) AND value = ?)"
+def _stored(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value  # JSON true/false are stored as 1/0
 
 
-def _contains(acc: _Accessors, value: Any, params: list[Any]) -> str:
-    # built in the order the placeholders appear in the SQL
-    type_sql = acc.type()
-    array = f"EXISTS (SELECT 1 FROM {acc.elements()} WHERE {_element_equal(value, params)})"
-    if not isinstance(value, str):
-        return f"({type_sql} = 'array' AND {array})"
-    type_again = acc.type()
-    value_sql = acc.value()
-    params.append(value)
-    return (f"(({type_sql} = 'array' AND {array}) OR "
-            f"({type_again} = 'text' AND instr({value_sql}, ?) > 0))")
-
-
-def _leaf(node: Field, column: str, params: list[Any]) -> str:
-    # Parameters are appended in the order their placeholders appear in the returned SQL.
-    op, value = node.op, node.value
-    acc = _Accessors(node.key, column, params)
+def _leaf(node: Field, params: list[Any]) -> str:
+    # kind constants are fixed strings written here; every key and value is a parameter
+    key, op, value = node.key, node.op, node.value
     if op == "eq":
-        return _typed_equal(acc, value, params)
+        return _scan(key, f"('{_kind(value)}')", " AND value = ?", [_stored(value)], params)
     if op in ORDERING:
-        type_sql = acc.type()
-        value_sql = acc.value()
-        params.append(value)
-        return f"({type_sql} IN ({_quoted(_json_types(value))}) AND {value_sql} {ORDERING[op]} ?)"
+        return _scan(key, f"('{_kind(value)}')", f" AND value {ORDERING[op]} ?", [value], params)
     if op == "in":
-        if not value:
-            return "0"
-        groups: list[str] = []
-        strings = [v for v in value if isinstance(v, str)]
-        numbers_ = [v for v in value if _is_number(v)]
-        for group, types in ((strings, ("text",)), (numbers_, ("integer", "real"))):
+        parts = []
+        for kind in (KIND_STRING, KIND_NUMBER, KIND_BOOL):
+            group = list(dict.fromkeys(_stored(v) for v in value if _kind(v) == kind))
             if group:
-                type_sql = acc.type()
-                value_sql = acc.value()
-                params.extend(group)
                 marks = ", ".join("?" * len(group))
-                groups.append(f"({type_sql} IN ({_quoted(types)}) AND {value_sql} IN ({marks}))")
-        bools = sorted({v for v in value if isinstance(v, bool)})
-        if bools:
-            groups.append(f"{acc.type()} IN ({_quoted(tuple('true' if b else 'false' for b in bools))})")
-        return "(" + " OR ".join(groups) + ")"
-    if op == "exists":
-        return f"({acc.type()} IS {'NOT ' if value else ''}NULL)"
+                parts.append(_scan(key, f"('{kind}')", f" AND value IN ({marks})", group, params))
+        return " UNION ALL ".join(parts) if parts else "SELECT doc FROM fields WHERE 0"
+    if op == "exists":  # exists=False is NOT(exists=True), see _field
+        return _scan(key, TOP_LEVEL_KINDS, "", [], params)
     if op == "contains":
-        return _contains(acc, value, params)
-    if op in ("any", "all"):
-        joiner = " OR " if op == "any" else " AND "
-        return "(" + joiner.join(_contains(acc, v, params) for v in value) + ")"
-    if op in ("text_match", "text_match_insensitive"):
-        type_sql = acc.type()
-        value_sql = acc.value()
-        params.append(value)
-        if op == "text_match":
-            return f"({type_sql} = 'text' AND instr({value_sql}, ?) > 0)"
-        return (f"({type_sql} = 'text' AND "
-                f"instr({LOWER_FUNCTION}({value_sql}), {LOWER_FUNCTION}(?)) > 0)")
-    if op == "is_empty":
-        type_sql = acc.type()
-        type_text = acc.type()
-        value_text = acc.value()
-        type_array = acc.type()
-        value_array = acc.value()
-        return (f"(IFNULL({type_sql}, 'null') = 'null' OR ({type_text} = 'text' AND "
-                f"{value_text} = '') OR ({type_array} = 'array' AND {value_array} = '[]'))")
+        element = _scan(key, f"('{_kind(value, element=True)}')", " AND value = ?",
+                        [_stored(value)], params)
+        if not isinstance(value, str):
+            return element
+        return element + " UNION ALL " + _scan(key, "('s')", " AND instr(value, ?) > 0", [value],
+                                               params)
+    if op == "text_match":
+        return _scan(key, "('s')", " AND instr(value, ?) > 0", [value], params)
+    if op == "text_match_insensitive":
+        return _scan(key, "('s')", f" AND instr({LOWER_FUNCTION}(value), {LOWER_FUNCTION}(?)) > 0",
+                     [value], params)
+    if op == "empty_value":  # is_empty is NOT(exists) OR empty_value, see _field
+        return _scan(key, "('z', 's', 'a')",
+                     " AND (kind = 'z' OR (kind = 's' AND value = '') OR (kind = 'a' AND value = 0))",
+                     [], params)
     raise ValueError(f"unknown filter operator {op!r}")  # unreachable: _field validates
 
 
