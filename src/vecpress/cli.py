@@ -406,6 +406,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(format_stats(store_stats(collection), store))
         query_vector = embedder.embed_query(DEMO_QUESTIONS[0][0])
 
+    if args.cold_runs == 0:
+        return 0
     print()
     with tempfile.TemporaryDirectory(prefix="vecpress-demo-") as scratch:
         query_file = Path(scratch) / "query.npy"
@@ -529,8 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rebuild", action="store_true", help="index again even if the store is complete")
     demo.add_argument("--bits", type=_bits, default=4, help="code bits per dimension for a new store (default 4)")
     demo.add_argument("-k", type=_positive_int, default=3, help="hits per question (default 3)")
-    demo.add_argument("--cold-runs", type=_positive_int, default=3,
-                      help="fresh processes for the cold-start timing (default 3)")
+    demo.add_argument("--cold-runs", type=_non_negative_int, default=3,
+                      help="fresh processes for the cold-start timing (default 3; 0 skips it)")
     demo.add_argument("--wordnet-dir", default=str(WORDNET_DIR), help=f"WordNet data folder (default {WORDNET_DIR})")
     model_option(demo, "default: sentence-transformers/all-MiniLM-L6-v2, offline copy")
     progress_option(demo)

@@ -139,7 +139,7 @@ def search(
     if reranker is not None:
         reranker = make_reranker(reranker, embedder=embedder, metric=collection.metric)
         if isinstance(reranker, ExactReranker) and reranker.metric is None:
-            reranker = ExactReranker(collection.metric)
+            reranker = ExactReranker(collection.metric, fetch_factor=reranker.fetch_factor)
     needs_vectors = bool(getattr(reranker, "needs_vectors", False))
     if query_vector is None and (mode != "text" or needs_vectors):
         check_embedder_fits(collection, embedder)

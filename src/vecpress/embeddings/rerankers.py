@@ -85,18 +85,21 @@ class ExactReranker:
     Args:
         metric: ``"cosine"``, ``"ip"`` or ``"l2"``; ``None`` (default) takes the collection's
             metric when used through :func:`vecpress.pipeline.search`.
+        fetch_factor: first-stage candidates per requested hit. 1 suits a dense search (the
+            Index already oversamples its quantized scan); raise it to re-rank a text or
+            hybrid search's candidates by dense score.
     """
 
     needs_vectors = True
 
-    def __init__(self, metric: str | None = None) -> None:
+    def __init__(self, metric: str | None = None, *, fetch_factor: int = 1) -> None:
         if metric is not None and metric not in _METRICS:
             raise ValueError(f"metric must be one of {', '.join(map(repr, _METRICS))} or None, got {metric!r}")
         self.metric = metric
+        self.fetch_factor = _check_fetch_factor(fetch_factor)
 
     def candidates(self, k: int) -> int:
-        # the Index already oversamples its quantized scan before its own exact rerank
-        return _check_k(k)
+        return _check_k(k) * self.fetch_factor
 
     def rerank(self, query_text: str | None, query_vector: np.ndarray | None, hits: Sequence[Any],
                k: int) -> list[Any]:
@@ -115,7 +118,7 @@ class ExactReranker:
         return _ranked(hits, scores, k)
 
     def __repr__(self) -> str:
-        return f"ExactReranker(metric={self.metric!r})"
+        return f"ExactReranker(metric={self.metric!r}, fetch_factor={self.fetch_factor})"
 
 
 class EmbeddingReranker:
