@@ -432,9 +432,9 @@ class Collection:
             self._check_writable()
             if ids is not None:
                 found = self._store.rowids_of(ids)
-                rowids = np.unique(np.fromiter(found.values(), dtype=np.int64, count=len(found)))
+                rowids = np.sort(np.fromiter(found.values(), dtype=np.int64, count=len(found)))
                 if node is not None and len(rowids):
-                    rowids = np.intersect1d(rowids, self._matching(node), assume_unique=True)
+                    rowids = rowids[np.isin(rowids, self._matching(node))]
             else:
                 rowids = self._matching(node) if node is not None else self._store.rowids()
             if len(rowids) == 0:

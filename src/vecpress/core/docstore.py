@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .filters import LOWER_FUNCTION, lower
+from .filters import LOWER_FUNCTION, lower, sorted_unique
 
 DB_FILE = "docs.sqlite"
 
@@ -207,7 +207,7 @@ class DocStore:
                                 params).fetchone()[0]
         if not text:
             return np.zeros(0, dtype=np.int64)
-        return np.unique(np.fromstring(text, dtype=np.int64, sep=","))
+        return sorted_unique(np.fromstring(text, dtype=np.int64, sep=","))
 
     def max_rowid(self) -> int:
         with self._reading() as conn:
