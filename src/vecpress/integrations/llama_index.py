@@ -455,11 +455,15 @@ def _id_list(ids: Any, name: str) -> list[str] | None:
 
 
 def _restricted(filters: Any, doc_ids: Any, node_ids: Any) -> Any:
-    """``filters`` ANDed with ``ref_doc_id in doc_ids`` and ``node id in node_ids``."""
+    """``filters`` ANDed with ``ref_doc_id in doc_ids`` and ``node id in node_ids``.
+
+    An empty list restricts nothing: ``VectorStoreIndex.as_retriever`` passes
+    ``node_ids=[]`` for stores that keep their own text (its node table is empty then).
+    """
     parts = []
     for key, ids, name in ((REF_DOC_ID_KEY, doc_ids, "doc_ids"), (NODE_ID_KEY, node_ids, "node_ids")):
         ids = _id_list(ids, name)
-        if ids is not None:
+        if ids:
             parts.append(MetadataFilter(key=key, operator=FilterOperator.IN, value=ids))
     if not parts:
         return filters
