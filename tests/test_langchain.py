@@ -150,13 +150,21 @@ def test_documents_round_trip_exactly():
         assert found == docs[0] and type(found.metadata["n"]) is int
 
 
+# valid Unicode (no lone surrogates); metadata without NUL, which the Collection refuses
+# (SQLite's JSON functions cut there)
+_TEXT = st.characters(blacklist_categories=("Cs",))
+_META_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.text(max_size=30),
-                          st.dictionaries(st.text(max_size=8), st.recursive(
+@given(st.lists(st.tuples(st.text(_TEXT, max_size=30),
+                          st.dictionaries(st.text(_META_TEXT, max_size=8), st.recursive(
                               st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
-                              | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                              | st.floats(allow_nan=False, allow_infinity=False)
+                              | st.text(_META_TEXT),
                               lambda inner: st.lists(inner, max_size=3)
-                              | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                              | st.dictionaries(st.text(_META_TEXT, max_size=5), inner,
+                                                max_size=3),
                               max_leaves=6), max_size=4)),
                 min_size=1, max_size=6))
 def test_documents_round_trip_property(items):
@@ -653,3 +661,12 @@ def test_retrieval_chain_async_with_filter(glosses_store):
 def test_is_a_langchain_vector_store():
     assert issubclass(VecpressVectorStore, VectorStore)
     assert math.isclose(VecpressVectorStore(fake())._select_relevance_score_fn()(0.5), 0.75)
+
+
+def test_save_local_does_not_overwrite_a_store(tmp_path):
+    VecpressVectorStore.from_texts(["a"], fake(), path=tmp_path / "db").close()
+    with VecpressVectorStore.from_texts(["b"], fake()) as store:
+        with pytest.raises(FileExistsError, match="already holds a vecpress store"):
+            store.save_local(tmp_path / "db")
+    with VecpressVectorStore.load_local(tmp_path / "db", fake()) as reopened:
+        assert [d.page_content for d in reopened.similarity_search("a")] == ["a"]

@@ -227,11 +227,13 @@ class VecpressVectorStore(VectorStore):
         elif dim is not None:
             self._collection = Collection(dim=dim, path=self._path, **self._options)
         else:
-            # created at the first add, when the embeddings tell the dimension; check now
-            # what would fail then
+            # created at the first add, when the embeddings tell the dimension; what would
+            # fail then fails now: the directory, and the options (an in-memory Index of a
+            # stand-in width checks every one of them)
             _check_new_directory(self._path)
-            Index(max(int(index_options.get("truncate_dim") or 0), 8), path=None,
-                  **{"metric": "cosine", "bits": 4, **self._options})
+            truncate_dim = index_options.get("truncate_dim")
+            stand_in = max(truncate_dim, 8) if isinstance(truncate_dim, int) else 8
+            Index(stand_in, path=None, **{"metric": "cosine", "bits": 4, **self._options})
 
     # ------------------------------------------------------------------ engine access
     @property
@@ -283,9 +285,12 @@ class VecpressVectorStore(VectorStore):
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,
                   ids: list[str | None] | None = None, batch_size: int | None = None,
                   **kwargs: Any) -> list[str]:
-        """Embed ``texts`` (in batches, with a progress bar for large inserts) and store them.
+        """Embed ``texts`` and store them; returns their ids.
 
-        An id that is already stored is replaced. ``None`` entries of ``ids`` get new ids.
+        Texts are embedded ``batch_size`` at a time (default: the store's), with a progress
+        bar past one batch, and written in one transaction once all are embedded. An id that
+        is already stored is replaced; ``None`` entries of ``ids`` get new ids. Metadata must
+        be JSON (str, int, float, bool, None, lists and dicts of them).
         """
         _no_extra(kwargs, "add_texts", ())
         texts = list(texts)
@@ -583,6 +588,9 @@ def _check_new_directory(path: Path | None) -> None:
         return
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"path={str(path)!r} is a file; give a directory")
+    if (path / DB_FILE).exists():
+        raise FileExistsError(f"path={str(path)!r} already holds a vecpress store; open it with "
+                              f"load_local, or choose a new or empty directory")
     if path.is_dir() and any(p.name != "LOCK" for p in path.iterdir()):
         raise FileExistsError(f"path={str(path)!r} is a non-empty directory that holds no "
                               f"vecpress store; choose a new or empty directory")
