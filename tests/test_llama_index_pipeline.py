@@ -228,3 +228,27 @@ def test_reopening_in_a_new_process_needs_no_embedding(persisted, corpus):
     assert reopened["plain"] == as_lists["plain"]
     assert reopened["filtered"] == as_lists["filtered"]
     assert reopened["from_vector_store"] == as_lists["plain"]
+
+
+@pytest.mark.slow
+def test_example_runs_and_reopens_without_embedding(tmp_path, embed_model, capsys):
+    import importlib.util
+
+    try:
+        from vecpress.wordnet import read_glosses
+
+        read_glosses()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    spec = importlib.util.spec_from_file_location("llama_index_rag",
+                                                  REPO_ROOT / "examples" / "llama_index_rag.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    arguments = ["--persist-dir", str(tmp_path / "storage"), "--limit", "60", "a boat"]
+    example.main(arguments)
+    first = capsys.readouterr().out
+    assert "indexed 60 WordNet glosses" in first and "Question: a boat" in first
+    example.main(arguments)
+    second = capsys.readouterr().out
+    assert "reopened" in second and "nothing re-embedded" in second
+    assert second.split("Prompt for a chat model")[1] == first.split("Prompt for a chat model")[1]
