@@ -381,6 +381,8 @@ def test_reopen_persists_everything(tmp_path):
     col.close()
     with pytest.raises(PermissionError):
         col.upsert(["x"], vectors[:1])
+    with pytest.raises(RuntimeError, match="closed"):
+        col.search(query, k=1)
 
     again = Collection(path=path)
     assert len(again) == count and len(again.index) == count

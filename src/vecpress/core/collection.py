@@ -65,7 +65,7 @@ class Hit:
     score: float | None
     text: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
-    vector: np.ndarray | None = field(default=None, repr=False)
+    vector: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def relevance_score(score: Any, metric: str) -> Any:

@@ -101,6 +101,7 @@ class DocStore:
 
     def __init__(self, directory: Path | None, *, read_only: bool = False) -> None:
         self.read_only = read_only
+        self._closed = False
         self._file = None if directory is None else directory / DB_FILE
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -129,6 +130,8 @@ class DocStore:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise RuntimeError("this collection is closed; open it again to use it")
         if self._memory_lock is not None:
             with self._memory_lock:
                 yield self._writer
@@ -146,6 +149,8 @@ class DocStore:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed when the block ends, rolled back on an error."""
+        if self._closed:
+            raise RuntimeError("this collection is closed; open it again to use it")
         if self._writer is None:
             raise PermissionError("this collection is read-only")
         with self._write_lock:
@@ -159,6 +164,7 @@ class DocStore:
             conn.execute("COMMIT")
 
     def close(self) -> None:
+        self._closed = True
         with self._connections_lock:
             for conn in self._connections:
                 try:
