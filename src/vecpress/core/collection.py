@@ -287,6 +287,10 @@ class Collection:
             meta = self._store.meta() if self._store.has_schema() else {}
         except Exception as exc:  # sqlite3.DatabaseError: not a database, corrupted
             raise storage.StoreCorruptedError(f"{db}: not a readable SQLite database ({exc})") from None
+        if not meta:
+            raise storage.StoreCorruptedError(
+                f"{db}: holds no collection (its creation was interrupted?); delete "
+                f"{str(self._path)!r} and create the collection again")
         if meta.get("format") != FORMAT_NAME:
             raise storage.StoreCorruptedError(f"{db}: not a vecpress collection database")
         version = meta.get("format_version")
