@@ -158,7 +158,9 @@ class Collection:
         metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``.
         read_only: open an existing directory without taking the write lock (another process
             may be writing it). Same as :meth:`Collection.open`.
-        filter_cache_size: how many filters' matching row sets to keep between writes.
+        filter_cache_size: how many filters' matching row sets to keep until the next write
+            (a repeated filter then costs nothing). Off for ``read_only`` collections, which
+            cannot see when another process writes.
         **index_options: passed to :class:`Index` (``rerank``, ``codec``, ``oversample``,
             ``rerank_dtype``, ``truncate_dim``, ``seed``, ``query_bits``).
 
