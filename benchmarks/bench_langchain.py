@@ -15,7 +15,8 @@ each query timed back to back at every level:
 - collection: ``Collection.search`` (the same, plus SQLite document fetch, JSON metadata);
 - adapter: ``similarity_search_by_vector`` (the same, plus ``Document`` conversion);
 - fetch + conversion = adapter - index; adapter alone = adapter - collection (medians of the
-  per-query differences).
+  per-query differences), in wall and in thread CPU time; and ``get_by_ids`` of the 4 hits,
+  which fetches and converts them with no search at all.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_langchain                 # 20k docs
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_langchain --n-base 100000
@@ -167,23 +168,37 @@ def worker(name: str, n_base: int, n_queries: int, threads: int | None) -> dict[
     return row
 
 
-def breakdown(store, queries: np.ndarray, k: int = 4, repeats: int = 3) -> dict[str, float]:
-    """Per-query timings of the same k=4 search at the index, collection and adapter level."""
+def breakdown(store, queries: np.ndarray, k: int = 4, repeats: int = 5) -> dict[str, float]:
+    """Per-query timings of the same k=4 search at the index, collection and adapter level,
+    in wall time and in the calling thread's CPU time (which other jobs on the machine do not
+    inflate by preempting it); and ``get_by_ids`` of the k hits, the fetch and conversion on
+    their own."""
     collection = store.collection
     index = collection.index
-    parts: dict[str, list[float]] = {"index": [], "collection": [], "adapter": []}
+    levels = {"index": lambda q, v: index.search(q[None], k),
+              "collection": lambda q, v: collection.search(q, k),
+              "adapter": lambda q, v: store.similarity_search_by_vector(v, k)}
+    wall: dict[str, list[float]] = {name: [] for name in levels}
+    cpu: dict[str, list[float]] = {name: [] for name in levels}
+    fetch = []
     for _ in range(repeats):
         for query in queries:
             as_list = query.tolist()  # what a LangChain caller holds
-            parts["index"].append(timed(index.search, query[None], k)[0])
-            parts["collection"].append(timed(collection.search, query, k)[0])
-            parts["adapter"].append(timed(store.similarity_search_by_vector, as_list, k)[0])
-    t = {key: np.array(value) * 1e3 for key, value in parts.items()}
-    return {"index_ms": float(np.median(t["index"])),
-            "collection_ms": float(np.median(t["collection"])),
-            "adapter_ms": float(np.median(t["adapter"])),
-            "fetch_conversion_ms": float(np.median(t["adapter"] - t["index"])),
-            "adapter_only_ms": float(np.median(t["adapter"] - t["collection"]))}
+            for name, call in levels.items():
+                start_cpu, start = time.thread_time(), time.perf_counter()
+                result = call(query, as_list)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.thread_time() - start_cpu)
+            ids = [doc.id for doc in result]
+            fetch.append(timed(store.get_by_ids, ids)[0])
+    row = {}
+    for clock, times in (("", wall), ("cpu_", cpu)):
+        t = {name: np.array(value) * 1e3 for name, value in times.items()}
+        row.update({f"{clock}{name}_ms": float(np.median(t[name])) for name in levels})
+        row[f"{clock}fetch_conversion_ms"] = float(np.median(t["adapter"] - t["index"]))
+        row[f"{clock}adapter_only_ms"] = float(np.median(t["adapter"] - t["collection"]))
+    row["get_by_ids_ms"] = float(np.median(fetch) * 1e3)
+    return row
 
 
 def run_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -228,19 +243,23 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{speedup:,.0f}x | {r['rss_mb']:.1f} | {r['anon_mb']:.1f} | {r['build_s']:.1f} |")
     lines += [
         "",
-        "vecpress k=4 query by vector, split by level (medians over queries x 3; the last two "
-        "columns are medians of per-query differences):",
+        "vecpress, k=4 query by vector, split by level: medians over queries x 5, wall time "
+        "(thread CPU time in brackets); fetch + conversion = adapter - index and adapter alone "
+        "= adapter - collection are medians of per-query differences; `get_by_ids` fetches and "
+        "converts the 4 hits with no search at all.",
         "",
         "| store | index search (ms) | collection search (ms) | adapter by vector (ms) "
-        "| document fetch + conversion (ms) | adapter alone (ms) | index RAM (MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| fetch + conversion (ms) | adapter alone (ms) | get_by_ids, 4 ids (ms) "
+        "| index RAM (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if "index_ms" in r:
-            lines.append(
-                f"| {r['store']} | {r['index_ms']:.3f} | {r['collection_ms']:.3f} | "
-                f"{r['adapter_ms']:.3f} | {r['fetch_conversion_ms']:.3f} | "
-                f"{r['adapter_only_ms']:.3f} | {r['index_ram_mb']:.2f} |")
+            cells = [f"{r[name]:.3f} ({r['cpu_' + name]:.3f})" for name in
+                     ("index_ms", "collection_ms", "adapter_ms", "fetch_conversion_ms",
+                      "adapter_only_ms")]
+            lines.append(f"| {r['store']} | {' | '.join(cells)} | {r['get_by_ids_ms']:.3f} | "
+                         f"{r['index_ram_mb']:.2f} |")
     lines += [
         "",
         "Targets (issue 4): >= 20x faster than InMemoryVectorStore at k=4; document fetch + "
