@@ -23,7 +23,7 @@ from . import __version__
 
 #: written next to the collection by ``vecpress index``/``demo``: which model made the vectors
 STORE_CONFIG = "vecpress-cli.json"
-DEFAULT_DEMO_LIMIT = 20_000
+DEFAULT_DEMO_LIMIT = 10_000
 DEMO_QUESTIONS = (
     ("What do you call a young dog?", None),
     ("a musical instrument with strings that you pluck", None),

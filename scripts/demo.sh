@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install vecpress with its default embedder and run the demo on WordNet glosses, offline.
+# Safe to run again: each step is skipped or quick when already done; the demo reuses its store.
+# Extra arguments go to `vecpress demo` (e.g. --limit 0 for all ~117k glosses; see --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -f /usr/share/wordnet/data.noun ]; then
+    echo "== installing WordNet (Debian package wordnet-base)"
+    sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo_cmd="sudo"
+    fi
+    $sudo_cmd apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y --no-install-recommends wordnet-base
+fi
+
+echo "== installing vecpress (CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build)"
+python -m pip install --quiet torch==2.13.0
+python -m pip install --quiet -e ".[sentence-transformers]"
+if command -v pyenv >/dev/null 2>&1; then
+    pyenv rehash  # make the new `vecpress` command visible through pyenv's shims
+fi
+
+echo "== vecpress demo"
+if command -v vecpress >/dev/null 2>&1; then
+    HF_HUB_OFFLINE=1 exec vecpress demo "$@"
+fi
+HF_HUB_OFFLINE=1 exec python -m vecpress.cli demo "$@"
