@@ -614,11 +614,20 @@ def test_config_round_trips_through_to_dict(tmp_path):
     store.add(NODES[:10])
     config = store.to_dict()
     assert config["bits"] == 8 and config["index_options"] == {"oversample": 5}
+    as_json = store.to_json()
     store.close()
-    config.pop("class_name")
-    config.pop("stores_text")
-    config.pop("is_embedding_query")
-    reopened = VecpressVectorStore(**config)
-    assert len(reopened.client) == 10 and reopened.hybrid_fusion == "weighted"
-    reopened.close()
+    for reopen in (lambda: VecpressVectorStore.from_dict(config),
+                   lambda: VecpressVectorStore.from_json(as_json)):
+        reopened = reopen()
+        assert len(reopened.client) == 10 and reopened.hybrid_fusion == "weighted"
+        reopened.close()
 
+
+def test_parallel_first_adds_make_one_store():
+    async def scenario():
+        store = VecpressVectorStore(bits=32)
+        await asyncio.gather(*(store.async_add(NODES[i::4]) for i in range(4)))
+        return store
+
+    store = asyncio.run(scenario())
+    assert len(store.client) == N

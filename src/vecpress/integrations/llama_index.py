@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -145,6 +146,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
     index_options: Dict[str, Any] = Field(default_factory=dict)
 
     _collection: Optional[Collection] = PrivateAttr(default=None)
+    _create_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(
         self,
@@ -192,6 +194,14 @@ class VecpressVectorStore(BasePydanticVectorStore):
     @classmethod
     def class_name(cls) -> str:
         return "VecpressVectorStore"
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any], **kwargs: Any) -> "VecpressVectorStore":
+        """Rebuild from :meth:`to_dict` (reopening ``path``, if any)."""
+        data = {**data, **kwargs}
+        for constant in ("class_name", "stores_text", "is_embedding_query"):
+            data.pop(constant, None)
+        return cls(**data)
 
     @property
     def client(self) -> Collection | None:
@@ -369,8 +379,10 @@ class VecpressVectorStore(BasePydanticVectorStore):
 
     def _writable(self, width: int) -> Collection:
         if self._collection is None:
-            self._collection = self._open_collection(width)
-        elif self._collection.dim != width:
+            with self._create_lock:  # two first adds in parallel (async_add) make one store
+                if self._collection is None:
+                    self._collection = self._open_collection(width)
+        if self._collection.dim != width:
             raise ValueError(f"the nodes' embeddings have {width} dimensions but this store holds "
                              f"{self._collection.dim}-dimensional vectors; embed with the model "
                              f"the store was built with")
