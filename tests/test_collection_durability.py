@@ -306,6 +306,6 @@ def test_second_process_reads_while_first_writes(tmp_path):
     assert out["count"] == 3
     assert out["hits"] == ["b", "c"]
     assert out["text"][0] == "b" and set(out["text"]) == {"b", "c"}
-    assert "open for writing in another process" in out["second_writer"]
+    assert "already open for writing" in out["second_writer"]
     assert out["read_only"] is True
     col.close()

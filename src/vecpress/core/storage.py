@@ -149,7 +149,8 @@ class DirectoryLock:
             self._handle.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise RuntimeError(
-                    f"{directory} is open for writing in another process; open it with "
+                    f"{directory} is already open for writing (by another process, or by a "
+                    f"store in this one that was not closed); close that one, or open with "
                     f"read_only=True to search it meanwhile") from None
             raise
 
