@@ -249,16 +249,20 @@ def test_truncated_file_is_named_in_error(tmp_path, part):
         Index.load(path)
 
 
-def test_flipped_byte_fails_checksum_naming_file(tmp_path):
+@pytest.mark.parametrize("part,verify", [("codes", True), ("factors", True),
+                                         ("originals", "full")])
+def test_flipped_byte_fails_checksum_naming_file(tmp_path, part, verify):
     path = tmp_path / "store"
     with Index(16, path=path) as index:
         index.add(random_vectors(100, 16))
-    target = _segment_file(path, "codes")
+    target = _segment_file(path, part)
     raw = bytearray(target.read_bytes())
     raw[-5] ^= 0xFF
     target.write_bytes(bytes(raw))
     with pytest.raises(StoreCorruptedError, match=f"{target.name}.*checksum"):
-        Index.load(path)
+        Index.load(path, verify=verify)
+    if part == "originals":  # memory-mapped originals are only read in full when asked
+        Index.load(path).close()
 
 
 def test_newer_format_version_is_refused(tmp_path):

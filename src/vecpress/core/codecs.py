@@ -190,7 +190,7 @@ class RaBitQCodec(Codec):
         self.n_scales = n_scales
         self.n_sweeps = n_sweeps
         self.words = (dim + 63) // 64
-        self.rotation = random_rotation(dim, seed)
+        self._rotation: np.ndarray | None = None  # drawn on first use, or loaded
         self.centroid: np.ndarray | None = None
         self.level_mid = ((1 << bits) - 1) / 2.0
 
@@ -208,15 +208,23 @@ class RaBitQCodec(Codec):
                 "n_scales": self.n_scales, "n_sweeps": self.n_sweeps}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"rotation": self.rotation}
+        arrays = {"rotation": self.rotation}  # saved: QR results may differ across BLAS builds
         if self.centroid is not None:
             arrays["centroid"] = self.centroid
         return arrays
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.rotation = np.ascontiguousarray(arrays["rotation"], dtype=np.float32)
+        self._rotation = np.ascontiguousarray(arrays["rotation"], dtype=np.float32)
         centroid = arrays.get("centroid")
         self.centroid = None if centroid is None else np.asarray(centroid, dtype=np.float32)
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """The random orthogonal matrix (a dim x dim QR: drawn lazily, so that opening a
+        stored index, which loads its matrix, never pays for one)."""
+        if self._rotation is None:
+            self._rotation = random_rotation(self.dim, self.seed)
+        return self._rotation
 
     @property
     def fitted(self) -> bool:

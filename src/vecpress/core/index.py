@@ -174,13 +174,18 @@ class Index:
         self._commit(self._manifest)
 
     @classmethod
-    def load(cls, path: str | Path, *, read_only: bool = False, verify: bool = True) -> "Index":
+    def load(cls, path: str | Path, *, read_only: bool = False,
+             verify: bool | str = True) -> "Index":
         """Open a store written by an index with a ``path`` or by :meth:`save`.
 
         ``read_only=True`` takes no write lock, so a second process may search a store that
-        another process is writing (it sees the state at the time it opened). ``verify``
-        checks every file's CRC32, including the kept originals.
+        another process is writing (it sees the state at the time it opened). ``verify=True``
+        checks the CRC32 of every file read into RAM and the size of the memory-mapped
+        originals; ``verify="full"`` also reads the originals for their CRC32 (slower: the whole
+        store), ``verify=False`` checks sizes only.
         """
+        if verify not in (True, False, "full"):
+            raise ValueError(f"verify={verify!r}; use True, False or 'full'")
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"path={str(path)!r} is not a directory holding a vecpress index")
@@ -200,7 +205,9 @@ class Index:
             raise
         return self
 
-    def _read_from(self, path: Path, manifest: dict[str, Any], *, verify: bool) -> None:
+    def _read_from(self, path: Path, manifest: dict[str, Any], *, verify: bool | str) -> None:
+        full = verify == "full"
+        verify = bool(verify)
         codec_state = {name: storage.read_array(path, entry, verify=verify)
                        for name, entry in manifest["codec_files"].items()}
         self._codec.load_state(codec_state)
@@ -212,7 +219,7 @@ class Index:
             ids.append(storage.read_array(path, files["ids"], verify=verify))
             if "originals" in files:
                 self._originals.append(
-                    storage.read_array(path, files["originals"], mmap=True, verify=verify))
+                    storage.read_array(path, files["originals"], mmap=True, verify=full))
         if codes:
             self._codes.replace(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
