@@ -4,6 +4,7 @@
 # Extra arguments go to `vecpress demo` (e.g. --limit 0 for all ~117k glosses; see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore  # root in containers and CI: no warning
 
 if [ ! -f /usr/share/wordnet/data.noun ]; then
     echo "== installing WordNet (Debian package wordnet-base)"

@@ -215,6 +215,11 @@ def test_errors_are_one_clear_line(capsys, tmp_path, docs):
     assert status == 1 and "--overlap" in err
 
 
+def test_index_refuses_another_model_for_an_existing_store(capsys, store, docs):
+    status, _, err = run(capsys, "index", docs, "--store", store, "--model", "sentence-transformers/all-mpnet-base-v2")
+    assert status == 1 and "was built with 'sentence-transformers/all-MiniLM-L6-v2'" in err
+
+
 def test_store_of_another_dimension(capsys, tmp_path, docs):
     other = tmp_path / "other"
     with Collection(dim=8, path=other) as collection:

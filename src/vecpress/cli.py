@@ -238,6 +238,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     if total == 0:
         raise CommandError(f"the {len(files)} text file(s) found are empty")
     existing = _is_store(store)
+    built_with = _read_store_config(store).get("model") if existing else None
+    if built_with and args.model and args.model != built_with:
+        raise CommandError(
+            f"the store {str(store)!r} was built with {built_with!r}; vectors of {args.model!r} would not "
+            "be comparable with its vectors. Leave out --model, or index into a new --store"
+        )
     model = _model_for(store, args.model) if existing else (args.model or None)
     embedder = load_embedder(model)
     model_name = getattr(embedder, "model_name", str(model))
