@@ -603,7 +603,7 @@ class Collection:
         if self._path is None or not self._read_only or self._lock is not None:
             return
         with self._rw.write():
-            self._index = Index.load(self._path / INDEX_DIR, read_only=True, verify=False)
+            self._index = Index.load(self._path / INDEX_DIR, read_only=True)
             self._clear_cache()
 
     # ------------------------------------------------------------------ internals: search
