@@ -232,9 +232,6 @@ def test_store_of_another_dimension(capsys, tmp_path, docs):
         assert len(collection) == 1
 
 
-@pytest.mark.xfail(raises=KeyError, strict=False,
-                   reason="core bug: Index.load of a persistent RaBitQ index that never got a vector "
-                          "raises KeyError('rotation')")
 def test_empty_store(capsys, tmp_path):
     Collection(dim=384, path=tmp_path / "s").close()
     status, _, err = run(capsys, "search", tmp_path / "s", "q")

@@ -218,6 +218,18 @@ def test_persistent_index_survives_reopen_and_continues(tmp_path):
     reopened.close()
 
 
+@pytest.mark.parametrize("bits", [1, 4, 32])
+def test_empty_persistent_index_reopens_and_accepts_vectors(tmp_path, bits):
+    path = tmp_path / "store"
+    Index(8, bits=bits, path=path).close()
+    reopened = Index.load(path)
+    assert len(reopened) == 0
+    assert (reopened.search(random_vectors(1, 8), k=2)[1] == -1).all()
+    ids = reopened.add(random_vectors(5, 8))
+    assert (reopened.search(random_vectors(5, 8), k=1)[1][:, 0] == ids).all()
+    reopened.close()
+
+
 def test_second_writer_is_refused_but_reader_allowed(tmp_path):
     path = tmp_path / "store"
     index = Index(8, path=path)

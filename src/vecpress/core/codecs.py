@@ -214,7 +214,9 @@ class RaBitQCodec(Codec):
         return arrays
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self._rotation = np.ascontiguousarray(arrays["rotation"], dtype=np.float32)
+        rotation = arrays.get("rotation")  # absent until the first vector was added
+        if rotation is not None:
+            self._rotation = np.ascontiguousarray(rotation, dtype=np.float32)
         centroid = arrays.get("centroid")
         self.centroid = None if centroid is None else np.asarray(centroid, dtype=np.float32)
 
