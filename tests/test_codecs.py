@@ -22,6 +22,7 @@ def test_pack_unpack_round_trip(bits, dim, n, data):
     planes = kernels.pack_planes(levels, bits, words)
     assert planes.shape == (n, bits, words)
     np.testing.assert_array_equal(kernels.unpack_planes(planes, dim), levels)
+    np.testing.assert_array_equal(kernels.pack_planes_parallel(levels, bits, words), planes)
 
 
 @settings(max_examples=30, deadline=None)

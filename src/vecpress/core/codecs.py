@@ -253,7 +253,7 @@ class RaBitQCodec(Codec):
             self.fit(vectors)
         rotated = self.rotate(vectors - self.centroid)
         levels, x_dot_r = kernels.fit_levels(rotated, self.bits, self.n_scales, self.n_sweeps)
-        codes = kernels.pack_planes(levels, self.bits, self.words)
+        codes = kernels.pack_planes_parallel(levels, self.bits, self.words)
         norm_sq = np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         factors[:, 0] = _ratio(norm_sq, x_dot_r)

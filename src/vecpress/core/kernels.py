@@ -35,19 +35,33 @@ def popcount64(typingctx, word):
 # --------------------------------------------------------------------------- bit packing
 
 
-@njit(cache=True, parallel=True)
+@njit(inline="always")
+def _pack_row(levels, row, bits, out):
+    for i in range(levels.shape[1]):
+        value = np.uint64(levels[row, i])
+        word = i >> 6
+        shift = np.uint64(i & 63)
+        for b in range(bits):
+            if (value >> np.uint64(b)) & np.uint64(1):
+                out[row, b, word] |= np.uint64(1) << shift
+
+
+@njit(cache=True)
 def pack_planes(levels, bits, words):
-    """Pack (n, dim) uint8 levels into (n, bits, words) uint64 bit planes."""
-    n, dim = levels.shape
-    out = np.zeros((n, bits, words), dtype=np.uint64)
-    for r in prange(n):
-        for i in range(dim):
-            value = np.uint64(levels[r, i])
-            word = i >> 6
-            shift = np.uint64(i & 63)
-            for b in range(bits):
-                if (value >> np.uint64(b)) & np.uint64(1):
-                    out[r, b, word] |= np.uint64(1) << shift
+    """Pack (n, dim) uint8 levels into (n, bits, words) uint64 bit planes, on this thread
+    (queries: a thread pool would cost more than the work)."""
+    out = np.zeros((levels.shape[0], bits, words), dtype=np.uint64)
+    for r in range(levels.shape[0]):
+        _pack_row(levels, r, bits, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def pack_planes_parallel(levels, bits, words):
+    """:func:`pack_planes` for large batches, rows spread over all threads."""
+    out = np.zeros((levels.shape[0], bits, words), dtype=np.uint64)
+    for r in prange(levels.shape[0]):
+        _pack_row(levels, r, bits, out)
     return out
 
 
