@@ -3,6 +3,8 @@
 # torch is installed first and pinned: 2.13.0 is a CPU build; an unpinned torch pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_ROOT_USER_ACTION=ignore
+bash scripts/ensure_wordnet.sh
 python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[dev]"
 export HF_HUB_OFFLINE=1
