@@ -170,3 +170,20 @@ def test_a_wrapped_framework_embedder_whose_dim_is_unknown_until_used():
     assert embedder.dim == DIM and len(collection) == 10
     hits = pipeline.search(collection, embedder, "w3", 1)
     assert hits[0].text == "w3"
+
+
+def test_warm_up_runs_a_search_in_the_background_and_swallows_errors(tmp_path):
+    from vecpress.pipeline import warm_up
+
+    collection = Collection(dim=DIM, path=tmp_path / "s")
+    add_texts(collection, HashEmbedder(), [f"t{i}" for i in range(40)], progress=False)
+    calls = []
+    original = collection.search
+    collection.search = lambda *a, **k: calls.append(a) or original(*a, **k)
+    thread = warm_up(collection)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and thread.daemon and len(calls) == 1
+    collection.search = original
+    assert pipeline.search(collection, HashEmbedder(), "t7", 1)[0].text == "t7"
+    collection.close()
+    warm_up(collection).join(timeout=60)  # a closed collection: nothing raised

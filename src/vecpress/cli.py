@@ -281,7 +281,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .pipeline import search
+    from .pipeline import search, warm_up
 
     store = Path(args.store)
     where = None
@@ -293,6 +293,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with open_store(store) as collection:
         if len(collection) == 0:
             raise CommandError(f"the store {str(store)!r} is empty; add files with `vecpress index PATH --store {store}`")
+        warming = warm_up(collection)  # loads the search kernels while the model loads
         embedder = None
         if args.mode != "text" or args.rerank in ("exact", "embed"):
             model = _model_for(store, args.model)
@@ -301,6 +302,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         reranker = None if args.rerank == "none" else args.rerank
         if args.cross_encoder:
             reranker = "cross-encoder:" + args.cross_encoder
+        warming.join()
         started = time.perf_counter()
         hits = search(collection, embedder, args.question, args.k, where=where, reranker=reranker, mode=args.mode)
         elapsed = time.perf_counter() - started

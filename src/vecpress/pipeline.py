@@ -9,6 +9,7 @@ question, runs the collection's search and hands the candidates to a reranker.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -162,3 +163,24 @@ def search(
         for hit in ranked:
             hit.vector = None
     return ranked
+
+
+def warm_up(collection: Collection) -> threading.Thread:
+    """Run one throw-away search in a background thread and return the (daemon) thread.
+
+    The first search of a fresh process loads the numba kernels from their cache (a few
+    hundred milliseconds); started right after opening a store, while the embedding model
+    loads, this takes that wait off the first real question. Errors are ignored: the real
+    search reports them.
+    """
+
+    def search_once() -> None:
+        try:
+            vector = np.random.default_rng(0).standard_normal(collection.dim).astype(np.float32)
+            collection.search(vector, 1)
+        except Exception:  # noqa: BLE001 - a warm-up only; the real search raises what matters
+            pass
+
+    thread = threading.Thread(target=search_once, name="vecpress-warm-up", daemon=True)
+    thread.start()
+    return thread
