@@ -2,7 +2,8 @@
 
 :func:`measure_cold_start` starts fresh interpreters that each import vecpress, open an
 existing store read-only and run two searches, timing each step from inside (the interpreter's
-own start-up is reported apart, as ``process`` minus the steps). The demo and
+own start-up is reported apart, as ``process`` minus the steps), in wall-clock seconds and in
+CPU seconds of the process (``cpu_*``; steadier than wall time on a busy machine). The demo and
 ``benchmarks/bench_cold_start.py`` use it. The embedding model is not part of it: the query
 vector comes from a ``.npy`` file, so the timings are vecpress's alone.
 """
@@ -19,25 +20,31 @@ from pathlib import Path
 from typing import Any
 
 STEPS = ("import", "open", "first_query", "second_query")
+CPU_STEPS = tuple("cpu_" + step for step in STEPS)
 
 # run with `python -c`: `python -m vecpress.<module>` would import vecpress before the clock starts
 _PROBE = """
 import sys, time
-start = time.perf_counter()
+clock = lambda: (time.perf_counter(), time.process_time())
+start = clock()
 import vecpress
-imported = time.perf_counter()
+imported = clock()
 import json
 import numpy as np
 query = np.load(sys.argv[2])
-loaded = time.perf_counter()
+loaded = clock()
 collection = vecpress.Collection.open(sys.argv[1], read_only=True)
-opened = time.perf_counter()
+opened = clock()
 hits = collection.search(query, int(sys.argv[3]))
-first = time.perf_counter()
+first = clock()
 collection.search(query, int(sys.argv[3]))
-second = time.perf_counter()
-print(json.dumps({"import": imported - start, "open": opened - loaded, "first_query": first - opened,
-                  "second_query": second - first, "hits": [hit.id for hit in hits]}))
+second = clock()
+steps = {"import": (start, imported), "open": (loaded, opened), "first_query": (opened, first),
+         "second_query": (first, second)}
+result = {name: b[0] - a[0] for name, (a, b) in steps.items()}
+result.update({"cpu_" + name: b[1] - a[1] for name, (a, b) in steps.items()})
+result["hits"] = [hit.id for hit in hits]
+print(json.dumps(result))
 """
 
 
@@ -63,7 +70,10 @@ def measure_cold_start(store: str | Path, query_file: str | Path, *, runs: int =
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     run_once(store, query_file, k)
     results = [run_once(store, query_file, k) for _ in range(runs)]
-    summary: dict[str, Any] = {step: statistics.median(r[step] for r in results) for step in (*STEPS, "process")}
+    summary: dict[str, Any] = {step: statistics.median(r[step] for r in results)
+                               for step in (*STEPS, *CPU_STEPS, "process")}
     summary["total"] = statistics.median(r["import"] + r["open"] + r["first_query"] for r in results)
+    summary["cpu_total"] = statistics.median(r["cpu_import"] + r["cpu_open"] + r["cpu_first_query"]
+                                             for r in results)
     summary["runs"] = results
     return summary
