@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import get_num_threads
 
 from . import kernels
 
@@ -68,8 +69,6 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
 
 
 def _thread_count() -> int:
-    from numba import get_num_threads
-
     return max(1, int(get_num_threads()))
 
 
@@ -309,7 +308,7 @@ class RaBitQCodec(Codec):
         ``factor * 0.3 * eps0 * |q|``. Rounding the query to 4 bits adds
         ``eps0 * 0.5 * step4 * sqrt(dim / 12)`` times the factor.
         """
-        step4 = step * (1 << (self.query_bits - 4)) if self.query_bits >= 4 else step
+        step4 = step * (1 << (self.query_bits - 4))
         norms = np.linalg.norm(rotated, axis=1)
         return (self.PRUNE_EPSILON * (0.3 * norms + 0.5 * step4 * np.sqrt(self.dim / 12.0))
                 ).astype(np.float64)
@@ -533,11 +532,5 @@ def make_codec(name: str, dim: int, bits: int, metric: str, **options: Any) -> C
     return cls(dim, bits, metric)
 
 
-def thread_count() -> int:
-    """Threads numba will use for parallel scans (``NUMBA_NUM_THREADS`` caps it)."""
-    return _thread_count()
-
-
 __all__ = ["CODECS", "Codec", "RowFilter", "make_codec", "default_codec_name", "random_rotation",
-           "RaBitQCodec", "ByteCodec", "Int8Codec", "Float8Codec", "ExactCodec",
-           "thread_count"]
+           "RaBitQCodec", "ByteCodec", "Int8Codec", "Float8Codec", "ExactCodec"]
