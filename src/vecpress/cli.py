@@ -45,6 +45,9 @@ def _status(message: str) -> None:
 
 
 def _quiet_model_loading() -> None:
+    from .embeddings.sentence_transformers import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before `import transformers` below pulls in torch
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import transformers

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .sentence_transformers import ModelLoadError
+from .sentence_transformers import ModelLoadError, prefer_passive_openmp
 
 _METRICS = ("cosine", "ip", "l2")
 DEFAULT_FETCH_FACTOR = 4
@@ -171,6 +171,7 @@ _CROSS_ENCODER_HINT = (
 
 
 def _import_cross_encoder() -> Any:
+    prefer_passive_openmp()
     try:
         from sentence_transformers import CrossEncoder
     except ModuleNotFoundError as error:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import os
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,21 @@ def resolve_model_path(model_name: str) -> str:
     return model_name
 
 
+def prefer_passive_openmp() -> None:
+    """Let torch's idle OpenMP threads sleep instead of spin, unless the user chose otherwise.
+
+    With spinning threads, a machine with other work on its cores runs each small model call
+    at the pace of the slowest descheduled thread: measured on 2 busy cores, embedding one
+    query took ~475 ms instead of ~10 ms, and documents ran at 46 instead of 106 texts/s. The
+    setting is read when torch starts its OpenMP runtime, so it only applies before torch is
+    imported; ``OMP_WAIT_POLICY`` set in the environment always wins.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _import_sentence_transformer() -> Any:
+    prefer_passive_openmp()
     try:
         from sentence_transformers import SentenceTransformer
     except ModuleNotFoundError as error:
