@@ -260,13 +260,13 @@ class VecpressVectorStore(VectorStore):
         self._check_dim(dim, "embeddings.embed_documents")
         return self._collection
 
-    def _check_dim(self, dim: int, call: str) -> None:
+    def _check_dim(self, dim: int, source: str) -> None:
         expected = self._collection.dim
         if dim != expected:
             raise ValueError(
-                f"{call} returned {dim}-dimensional vectors but this store holds "
-                f"{expected}-dimensional ones: it was built with another embedding model. "
-                f"Use the embeddings it was built with, or a new path.")
+                f"{source}: {dim}-dimensional vectors, but this store holds "
+                f"{expected}-dimensional ones (it was built with another embedding model); "
+                f"use the embeddings it was built with, or a new path")
 
     def _query_vector(self, query: str) -> np.ndarray:
         vector = self._embedder.embed_query(query)
@@ -278,7 +278,7 @@ class VecpressVectorStore(VectorStore):
         if vector.ndim != 1:
             raise ValueError(f"embedding must be one vector (a list of floats), got shape "
                              f"{vector.shape}")
-        self._check_dim(len(vector), "embedding")
+        self._check_dim(len(vector), "embedding (the vector passed in)")
         return vector
 
     # ------------------------------------------------------------------ writes
