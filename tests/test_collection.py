@@ -474,3 +474,28 @@ def test_read_only_second_reader(tmp_path):
 def test_hit_is_a_plain_dataclass():
     hit = Hit("a", 0.5, "t", {"k": 1})
     assert (hit.id, hit.score, hit.text, hit.metadata, hit.vector) == ("a", 0.5, "t", {"k": 1}, None)
+
+
+@pytest.mark.parametrize("options", [{"bits": 4}, {"bits": 1, "rerank": False, "seed": 7},
+                                     {"bits": 32, "metric": "l2"}])
+def test_save_copies_documents_codes_and_options(tmp_path, options):
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    source = Collection(16, **options)
+    ids = [f"doc-{i}" for i in range(300)]
+    source.upsert(ids, vectors, texts=[f"text {i}" for i in range(300)],
+                  metadatas=[{"n": i} for i in range(300)])
+    source.delete(ids[:50])
+    source.save(tmp_path / "copy")
+    with pytest.raises(FileExistsError):
+        source.save(tmp_path / "copy")
+    copy = Collection.open(tmp_path / "copy")
+    assert len(copy) == len(source) == 250
+    assert copy.index.stats()["codec"] == source.index.stats()["codec"]
+    for query in vectors[:5]:
+        want = source.search(query, k=7, where={"n": {"$gte": 100}})
+        got = copy.search(query, k=7, where={"n": {"$gte": 100}})
+        assert [h.id for h in got] == [h.id for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-5)
+    assert [r.text for r in copy.get(ids[60:63])] == [r.text for r in source.get(ids[60:63])]
+    copy.close()

@@ -598,6 +598,20 @@ class Collection:
                 info["db_bytes"] = sum(p.stat().st_size for p in self._path.glob(DB_FILE + "*"))
             return info
 
+    def save(self, path: str | Path) -> None:
+        """Write a copy of this collection into a new or empty directory (reopen it with
+        :meth:`Collection.open`): a consistent backup of the database beside a compacted copy
+        of the index. Codes and originals are copied, never re-encoded, and every index option
+        is kept."""
+        target = Path(path)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise FileExistsError(f"path={str(target)!r} exists and is not an empty directory; "
+                                  f"save into a new directory")
+        with self._rw.read():
+            target.mkdir(parents=True, exist_ok=True)
+            self._store.backup(target / DB_FILE)
+            self._index.save(target / INDEX_DIR)
+
     def refresh(self) -> None:
         """Read-only collections: reload the Index to see vectors written since opening."""
         if self._path is None or not self._read_only or self._lock is not None:

@@ -146,6 +146,16 @@ class DocStore:
             self._local.conn = conn
         yield conn
 
+    def backup(self, target: Path) -> None:
+        """Copy the database into the new file ``target`` (SQLite's online backup, consistent
+        with the last committed write)."""
+        with self._reading() as conn:
+            destination = sqlite3.connect(str(target))
+            try:
+                conn.backup(destination)
+            finally:
+                destination.close()
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed when the block ends, rolled back on an error."""
