@@ -38,7 +38,6 @@ __all__ = ["VecpressVectorStore"]
 #: texts per ``Embeddings.embed_documents`` call; a progress bar appears past one batch
 DEFAULT_BATCH_SIZE = 256
 #: documents per page when :meth:`VecpressVectorStore.save_local` copies a store
-_COPY_PAGE = 10_000
 _FILTER_HELP = ("filter must be a metadata dict in the LangChain/Chroma dialect, e.g. "
                 "{'source': 'a.txt'} or {'$and': [{'year': {'$gte': 2020}}, {'lang': {'$in': "
                 "['en', 'fr']}}]} (operators $eq $ne $gt $gte $lt $lte $in $nin $exists "
@@ -439,23 +438,7 @@ class VecpressVectorStore(VectorStore):
             raise ValueError("this store is empty and its dimension is unknown yet; add "
                              "documents before save_local, or create it with path=...")
         _check_new_directory(target)
-        stats = source.index.stats()
-        options = {"rerank": stats["rerank"], "oversample": stats["oversample"],
-                   "codec": stats["codec"], **self._options}
-        options.update(bits=source.bits, metric=source.metric)
-        with Collection(dim=source.dim, path=target, **options) as copy:
-            offset = 0
-            while True:
-                try:
-                    page = source.get(limit=_COPY_PAGE, offset=offset, include_vectors=True)
-                except ValueError as exc:
-                    raise ValueError(f"save_local copies the kept vectors: {exc}; create the "
-                                     f"store with path=... to persist it instead") from None
-                if not page:
-                    break
-                copy.upsert([h.id for h in page], np.stack([h.vector for h in page]),
-                            [h.text for h in page], [h.metadata for h in page])
-                offset += len(page)
+        source.save(target)
 
     def close(self) -> None:
         """Release the store (for a persistent one, its write lock)."""
