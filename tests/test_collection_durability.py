@@ -4,7 +4,6 @@ beside a writer, and a read-only second process."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
