@@ -135,8 +135,9 @@ def write_report(rows: list[dict], model: dict[str, float] | None, env: dict, ru
     lines += [
         "",
         f"Machine: {env['cpus']} CPUs, Python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, "
-        f"load average at the start {', '.join(f'{x:.1f}' for x in env['load_average'])} "
-        "(other jobs were running: absolute numbers are pessimistic, compare rows).",
+        f"load average at the start {', '.join(f'{x:.1f}' for x in env['load_average'])}"
+        + (" (other jobs were running: absolute numbers are pessimistic, compare rows)."
+           if env["load_average"][0] > 1 else ". CPU above wall time: numba and BLAS start threads."),
         "",
         "Run: `HF_HUB_OFFLINE=1 python -m benchmarks.bench_cold_start` (needs the cached embeddings of "
         "`python -m benchmarks.datasets`).",
