@@ -269,6 +269,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
         """Run a ``VectorStoreQuery`` (modes DEFAULT, MMR, TEXT_SEARCH, HYBRID)."""
         mode, call = _search_call(query, kwargs)
         if self._collection is None:
+            filters_module.parse(call["where"])  # a malformed filter is an error here too
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         if mode == "mmr":
             hits = self._collection.max_marginal_relevance_search(**call)
