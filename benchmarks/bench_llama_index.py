@@ -13,7 +13,8 @@ Stores:
   store persists and loads to give back nodes with their text (the docstore holds the nodes);
   a query is the vector query plus ``docstore.get_nodes`` of the hits;
 - ``vecpress`` on disk (``path=``: written as nodes arrive, ``persist`` writes a pointer) and in
-  memory (``persist`` copies the store to disk), both returning whole nodes with text.
+  memory (``persist`` saves a copy with ``Collection.save``), both returning whole nodes with
+  text.
 
 Each store is built in one process and loaded and queried in a fresh one, so load time is a
 cold open and RAM is the store's alone: RSS growth over the load and the queries ("anon"
@@ -313,9 +314,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "includes `node_to_metadata_dict`, LlamaIndex's node serialisation, which both stores "
         "call; for vecpress also quantizing, full-text indexing and, on disk, durable writes.",
         "- *persist*: a vecpress store on disk is already persisted when `add` returns, so "
-        "`persist` only writes a pointer file; in memory, `persist` copies the store into a "
-        "directory through the Collection API, re-encoding it (a `Collection.save` would make "
-        "this a file copy).",
+        "`persist` only writes a pointer file; in memory, `persist` writes a copy with "
+        "`Collection.save` (SQLite online backup and the index's codes and originals, not "
+        "re-encoded).",
         "- *load*: `from_persist_path` in a fresh process, after a warm-up on a 50-node store "
         "of the same kind (imports, numba's cached kernels and SQLite are loaded, not timed). "
         "*first query* is the first query after the load.",

@@ -577,6 +577,20 @@ def test_persisting_an_in_memory_store_writes_a_copy_and_replaces_it(tmp_path):
     reopened.close()
 
 
+@pytest.mark.parametrize("options", [dict(bits=4), dict(bits=2, rerank=False)])
+def test_a_persisted_copy_answers_exactly_as_the_original(tmp_path, options):
+    store = VecpressVectorStore(**options)  # quantized: a re-encoded copy would score differently
+    store.add(NODES)
+    store.persist(str(tmp_path / "default__vector_store.json"))
+    reopened = VecpressVectorStore.from_persist_dir(str(tmp_path))
+    assert reopened.client.stats()["rerank"] == store.client.stats()["rerank"]
+    for query_vector in QUERIES:
+        query = VectorStoreQuery(query_embedding=query_vector.tolist(), similarity_top_k=8)
+        expected, got = run(store, query), run(reopened, query)
+        assert got.ids == expected.ids and got.similarities == expected.similarities
+    reopened.close()
+
+
 def test_an_empty_in_memory_store_persists_and_reopens(tmp_path):
     VecpressVectorStore().persist(str(tmp_path / "default__vector_store.json"))
     reopened = VecpressVectorStore.from_persist_path(str(tmp_path / "default__vector_store.json"))

@@ -308,8 +308,9 @@ class VecpressVectorStore(BasePydanticVectorStore):
         """Write ``persist_path``: a small JSON file naming the store directory.
 
         A store with a ``path`` is already on disk (every write is durable when it returns),
-        so only the pointer is written. An in-memory store is first copied, replacing any
-        earlier copy, to the directory ``persist_path`` with the suffix ``.vecpress``
+        so only the pointer is written. An in-memory store is first saved (``Collection.save``:
+        codes and originals copied, not re-encoded), replacing any earlier copy, to the
+        directory ``persist_path`` with the suffix ``.vecpress``
         (``storage/default__vector_store.vecpress`` for ``StorageContext.persist("storage")``);
         the store itself stays in memory, as ``SimpleVectorStore`` does.
         """
@@ -408,28 +409,13 @@ class VecpressVectorStore(BasePydanticVectorStore):
         return width
 
     def _copy_to(self, target: Path) -> None:
-        """Write the in-memory collection to ``target`` (replacing what is there)."""
-        source = self._collection
+        """Save the in-memory collection to ``target``, replacing what is there."""
         fresh = target.with_name(target.name + f".{os.getpid()}.new")
         shutil.rmtree(fresh, ignore_errors=True)
-        options = {"dim": self.dim, "bits": self.bits, "metric": self.metric, **self.index_options}
-        if source is not None:
-            options.update(dim=source.dim, bits=source.bits, metric=source.metric)
-        if options["dim"] is None:  # nothing added yet: an empty directory opens as a new store
+        if self._collection is None:  # nothing added yet: an empty directory opens as a new store
             fresh.mkdir(parents=True)
         else:
-            copy = Collection(path=fresh, **options)
-            try:
-                offset = 0
-                while source is not None:
-                    hits = source.get(limit=self.batch_size, offset=offset, include_vectors=True)
-                    if not hits:
-                        break
-                    copy.upsert([h.id for h in hits], [h.vector for h in hits],
-                                texts=[h.text for h in hits], metadatas=[h.metadata for h in hits])
-                    offset += len(hits)
-            finally:
-                copy.close()
+            self._collection.save(fresh)  # codes and originals copied, not re-encoded
         old = target.with_name(target.name + f".{os.getpid()}.old")
         if target.exists():
             os.replace(target, old)
