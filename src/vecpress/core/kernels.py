@@ -297,19 +297,19 @@ def _plane_score(codes, row, qplanes, q_step, q_low, level_mid, q_sum):
 
 
 @njit(inline="always")
-def _top_plane_ip(codes, row, query, first):
-    """<top level bit - 1/2, q4> pieces: the popcount sum of the code's top plane against the
-    4 most significant query planes (``first`` .. ``first + 3``) and the plane's popcount."""
+def _top_plane_ip(codes, row, query4):
+    """Pieces of <top level bit, q4>: the popcount sum of the code's top plane against the
+    4-bit query ``query4`` (words, 4), and the plane's popcount."""
     top = codes.shape[1] - 1
     acc = np.uint64(0)
     ones = np.uint64(0)
     for w in range(codes.shape[2]):
         cw = codes[row, top, w]
         ones += popcount64(cw)
-        acc += (popcount64(cw & query[w, first])
-                + (popcount64(cw & query[w, first + 1]) << np.uint64(1))
-                + (popcount64(cw & query[w, first + 2]) << np.uint64(2))
-                + (popcount64(cw & query[w, first + 3]) << np.uint64(3)))
+        acc += (popcount64(cw & query4[w, 0])
+                + (popcount64(cw & query4[w, 1]) << np.uint64(1))
+                + (popcount64(cw & query4[w, 2]) << np.uint64(2))
+                + (popcount64(cw & query4[w, 3]) << np.uint64(3)))
     return np.float64(acc), np.float64(ones)
 
 
@@ -318,12 +318,12 @@ _BLOCK = 256
 
 
 @njit(inline="always")
-def _top_plane_estimates(codes, factors, rows, use_rows, start, count, query, first, step4,
-                         low4, total, prune_col, bound, out):
+def _top_plane_estimates(codes, factors, rows, use_rows, start, count, query4, step4, low4,
+                         total, prune_col, bound, out):
     """Upper bounds (in inner-product units) of a block of rows from their top planes."""
     for j in range(count):
         row = _row_at(start + j, rows, use_rows)
-        acc, ones = _top_plane_ip(codes, row, query, first)
+        acc, ones = _top_plane_ip(codes, row, query4)
         factor = factors[row, prune_col]
         out[j] = factor * (step4 * acc + low4 * ones - 0.5 * total) + abs(factor) * bound
 
@@ -356,6 +356,7 @@ def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use
     query = qplanes[q]
     step, low, total, const = q_step[q], q_low[q], q_sum[q], q_const[q]
     first = qplanes.shape[2] - 4
+    query4 = np.ascontiguousarray(query[:, first:])  # the 4 most significant query planes
     scale4 = np.float64(1 << first)
     step4 = step * scale4
     low4 = low + step * (scale4 - 1.0) / 2.0
@@ -365,8 +366,8 @@ def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use
         count = min(_BLOCK, stop - block)
         pruning = prune_col >= 0 and size == capacity
         if pruning:
-            _top_plane_estimates(codes, factors, rows, use_rows, block, count, query, first,
-                                 step4, low4, total, prune_col, bound, estimates)
+            _top_plane_estimates(codes, factors, rows, use_rows, block, count, query4, step4,
+                                 low4, total, prune_col, bound, estimates)
         else:
             _full_estimates(codes, factors, rows, use_rows, block, count, query, step, low,
                             level_mid, total, estimates)
