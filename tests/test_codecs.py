@@ -181,6 +181,7 @@ def test_parallel_and_serial_scans_agree(monkeypatch, name, bits, n_queries):
     results = []
     for threshold in (10**12, 0):  # serial, then parallel with several chunks
         monkeypatch.setattr(codecs, "PARALLEL_MIN_ROWS", threshold)
+        monkeypatch.setattr(codecs, "PARALLEL_MIN_ROWS_ONE_QUERY", threshold)
         monkeypatch.setattr(codecs, "_chunk_count", lambda n: 5)
         results.append(codec.scan(codes, factors, queries, 20, RowFilter(n_rows=3000, mask=mask)))
     np.testing.assert_array_equal(results[0][1], results[1][1])
