@@ -337,6 +337,17 @@ def test_bad_input_raises_before_writing(tmp_path, name, call, error, message):
     index.close()
 
 
+def test_negative_ids_never_match_removed_rows():
+    index = Index(8, bits=4)
+    index.add(random_vectors(10, 8))
+    index.remove([0])
+    with pytest.raises(KeyError, match=r"\[-1\]"):
+        index.remove([-1])
+    assert len(index) == 9 and index.stats()["deleted"] == 1
+    _, found = index.search(random_vectors(1, 8), k=10, mask=[-1, 3])
+    assert found[0, 0] == 3 and (found[0, 1:] == -1).all()
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
     ({"dim": 0}, ValueError, "dim must be at least 1"),
     ({"dim": 8, "bits": 9}, ValueError, "bits=9 is out of range"),

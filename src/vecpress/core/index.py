@@ -291,7 +291,8 @@ class Index:
         self._check_writable()
         wanted = np.unique(as_id_list(ids))
         with self._mutex:
-            rows = np.nonzero(np.isin(self._ids.view, wanted))[0]
+            # removed rows hold id -1: negative ids must never select them
+            rows = np.nonzero(np.isin(self._ids.view, wanted[wanted >= 0]))[0]
             if len(rows) != len(wanted):
                 missing = np.setdiff1d(wanted, self._ids.view[rows])
                 raise KeyError(f"ids not in the index: {missing[:10].tolist()}"
