@@ -499,3 +499,27 @@ def test_save_copies_documents_codes_and_options(tmp_path, options):
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-5)
     assert [r.text for r in copy.get(ids[60:63])] == [r.text for r in source.get(ids[60:63])]
     copy.close()
+
+
+@pytest.mark.parametrize("empty", [{}, {"$and": []}])
+def test_delete_with_an_empty_filter_is_refused(empty):
+    collection = Collection(4, bits=32)
+    collection.upsert(["a", "b"], np.eye(2, 4, dtype=np.float32))
+    try:
+        parsed_as_nothing = collection.count(where=empty) == 2
+    except ValueError:
+        parsed_as_nothing = False  # a malformed filter is already an error
+    if parsed_as_nothing:
+        with pytest.raises(ValueError, match="clear()"):
+            collection.delete(where=empty)
+    assert len(collection) == 2
+
+
+def test_delete_with_empty_llama_index_filters_is_refused():
+    from llama_index.core.vector_stores import MetadataFilters
+
+    collection = Collection(4, bits=32)
+    collection.upsert(["a", "b"], np.eye(2, 4, dtype=np.float32))
+    with pytest.raises(ValueError, match="clear()"):
+        collection.delete(where=MetadataFilters(filters=[]))
+    assert len(collection) == 2

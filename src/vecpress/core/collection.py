@@ -432,6 +432,9 @@ class Collection:
         if ids is None and where is None:
             raise ValueError("delete needs ids=... or where=...; to delete everything call clear()")
         node = filters_module.parse(where)
+        if ids is None and node is None:
+            raise ValueError(f"where={where!r} has no conditions, so it would delete every "
+                             f"document; to delete everything call clear()")
         if ids is not None:
             ids = _checked_id_list(ids)
         with self._rw.write():
@@ -442,7 +445,7 @@ class Collection:
                 if node is not None and len(rowids):
                     rowids = rowids[np.isin(rowids, self._matching(node))]
             else:
-                rowids = self._matching(node) if node is not None else self._store.rowids()
+                rowids = self._matching(node)
             if len(rowids) == 0:
                 return 0
             self._clear_cache()
