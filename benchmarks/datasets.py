@@ -25,48 +25,23 @@ if not __package__:  # run as `python benchmarks/datasets.py`: keep this folder 
 
 import numpy as np
 
+from vecpress.wordnet import WORDNET_DIR, read_glosses
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache" / "embeddings"
-WORDNET_DIR = Path("/usr/share/wordnet")
-WORDNET_PARTS = ("noun", "verb", "adj", "adv")
 CORPUS_NAME = "wordnet-glosses"
 DEFAULT_MODEL_DIM = 384  # of vecpress's default embedder, all-MiniLM-L6-v2
 
-# adjective lemmas may carry a syntactic marker: "galore(ip)", "aforesaid(a)"
-_ADJECTIVE_MARKER = re.compile(r"\((?:a|p|ip)\)$")
 
-
-def load_wordnet_glosses(limit: int | None = None, *, wordnet_dir: Path | str = WORDNET_DIR) -> list[str]:
-    """Glosses of every WordNet synset as ``"first lemma: gloss"``, deduplicated, in file order.
-
-    Nouns, then verbs, adjectives, adverbs, each in the order of its data file. About 117k texts.
+def load_wordnet_glosses(limit: int | None = None, *,
+                         wordnet_dir: Path | str = WORDNET_DIR) -> list[str]:
+    """Glosses of every WordNet synset as ``"first lemma: gloss"``, deduplicated, in file order
+    (nouns, then verbs, adjectives, adverbs): about 117k texts, read by :mod:`vecpress.wordnet`.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
-    wordnet_dir = Path(wordnet_dir)
-    paths = [wordnet_dir / f"data.{part}" for part in WORDNET_PARTS]
-    missing = [str(path) for path in paths if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"WordNet data files not found: {', '.join(missing)}. "
-            "Install them with `apt-get install wordnet-base` (Debian/Ubuntu)."
-        )
-    texts: dict[str, None] = {}  # an ordered set
-    for path in paths:
-        with open(path, encoding="utf-8") as lines:
-            for line in lines:
-                if line.startswith("  "):  # licence header
-                    continue
-                synset, separator, gloss = line.partition(" | ")
-                gloss = gloss.strip()
-                if not separator or not gloss:
-                    continue
-                # synset line: offset lex_filenum ss_type w_cnt word lex_id ...
-                lemma = _ADJECTIVE_MARKER.sub("", synset.split()[4]).replace("_", " ")
-                texts[f"{lemma}: {gloss}"] = None
-                if limit is not None and len(texts) >= limit:
-                    return list(texts)
-    return list(texts)
+    texts = [gloss.text for gloss in read_glosses(wordnet_dir)]
+    return texts if limit is None else texts[:limit]
 
 
 def _fingerprint(*parts: bytes | str) -> str:
