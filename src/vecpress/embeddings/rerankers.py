@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .sentence_transformers import ModelLoadError, prefer_passive_openmp
+from .sentence_transformers import ModelLoadError, import_model_class
 
 _METRICS = ("cosine", "ip", "l2")
 DEFAULT_FETCH_FACTOR = 4
@@ -170,19 +170,6 @@ _CROSS_ENCODER_HINT = (
 )
 
 
-def _import_cross_encoder() -> Any:
-    prefer_passive_openmp()
-    try:
-        from sentence_transformers import CrossEncoder
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in {"sentence_transformers", "torch", "transformers"}:
-            raise
-        raise ImportError(
-            f"sentence-transformers is not installed (missing module {error.name!r}); install it with "
-            '`pip install "vecpress[sentence-transformers]"` (on CPU-only machines run '
-            "`pip install torch==2.13.0` first)"
-        ) from error
-    return CrossEncoder
 
 
 class CrossEncoderReranker:
@@ -214,7 +201,7 @@ class CrossEncoderReranker:
         self.model_name = model_name
         self.batch_size = batch_size
         self.fetch_factor = _check_fetch_factor(fetch_factor)
-        CrossEncoder = _import_cross_encoder()
+        CrossEncoder = import_model_class("CrossEncoder")
         try:
             self._model = CrossEncoder(model_name, device=device, max_length=max_length)
         except (OSError, ValueError) as error:

@@ -70,18 +70,19 @@ def prefer_passive_openmp() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _import_sentence_transformer() -> Any:
+def import_model_class(name: str) -> Any:
+    """``sentence_transformers.<name>`` (``SentenceTransformer``, ``CrossEncoder``), imported on
+    use; a missing model library gets an install hint, any other import failure is raised."""
     prefer_passive_openmp()
     try:
-        from sentence_transformers import SentenceTransformer
+        import sentence_transformers
     except ModuleNotFoundError as error:
-        # only a missing model library gets the install hint; any other import failure is real
         if (error.name or "").split(".")[0] not in {"sentence_transformers", "torch", "transformers"}:
             raise
         raise ImportError(
             f"sentence-transformers is not installed (missing module {error.name!r}); {_INSTALL_HINT}"
         ) from error
-    return SentenceTransformer
+    return getattr(sentence_transformers, name)
 
 
 class SentenceTransformerEmbedder:
@@ -147,7 +148,7 @@ class SentenceTransformerEmbedder:
             self.metric = _METRIC_BY_SIMILARITY.get(similarity, "ip")
 
     def _load(self, truncate_dim: int | None) -> Any:
-        SentenceTransformer = _import_sentence_transformer()
+        SentenceTransformer = import_model_class("SentenceTransformer")
         try:
             return SentenceTransformer(self.model_path, device=self.device, truncate_dim=truncate_dim)
         except (OSError, ValueError) as error:
