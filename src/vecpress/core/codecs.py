@@ -257,17 +257,14 @@ class RaBitQCodec(Codec):
         if self.centroid is None:
             self.fit(vectors)
         rotated = self.rotate(vectors - self.centroid)
-        levels, x_dot_r = kernels.fit_levels(rotated, self.bits, self.n_scales, self.n_sweeps)
+        levels, x_dot_r, x1_dot_r, norm_sq = kernels.fit_levels(rotated, self.bits,
+                                                                self.n_scales, self.n_sweeps)
         codes = kernels.pack_planes_parallel(levels, self.bits, self.words)
-        norm_sq = np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         factors[:, 0] = _ratio(norm_sq, x_dot_r)
         if self.metric == "l2":
             factors[:, 1] = norm_sq
-        if self.prunes:
-            # the top level bit alone is a 1-bit RaBitQ code: x1 = +-1/2 by the sign of the level
-            top_bit = levels >= (1 << (self.bits - 1))
-            x1_dot_r = 0.5 * np.where(top_bit, rotated, -rotated).sum(axis=1, dtype=np.float64)
+        if self.prunes:  # the top level bit alone is a 1-bit RaBitQ code
             factors[:, -1] = _ratio(norm_sq, x1_dot_r)
         return codes, factors
 

@@ -109,16 +109,25 @@ def fit_levels(rows, bits, n_scales, n_sweeps):
 
     The level vector is ``x = level - (2**bits - 1) / 2``. A few candidate scales are tried (the
     extended-RaBitQ rescaling idea), then coordinate descent moves single levels by one step
-    while the cosine improves (SAQ's code adjustment). Returns levels (n, dim) uint8 and
-    ``<x, row>`` per row, the quantity the estimator's correction factor needs.
+    while the cosine improves (SAQ's code adjustment). Returns levels (n, dim) uint8 and, per
+    row, the sums the correction factors need: ``<x, row>``, ``<x1, row>`` where
+    ``x1 = +-1/2`` by the top bit of the level (the top plane as a 1-bit code), and ``|row|^2``.
     """
     n, dim = rows.shape
     top = float((1 << bits) - 1)
     mid = top / 2.0
+    half = 1 << (bits - 1)
     levels = np.zeros((n, dim), dtype=np.uint8)
     x_dot_row = np.zeros(n, dtype=np.float64)
+    x1_dot_row = np.zeros(n, dtype=np.float64)
+    norm_sq = np.zeros(n, dtype=np.float64)
     for r in prange(n):
         row = rows[r]
+        x1 = 0.0
+        sq_norm = 0.0
+        for i in range(dim):
+            sq_norm += float(row[i]) * row[i]
+        norm_sq[r] = sq_norm
         peak = 0.0
         for i in range(dim):
             a = abs(row[i])
@@ -168,7 +177,10 @@ def fit_levels(rows, bits, n_scales, n_sweeps):
                     break
             best_ip = ip
         x_dot_row[r] = best_ip
-    return levels, x_dot_row
+        for i in range(dim):
+            x1 += row[i] if levels[r, i] >= half else -row[i]
+        x1_dot_row[r] = 0.5 * x1
+    return levels, x_dot_row, x1_dot_row, norm_sq
 
 
 # --------------------------------------------------------------------------- top-k heap
