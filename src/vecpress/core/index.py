@@ -148,6 +148,7 @@ class Index:
         self._factors = _Growable((self._codec.factor_count,), np.float32)
         self._ids = _Growable((), np.int64)
         self._originals = _Blocks()
+        self._memory_originals: _Growable | None = None
         self._deleted = 0
         self._next_id = 0
         self._path: Path | None = None
@@ -400,8 +401,9 @@ class Index:
                 self._factors.replace(self._factors.view[live])
                 self._ids.replace(self._ids.view[live])
                 self._originals = _Blocks()
+                self._memory_originals = None
                 if kept is not None:
-                    self._originals.append(kept)
+                    self._append_originals(kept)
             self._deleted = 0
 
     def close(self) -> None:
@@ -497,13 +499,14 @@ class Index:
                 np.take_along_axis(rows, order, axis=1))
 
     def _append_originals(self, kept: np.ndarray) -> None:
-        if self._path is None and len(self._originals.blocks) >= 16:
-            merged = np.concatenate(self._originals.blocks + [kept])
-            self._originals = _Blocks()
-            self._originals.append(merged)
-        elif self._path is None:
-            self._originals.append(kept)
-        # with a path, originals are appended as memory maps by _persist_add
+        """In memory, originals grow in one array (on disk, _persist_add maps each segment)."""
+        if self._path is not None:
+            return
+        if self._memory_originals is None:
+            self._memory_originals = _Growable(kept.shape[1:], kept.dtype)
+        self._memory_originals.extend(kept)
+        self._originals = _Blocks()
+        self._originals.append(self._memory_originals.view)
 
     # ------------------------------------------------------------------ internals: files
     def _check_writable(self) -> None:
