@@ -37,13 +37,15 @@ def popcount64(typingctx, word):
 
 @njit(inline="always")
 def _pack_row(levels, row, bits, out):
-    for i in range(levels.shape[1]):
-        value = np.uint64(levels[row, i])
-        word = i >> 6
-        shift = np.uint64(i & 63)
-        for b in range(bits):
-            if (value >> np.uint64(b)) & np.uint64(1):
-                out[row, b, word] |= np.uint64(1) << shift
+    one = np.uint64(1)
+    for b in range(bits):
+        for word in range(out.shape[2]):
+            start = word << 6
+            stop = min(start + 64, levels.shape[1])
+            packed = np.uint64(0)
+            for i in range(start, stop):
+                packed |= ((np.uint64(levels[row, i]) >> np.uint64(b)) & one) << np.uint64(i - start)
+            out[row, b, word] = packed
 
 
 @njit(cache=True)
