@@ -207,3 +207,14 @@ def test_top_plane_pruning_keeps_the_best_candidates(monkeypatch, bits, metric):
     # the unpruned scan's K-th score matches the numpy estimator's K-th best (up to rounding)
     kth = np.sort(reference, axis=1)[:, -30]
     assert np.allclose(full_s[:, -1], kth, rtol=0.05, atol=0.05 * np.abs(kth).max())
+
+
+@pytest.mark.parametrize("dim", [1, 7, 64, 384])
+def test_random_rotation_is_orthogonal_and_seeded(dim):
+    from vecpress.core.codecs import random_rotation
+
+    rotation = random_rotation(dim, seed=3)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(dim), atol=2e-6)
+    np.testing.assert_array_equal(rotation, random_rotation(dim, seed=3))
+    if dim > 1:
+        assert not np.allclose(rotation, random_rotation(dim, seed=4))

@@ -153,11 +153,9 @@ class Codec:
 
 
 def random_rotation(dim: int, seed: int) -> np.ndarray:
-    """A Haar-random orthogonal matrix (QR of a Gaussian matrix with the sign fix)."""
-    rng = np.random.default_rng(seed)
-    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
-    q *= np.sign(np.diag(r))
-    return np.ascontiguousarray(q.T, dtype=np.float32)
+    """A Haar-random orthogonal matrix: Gram-Schmidt of a seeded Gaussian matrix."""
+    gaussian = np.random.default_rng(seed).standard_normal((dim, dim))
+    return np.ascontiguousarray(kernels.orthonormal_rows(gaussian), dtype=np.float32)
 
 
 class RaBitQCodec(Codec):

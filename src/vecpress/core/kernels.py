@@ -84,6 +84,35 @@ def unpack_planes(planes, dim):
     return out
 
 
+# --------------------------------------------------------------------------- rotation
+
+
+@njit(cache=True)
+def orthonormal_rows(matrix):
+    """Gram-Schmidt (each row orthogonalised twice, for float64 stability) of a square matrix.
+
+    On a Gaussian matrix this gives a Haar-random rotation, like a QR with a positive diagonal,
+    but on one thread: a LAPACK QR with a threaded BLAS can stall for seconds on a busy machine.
+    """
+    q = matrix.astype(np.float64)
+    n = q.shape[0]
+    for j in range(n):
+        for _ in range(2):
+            for i in range(j):
+                dot = 0.0
+                for c in range(q.shape[1]):
+                    dot += q[i, c] * q[j, c]
+                for c in range(q.shape[1]):
+                    q[j, c] -= dot * q[i, c]
+        norm = 0.0
+        for c in range(q.shape[1]):
+            norm += q[j, c] * q[j, c]
+        norm = np.sqrt(norm)
+        for c in range(q.shape[1]):
+            q[j, c] /= norm
+    return q
+
+
 # --------------------------------------------------------------------------- code fitting
 
 
