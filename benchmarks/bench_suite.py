@@ -260,7 +260,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
 
 
 def plot(rows: list[dict[str, Any]], x_key: str, y_key: str, x_label: str, y_label: str,
-         title: str, path: Path, log_x: bool) -> None:
+         title: str, path: Path, log_x: bool = False, log_y: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,6 +279,8 @@ def plot(rows: list[dict[str, Any]], x_key: str, y_key: str, x_label: str, y_lab
                         xytext=(3, 3), textcoords="offset points")
     if log_x:
         ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=9)
@@ -333,8 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, "ram_bytes_per_vector", "recall@10", "RAM bytes per vector (log scale)",
          "recall@10 vs exact", title, args.out / f"{stem}_recall_vs_ram.png", log_x=True)
     plot(rows, "recall@10", "latency_p50_ms_1t", "recall@10 vs exact",
-         "single-query latency p50, 1 thread (ms)", title,
-         args.out / f"{stem}_latency_vs_recall.png", log_x=False)
+         "single-query latency p50, 1 thread (ms, log scale)", title,
+         args.out / f"{stem}_latency_vs_recall.png", log_y=True)
 
 
 if __name__ == "__main__":
