@@ -5,14 +5,17 @@ held-out queries, exact float32 top-10 as ground truth. Methods: vecpress ``Inde
 and 8 bits with and without rerank; FAISS ``IndexFlatIP``, ``IndexScalarQuantizer`` SQ8/SQ4,
 ``IndexPQ`` 48x8, ``IndexRaBitQ`` 1/2/4 bits with and without ``IndexRefineFlat`` (k-factor =
 vecpress's oversample for that width), ``IndexHNSWFlat`` (M=32, efSearch 64); hnswlib (M=16,
-ef 64) and usearch (f32, i8, b1) when installed (``pip install vecpress[bench]``).
+ef 64), usearch (f32, i8, b1) and LanceDB (IVF_PQ, IVF_RQ; with and without refine) when
+installed (``pip install vecpress[bench]``; LanceDB separately: ``pip install lancedb``).
 
 Figures per method: recall@10; single-query latency p50/p99 on one thread; batch QPS (all
 queries in one call, all threads); build time (all threads); RAM bytes per vector; disk bytes
 per vector where the method writes a file. RAM is everything resident: vecpress
 ``stats()["ram_bytes"]`` (codes, factors, ids, codec state; kept originals are memory-mapped
 from disk when rerank is on), for FAISS / hnswlib / usearch the size of the serialized index
-(codes, graphs, codebooks and, for ``IndexRefineFlat``, the float32 originals).
+(codes, graphs, codebooks and, for ``IndexRefineFlat``, the float32 originals), for LanceDB
+the size of its vector index (the float32 column stays on disk). LanceDB is queried one
+vector at a time on its own thread pool: its "1 thread" latency and batch QPS are not pinned.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_suite            # 100k base, 1000 queries
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_suite --quick    # 10k base, 200 queries
@@ -74,7 +77,8 @@ def run(method: Method, base: np.ndarray, queries: np.ndarray, truth: np.ndarray
     set_threads(threads)
     start = time.perf_counter()
     index = method.build()
-    build_seconds = time.perf_counter() - start
+    # rows that share one built index (LanceDB with and without refine) report its build time
+    build_seconds = getattr(index, "build_seconds", time.perf_counter() - start)
     method.search(index, queries[:8], threads)  # warm up before the timed batch
     start = time.perf_counter()
     found = method.search(index, queries, threads)
@@ -244,6 +248,76 @@ def usearch_methods(base: np.ndarray, workdir: Path) -> list[Method]:
     return methods
 
 
+class _LanceIndex:
+    """A LanceDB table with one vector index, and the search settings of one row."""
+
+    def __init__(self, table: Any, directory: Path, build_seconds: float,
+                 refine_factor: int | None) -> None:
+        self.table, self.directory = table, directory
+        self.build_seconds, self.refine_factor = build_seconds, refine_factor
+
+
+def lancedb_methods(base: np.ndarray, workdir: Path) -> list[Method]:
+    try:
+        import lancedb
+        import pyarrow as pa
+    except ImportError:
+        print("  lancedb not installed (pip install lancedb): skipped")
+        return []
+    from vecpress.core.index import DEFAULT_OVERSAMPLE
+
+    dim = base.shape[1]
+    partitions = max(1, int(np.sqrt(len(base))))
+    nprobes = 20
+    built: dict[str, tuple[Any, Path, float]] = {}
+
+    def table_with(index_type: str) -> tuple[Any, Path, float]:
+        # both rows of one index type (with and without refine) search the same table
+        if index_type not in built:
+            directory = workdir / f"lance-{index_type}"
+            start = time.perf_counter()
+            vectors = pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), dim)
+            table = lancedb.connect(directory).create_table(
+                "t", pa.table({"id": pa.array(np.arange(len(base))), "vector": vectors}))
+            options = {"num_sub_vectors": 48} if index_type == "IVF_PQ" else {"num_bits": 1}
+            table.create_index(metric="dot", index_type=index_type,
+                               num_partitions=partitions, **options)
+            built[index_type] = (table, directory, time.perf_counter() - start)
+        return built[index_type]
+
+    def search(index, q, threads):
+        found = np.full((len(q), K), -1, dtype=np.int64)
+        for i, vector in enumerate(q):
+            query = index.table.search(vector).metric("dot").limit(K).nprobes(nprobes)
+            if index.refine_factor:
+                query = query.refine_factor(index.refine_factor)
+            # asking for _distance too avoids a deprecation warning on every query
+            ids = query.select(["id", "_distance"]).to_arrow()["id"].to_numpy()
+            found[i, :len(ids)] = ids
+        return found
+
+    def sizes(index, n):
+        # resident: the vector index (IVF centroids and codes), which LanceDB caches on
+        # search; the float32 column stays on disk and is read for refine, as vecpress does
+        resident = sum(config.size_bytes or 0 for config in index.table.list_indices())
+        on_disk = sum(f.stat().st_size for f in index.directory.rglob("*") if f.is_file())
+        return resident / n, on_disk / n
+
+    methods = []
+    for index_type, label, refine in (("IVF_PQ", "IVF_PQ 48x8", None),
+                                      ("IVF_PQ", "IVF_PQ 48x8", 3),
+                                      ("IVF_RQ", "IVF_RQ 1-bit", None),
+                                      ("IVF_RQ", "IVF_RQ 1-bit", DEFAULT_OVERSAMPLE[1])):
+        def build(index_type=index_type, refine=refine):
+            table, directory, seconds = table_with(index_type)
+            return _LanceIndex(table, directory, seconds, refine)
+
+        name = (f"lancedb {label} nprobes={nprobes}/{partitions}"
+                + (f" + refine x{refine}" if refine else ""))
+        methods.append(Method(name, "lancedb (IVF, disk)", build, search, sizes))
+    return methods
+
+
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
     lines = [header, "",
              "| method | recall@10 | p50 ms (1 thread) | p99 ms (1 thread) | batch QPS | "
@@ -312,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         methods = (faiss_methods(base, args.bits) + hnswlib_methods(base, workdir)
-                   + usearch_methods(base, workdir) + vecpress_methods(base, args.bits, workdir))
+                   + usearch_methods(base, workdir) + lancedb_methods(base, workdir)
+                   + vecpress_methods(base, args.bits, workdir))
         for method in methods:
             rows.append(run(method, base, queries, truth, args.latency_queries, threads))
     load_after = os.getloadavg()
