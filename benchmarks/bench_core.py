@@ -151,6 +151,7 @@ def faiss_rows(base, queries, truth, bits_list, latency_queries, threads):
 
 
 def machine() -> str:
+    """CPU model, cores, Python version and the current load (for every benchmark header)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -159,7 +160,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"load average {load:.1f} at start")
 
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -43,6 +41,7 @@ if not __package__:  # run as `python benchmarks/bench_filters.py`: keep this fo
 
 import numpy as np
 
+from benchmarks.bench_core import machine
 from benchmarks.datasets import load_embeddings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -113,20 +112,6 @@ def build_langchain_faiss(base: np.ndarray, texts: list[str], buckets: np.ndarra
     return FAISS(embedding_function=FakeEmbeddings(size=base.shape[1]), index=index,
                  docstore=docstore, index_to_docstore_id={i: str(i) for i in range(len(base))},
                  distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT), index
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"load average {load:.1f} at start")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -244,7 +244,7 @@ def usearch_methods(base: np.ndarray, workdir: Path) -> list[Method]:
             serialized = index.serialized_length / n
             return serialized, serialized
 
-        methods.append(Method(f"usearch {dtype} M=16 ef=64", f"usearch", build, search, sizes))
+        methods.append(Method(f"usearch {dtype} M=16 ef=64", "usearch", build, search, sizes))
     return methods
 
 

@@ -6,15 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore  # root in containers and CI: no warning
 
-if [ ! -f /usr/share/wordnet/data.noun ]; then
-    echo "== installing WordNet (Debian package wordnet-base)"
-    sudo_cmd=""
-    if [ "$(id -u)" -ne 0 ]; then
-        sudo_cmd="sudo"
-    fi
-    $sudo_cmd apt-get update
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y --no-install-recommends wordnet-base
-fi
+bash scripts/ensure_wordnet.sh
 
 echo "== installing vecpress (CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build)"
 python -m pip install --quiet torch==2.13.0
