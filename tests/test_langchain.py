@@ -670,3 +670,41 @@ def test_save_local_does_not_overwrite_a_store(tmp_path):
             store.save_local(tmp_path / "db")
     with VecpressVectorStore.load_local(tmp_path / "db", fake()) as reopened:
         assert [d.page_content for d in reopened.similarity_search("a")] == ["a"]
+
+
+@pytest.mark.parametrize("reranker", ["embed", "exact"])
+def test_reranker_option_returns_exact_order(reranker):
+    """A 1-bit store with a second-stage reranker returns exact cosine scores, best first, and
+    (nearly) the exact top 5 from its candidates."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    embeddings = DeterministicFakeEmbedding(size=32)
+    texts = [f"document number {i}" for i in range(300)]
+    store = VecpressVectorStore(embeddings, bits=1, rerank=reranker == "exact",
+                                reranker=reranker, oversample=40)
+    store.add_texts(texts, ids=[str(i) for i in range(300)])
+    vectors = np.array(embeddings.embed_documents(texts))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for query in ("document number 7", "something else entirely"):
+        q = np.array(embeddings.embed_query(query))
+        exact = vectors @ (q / np.linalg.norm(q))
+        hits = store.similarity_search_with_score(query, k=5)
+        found = [int(doc.id) for doc, _ in hits]
+        scores = [score for _, score in hits]
+        np.testing.assert_allclose(scores, exact[found], atol=2e-3)  # rescored exactly
+        assert scores == sorted(scores, reverse=True)
+        assert found[0] == int(np.argmax(exact))
+        assert len(set(found) & set(np.argsort(-exact)[:5].tolist())) >= 4
+
+
+def test_cross_encoder_reranker_needs_query_text(monkeypatch):
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from vecpress.embeddings import rerankers
+
+    monkeypatch.setattr(rerankers.CrossEncoderReranker, "__init__",
+                        lambda self, *a, **k: None)  # no model weights offline
+    store = VecpressVectorStore(DeterministicFakeEmbedding(size=8), reranker=rerankers.CrossEncoderReranker())
+    store.add_texts(["a", "b"])
+    with pytest.raises(ValueError, match="similarity_search"):
+        store.similarity_search_by_vector([0.1] * 8, k=1)

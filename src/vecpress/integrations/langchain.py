@@ -31,7 +31,9 @@ from ..core import filters as filters_module
 from ..core.collection import INDEX_OPTIONS, Collection, Hit, relevance_score
 from ..core.docstore import DB_FILE
 from ..core.index import Index
+from ..embeddings.rerankers import CrossEncoderReranker, Reranker, make_reranker
 from ..embeddings.wrappers import LangChainEmbedder, as_langchain_embeddings
+from ..pipeline import search as pipeline_search
 
 __all__ = ["VecpressVectorStore"]
 
@@ -67,6 +69,10 @@ class VecpressVectorStore(VectorStore):
         rerank: bool
             Keep the original vectors (on disk for a persistent store) and re-score the best
             candidates exactly (default True; needed for MMR).
+        reranker: str | Reranker | None
+            A second stage after the search: ``"embed"`` (re-embed the candidates' texts:
+            exact scores for a ``rerank=False`` store), ``"exact"``, or
+            ``"cross-encoder:<model>"`` (text queries only). Default none.
 
     Key init args — storage params:
         path: str | Path | None
@@ -190,7 +196,7 @@ class VecpressVectorStore(VectorStore):
                  bits: int | None = None, metric: str | None = None,
                  rerank: bool | None = None, read_only: bool = False,
                  batch_size: int = DEFAULT_BATCH_SIZE, show_progress: bool | None = None,
-                 **index_options: Any) -> None:
+                 reranker: str | Reranker | None = None, **index_options: Any) -> None:
         native = not isinstance(embedding, Embeddings)  # a vecpress embedder knows dim, metric
         self._embedding = _as_embeddings(embedding)
         if path is not None and persist_directory is not None and \
@@ -215,6 +221,7 @@ class VecpressVectorStore(VectorStore):
         self._read_only = bool(read_only)
         self._show_progress = show_progress
         self._embedder = LangChainEmbedder(self._embedding, batch_size=batch_size)
+        self._reranker = make_reranker(reranker, embedder=self._embedder)
         self._create_lock = Lock()
         self._collection: Collection | None = None
         if self._path is not None and (self._path / DB_FILE).exists():
@@ -358,7 +365,7 @@ class VecpressVectorStore(VectorStore):
         options = _search_options(kwargs, "similarity_search_with_score")
         if self._collection is None:
             return []
-        return self._search(self._query_vector(query), k, **options)
+        return self._search(self._query_vector(query), k, **options, query=query)
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4,
                                     **kwargs: Any) -> list[Document]:
@@ -372,9 +379,17 @@ class VecpressVectorStore(VectorStore):
             return []
         return self._search(self._given_vector(embedding), k, **options)
 
-    def _search(self, vector: np.ndarray, k: int, where: Any,
-                oversample: int | None) -> list[tuple[Document, float]]:
-        hits = self._collection.search(vector, k, where=where, oversample=oversample)
+    def _search(self, vector: np.ndarray, k: int, where: Any, oversample: int | None,
+                query: str | None = None) -> list[tuple[Document, float]]:
+        if self._reranker is None:
+            hits = self._collection.search(vector, k, where=where, oversample=oversample)
+        else:
+            if query is None and isinstance(self._reranker, CrossEncoderReranker):
+                raise ValueError("a cross-encoder reranker reads the question's text: use "
+                                 "similarity_search(query) rather than a search by vector")
+            hits = pipeline_search(self._collection, self._embedder, query or "", k,
+                                   where=where, reranker=self._reranker, query_vector=vector,
+                                   oversample=oversample)
         return [(_document(hit), hit.score) for hit in hits]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
