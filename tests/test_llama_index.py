@@ -645,3 +645,38 @@ def test_parallel_first_adds_make_one_store():
 
     store = asyncio.run(scenario())
     assert len(store.client) == N
+
+
+@pytest.mark.parametrize("reranker", ["embed", "exact"])
+def test_reranker_option_rescores_exactly(reranker):
+    """A 1-bit store with a second-stage reranker returns exact cosine scores, best first."""
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((200, 16)).astype(np.float32)
+    texts = [f"text {i}" for i in range(200)]
+
+    class LookupEmbedding(MockEmbedding):  # re-embedding a text gives back its stored vector
+        def _get_text_embedding(self, text):
+            return vectors[int(text.split()[1])].tolist()
+
+    store = VecpressVectorStore(dim=16, bits=1, rerank=reranker == "exact", reranker=reranker,
+                                embed_model=LookupEmbedding(embed_dim=16), oversample=40)
+    store.add([TextNode(id_=str(i), text=texts[i], embedding=vectors[i].tolist())
+               for i in range(200)])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    query = rng.standard_normal(16).astype(np.float32)
+    exact = unit @ (query / np.linalg.norm(query))
+    result = store.query(VectorStoreQuery(query_embedding=query.tolist(), similarity_top_k=5,
+                                          query_str="a question"))
+    found = [int(i) for i in result.ids]
+    np.testing.assert_allclose(result.similarities, exact[found], atol=2e-3)
+    assert result.similarities == sorted(result.similarities, reverse=True)
+    assert found[0] == int(np.argmax(exact))
+
+
+def test_embed_reranker_needs_the_embed_model():
+    with pytest.raises(ValueError, match="embed_model"):
+        VecpressVectorStore(dim=8, reranker="embed")

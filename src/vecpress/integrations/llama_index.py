@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+
 try:
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.schema import BaseNode, MetadataMode
@@ -42,6 +44,9 @@ from ..core import filters as filters_module
 from ..core.collection import INDEX_OPTIONS, Collection, Hit
 from ..core.docstore import DB_FILE
 from ..core.index import METRIC_ALIASES
+from ..embeddings.rerankers import make_reranker
+from ..embeddings.wrappers import LlamaIndexEmbedder
+from ..pipeline import search as pipeline_search
 
 #: metadata key holding the node id, so that ``VectorStoreQuery.node_ids`` is a metadata filter
 NODE_ID_KEY = "_node_id"
@@ -130,6 +135,10 @@ class VecpressVectorStore(BasePydanticVectorStore):
             vector_store = VecpressVectorStore(path="./vecpress_store")
             index = VectorStoreIndex.from_vector_store(vector_store, embed_model=embed_model)
 
+    Second-stage rerank: ``reranker="embed"`` with ``embed_model=...`` re-embeds the
+    candidates' texts (exact scores for a store created with ``rerank=False``); ``"exact"``
+    and ``"cross-encoder:<model>"`` work too (not for MMR).
+
     Async: every method has an ``a``-prefixed twin that runs it in a worker thread.
     """
 
@@ -146,6 +155,8 @@ class VecpressVectorStore(BasePydanticVectorStore):
     index_options: Dict[str, Any] = Field(default_factory=dict)
 
     _collection: Optional[Collection] = PrivateAttr(default=None)
+    _embedder: Any = PrivateAttr(default=None)
+    _reranker: Any = PrivateAttr(default=None)
     _create_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(
@@ -160,6 +171,8 @@ class VecpressVectorStore(BasePydanticVectorStore):
         hybrid_fusion: str = "rrf",
         collection: Collection | None = None,
         index_options: dict[str, Any] | None = None,
+        reranker: Any = None,
+        embed_model: Any = None,
         **more_index_options: Any,
     ) -> None:
         if hybrid_fusion not in ("rrf", "weighted"):
@@ -186,6 +199,13 @@ class VecpressVectorStore(BasePydanticVectorStore):
             read_only=read_only, batch_size=batch_size, hybrid_fusion=hybrid_fusion,
             index_options=options,
         )
+        # a second stage after the search: "embed" (re-embeds the candidates' texts with
+        # embed_model; exact scores for a rerank=False store), "exact", "cross-encoder:<model>"
+        if reranker == "embed" and embed_model is None:
+            raise ValueError('reranker="embed" re-embeds the candidates: pass embed_model=... '
+                             "(the embedding model of the index)")
+        self._embedder = None if embed_model is None else LlamaIndexEmbedder(embed_model)
+        self._reranker = make_reranker(reranker, embedder=self._embedder)
         if collection is not None:
             self._collection = collection
         elif read_only or dim is not None or _holds_collection(self.path):
@@ -273,6 +293,14 @@ class VecpressVectorStore(BasePydanticVectorStore):
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         if mode == "mmr":
             hits = self._collection.max_marginal_relevance_search(**call)
+        elif self._reranker is not None:
+            options = {name: value for name, value in call.items()
+                       if name not in ("vector", "k", "where", "mode", "query_text")}
+            vector = call.get("vector")
+            hits = pipeline_search(self._collection, self._embedder, query.query_str or "",
+                                   call["k"], where=call["where"], reranker=self._reranker,
+                                   mode=mode, query_vector=None if vector is None else
+                                   np.asarray(vector, dtype=np.float32), **options)
         else:
             hits = self._collection.search(**call)
         return VectorStoreQueryResult(nodes=[_to_node(hit) for hit in hits],
