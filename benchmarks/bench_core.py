@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,15 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from benchmarks.common import RESULTS, machine, recall_at, set_threads
 from benchmarks.datasets import ground_truth, load_embeddings
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
-    hits = sum(len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth))
-    return hits / (k * len(truth))
-
 
 def median_latency_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray,
                       repeats: int = 1) -> float:
@@ -44,14 +36,6 @@ def median_latency_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray,
             search(query[None])
             times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
-
-
-def set_threads(count: int) -> None:
-    import faiss
-    import numba
-
-    numba.set_num_threads(count)
-    faiss.omp_set_num_threads(count)
 
 
 def measure(name: str, bits: int | None, build: Callable[[], Any],
@@ -148,21 +132,6 @@ def faiss_rows(base, queries, truth, bits_list, latency_queries, threads):
             rows.append(measure(f"faiss IndexScalarQuantizer SQ{bits}", bits, scalar, search,
                                 ram, base, queries, truth, latency_queries, threads))
     return rows
-
-
-def machine() -> str:
-    """CPU model, cores, Python version and the current load (for every benchmark header)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"load average {load:.1f} at start")
 
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:

@@ -41,21 +41,13 @@ if not __package__:  # run as `python benchmarks/bench_filters.py`: keep this fo
 
 import numpy as np
 
-from benchmarks.bench_core import machine
+from benchmarks.common import machine, set_threads
 from benchmarks.datasets import load_embeddings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K = 10
 FETCH_K = 20  # LangChain FAISS default
 SELECTIVITIES = {"50%": 500, "5%": 50, "0.1%": 1}  # bucket threshold out of 1000
-
-
-def set_threads(count: int) -> None:
-    import faiss
-    import numba
-
-    numba.set_num_threads(count)
-    faiss.omp_set_num_threads(count)
 
 
 def filtered_truth(base: np.ndarray, queries: np.ndarray, allowed: np.ndarray) -> list[np.ndarray]:

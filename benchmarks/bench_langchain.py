@@ -28,7 +28,6 @@ name).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import memory
 from benchmarks.datasets import ground_truth, load_embeddings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,26 +71,6 @@ def lookup_embeddings(texts: list[str], vectors: np.ndarray):
             return self.vectors[self.row[text]].tolist()
 
     return LookupEmbeddings()
-
-
-def memory() -> dict[str, int]:
-    """Resident set, anonymous and file-backed parts, in bytes (Linux), after a garbage
-    collection and after handing freed heap pages back to the system (so that memory a store
-    no longer holds is not counted)."""
-    import ctypes
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    values = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
-                values[key] = int(rest.split()[0]) * 1024
-    return values
 
 
 def build(name: str, embeddings, texts, metadatas, ids, workdir: Path):

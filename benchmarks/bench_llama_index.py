@@ -29,7 +29,6 @@ Writes ``benchmarks/results/llama_index.md`` and ``llama_index.json``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import memory
 from benchmarks.datasets import ground_truth, load_embeddings
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,25 +59,6 @@ K = 10
 #: SimpleVectorStore turns every stored embedding into a numpy array on every query
 #: (about a second per query per 100k nodes); fewer queries give its median well enough
 SIMPLE_QUERIES = 20
-
-
-def memory() -> dict[str, int]:
-    """Resident set, anonymous and file-backed parts in bytes (Linux), after a garbage
-    collection and after handing freed heap pages back to the system."""
-    import ctypes
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    values = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
-                values[key] = int(rest.split()[0]) * 1024
-    return values
 
 
 def make_nodes(n_base: int, n_queries: int):

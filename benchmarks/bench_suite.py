@@ -43,7 +43,7 @@ if not __package__:  # run as `python benchmarks/bench_suite.py`: keep this fold
 
 import numpy as np
 
-from benchmarks.bench_core import RESULTS, machine, recall_at, set_threads
+from benchmarks.common import RESULTS, machine, recall_at, set_threads
 from benchmarks.datasets import ground_truth, load_embeddings
 
 K = 10

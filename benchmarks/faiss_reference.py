@@ -22,6 +22,7 @@ if not __package__:  # run as `python benchmarks/faiss_reference.py`: keep this 
 
 import numpy as np
 
+from benchmarks.common import recall_at
 from benchmarks.datasets import ground_truth, load_embeddings, load_wordnet_glosses
 
 
@@ -56,11 +57,6 @@ def configurations(qbs: list[int]) -> list[tuple[str, object, object]]:
         ("IndexScalarQuantizer QT_fp16", *_factory("SQfp16")),
     ]
     return configs
-
-
-def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    hits = sum(len(np.intersect1d(f[:k], t[:k], assume_unique=True)) for f, t in zip(found, truth))
-    return hits / (k * len(truth))
 
 
 def exact_rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
