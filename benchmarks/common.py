@@ -19,12 +19,18 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
 
 
 def set_threads(count: int) -> None:
-    """Threads for numba's kernels and FAISS's OpenMP loops alike."""
+    """Threads for numba's kernels, FAISS's OpenMP loops and (with threadpoolctl installed)
+    the BLAS under numpy's matrix products alike."""
     import faiss
     import numba
 
     numba.set_num_threads(count)
     faiss.omp_set_num_threads(count)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=count, user_api="blas")
 
 
 def machine() -> str:
