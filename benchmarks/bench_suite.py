@@ -179,7 +179,6 @@ def run(method: Method, base: np.ndarray, queries: np.ndarray, truth: np.ndarray
           f"rss {row['rss_anon_bytes_per_vector']:.1f} B  disk {_number(disk, '.1f')} B  "
           f"({row['measured_in_s']:.1f} s)",
           flush=True)
-    del index
     return row
 
 
