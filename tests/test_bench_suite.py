@@ -1,0 +1,99 @@
+"""The benchmark suite's --quick smoke run and the pieces it is built from.
+
+No performance thresholds: the smoke run checks that every method produces a well-formed row
+and that the files are written, wherever ``--out`` points (never the committed results).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.wordnet_queries import build_queries, ndcg_at, synset_lemmas
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED_METHODS = [
+    "faiss IndexFlatIP (exact)", "faiss SQ8", "faiss SQ4", "faiss IndexPQ 48x8",
+    "faiss RaBitQ 1-bit", "faiss RaBitQ 1-bit + RefineFlat x10", "faiss RaBitQ 2-bit",
+    "faiss RaBitQ 2-bit + RefineFlat x6", "faiss RaBitQ 4-bit",
+    "faiss RaBitQ 4-bit + RefineFlat x3", "faiss IVFRaBitQ 1-bit nprobe=32/256",
+    "faiss IVFRaBitQ 1-bit nprobe=32/256 + RefineFlat x10", "faiss HNSWFlat M=32 ef=64",
+    "hnswlib M=16 ef=64", "usearch f32 M=16 ef=64", "usearch i8 M=16 ef=64",
+    "usearch b1 M=16 ef=64", "vecpress 1-bit", "vecpress 1-bit + rerank x10", "vecpress 2-bit",
+    "vecpress 2-bit + rerank x6", "vecpress 4-bit", "vecpress 4-bit + rerank x3",
+    "vecpress 8-bit", "vecpress 8-bit + rerank x2", "LangChain InMemoryVectorStore",
+    "LlamaIndex SimpleVectorStore",
+]
+SWEPT = {"vecpress 1-bit + rerank x10": "oversample", "vecpress 4-bit + rerank x3": "oversample",
+         "faiss RaBitQ 1-bit + RefineFlat x10": "k_factor", "faiss HNSWFlat M=32 ef=64": "efSearch",
+         "hnswlib M=16 ef=64": "ef", "faiss IVFRaBitQ 1-bit nprobe=32/256": "nprobe"}
+
+
+def test_ndcg_counts_rank_and_relevant_set():
+    relevant = [np.array([7]), np.array([1, 2])]
+    perfect = np.array([[7] + [0] * 9, [1, 2] + [9] * 8])
+    assert ndcg_at(perfect, relevant) == pytest.approx(1.0)
+    second = np.array([[0, 7] + [0] * 8, [3] * 10])  # rank 2 for the first, nothing for the next
+    assert ndcg_at(second, relevant) == pytest.approx((1 / np.log2(3)) / 2)
+    beyond_k = np.array([[0] * 10 + [7], [0] * 10 + [1]])
+    assert ndcg_at(beyond_k, relevant) == 0.0
+
+
+def test_labelled_queries_are_synonyms_whose_synsets_are_relevant():
+    from vecpress.wordnet import read_glosses
+
+    glosses = read_glosses()[::10]  # a base of every tenth gloss
+    texts = [gloss.text for gloss in glosses]
+    queries, relevant = build_queries(texts, 50, seed=3)
+    assert len(queries) == len(relevant) == 50 and len(set(queries)) > 40
+    lemmas = synset_lemmas()
+    for query, rows in zip(queries, relevant):
+        words = {word.lower() for word in query.split(", ")}
+        assert len(rows) >= 1 and rows.max() < len(texts)
+        for row in rows:  # every relevant document's synset has every query word as a lemma
+            names = {name.lower() for name in lemmas[(glosses[row].pos, glosses[row].offset)]}
+            assert words <= names
+        # the query is other lemma names than the one the source document starts with
+        assert any(words != {glosses[row].lemma.lower()} for row in rows)
+    again, relevant_again = build_queries(texts, 50, seed=3)
+    assert again == queries
+    assert all(np.array_equal(a, b) for a, b in zip(relevant_again, relevant))
+    assert build_queries(texts, 50, seed=4)[0] != queries
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_a_row_for_every_method(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_suite", "--quick",
+                             "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("suite_quick.md", "suite_quick.json", "suite_quick_recall_vs_ram.png",
+                 "suite_quick_latency_vs_recall.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    for plot in tmp_path.glob("*.png"):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((tmp_path / "suite_quick.json").read_text())
+    assert report["n_base"] == 10_000 and report["n_queries"] == 200
+    rows = {row["method"]: row for row in report["rows"]}
+    missing = [name for name in EXPECTED_METHODS if name not in rows]
+    assert not missing, f"no row for {missing}"
+    table = (tmp_path / "suite_quick.md").read_text()
+    for name, row in rows.items():
+        assert f"| {name} " in table
+        for key in ("recall@10", "ndcg@10"):
+            assert 0.0 <= row[key] <= 1.0, (name, key, row[key])
+        assert row["latency_p50_ms_1t"] > 0 and row["latency_p50_ms_all"] > 0
+        assert row["build_s"] >= 0 and np.isfinite(row["rss_anon_bytes_per_vector"])
+    assert rows["faiss IndexFlatIP (exact)"]["recall@10"] == 1.0
+    for name, knob in SWEPT.items():
+        points = rows[name]["sweep"]
+        assert len(points) >= 4 and all(knob in p and 0 <= p["recall@10"] <= 1 for p in points)
+    slow = rows["LangChain InMemoryVectorStore"]
+    assert slow["slow"] and slow["queries"] == 20 and slow["batch_qps"] is None
