@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from vecpress.core import kernels
-from vecpress.core.codecs import RaBitQCodec, RowFilter, make_codec
+from vecpress.core.codecs import RaBitQCodec, RowFilter, SegmentCodec, allocate_bits, make_codec
 
 from conftest import clustered_vectors, random_vectors, reference_scores
 
@@ -59,23 +59,121 @@ def test_heap_top_k_equals_sorting(scores, k):
     np.testing.assert_array_equal(scores[got_r[0][: len(expected)]], expected)
 
 
+def _anisotropic(n: int, dim: int, seed: int) -> np.ndarray:
+    """Clustered vectors with a decaying spectrum, like sentence embeddings."""
+    return (clustered_vectors(n, dim, seed=seed) * np.linspace(2.0, 0.1, dim)).astype(np.float32)
+
+
+def _codec_and_data(name: str, bits: int, metric: str, seed: int):
+    """A codec with data to encode: RaBitQ on 96-d clusters, SAQ fitted on 192-d anisotropic
+    clusters (enough rows for its PCA, so segments get different bit counts)."""
+    if name == "rabitq":
+        return RaBitQCodec(96, bits, metric), clustered_vectors(2000, 96, seed=seed), \
+            clustered_vectors(5, 96, seed=100 + seed)
+    codec = SegmentCodec(192, bits, metric)
+    data = _anisotropic(2000, 192, seed)
+    codec.fit(data)
+    return codec, data, _anisotropic(5, 192, 100 + seed)
+
+
+def _rounding_bound(codec, codes, factors, step):
+    """Largest change of each row's estimate when the query moves by half a step per dim."""
+    x_abs = np.abs(codec.decode_levels(codes)).astype(np.float64)
+    if codec.name == "rabitq":
+        return np.abs(factors[:, 0]) * x_abs.sum(axis=1) * step / 2
+    seg_factor, _ = codec.decode_factors(factors)
+    per_seg = np.add.reduceat(x_abs, codec.seg_starts[:-1], axis=1)
+    return (np.abs(seg_factor) * per_seg).sum(axis=1) * step / 2
+
+
+@pytest.mark.parametrize("name", ["rabitq", "saq"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_kernel_scan_agrees_with_numpy_estimator(bits, metric):
+def test_kernel_scan_agrees_with_numpy_estimator(bits, metric, name):
     """The numba scan equals the numpy estimator up to the query quantization error."""
-    data = clustered_vectors(2000, 96, seed=bits)
-    queries = clustered_vectors(5, 96, seed=100 + bits)
-    codec = RaBitQCodec(96, bits, metric)
+    codec, data, queries = _codec_and_data(name, bits, metric, bits)
     codes, factors = codec.encode(data)
     scores, rows = codec.scan(codes, factors, queries, 50, RowFilter(n_rows=len(data)))
     reference = codec.estimate(codes, factors, queries)
-    x_abs = np.abs(codec.decode_levels(codes)).sum(axis=1)
     steps = codec.query_step(queries)
     for q in range(len(queries)):
-        bound = np.abs(factors[:, 0]) * x_abs * steps[q] / 2
+        bound = _rounding_bound(codec, codes, factors, steps[q])
         factor = 2 if metric == "l2" else 1
         diff = np.abs(scores[q] - reference[q, rows[q]])
         assert (diff <= factor * bound[rows[q]] + 1e-3 * np.abs(reference[q, rows[q]]) + 1e-4).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.integers(1, 8), dim=st.integers(1, 450), n=st.integers(1, 5), data=st.data())
+def test_segment_pack_unpack_round_trip(bits, dim, n, data):
+    codec = SegmentCodec(dim, bits, "ip")
+    seg_bits = np.array(data.draw(st.lists(st.integers(0, 8), min_size=codec.n_segments,
+                                           max_size=codec.n_segments)), dtype=np.int64)
+    codec._set_allocation(seg_bits, np.ones(codec.n_segments))
+    tops = np.repeat((1 << seg_bits) - 1, np.diff(codec.seg_starts))
+    levels = (data.draw(arrays(np.uint8, (n, dim))) % (tops + 1)).astype(np.uint8)
+    row_words = int((seg_bits * codec.seg_words).sum())
+    codes = kernels.pack_segments(levels, codec.seg_starts, seg_bits, codec.seg_offsets, row_words)
+    back = kernels.unpack_segments(codes, codec.seg_starts, seg_bits, codec.seg_offsets, dim)
+    np.testing.assert_array_equal(back, levels)
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights=st.lists(st.floats(0.0, 100.0), min_size=1, max_size=4),
+       bits=st.integers(1, 8), data=st.data())
+def test_bit_allocation_is_the_cheapest_exact_spend(weights, bits, data):
+    """The dynamic programme equals brute force over every allocation with the same spend."""
+    import itertools
+
+    weights = np.array(weights)
+    words = np.array(data.draw(st.lists(st.integers(1, 2), min_size=len(weights),
+                                        max_size=len(weights))))
+    budget = bits * int(words.sum())
+    got = allocate_bits(weights, words, budget, SegmentCodec.RELATIVE_ERROR)
+    assert (got * words).sum() == budget
+    cost = lambda a: sum(w * SegmentCodec.RELATIVE_ERROR[b] for w, b in zip(weights, a))
+    best = min(cost(a) for a in itertools.product(range(9), repeat=len(weights))
+               if (np.array(a) * words).sum() == budget)
+    assert cost(got) <= best + 1e-9 * max(1.0, best)
+
+
+def test_segment_factors_round_trip_through_float16():
+    """Per-segment factors come back within float16 precision, including rows whose first
+    segment is empty (the reference factor is then stored negated)."""
+    codec = SegmentCodec(192, 4, "ip")
+    data = _anisotropic(1500, 192, 3)
+    codec.fit(data)
+    data[:5, :] = 0.0
+    data[:5, 100] = 1.0  # nothing in the first principal segment (almost): the flagged path
+    rotated = codec.rotate(data - codec.centroid)
+    rotated[:5, :64] = 0.0
+    levels, x_dot, r_sq, sign_dot = kernels.fit_segment_levels(rotated, codec.seg_starts,
+                                                               codec.seg_bits, codec.N_SCALES)
+    seg_factor = np.where(x_dot > 0, r_sq / np.where(x_dot > 0, x_dot, 1.0), 0.0)
+    factors = np.zeros((len(data), codec.factor_count), np.float32)
+    sign_factor = r_sq.sum(axis=1) / (sign_dot @ codec.seg_weight)
+    from vecpress.core.codecs import _pack_relative
+
+    factors[:, 0] = _pack_relative(seg_factor, sign_factor, factors[:, 1:])
+    assert (factors[:5, 0] < 0).all() and (factors[5:, 0] > 0).all()
+    got, got_sign = codec.decode_factors(factors)
+    np.testing.assert_allclose(got, seg_factor, rtol=2e-3, atol=1e-12)
+    np.testing.assert_allclose(got_sign, sign_factor, rtol=2e-3)
+
+
+def test_segment_codes_beat_plain_rabitq_on_anisotropic_data():
+    """Where variance is uneven (as in sentence embeddings), spending bits by variance and
+    scaling segments apart estimates inner products better at the same code size."""
+    data, queries = _anisotropic(4000, 256, 1), _anisotropic(200, 256, 2)
+    truth = queries.astype(np.float64) @ data.T.astype(np.float64)
+    errors = {}
+    for name in ("rabitq", "saq"):
+        codec = make_codec(name, 256, 2, "ip")
+        codec.fit(data)
+        codes, factors = codec.encode(data)
+        errors[name] = np.sqrt(np.mean((codec.estimate(codes, factors, queries) - truth) ** 2))
+        assert codes.nbytes == len(data) * 2 * 256 // 8
+    assert errors["saq"] < 0.8 * errors["rabitq"]
 
 
 def test_one_bit_estimator_is_unbiased():
@@ -137,7 +235,7 @@ def test_byte_codecs_decode_close_to_input(name):
         assert (error <= np.maximum(np.abs(data) * 2.0 ** -4, step_floor) * (1 + 1e-5)).all()
 
 
-@pytest.mark.parametrize("name,bits", [("int8", 8), ("fp8", 8), ("rabitq", 4)])
+@pytest.mark.parametrize("name,bits", [("int8", 8), ("fp8", 8), ("rabitq", 4), ("saq", 4)])
 def test_scan_respects_row_filter(name, bits):
     data = random_vectors(500, 32, seed=11)
     codec = make_codec(name, 32, bits, "ip")
@@ -168,7 +266,7 @@ def test_exact_codec_equals_reference():
 
 
 @pytest.mark.parametrize("name,bits", [("rabitq", 1), ("rabitq", 2), ("rabitq", 4),
-                                       ("rabitq", 8), ("int8", 8)])
+                                       ("rabitq", 8), ("int8", 8), ("saq", 1), ("saq", 4)])
 @pytest.mark.parametrize("n_queries", [1, 3])
 def test_parallel_and_serial_scans_agree(monkeypatch, name, bits, n_queries):
     from vecpress.core import codecs
@@ -188,18 +286,24 @@ def test_parallel_and_serial_scans_agree(monkeypatch, name, bits, n_queries):
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
+# (1-bit RaBitQ codes are their own top plane: nothing to prune)
+@pytest.mark.parametrize("name,bits", [("rabitq", 2), ("rabitq", 4), ("rabitq", 8),
+                                       ("saq", 1), ("saq", 2), ("saq", 4), ("saq", 8)])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_top_plane_pruning_keeps_the_best_candidates(monkeypatch, bits, metric):
-    """Skipping rows by the top-plane bound changes (almost) nothing in the best candidates,
+def test_top_plane_pruning_keeps_the_best_candidates(monkeypatch, bits, metric, name):
+    """Skipping rows by the sign-plane bound changes (almost) nothing in the best candidates,
     and a bound too large to skip anything gives exactly the full scan."""
-    data = clustered_vectors(6000, 64, seed=30 + bits)
-    queries = clustered_vectors(20, 64, seed=40 + bits)
-    codec = RaBitQCodec(64, bits, metric)
+    if name == "rabitq":
+        codec = RaBitQCodec(64, bits, metric)
+        data, queries = clustered_vectors(6000, 64, seed=30 + bits), clustered_vectors(20, 64, seed=40 + bits)
+    else:
+        codec = SegmentCodec(192, bits, metric)
+        data, queries = _anisotropic(6000, 192, 30 + bits), _anisotropic(20, 192, 40 + bits)
+        codec.fit(data)
     codes, factors = codec.encode(data)
     flt = RowFilter(n_rows=len(data))
     pruned_s, pruned_r = codec.scan(codes, factors, queries, 30, flt)
-    monkeypatch.setattr(RaBitQCodec, "PRUNE_EPSILON", 1e12)
+    monkeypatch.setattr(type(codec), "PRUNE_EPSILON", 1e12)
     full_s, full_r = codec.scan(codes, factors, queries, 30, flt)
     reference = codec.estimate(codes, factors, queries)
     overlap = np.mean([len(set(a) & set(b)) / 30 for a, b in zip(pruned_r, full_r)])

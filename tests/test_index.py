@@ -47,24 +47,45 @@ def test_float16_equals_reference_on_rounded_vectors(metric):
         assert scores[q, -1] >= rest.max() - 1e-3
 
 
+def _segments(index: Index) -> list[tuple[int, int, bool, np.ndarray]]:
+    """(first dim, end dim, coded?, per-row factor) of each independently scaled segment."""
+    codec = index._codec
+    if codec.name == "rabitq":
+        return [(0, codec.dim, True, index._factors.view[:, 0].astype(np.float64))]
+    seg_factor, _ = codec.decode_factors(index._factors.view)
+    bounds = codec.seg_starts
+    return [(int(bounds[s]), int(bounds[s + 1]), bool(codec.seg_bits[s] > 0), seg_factor[:, s])
+            for s in range(codec.n_segments)]
+
+
 def _guaranteed_recall_floor(index: Index, data, queries, k, candidates, metric) -> float:
     """Fraction of true top-k that the estimator's error bound guarantees a rerank returns.
 
     A true neighbour whose exact score beats the ``candidates``-th exact score by more than
-    twice the worst-case estimation error must be among the scanned candidates.
+    twice the worst-case estimation error must be among the scanned candidates. The error of
+    each coded segment is RaBitQ's bound (eps0 = 5), an uncoded segment's is Cauchy-Schwarz,
+    and rounding the query adds half a step per unit of |level|.
     """
     codec = index._codec
     prepared = data / np.linalg.norm(data, axis=1, keepdims=True) if metric == "cosine" else data
     qprep = queries / np.linalg.norm(queries, axis=1, keepdims=True) if metric == "cosine" else queries
     residual = codec.rotate(prepared - codec.centroid).astype(np.float64)
+    q_rot = codec.rotate(qprep - (codec.centroid if metric == "l2" else 0)).astype(np.float64)
     x = codec.decode_levels(index._codes.view).astype(np.float64)
-    cos = (x * residual).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(residual, axis=1)
-    dim = data.shape[1]
-    q_norm = np.linalg.norm(qprep - (codec.centroid if metric == "l2" else 0), axis=1)
-    err = (np.linalg.norm(residual, axis=1)[None] * q_norm[:, None] * np.sqrt(1 - cos ** 2) / cos
-           * 5.0 / np.sqrt(dim - 1))
     steps = codec.query_step(qprep)
-    err += np.abs(index._factors.view[:, 0])[None] * np.abs(x).sum(1)[None] * steps[:, None] / 2
+    err = np.zeros((len(queries), len(data)))
+    for a, b, coded, factor in _segments(index):
+        r_norm = np.linalg.norm(residual[:, a:b], axis=1)[None]
+        q_norm = np.linalg.norm(q_rot[:, a:b], axis=1)[:, None]
+        if not coded:
+            err += r_norm * q_norm
+            continue
+        xs = x[:, a:b]
+        x_norm = np.linalg.norm(xs, axis=1)
+        cos = np.where(r_norm[0] > 0, (xs * residual[:, a:b]).sum(1)
+                       / np.maximum(x_norm * r_norm[0], 1e-30), 1.0)
+        err += r_norm * q_norm * np.sqrt(1 - cos ** 2) / cos * 5.0 / np.sqrt(max(b - a - 1, 1))
+        err += np.abs(factor)[None] * np.abs(xs).sum(1)[None] * steps[:, None] / 2
     if metric == "l2":
         err *= 2
     exact = reference_scores(data, queries, metric)
@@ -77,13 +98,23 @@ def _guaranteed_recall_floor(index: Index, data, queries, k, candidates, metric)
     return guaranteed / (k * len(queries))
 
 
+def _anisotropic(n: int, dim: int, seed: int) -> np.ndarray:
+    """Clustered vectors with a decaying spectrum, like sentence embeddings (PCA pays)."""
+    return (clustered_vectors(n, dim, seed=seed) * np.linspace(2.0, 0.1, dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("codec", ["rabitq", "saq"])
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 @pytest.mark.parametrize("metric", METRICS)
-def test_quantized_rerank_reaches_floor_from_error_bound(bits, metric):
-    dim, k = 64, 10
-    data, queries = clustered_vectors(3000, dim, seed=bits), clustered_vectors(20, dim, seed=99)
-    index = Index(dim, metric=metric, bits=bits, rerank=True, rerank_dtype="float32")
+def test_quantized_rerank_reaches_floor_from_error_bound(bits, metric, codec):
+    dim, k = (64, 10) if codec == "rabitq" else (192, 10)
+    make = clustered_vectors if codec == "rabitq" else _anisotropic
+    data, queries = make(3000, dim, seed=bits), make(20, dim, seed=99)
+    index = Index(dim, metric=metric, bits=bits, rerank=True, rerank_dtype="float32",
+                  codec=codec)
     ids = index.add(data)
+    if codec == "saq" and bits < 8:  # the fit found the spectrum and spent bits unevenly
+        assert len(set(index._codec.seg_bits.tolist())) > 1
     scores, found = index.search(queries, k=k)
     _, truth = reference_topk(data, queries, k, metric)
     floor = _guaranteed_recall_floor(index, data, queries, k, k * index.oversample, metric)
@@ -394,9 +425,74 @@ def test_stats_ram_is_codes_plus_small_overhead(tmp_path, bits, metric, code_byt
     stats = index.stats()
     per_vector = (stats["ram_bytes"] - stats["ram_fixed_bytes"]) / stats["count"]
     assert stats["code_bytes"] == code_bytes
-    # an int64 id and float32 factors: one, plus one to prune multi-bit codes, plus |r|^2 for L2
-    factors = 1 + (bits > 1) + (metric == "l2")
+    # an int64 id and the factors: for the default (saq) codec, one float32 plus six float16
+    # (five segment ratios and the sign-plane factor) packed in three float32 columns, plus
+    # |r|^2 for L2
+    assert index._codec.name == "saq" and index._codec.n_segments == 6
+    factors = 4 + (metric == "l2")
     assert per_vector == code_bytes + 8 + 4 * factors
-    assert per_vector <= code_bytes + 16 or metric == "l2"
+    assert per_vector <= code_bytes + 8 + 16 + 4 * (metric == "l2")
     assert stats["disk_bytes"] > 1000 * 384 * 2  # float16 originals are on disk
     index.close()
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_saq_codec_refits_as_the_index_grows(tmp_path, on_disk):
+    """Small first batches give data-oblivious codes; once the index outgrows its fit fourfold
+    it refits (PCA, bit allocation) from the kept originals and re-encodes every row, and the
+    refitted index answers like a freshly built one, also after a reopen."""
+    dim = 128
+    data = _anisotropic(6000, dim, seed=11)
+    queries = _anisotropic(30, dim, seed=12)
+    path = tmp_path / "grown" if on_disk else None
+    index = Index(dim, bits=2, path=path, rerank_dtype="float32")
+    assert index._codec.name == "saq"
+    ids = [index.add(data[:10])]
+    assert index._codec.fit_rows == 10
+    assert len(set(index._codec.seg_bits.tolist())) == 1  # too few rows for a PCA
+    for start in range(10, len(data), 500):
+        ids.append(index.add(data[start:start + 500]))
+    ids = np.concatenate(ids)
+    codec = index._codec
+    assert 1024 <= codec.fit_rows <= len(data) and 4 * codec.fit_rows > len(data)
+    assert len(set(codec.seg_bits.tolist())) > 1  # the refit found the spectrum
+    fresh = Index(dim, bits=2, rerank_dtype="float32")
+    fresh_ids = fresh.add(data)
+    for one in (index, fresh):  # every row is encoded by the current fit (re-normalising the
+        # kept unit vectors may move a coordinate across a rounding edge in a few rows)
+        codes_now = one._codec.encode(one._code_vectors(
+            one._originals.fetch(np.arange(len(data)))))[0]
+        assert (one._codes.view == codes_now).all(axis=1).mean() > 0.99
+    _, truth = reference_topk(data, queries, 10, "cosine")
+    grown_recall = recall(index.search(queries, 10)[1], ids[truth])
+    assert grown_recall >= recall(fresh.search(queries, 10)[1], fresh_ids[truth]) - 0.02
+    assert grown_recall >= 0.95
+    if on_disk:
+        before = index.search(queries, 10)
+        index.close()
+        reopened = Index.load(path)
+        assert reopened._codec.fit_rows == codec.fit_rows
+        np.testing.assert_array_equal(reopened._codec.seg_bits, codec.seg_bits)
+        after = reopened.search(queries, 10)
+        np.testing.assert_array_equal(after[1], before[1])
+        reopened.close()
+
+
+def test_saq_codec_without_originals_keeps_its_first_fit():
+    """rerank=False keeps no originals, so nothing can be re-encoded: the first fit stays."""
+    data = _anisotropic(3000, 64, seed=13)
+    index = Index(64, bits=4, rerank=False)
+    index.add(data[:100])
+    index.add(data[100:])
+    assert index._codec.fit_rows == 100
+
+
+def test_compaction_refits_the_codec_on_the_live_rows():
+    data = _anisotropic(3000, 128, seed=14)
+    index = Index(128, bits=4)
+    ids = index.add(data)
+    index.remove(ids[:2000])  # two thirds removed: compaction runs by itself
+    assert len(index.row_ids) == 1000 and index._codec.fit_rows == 1000
+    queries = _anisotropic(10, 128, seed=15)
+    _, truth = reference_topk(data[2000:], queries, 10, "cosine")
+    assert recall(index.search(queries, 10)[1], ids[2000:][truth]) >= 0.95

@@ -29,6 +29,8 @@ RERANK_DTYPES = {"float16": np.float16, "float32": np.float32}
 SELECTIVE_FRACTION = 1 / 16
 #: segments are merged while the newest is at least this fraction of the one before it
 MERGE_RATIO = 0.5
+#: rows re-encoded per chunk when a refit re-encodes the index
+REENCODE_ROWS = 65_536
 
 
 class _Growable:
@@ -139,7 +141,7 @@ class Index:
         code_dim = config["truncate_dim"] or self.dim
         codec_metric = "l2" if self.metric == "l2" else "ip"
         options = {}
-        if config["codec"] == "rabitq":
+        if config["codec"] in ("rabitq", "saq"):
             options = {"seed": config["seed"], "query_bits": config["query_bits"]}
         self._codec: Codec = make_codec(config["codec"], code_dim, self.bits, codec_metric,
                                         **options)
@@ -389,16 +391,19 @@ class Index:
                 copy.close()
 
     def compact(self) -> None:
-        """Drop removed rows from RAM and disk (runs by itself when half the rows are removed)."""
+        """Drop removed rows from RAM and disk, refitting a data-fitted codec from the kept
+        originals (runs by itself when half the rows are removed, and to refit as the index
+        grows: see ``SegmentCodec``)."""
         self._check_writable()
         with self._mutex:
             live = np.nonzero(self._ids.view >= 0)[0]
+            codes, factors = self._refit(live) if self._can_refit else (None, None)
             if self._path is not None:
-                self._write_compacted(self, live)
+                self._write_compacted(self, live, codes, factors)
             else:
                 kept = self._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
-                self._codes.replace(self._codes.view[live])
-                self._factors.replace(self._factors.view[live])
+                self._codes.replace(self._codes.view[live] if codes is None else codes)
+                self._factors.replace(self._factors.view[live] if factors is None else factors)
                 self._ids.replace(self._ids.view[live])
                 self._originals = _Blocks()
                 self._memory_originals = None
@@ -561,9 +566,43 @@ class Index:
             self._originals.append(self._open_originals(segment))
         storage.remove_unreferenced(self._path, manifest)
 
+    @property
+    def _can_refit(self) -> bool:
+        """A data-fitted codec (PCA) is refitted, and every row re-encoded, from the kept
+        originals; without originals it keeps the fit of the first batch."""
+        return self.rerank and hasattr(self._codec, "refit_due")
+
+    def _refit(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refit the codec on (a sample of) the live rows' originals; their new codes."""
+        sample = live
+        limit = getattr(self._codec, "MAX_FIT_ROWS", len(live))
+        if len(live) > limit:
+            picked = np.random.default_rng(self._config["seed"]).choice(len(live), limit,
+                                                                        replace=False)
+            sample = live[np.sort(picked)]
+        self._codec.fit(self._code_vectors(self._originals.fetch(sample)))
+        codes, factors = [], []
+        for start in range(0, len(live), REENCODE_ROWS):
+            chunk = self._code_vectors(self._originals.fetch(live[start:start + REENCODE_ROWS]))
+            chunk_codes, chunk_factors = self._codec.encode(chunk)
+            codes.append(chunk_codes)
+            factors.append(chunk_factors)
+        if not codes:
+            return (np.zeros((0, *self._codec.code_shape()), self._codec.code_dtype),
+                    np.zeros((0, self._codec.factor_count), np.float32))
+        return np.concatenate(codes), np.concatenate(factors)
+
+    def _code_vectors(self, originals: np.ndarray) -> np.ndarray:
+        """Kept originals back to the vectors the codes are made from."""
+        return self._prepare_vectors(np.ascontiguousarray(originals, dtype=np.float32),
+                                     "kept originals")[0]
+
     def _maintain(self) -> None:
-        """Compact when half the rows are removed; merge small trailing segments."""
+        """Compact when half the rows are removed, or refit a data-fitted codec once the index
+        has outgrown its fit; merge small trailing segments."""
         if self._deleted >= 64 and 2 * self._deleted >= self._ids.size:
+            self.compact()
+        elif self._can_refit and self._codec.refit_due(len(self)):
             self.compact()
         elif self._path is not None:
             self._merge_segments()
@@ -594,14 +633,16 @@ class Index:
             self._originals.append(self._open_originals(merged))
         storage.remove_unreferenced(self._path, manifest)
 
-    def _write_compacted(self, source: "Index", live: np.ndarray) -> None:
-        """Replace this index's files (and RAM arrays) with ``source``'s live rows."""
+    def _write_compacted(self, source: "Index", live: np.ndarray, codes: np.ndarray | None = None,
+                         factors: np.ndarray | None = None) -> None:
+        """Replace this index's files (and RAM arrays) with ``source``'s live rows (with new
+        ``codes``/``factors`` after a refit)."""
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
         gen = manifest["generation"]
         self._write_codec_state(manifest)
         kept = source._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
-        codes = source._codes.view[live]
-        factors = source._factors.view[live]
+        codes = source._codes.view[live] if codes is None else codes
+        factors = source._factors.view[live] if factors is None else factors
         ids = source._ids.view[live]
         manifest["segments"] = [self._write_segment(gen, codes, factors, ids, kept)] if len(live) else []
         manifest.update(tombstones=None, next_id=max(source._next_id, self._next_id),

@@ -483,3 +483,274 @@ SCANS = {
     "planes": (scan_planes_task, scan_planes_parallel),
     "bytes": (scan_bytes_task, scan_bytes_parallel),
 }
+
+
+# --------------------------------------------------------------------------- segment codes
+#
+# Segment codes (``SegmentCodec``): the rotated vector is cut into segments of whole 64-bit
+# words, segment ``s`` gets ``seg_bits[s]`` bits per coordinate (0 = not coded) and its own
+# scale. A row stores, segment after segment, the bit planes of that segment (least significant
+# first), each plane ``words_s`` words long; ``seg_offsets[s]`` is where segment ``s`` starts in
+# the row. ``seg_starts`` (S + 1) holds the segments' first dimensions (multiples of 64).
+
+
+@njit(cache=True, parallel=True)
+def fit_segment_levels(rows, seg_starts, seg_bits, n_scales):
+    """Per row and segment, levels that point as closely as possible along the row's segment.
+
+    As :func:`fit_levels`, but each segment has its own bit count and scale, chosen among
+    ``n_scales`` candidates (the outermost level at 100% down to 40% of the segment's peak).
+    Returns levels (n, dim) uint8 and per (row, segment): ``<x_s, r_s>``, ``|r_s|^2`` and
+    ``<x1_s, r_s>`` where ``x1 = +-1/2`` by the level's top bit (the segment's sign plane).
+    """
+    n, dim = rows.shape
+    n_seg = seg_bits.shape[0]
+    levels = np.zeros((n, dim), dtype=np.uint8)
+    x_dot = np.zeros((n, n_seg), dtype=np.float64)
+    r_sq = np.zeros((n, n_seg), dtype=np.float64)
+    sign_dot = np.zeros((n, n_seg), dtype=np.float64)
+    for r in prange(n):
+        row = rows[r]
+        trial = np.empty(dim, dtype=np.uint8)
+        for s in range(n_seg):
+            lo, hi, bits = seg_starts[s], seg_starts[s + 1], seg_bits[s]
+            sq = 0.0
+            peak = 0.0
+            for i in range(lo, hi):
+                v = float(row[i])
+                sq += v * v
+                if abs(v) > peak:
+                    peak = abs(v)
+            r_sq[r, s] = sq
+            if bits == 0 or peak == 0.0:
+                continue
+            top = float((1 << bits) - 1)
+            mid = top / 2.0
+            best_cos = -2.0
+            for c in range(n_scales if bits > 1 else 1):
+                scale = peak * (1.0 - 0.6 * c / max(n_scales - 1, 1)) / mid
+                ip = 0.0
+                xx = 0.0
+                for i in range(lo, hi):
+                    level = np.floor(row[i] / scale + mid + 0.5)
+                    level = min(max(level, 0.0), top)
+                    trial[i] = np.uint8(level)
+                    x = level - mid
+                    ip += x * row[i]
+                    xx += x * x
+                cos = ip / np.sqrt(xx) if xx > 0 else -1.0
+                if cos > best_cos:
+                    best_cos = cos
+                    x_dot[r, s] = ip
+                    for i in range(lo, hi):
+                        levels[r, i] = trial[i]
+            half = 1 << (bits - 1)
+            signs = 0.0
+            for i in range(lo, hi):
+                signs += row[i] if levels[r, i] >= half else -row[i]
+            sign_dot[r, s] = 0.5 * signs
+    return levels, x_dot, r_sq, sign_dot
+
+
+@njit(cache=True, parallel=True)
+def pack_segments(levels, seg_starts, seg_bits, seg_offsets, row_words):
+    """Pack (n, dim) levels into (n, row_words) uint64 rows of segment bit planes."""
+    n = levels.shape[0]
+    out = np.zeros((n, row_words), dtype=np.uint64)
+    one = np.uint64(1)
+    for r in prange(n):
+        for s in range(seg_bits.shape[0]):
+            lo, hi = seg_starts[s], seg_starts[s + 1]
+            words = (hi - lo + 63) >> 6
+            for b in range(seg_bits[s]):
+                for w in range(words):
+                    start = lo + (w << 6)
+                    packed = np.uint64(0)
+                    for i in range(start, min(start + 64, hi)):
+                        packed |= ((np.uint64(levels[r, i]) >> np.uint64(b)) & one) << np.uint64(i - start)
+                    out[r, seg_offsets[s] + b * words + w] = packed
+    return out
+
+
+@njit(cache=True)
+def unpack_segments(codes, seg_starts, seg_bits, seg_offsets, dim):
+    """Inverse of :func:`pack_segments` (uncoded segments read as level 0)."""
+    n = codes.shape[0]
+    out = np.zeros((n, dim), dtype=np.uint8)
+    for r in range(n):
+        for s in range(seg_bits.shape[0]):
+            lo, hi = seg_starts[s], seg_starts[s + 1]
+            words = (hi - lo + 63) >> 6
+            for i in range(lo, hi):
+                w = (i - lo) >> 6
+                shift = np.uint64((i - lo) & 63)
+                value = 0
+                for b in range(seg_bits[s]):
+                    if (codes[r, seg_offsets[s] + b * words + w] >> shift) & np.uint64(1):
+                        value |= 1 << b
+                out[r, i] = value
+    return out
+
+
+#: 2**(e - 25) for the exponent field e of a float16 (e = 0: subnormal scale 2**-24)
+_HALF_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 32)])
+
+
+@njit(inline="always")
+def _half_at(fbits, row, index):
+    """Float16 number ``index`` of a row, packed two per uint32 after column 0 (low half
+    first): the segment codes' relative factors."""
+    word = fbits[row, 1 + (index >> 1)]
+    h = (word >> np.uint32(16 * (index & 1))) & np.uint32(0xFFFF)
+    exponent = (h >> np.uint32(10)) & np.uint32(31)
+    mantissa = h & np.uint32(1023)
+    value = np.float64(mantissa + (np.uint32(1024) if exponent > 0 else np.uint32(0)))
+    value *= _HALF_SCALE[exponent]
+    return -value if h & np.uint32(0x8000) else value
+
+
+@njit(inline="always")
+def _segment_factor(factors, fbits, row, s):
+    """Correction factor of segment ``s``: column 0 holds segment 0's (negative: segment 0
+    is empty and ``-F`` is the reference), the others are float16 ratios to ``|F|``."""
+    head = np.float64(factors[row, 0])
+    if s == 0:
+        return head if head > 0 else 0.0
+    return abs(head) * _half_at(fbits, row, s - 1)
+
+
+@njit(inline="always")
+def _segment_score(codes, factors, fbits, row, query, step, low, seg_sums, seg_starts,
+                   seg_bits, seg_offsets, seg_mid):
+    """Estimated <r, q> of one row: per segment, factor * <level - mid, q'>."""
+    total = 0.0
+    for s in range(seg_bits.shape[0]):
+        bits = seg_bits[s]
+        if bits == 0:
+            continue
+        first = seg_starts[s] >> 6
+        words = (seg_starts[s + 1] - seg_starts[s] + 63) >> 6
+        acc = np.uint64(0)
+        level_sum = np.uint64(0)
+        for b in range(bits):
+            base = seg_offsets[s] + b * words
+            for w in range(words):
+                cw = codes[row, base + w]
+                level_sum += popcount64(cw) << np.uint64(b)
+                for j in range(query.shape[1]):
+                    acc += popcount64(cw & query[first + w, j]) << np.uint64(b + j)
+        dot = step * np.float64(acc) + low * np.float64(level_sum) - seg_mid[s] * seg_sums[s]
+        total += _segment_factor(factors, fbits, row, s) * dot
+    return total
+
+
+@njit(inline="always")
+def _segment_sign_bounds(codes, factors, fbits, rows, use_rows, start, count, query4, step4,
+                         low4, seg_sums, seg_starts, seg_bits, seg_offsets, seg_weight,
+                         prune_index, bound, out):
+    """Upper bounds of a block of rows from their sign planes (the top plane of each segment,
+    weighted by the segment's typical scale ``seg_weight``): a 1-bit estimate plus its bound."""
+    for j in range(count):
+        row = _row_at(start + j, rows, use_rows)
+        total = 0.0
+        for s in range(seg_bits.shape[0]):
+            bits = seg_bits[s]
+            if bits == 0:
+                continue
+            first = seg_starts[s] >> 6
+            words = (seg_starts[s + 1] - seg_starts[s] + 63) >> 6
+            base = seg_offsets[s] + (bits - 1) * words
+            acc = np.uint64(0)
+            ones = np.uint64(0)
+            for w in range(words):
+                cw = codes[row, base + w]
+                q = first + w
+                ones += popcount64(cw)
+                acc += (popcount64(cw & query4[q, 0])
+                        + (popcount64(cw & query4[q, 1]) << np.uint64(1))
+                        + (popcount64(cw & query4[q, 2]) << np.uint64(2))
+                        + (popcount64(cw & query4[q, 3]) << np.uint64(3)))
+            total += seg_weight[s] * (step4 * np.float64(acc) + low4 * np.float64(ones)
+                                      - 0.5 * seg_sums[s])
+        factor = abs(np.float64(factors[row, 0])) * _half_at(fbits, row, prune_index)
+        out[j] = factor * total + abs(factor) * bound
+
+
+@njit(cache=True)
+def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+                       stop, q, fbits, qplanes, q_step, q_low, q_seg_sums, q_const, seg_starts,
+                       seg_bits, seg_offsets, seg_mid, seg_weight, metric_l2, l2_col, prune,
+                       q_bound, heap_s, heap_r):
+    """Segment codes (n, row_words) against query ``q`` of (q, words, query_bits) planes.
+
+    With ``prune``, each block of rows is first bounded from its sign planes (a 1-bit code
+    with its own factor, the last float16 ratio) and only rows whose bound could still enter
+    the heap get the full estimate; the block structure is as in :func:`scan_planes_task`.
+    """
+    _heap_init(heap_s, heap_r)
+    size = 0
+    capacity = heap_s.shape[0]
+    query = qplanes[q]
+    step, low, const = q_step[q], q_low[q], q_const[q]
+    seg_sums = q_seg_sums[q]
+    first = qplanes.shape[2] - 4
+    query4 = np.ascontiguousarray(query[:, first:])
+    scale4 = np.float64(1 << first)
+    step4 = step * scale4
+    low4 = low + step * (scale4 - 1.0) / 2.0
+    bound = q_bound[q]
+    prune_index = seg_bits.shape[0] - 1
+    estimates = np.empty(_BLOCK, dtype=np.float64)
+    for block in range(start, stop, _BLOCK):
+        count = min(_BLOCK, stop - block)
+        pruning = prune and size == capacity
+        if pruning:
+            _segment_sign_bounds(codes, factors, fbits, rows, use_rows, block, count, query4,
+                                 step4, low4, seg_sums, seg_starts, seg_bits, seg_offsets,
+                                 seg_weight, prune_index, bound, estimates)
+        else:
+            for j in range(count):
+                row = _row_at(block + j, rows, use_rows)
+                estimates[j] = _segment_score(codes, factors, fbits, row, query, step, low,
+                                              seg_sums, seg_starts, seg_bits, seg_offsets,
+                                              seg_mid)
+        for j in range(count):
+            row = _row_at(block + j, rows, use_rows)
+            if check_ids and ids[row] < 0:
+                continue
+            if check_mask and not mask[row]:
+                continue
+            ip = estimates[j]
+            if pruning:
+                if _finish_col(ip, factors, row, metric_l2, l2_col, const) <= heap_s[0]:
+                    continue
+                ip = _segment_score(codes, factors, fbits, row, query, step, low, seg_sums,
+                                    seg_starts, seg_bits, seg_offsets, seg_mid)
+            size = _heap_offer(heap_s, heap_r, size,
+                               _finish_col(ip, factors, row, metric_l2, l2_col, const), row)
+
+
+@njit(inline="always")
+def _finish_col(ip, factors, row, metric_l2, l2_col, q_const):
+    """:func:`_finish` with the squared residual norm in column ``l2_col``."""
+    if metric_l2:
+        return -(factors[row, l2_col] + q_const - 2.0 * ip)
+    return ip + q_const
+
+
+@njit(cache=True, parallel=True)
+def scan_segments_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+                           n_items, fbits, qplanes, q_step, q_low, q_seg_sums, q_const,
+                           seg_starts, seg_bits, seg_offsets, seg_mid, seg_weight, metric_l2,
+                           l2_col, prune, q_bound, out_scores, out_rows):
+    n_queries, n_chunks, _ = out_scores.shape
+    for task in prange(n_queries * n_chunks):
+        q, chunk = task // n_chunks, task % n_chunks
+        start, stop = _chunk_bounds(chunk, n_chunks, n_items)
+        scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+                           start, stop, q, fbits, qplanes, q_step, q_low, q_seg_sums, q_const,
+                           seg_starts, seg_bits, seg_offsets, seg_mid, seg_weight, metric_l2,
+                           l2_col, prune, q_bound, out_scores[q, chunk], out_rows[q, chunk])
+
+
+SCANS["segments"] = (scan_segments_task, scan_segments_parallel)
