@@ -60,18 +60,22 @@ def measure(name: str, bits: int | None, build: Callable[[], Any],
     return row
 
 
-def vecpress_rows(base, queries, truth, bits_list, latency_queries, threads, workdir):
+def vecpress_rows(base, queries, truth, bits_list, latency_queries, threads, workdir,
+                  codec="saq"):
+    """Rows for vecpress ``Index`` with ``codec`` (the default ``"saq"``, or plain
+    ``"rabitq"`` codes for comparison), with and without rerank."""
     from vecpress import Index
 
     rows = []
     for bits in bits_list:
         # warm the compiled kernels for this width outside the timed build
-        Index(base.shape[1], metric="ip", bits=bits).add(base[:64])
+        Index(base.shape[1], metric="ip", bits=bits, codec=codec).add(base[:64])
         for rerank in (False, True):
-            path = Path(workdir) / f"vp-{bits}-{int(rerank)}" if rerank else None
+            path = Path(workdir) / f"vp-{codec}-{bits}-{int(rerank)}" if rerank else None
 
             def build(bits=bits, rerank=rerank, path=path):
-                index = Index(base.shape[1], metric="ip", bits=bits, rerank=rerank, path=path)
+                index = Index(base.shape[1], metric="ip", bits=bits, rerank=rerank, path=path,
+                              codec=codec)
                 index.add(base)
                 return index
 
@@ -79,10 +83,12 @@ def vecpress_rows(base, queries, truth, bits_list, latency_queries, threads, wor
                 stats = index.stats()
                 return (stats["ram_bytes"] - stats["ram_fixed_bytes"]) / stats["count"]
 
-            label = f"vecpress {bits}-bit" + (f" + rerank x{_oversample(bits)}" if rerank else "")
+            name = "vecpress" if codec == "saq" else f"vecpress {codec}"
+            label = f"{name} {bits}-bit" + (f" + rerank x{_oversample(bits)}" if rerank else "")
             row = measure(label, bits, build, lambda index, q: index.search(q, 10)[1], ram,
                           base, queries, truth, latency_queries, threads)
             row["rerank"] = rerank
+            row["codec"] = codec
             rows.append(row)
     return rows
 
@@ -157,8 +163,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for row in rows:
         family = row["method"].split(" ")[0] + (" " + row["method"].split(" ")[1]
                                                 if row["method"].startswith("faiss") else "")
+        if row["method"].startswith("vecpress rabitq"):
+            family = "vecpress rabitq"
         if row.get("rerank"):
             family = "vecpress + rerank (RAM: codes only)"
+            if row.get("codec") != "saq":
+                continue
         groups.setdefault(family, []).append(row)
     for family, items in groups.items():
         items = sorted(items, key=lambda r: r["ram_bytes_per_vector"])
@@ -181,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-queries", type=int, default=1000)
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--codecs", nargs="+", default=["saq", "rabitq"],
+                        help="vecpress codecs to run (default: the default saq and plain rabitq)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -191,8 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(base)} base vectors, {len(queries)} held-out queries, dim {base.shape[1]}")
     with tempfile.TemporaryDirectory() as workdir:
         rows = faiss_rows(base, queries, truth, args.bits, args.latency_queries, threads)
-        rows += vecpress_rows(base, queries, truth, args.bits, args.latency_queries, threads,
-                              workdir)
+        for codec in args.codecs:
+            rows += vecpress_rows(base, queries, truth, args.bits, args.latency_queries, threads,
+                                  workdir, codec)
     header = (f"{len(base):,} WordNet glosses (all-MiniLM-L6-v2, 384-d), {len(queries)} held-out "
               f"queries, k=10; {machine()}")
     table = markdown(rows, header)

@@ -12,6 +12,7 @@ inner product, or minus the squared Euclidean distance.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,8 +354,9 @@ class SegmentCodec(Codec):
 
     name = "saq"
     MIN_PCA_ROWS = 1024
-    #: rows the covariance is estimated from at most (a larger fit gains nothing measurable)
-    MAX_FIT_ROWS = 65_536
+    #: rows the covariance is estimated from at most: 16k, 64k and 100k rows gave the same
+    #: recall on the benchmark (within 0.003), and the fit stays near 0.1 s
+    MAX_FIT_ROWS = 16_384
     MAX_SEGMENTS = 6
     VARIANCE_POWER = 1.5
     #: 1 - cos^2 between a Gaussian vector and its best b-bit code, b = 0..8 (measured)
@@ -436,6 +438,10 @@ class SegmentCodec(Codec):
     def fit(self, vectors: np.ndarray) -> None:
         """Centroid, principal axes and bit allocation from a sample (data-oblivious codes
         below ``MIN_PCA_ROWS`` rows)."""
+        if len(vectors) > self.MAX_FIT_ROWS:
+            picked = np.random.default_rng(self.seed).choice(len(vectors), self.MAX_FIT_ROWS,
+                                                             replace=False)
+            vectors = vectors[np.sort(picked)]
         n = len(vectors)
         self.fit_rows = n
         if n < RaBitQCodec.MIN_FIT_ROWS:
@@ -446,8 +452,9 @@ class SegmentCodec(Codec):
             self._projection = random_rotation(self.dim, self.seed)
             self._set_allocation(np.full(self.n_segments, self.bits), np.ones(self.n_segments))
             return
-        centred = (vectors - self.centroid).astype(np.float64)
-        variances, axes = np.linalg.eigh(centred.T @ centred / n)
+        centred = np.asarray(vectors - self.centroid, dtype=np.float32)
+        with _serial_blas():
+            variances, axes = np.linalg.eigh((centred.T @ centred).astype(np.float64) / n)
         order = np.argsort(variances)[::-1]
         variances = np.clip(variances[order], 0.0, None)
         per_dim = np.array([variances[a:b].mean() for a, b in
@@ -554,6 +561,16 @@ class SegmentCodec(Codec):
         if self.metric == "l2":
             return -(factors[:, self.l2_col][None, :] + const[:, None] - 2 * ip)
         return ip + const[:, None]
+
+
+def _serial_blas() -> Any:
+    """Run BLAS/LAPACK on one thread (when threadpoolctl is installed): a threaded eigh of a
+    384 x 384 matrix took 2.4 s instead of 0.014 s while another process held a core."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: the fit is only slower on a busy machine
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def allocate_bits(weights: np.ndarray, seg_words: np.ndarray, budget: int,

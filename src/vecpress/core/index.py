@@ -108,7 +108,10 @@ class Index:
             ``k * oversample`` best candidates exactly. Ignored for exact codes (16/32 bits).
         path: a directory to persist to; every returned ``add``/``remove`` is durable there.
             ``None`` keeps everything in memory (``save`` writes a copy).
-        codec: ``"rabitq"`` (default for 1-8 bits), ``"int8"`` or ``"fp8"`` (8 bits).
+        codec: ``"saq"`` (default for 1-8 bits: PCA, bits spent by variance, a scale per
+            segment; refitted from the kept originals as the index grows), ``"rabitq"`` (plain
+            RaBitQ-family codes, data-oblivious, 4-8 bytes less per vector), ``"int8"`` or
+            ``"fp8"`` (8 bits).
         oversample: candidates per requested hit for the rerank; default by ``bits``.
         rerank_dtype: ``"float16"`` (default) or ``"float32"`` for the kept originals.
         truncate_dim: quantize only the first ``truncate_dim`` coordinates (Matryoshka
