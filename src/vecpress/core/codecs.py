@@ -339,9 +339,10 @@ class SegmentCodec(Codec):
     expected error of query inner products is smallest for the same code size as uniform
     ``bits`` (queries are assumed to spread like the data, hence ``VARIANCE_POWER`` > 1).
     A random rotation inside each segment evens out its coordinates. Each segment is then a
-    RaBitQ-style code with its own per-vector factor ``|r_s|^2 / <x_s, r_s>``: segment 0's in
-    float32 and the others as float16 ratios to it, plus one ratio for the sign-plane (1-bit)
-    estimate used to skip hopeless rows, so a row costs its code plus 16 bytes (20 for L2).
+    RaBitQ-style code with its own per-vector factor ``|r_s|^2 / <x_s, r_s>``, stored as a
+    float16 ratio to the factor of the sign planes (the top bit of every coded coordinate, a
+    1-bit code used to skip hopeless rows), which is float32: for 384-d vectors a row costs
+    its code plus 16 bytes (20 for L2).
 
     Before it has seen ``MIN_PCA_ROWS`` rows the codec is data-oblivious (a random rotation
     and ``bits`` in every segment), and the index refits it from its kept originals as it
@@ -389,12 +390,26 @@ class SegmentCodec(Codec):
         self.seg_bits = np.asarray(seg_bits, dtype=np.int64)
         self.seg_weight = np.asarray(seg_weight, dtype=np.float64)
         self.seg_mid = ((1 << self.seg_bits) - 1) / 2.0
-        self.seg_offsets = np.concatenate(
-            [[0], np.cumsum(self.seg_bits * self.seg_words)[:-1]]).astype(np.int64)
+        # where each plane starts in a row: the sign planes (top plane of every coded segment)
+        # first, then each segment's lower planes
+        self.plane_at = np.zeros((self.n_segments, 8), dtype=np.int64)
+        at = 0
+        for s in range(self.n_segments):
+            if self.seg_bits[s]:
+                self.plane_at[s, self.seg_bits[s] - 1] = at
+                at += int(self.seg_words[s])
+        self.sign_word_count = at
+        self.sign_query_words = np.concatenate(
+            [np.arange(self.seg_starts[s] // 64, self.seg_starts[s] // 64 + self.seg_words[s])
+             for s in range(self.n_segments) if self.seg_bits[s]] or [np.zeros(0)]).astype(np.int64)
+        for s in range(self.n_segments):
+            for b in range(self.seg_bits[s] - 1):
+                self.plane_at[s, b] = at
+                at += int(self.seg_words[s])
 
     @property
     def factor_count(self) -> int:
-        # column 0: segment 0's factor; then float16 ratios packed two per column
+        # column 0: the sign-plane factor; then float16 segment ratios, two per column
         return 1 + (self.n_segments + 1) // 2 + int(self.metric == "l2")
 
     @property
@@ -469,7 +484,7 @@ class SegmentCodec(Codec):
         coded = seg_bits > 0
         dims = np.diff(self.seg_starts)
         norm = np.sqrt((dims[coded] * weight[coded] ** 2).sum() / dims[coded].sum())
-        weight = np.where(coded, weight / norm if norm > 0 else 1.0, 0.0)
+        weight = np.where(coded, np.maximum(weight / norm if norm > 0 else 1.0, 1e-3), 0.0)
         blocks = np.zeros((self.dim, self.dim))
         for s, (a, b) in enumerate(zip(self.seg_starts[:-1], self.seg_starts[1:])):
             blocks[a:b, a:b] = random_rotation(int(b - a), self.seed + 1 + s)
@@ -493,13 +508,14 @@ class SegmentCodec(Codec):
         rotated = self.rotate(vectors - self.centroid)
         levels, x_dot, r_sq, sign_dot = kernels.fit_segment_levels(
             rotated, self.seg_starts, self.seg_bits, self.N_SCALES)
-        codes = kernels.pack_segments(levels, self.seg_starts, self.seg_bits, self.seg_offsets,
+        codes = kernels.pack_segments(levels, self.seg_starts, self.seg_bits, self.plane_at,
                                       self.bits * self.words)
         seg_factor = np.where(x_dot > 0, r_sq / np.where(x_dot > 0, x_dot, 1.0), 0.0)
         coded = self.seg_bits > 0
         sign_factor = _ratio(r_sq[:, coded].sum(axis=1), sign_dot @ self.seg_weight)
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
-        factors[:, 0] = _pack_relative(seg_factor, sign_factor, factors[:, 1:])
+        factors[:, 0] = sign_factor
+        _pack_relative(seg_factor, sign_factor, factors[:, 1:1 + (self.n_segments + 1) // 2])
         if self.metric == "l2":
             factors[:, self.l2_col] = r_sq.sum(axis=1)
         return codes, factors
@@ -509,15 +525,12 @@ class SegmentCodec(Codec):
         head = factors[:, 0].astype(np.float64)
         halves = np.ascontiguousarray(factors[:, 1:1 + (self.n_segments + 1) // 2]).view(
             np.float16).astype(np.float64)
-        reference = np.abs(head)[:, None]
-        seg = np.concatenate([np.maximum(head, 0.0)[:, None],
-                              reference * halves[:, :self.n_segments - 1]], axis=1)
-        return seg, reference[:, 0] * halves[:, self.n_segments - 1]
+        return head[:, None] * halves[:, :self.n_segments], head
 
     def decode_levels(self, codes: np.ndarray) -> np.ndarray:
         """Centred levels (n, dim) of stored codes; 0 in segments without bits."""
         levels = kernels.unpack_segments(codes, self.seg_starts, self.seg_bits,
-                                         self.seg_offsets, self.dim).astype(np.float32)
+                                         self.plane_at, self.dim).astype(np.float32)
         mids = np.repeat(self.seg_mid, np.diff(self.seg_starts))
         return np.where(np.repeat(self.seg_bits > 0, np.diff(self.seg_starts)),
                         levels - mids, 0.0).astype(np.float32)
@@ -535,15 +548,20 @@ class SegmentCodec(Codec):
         quantized = _quantize_query(rotated, self.query_bits, self.words)
         coded = np.repeat(self.seg_bits > 0, np.diff(self.seg_starts))
         prune = bool((self.seg_bits > 1).any())
-        step4 = quantized["step"] * (1 << (self.query_bits - 4))
+        # the sign-plane pass: a 4-bit query weighted by the segments' scales, gathered in the
+        # order of the rows' sign words
+        weighted = rotated * np.repeat(self.seg_weight, np.diff(self.seg_starts))[None, :]
+        signs = _quantize_query(weighted, 4, self.words)
+        sign_planes = np.ascontiguousarray(signs["planes"][:, self.sign_query_words, :])
         bound = self.PRUNE_EPSILON * (0.3 * np.linalg.norm(rotated[:, coded], axis=1)
-                                      + 0.5 * step4 * np.sqrt(coded.sum() / 12.0))
+                                      + 0.5 * signs["step"] * np.sqrt(coded.sum() / 12.0))
         fbits = factors.view(np.uint32)
         return run_scan("segments", codes, factors, flt, len(queries), k, fbits,
                         quantized["planes"], quantized["step"], quantized["low"], seg_sums,
                         np.asarray(const, dtype=np.float64), self.seg_starts, self.seg_bits,
-                        self.seg_offsets, self.seg_mid, self.seg_weight,
-                        self.metric == "l2", self.l2_col, prune, bound.astype(np.float64))
+                        self.plane_at, self.seg_mid, self.metric == "l2", self.l2_col, prune,
+                        sign_planes, signs["step"], signs["low"],
+                        weighted.sum(axis=1, dtype=np.float64), bound.astype(np.float64))
 
     def query_step(self, queries: np.ndarray) -> np.ndarray:
         """Quantization step of each query."""
@@ -599,24 +617,15 @@ def allocate_bits(weights: np.ndarray, seg_words: np.ndarray, budget: int,
     return bits_out
 
 
-#: float16 ratios are clipped below this (the largest finite float16)
-_HALF_MAX = 65504.0
-
-
-def _pack_relative(seg_factor: np.ndarray, sign_factor: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Write segments 1.. and the sign-plane factor as float16 ratios (two per float32 column
-    of ``out``) and return column 0: segment 0's factor, or minus the reference factor for the
-    rare rows whose segment 0 is empty or negligible (its ratio would overflow float16)."""
-    head = seg_factor[:, 0].copy()
-    others = np.concatenate([seg_factor[:, 1:], sign_factor[:, None]], axis=1)
-    peak = np.abs(others).max(axis=1)
-    flagged = (head <= 0) | (peak > _HALF_MAX * 0.5 * head)
-    reference = np.where(flagged, peak, head)
-    ratios = np.where(reference[:, None] > 0, others / np.where(reference > 0, reference, 1.0)[:, None], 0.0)
-    halves = np.zeros((len(head), 2 * out.shape[1]), dtype=np.float16)
-    halves[:, :others.shape[1]] = np.clip(ratios, -_HALF_MAX, _HALF_MAX)
+def _pack_relative(seg_factor: np.ndarray, sign_factor: np.ndarray, out: np.ndarray) -> None:
+    """Write the segment factors as float16 ratios to the sign-plane factor, two per float32
+    column of ``out``. The ratios are bounded (about sqrt(dim / segment dims) / 0.8 at most),
+    so float16 never overflows; a row whose sign factor is 0 has nothing coded."""
+    reference = np.where(sign_factor > 0, sign_factor, 1.0)[:, None]
+    ratios = np.where(sign_factor[:, None] > 0, seg_factor / reference, 0.0)
+    halves = np.zeros((len(ratios), 2 * out.shape[1]), dtype=np.float16)
+    halves[:, :ratios.shape[1]] = ratios
     out[:, :] = halves.view(np.float32)
-    return np.where(flagged, -reference, head)
 
 
 def _quantize_query(rotated: np.ndarray, query_bits: int, words: int) -> dict[str, np.ndarray]:

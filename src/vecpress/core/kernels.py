@@ -489,9 +489,10 @@ SCANS = {
 #
 # Segment codes (``SegmentCodec``): the rotated vector is cut into segments of whole 64-bit
 # words, segment ``s`` gets ``seg_bits[s]`` bits per coordinate (0 = not coded) and its own
-# scale. A row stores, segment after segment, the bit planes of that segment (least significant
-# first), each plane ``words_s`` words long; ``seg_offsets[s]`` is where segment ``s`` starts in
-# the row. ``seg_starts`` (S + 1) holds the segments' first dimensions (multiples of 64).
+# scale. Plane ``b`` (bit ``b`` of the levels) of segment ``s`` is ``words_s`` words long and
+# starts at word ``plane_at[s, b]`` of the row. The layout puts every segment's top plane (its
+# sign plane) first, so that the 1-bit pass reads one contiguous run of words.
+# ``seg_starts`` (S + 1) holds the segments' first dimensions (multiples of 64).
 
 
 @njit(cache=True, parallel=True)
@@ -553,7 +554,7 @@ def fit_segment_levels(rows, seg_starts, seg_bits, n_scales):
 
 
 @njit(cache=True, parallel=True)
-def pack_segments(levels, seg_starts, seg_bits, seg_offsets, row_words):
+def pack_segments(levels, seg_starts, seg_bits, plane_at, row_words):
     """Pack (n, dim) levels into (n, row_words) uint64 rows of segment bit planes."""
     n = levels.shape[0]
     out = np.zeros((n, row_words), dtype=np.uint64)
@@ -568,25 +569,24 @@ def pack_segments(levels, seg_starts, seg_bits, seg_offsets, row_words):
                     packed = np.uint64(0)
                     for i in range(start, min(start + 64, hi)):
                         packed |= ((np.uint64(levels[r, i]) >> np.uint64(b)) & one) << np.uint64(i - start)
-                    out[r, seg_offsets[s] + b * words + w] = packed
+                    out[r, plane_at[s, b] + w] = packed
     return out
 
 
 @njit(cache=True)
-def unpack_segments(codes, seg_starts, seg_bits, seg_offsets, dim):
+def unpack_segments(codes, seg_starts, seg_bits, plane_at, dim):
     """Inverse of :func:`pack_segments` (uncoded segments read as level 0)."""
     n = codes.shape[0]
     out = np.zeros((n, dim), dtype=np.uint8)
     for r in range(n):
         for s in range(seg_bits.shape[0]):
             lo, hi = seg_starts[s], seg_starts[s + 1]
-            words = (hi - lo + 63) >> 6
             for i in range(lo, hi):
                 w = (i - lo) >> 6
                 shift = np.uint64((i - lo) & 63)
                 value = 0
                 for b in range(seg_bits[s]):
-                    if (codes[r, seg_offsets[s] + b * words + w] >> shift) & np.uint64(1):
+                    if (codes[r, plane_at[s, b] + w] >> shift) & np.uint64(1):
                         value |= 1 << b
                 out[r, i] = value
     return out
@@ -599,7 +599,7 @@ _HALF_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 32)])
 @njit(inline="always")
 def _half_at(fbits, row, index):
     """Float16 number ``index`` of a row, packed two per uint32 after column 0 (low half
-    first): the segment codes' relative factors."""
+    first): the segment codes' factors relative to column 0."""
     word = fbits[row, 1 + (index >> 1)]
     h = (word >> np.uint32(16 * (index & 1))) & np.uint32(0xFFFF)
     exponent = (h >> np.uint32(10)) & np.uint32(31)
@@ -611,17 +611,14 @@ def _half_at(fbits, row, index):
 
 @njit(inline="always")
 def _segment_factor(factors, fbits, row, s):
-    """Correction factor of segment ``s``: column 0 holds segment 0's (negative: segment 0
-    is empty and ``-F`` is the reference), the others are float16 ratios to ``|F|``."""
-    head = np.float64(factors[row, 0])
-    if s == 0:
-        return head if head > 0 else 0.0
-    return abs(head) * _half_at(fbits, row, s - 1)
+    """Correction factor of segment ``s``: a float16 ratio to the row's sign-plane factor,
+    which column 0 holds in float32."""
+    return np.float64(factors[row, 0]) * _half_at(fbits, row, s)
 
 
 @njit(inline="always")
 def _segment_score(codes, factors, fbits, row, query, step, low, seg_sums, seg_starts,
-                   seg_bits, seg_offsets, seg_mid):
+                   seg_bits, plane_at, seg_mid):
     """Estimated <r, q> of one row: per segment, factor * <level - mid, q'>."""
     total = 0.0
     for s in range(seg_bits.shape[0]):
@@ -633,7 +630,7 @@ def _segment_score(codes, factors, fbits, row, query, step, low, seg_sums, seg_s
         acc = np.uint64(0)
         level_sum = np.uint64(0)
         for b in range(bits):
-            base = seg_offsets[s] + b * words
+            base = plane_at[s, b]
             for w in range(words):
                 cw = codes[row, base + w]
                 level_sum += popcount64(cw) << np.uint64(b)
@@ -645,47 +642,39 @@ def _segment_score(codes, factors, fbits, row, query, step, low, seg_sums, seg_s
 
 
 @njit(inline="always")
-def _segment_sign_bounds(codes, factors, fbits, rows, use_rows, start, count, query4, step4,
-                         low4, seg_sums, seg_starts, seg_bits, seg_offsets, seg_weight,
-                         prune_index, bound, out):
-    """Upper bounds of a block of rows from their sign planes (the top plane of each segment,
-    weighted by the segment's typical scale ``seg_weight``): a 1-bit estimate plus its bound."""
+def _segment_sign_bounds(codes, factors, rows, use_rows, start, count, sign_query, sign_step,
+                         sign_low, sign_sum, bound, out):
+    """Upper bounds of a block of rows from their sign planes (the top plane of each coded
+    segment: the first ``len(sign_query)`` words of a row) against the 4-bit query
+    ``sign_query`` (words, 4) that was weighted by each segment's typical scale: a 1-bit
+    estimate plus its bound."""
     for j in range(count):
         row = _row_at(start + j, rows, use_rows)
-        total = 0.0
-        for s in range(seg_bits.shape[0]):
-            bits = seg_bits[s]
-            if bits == 0:
-                continue
-            first = seg_starts[s] >> 6
-            words = (seg_starts[s + 1] - seg_starts[s] + 63) >> 6
-            base = seg_offsets[s] + (bits - 1) * words
-            acc = np.uint64(0)
-            ones = np.uint64(0)
-            for w in range(words):
-                cw = codes[row, base + w]
-                q = first + w
-                ones += popcount64(cw)
-                acc += (popcount64(cw & query4[q, 0])
-                        + (popcount64(cw & query4[q, 1]) << np.uint64(1))
-                        + (popcount64(cw & query4[q, 2]) << np.uint64(2))
-                        + (popcount64(cw & query4[q, 3]) << np.uint64(3)))
-            total += seg_weight[s] * (step4 * np.float64(acc) + low4 * np.float64(ones)
-                                      - 0.5 * seg_sums[s])
-        factor = abs(np.float64(factors[row, 0])) * _half_at(fbits, row, prune_index)
-        out[j] = factor * total + abs(factor) * bound
+        acc = np.uint64(0)
+        ones = np.uint64(0)
+        for i in range(sign_query.shape[0]):
+            cw = codes[row, i]
+            ones += popcount64(cw)
+            acc += (popcount64(cw & sign_query[i, 0])
+                    + (popcount64(cw & sign_query[i, 1]) << np.uint64(1))
+                    + (popcount64(cw & sign_query[i, 2]) << np.uint64(2))
+                    + (popcount64(cw & sign_query[i, 3]) << np.uint64(3)))
+        factor = np.float64(factors[row, 0])
+        out[j] = factor * (sign_step * np.float64(acc) + sign_low * np.float64(ones)
+                           - 0.5 * sign_sum + bound)
 
 
 @njit(cache=True)
 def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
                        stop, q, fbits, qplanes, q_step, q_low, q_seg_sums, q_const, seg_starts,
-                       seg_bits, seg_offsets, seg_mid, seg_weight, metric_l2, l2_col, prune,
-                       q_bound, heap_s, heap_r):
+                       seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune, sign_planes,
+                       sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
     """Segment codes (n, row_words) against query ``q`` of (q, words, query_bits) planes.
 
     With ``prune``, each block of rows is first bounded from its sign planes (a 1-bit code
-    with its own factor, the last float16 ratio) and only rows whose bound could still enter
-    the heap get the full estimate; the block structure is as in :func:`scan_planes_task`.
+    whose factor is column 0, scanned against a 4-bit query weighted by the segments'
+    scales) and only rows whose bound could still enter the heap get the full
+    estimate; the block structure is as in :func:`scan_planes_task`.
     """
     _heap_init(heap_s, heap_r)
     size = 0
@@ -693,26 +682,20 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
     query = qplanes[q]
     step, low, const = q_step[q], q_low[q], q_const[q]
     seg_sums = q_seg_sums[q]
-    first = qplanes.shape[2] - 4
-    query4 = np.ascontiguousarray(query[:, first:])
-    scale4 = np.float64(1 << first)
-    step4 = step * scale4
-    low4 = low + step * (scale4 - 1.0) / 2.0
+    sign_query = sign_planes[q]
     bound = q_bound[q]
-    prune_index = seg_bits.shape[0] - 1
     estimates = np.empty(_BLOCK, dtype=np.float64)
     for block in range(start, stop, _BLOCK):
         count = min(_BLOCK, stop - block)
         pruning = prune and size == capacity
         if pruning:
-            _segment_sign_bounds(codes, factors, fbits, rows, use_rows, block, count, query4,
-                                 step4, low4, seg_sums, seg_starts, seg_bits, seg_offsets,
-                                 seg_weight, prune_index, bound, estimates)
+            _segment_sign_bounds(codes, factors, rows, use_rows, block, count, sign_query,
+                                 sign_step[q], sign_low[q], sign_sum[q], bound, estimates)
         else:
             for j in range(count):
                 row = _row_at(block + j, rows, use_rows)
                 estimates[j] = _segment_score(codes, factors, fbits, row, query, step, low,
-                                              seg_sums, seg_starts, seg_bits, seg_offsets,
+                                              seg_sums, seg_starts, seg_bits, plane_at,
                                               seg_mid)
         for j in range(count):
             row = _row_at(block + j, rows, use_rows)
@@ -725,7 +708,7 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
                 if _finish_col(ip, factors, row, metric_l2, l2_col, const) <= heap_s[0]:
                     continue
                 ip = _segment_score(codes, factors, fbits, row, query, step, low, seg_sums,
-                                    seg_starts, seg_bits, seg_offsets, seg_mid)
+                                    seg_starts, seg_bits, plane_at, seg_mid)
             size = _heap_offer(heap_s, heap_r, size,
                                _finish_col(ip, factors, row, metric_l2, l2_col, const), row)
 
@@ -741,16 +724,18 @@ def _finish_col(ip, factors, row, metric_l2, l2_col, q_const):
 @njit(cache=True, parallel=True)
 def scan_segments_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
                            n_items, fbits, qplanes, q_step, q_low, q_seg_sums, q_const,
-                           seg_starts, seg_bits, seg_offsets, seg_mid, seg_weight, metric_l2,
-                           l2_col, prune, q_bound, out_scores, out_rows):
+                           seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
+                           sign_planes, sign_step, sign_low, sign_sum, q_bound, out_scores,
+                           out_rows):
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
         scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
                            start, stop, q, fbits, qplanes, q_step, q_low, q_seg_sums, q_const,
-                           seg_starts, seg_bits, seg_offsets, seg_mid, seg_weight, metric_l2,
-                           l2_col, prune, q_bound, out_scores[q, chunk], out_rows[q, chunk])
+                           seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
+                           sign_planes, sign_step, sign_low, sign_sum, q_bound,
+                           out_scores[q, chunk], out_rows[q, chunk])
 
 
 SCANS["segments"] = (scan_segments_task, scan_segments_parallel)
