@@ -555,8 +555,8 @@ class SegmentCodec(Codec):
         sign_planes = np.ascontiguousarray(signs["planes"][:, self.sign_query_words, :])
         bound = self.PRUNE_EPSILON * (0.3 * np.linalg.norm(rotated[:, coded], axis=1)
                                       + 0.5 * signs["step"] * np.sqrt(coded.sum() / 12.0))
-        fbits = factors.view(np.uint32)
-        return run_scan("segments", codes, factors, flt, len(queries), k, fbits,
+        halves = factors.view(np.uint16)  # the float16 ratios, read bit by bit by the scan
+        return run_scan("segments", codes, factors, flt, len(queries), k, halves,
                         quantized["planes"], quantized["step"], quantized["low"], seg_sums,
                         np.asarray(const, dtype=np.float64), self.seg_starts, self.seg_bits,
                         self.plane_at, self.seg_mid, self.metric == "l2", self.l2_col, prune,

@@ -597,30 +597,34 @@ _HALF_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 32)])
 
 
 @njit(inline="always")
-def _half_at(fbits, row, index):
-    """Float16 number ``index`` of a row, packed two per uint32 after column 0 (low half
-    first): the segment codes' factors relative to column 0."""
-    word = fbits[row, 1 + (index >> 1)]
-    h = (word >> np.uint32(16 * (index & 1))) & np.uint32(0xFFFF)
-    exponent = (h >> np.uint32(10)) & np.uint32(31)
-    mantissa = h & np.uint32(1023)
-    value = np.float64(mantissa + (np.uint32(1024) if exponent > 0 else np.uint32(0)))
-    value *= _HALF_SCALE[exponent]
-    return -value if h & np.uint32(0x8000) else value
+def _half_ratio(halves, row, s):
+    """Segment ``s``'s factor ratio: a non-negative float16, read from the uint16 view of the
+    factor columns (after column 0, which is the float32 sign-plane factor)."""
+    h = halves[row, 2 + s]
+    exponent = (h >> np.uint16(10)) & np.uint16(31)
+    mantissa = np.uint32(h & np.uint16(1023)) | (np.uint32(exponent != 0) << np.uint32(10))
+    return np.float64(mantissa) * _HALF_SCALE[exponent]
 
 
 @njit(inline="always")
-def _segment_factor(factors, fbits, row, s):
-    """Correction factor of segment ``s``: a float16 ratio to the row's sign-plane factor,
-    which column 0 holds in float32."""
-    return np.float64(factors[row, 0]) * _half_at(fbits, row, s)
+def _plane_dot8(cw, query, w):
+    """sum_j popcount(cw & query[w, j]) << j for an 8-bit query (unrolled)."""
+    return (popcount64(cw & query[w, 0])
+            + (popcount64(cw & query[w, 1]) << np.uint64(1))
+            + (popcount64(cw & query[w, 2]) << np.uint64(2))
+            + (popcount64(cw & query[w, 3]) << np.uint64(3))
+            + (popcount64(cw & query[w, 4]) << np.uint64(4))
+            + (popcount64(cw & query[w, 5]) << np.uint64(5))
+            + (popcount64(cw & query[w, 6]) << np.uint64(6))
+            + (popcount64(cw & query[w, 7]) << np.uint64(7)))
 
 
 @njit(inline="always")
-def _segment_score(codes, factors, fbits, row, query, step, low, seg_sums, seg_starts,
+def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
                    seg_bits, plane_at, seg_mid):
     """Estimated <r, q> of one row: per segment, factor * <level - mid, q'>."""
     total = 0.0
+    eight = query.shape[1] == 8
     for s in range(seg_bits.shape[0]):
         bits = seg_bits[s]
         if bits == 0:
@@ -631,14 +635,18 @@ def _segment_score(codes, factors, fbits, row, query, step, low, seg_sums, seg_s
         level_sum = np.uint64(0)
         for b in range(bits):
             base = plane_at[s, b]
+            shift = np.uint64(b)
             for w in range(words):
                 cw = codes[row, base + w]
-                level_sum += popcount64(cw) << np.uint64(b)
-                for j in range(query.shape[1]):
-                    acc += popcount64(cw & query[first + w, j]) << np.uint64(b + j)
+                level_sum += popcount64(cw) << shift
+                if eight:
+                    acc += _plane_dot8(cw, query, first + w) << shift
+                else:
+                    for j in range(query.shape[1]):
+                        acc += popcount64(cw & query[first + w, j]) << np.uint64(b + j)
         dot = step * np.float64(acc) + low * np.float64(level_sum) - seg_mid[s] * seg_sums[s]
-        total += _segment_factor(factors, fbits, row, s) * dot
-    return total
+        total += _half_ratio(halves, row, s) * dot
+    return np.float64(factors[row, 0]) * total
 
 
 @njit(inline="always")
@@ -666,7 +674,7 @@ def _segment_sign_bounds(codes, factors, rows, use_rows, start, count, sign_quer
 
 @njit(cache=True)
 def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
-                       stop, q, fbits, qplanes, q_step, q_low, q_seg_sums, q_const, seg_starts,
+                       stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const, seg_starts,
                        seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune, sign_planes,
                        sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
     """Segment codes (n, row_words) against query ``q`` of (q, words, query_bits) planes.
@@ -694,7 +702,7 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
         else:
             for j in range(count):
                 row = _row_at(block + j, rows, use_rows)
-                estimates[j] = _segment_score(codes, factors, fbits, row, query, step, low,
+                estimates[j] = _segment_score(codes, factors, halves, row, query, step, low,
                                               seg_sums, seg_starts, seg_bits, plane_at,
                                               seg_mid)
         for j in range(count):
@@ -707,7 +715,7 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
             if pruning:
                 if _finish_col(ip, factors, row, metric_l2, l2_col, const) <= heap_s[0]:
                     continue
-                ip = _segment_score(codes, factors, fbits, row, query, step, low, seg_sums,
+                ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
                                     seg_starts, seg_bits, plane_at, seg_mid)
             size = _heap_offer(heap_s, heap_r, size,
                                _finish_col(ip, factors, row, metric_l2, l2_col, const), row)
@@ -723,7 +731,7 @@ def _finish_col(ip, factors, row, metric_l2, l2_col, q_const):
 
 @njit(cache=True, parallel=True)
 def scan_segments_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
-                           n_items, fbits, qplanes, q_step, q_low, q_seg_sums, q_const,
+                           n_items, halves, qplanes, q_step, q_low, q_seg_sums, q_const,
                            seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
                            sign_planes, sign_step, sign_low, sign_sum, q_bound, out_scores,
                            out_rows):
@@ -732,7 +740,7 @@ def scan_segments_parallel(codes, factors, ids, check_ids, mask, check_mask, row
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
         scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
-                           start, stop, q, fbits, qplanes, q_step, q_low, q_seg_sums, q_const,
+                           start, stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const,
                            seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
                            sign_planes, sign_step, sign_low, sign_sum, q_bound,
                            out_scores[q, chunk], out_rows[q, chunk])
