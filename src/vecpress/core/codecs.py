@@ -363,7 +363,8 @@ class SegmentCodec(Codec):
     #: 1 - cos^2 between a Gaussian vector and its best b-bit code, b = 0..8 (measured)
     RELATIVE_ERROR = (1.0, 0.363, 0.117, 0.034, 0.0095, 0.0025, 0.00064, 0.00016, 0.00004)
     PRUNE_EPSILON = 3.0
-    N_SCALES = 6
+    #: candidate scales per segment: 3, 4 and 6 gave the same recall (within 0.001)
+    N_SCALES = 3
 
     def __init__(self, dim: int, bits: int, metric: str, *, seed: int = 0,
                  query_bits: int | None = None) -> None:

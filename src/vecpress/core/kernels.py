@@ -495,14 +495,22 @@ SCANS = {
 # ``seg_starts`` (S + 1) holds the segments' first dimensions (multiples of 64).
 
 
-@njit(cache=True, parallel=True)
+@njit(inline="always", fastmath=_VECTORISE)
+def _level(value, inv_scale, mid, top):
+    """The level of ``value`` on a grid of ``1 / inv_scale`` steps centred on ``mid``,
+    clipped to [0, top]."""
+    return min(max(np.floor(value * inv_scale + mid + 0.5), 0.0), top)
+
+
+@njit(cache=True, parallel=True, fastmath=_VECTORISE)
 def fit_segment_levels(rows, seg_starts, seg_bits, n_scales):
     """Per row and segment, levels that point as closely as possible along the row's segment.
 
-    As :func:`fit_levels`, but each segment has its own bit count and scale, chosen among
-    ``n_scales`` candidates (the outermost level at 100% down to 40% of the segment's peak).
-    Returns levels (n, dim) uint8 and per (row, segment): ``<x_s, r_s>``, ``|r_s|^2`` and
-    ``<x1_s, r_s>`` where ``x1 = +-1/2`` by the level's top bit (the segment's sign plane).
+    As :func:`fit_levels`, but each segment has its own bit count and scale, the best of
+    ``n_scales`` candidates (the outermost level at 100% down to 40% of the segment's peak),
+    chosen by the cosine before any level is written. Returns levels (n, dim) uint8 and per
+    (row, segment): ``<x_s, r_s>``, ``|r_s|^2`` and ``<x1_s, r_s>`` where ``x1 = +-1/2`` by the
+    level's top bit (the segment's sign plane).
     """
     n, dim = rows.shape
     n_seg = seg_bits.shape[0]
@@ -512,7 +520,6 @@ def fit_segment_levels(rows, seg_starts, seg_bits, n_scales):
     sign_dot = np.zeros((n, n_seg), dtype=np.float64)
     for r in prange(n):
         row = rows[r]
-        trial = np.empty(dim, dtype=np.uint8)
         for s in range(n_seg):
             lo, hi, bits = seg_starts[s], seg_starts[s + 1], seg_bits[s]
             sq = 0.0
@@ -520,35 +527,35 @@ def fit_segment_levels(rows, seg_starts, seg_bits, n_scales):
             for i in range(lo, hi):
                 v = float(row[i])
                 sq += v * v
-                if abs(v) > peak:
-                    peak = abs(v)
+                peak = max(peak, abs(v))
             r_sq[r, s] = sq
             if bits == 0 or peak == 0.0:
                 continue
             top = float((1 << bits) - 1)
             mid = top / 2.0
             best_cos = -2.0
+            best_scale = mid / peak
             for c in range(n_scales if bits > 1 else 1):
-                scale = peak * (1.0 - 0.6 * c / max(n_scales - 1, 1)) / mid
+                scale = mid / (peak * (1.0 - 0.6 * c / max(n_scales - 1, 1)))  # inverse step
                 ip = 0.0
                 xx = 0.0
                 for i in range(lo, hi):
-                    level = np.floor(row[i] / scale + mid + 0.5)
-                    level = min(max(level, 0.0), top)
-                    trial[i] = np.uint8(level)
-                    x = level - mid
+                    x = _level(row[i], scale, mid, top) - mid
                     ip += x * row[i]
                     xx += x * x
                 cos = ip / np.sqrt(xx) if xx > 0 else -1.0
                 if cos > best_cos:
                     best_cos = cos
-                    x_dot[r, s] = ip
-                    for i in range(lo, hi):
-                        levels[r, i] = trial[i]
+                    best_scale = scale
             half = 1 << (bits - 1)
+            ip = 0.0
             signs = 0.0
             for i in range(lo, hi):
-                signs += row[i] if levels[r, i] >= half else -row[i]
+                level = _level(row[i], best_scale, mid, top)
+                levels[r, i] = np.uint8(level)
+                ip += (level - mid) * row[i]
+                signs += row[i] if level >= half else -row[i]
+            x_dot[r, s] = ip
             sign_dot[r, s] = 0.5 * signs
     return levels, x_dot, r_sq, sign_dot
 
