@@ -651,7 +651,9 @@ def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_
                 else:
                     for j in range(query.shape[1]):
                         acc += popcount64(cw & query[first + w, j]) << np.uint64(b + j)
-        dot = step * np.float64(acc) + low * np.float64(level_sum) - seg_mid[s] * seg_sums[s]
+        # (through int64: converting a uint64 to float takes several instructions on x86)
+        dot = (step * np.float64(np.int64(acc)) + low * np.float64(np.int64(level_sum))
+               - seg_mid[s] * seg_sums[s])
         total += _half_ratio(halves, row, s) * dot
     return np.float64(factors[row, 0]) * total
 
