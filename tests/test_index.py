@@ -496,3 +496,33 @@ def test_compaction_refits_the_codec_on_the_live_rows():
     queries = _anisotropic(10, 128, seed=15)
     _, truth = reference_topk(data[2000:], queries, 10, "cosine")
     assert recall(index.search(queries, 10)[1], ids[2000:][truth]) >= 0.95
+
+
+def test_failed_refit_keeps_the_old_fit_and_files(tmp_path, monkeypatch):
+    """A refit that fails half-way (here: encoding raises) changes nothing: neither the codec
+    in RAM nor the committed files."""
+    from vecpress.core.codecs import SegmentCodec
+
+    data = _anisotropic(1200, 64, seed=16)
+    index = Index(64, bits=2, path=tmp_path / "store")
+    ids = index.add(data[:200])
+    fit_rows = index._codec.fit_rows
+    real_encode = SegmentCodec.encode
+
+    def failing(self, vectors):
+        if self is not index._codec:  # the copy being refitted
+            raise MemoryError("simulated")
+        return real_encode(self, vectors)
+
+    monkeypatch.setattr(SegmentCodec, "encode", failing)
+    with pytest.warns(RuntimeWarning, match="refitting the codec failed"):
+        new_ids = index.add(data[200:])  # 1200 rows >= 4 x 200: the refit runs and fails
+    monkeypatch.setattr(SegmentCodec, "encode", real_encode)
+    assert index._codec.fit_rows == fit_rows and len(index) == 1200  # the add itself stands
+    after = index.search(data[:5], 5)
+    index.close()
+    reopened = Index.load(tmp_path / "store")
+    assert reopened._codec.fit_rows == fit_rows
+    assert set(reopened.ids.tolist()) == set(ids.tolist()) | set(new_ids.tolist())
+    np.testing.assert_array_equal(reopened.search(data[:5], 5)[1], after[1])
+    reopened.close()

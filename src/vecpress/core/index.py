@@ -9,6 +9,9 @@ are memory-mapped, so RAM holds the codes alone.
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import threading
 from pathlib import Path
 from typing import Any
@@ -400,10 +403,17 @@ class Index:
         self._check_writable()
         with self._mutex:
             live = np.nonzero(self._ids.view >= 0)[0]
-            codes, factors = self._refit(live) if self._can_refit else (None, None)
-            if self._path is not None:
-                self._write_compacted(self, live, codes, factors)
-            else:
+            previous = self._codec
+            codes, factors = None, None
+            if self._can_refit:
+                self._codec, codes, factors = self._refit(live)
+            try:
+                if self._path is not None:
+                    self._write_compacted(self, live, codes, factors)
+            except BaseException:
+                self._codec = previous  # nothing was committed: keep the old fit
+                raise
+            if self._path is None:
                 kept = self._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
                 self._codes.replace(self._codes.view[live] if codes is None else codes)
                 self._factors.replace(self._factors.view[live] if factors is None else factors)
@@ -575,25 +585,27 @@ class Index:
         originals; without originals it keeps the fit of the first batch."""
         return self.rerank and hasattr(self._codec, "refit_due")
 
-    def _refit(self, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Refit the codec on (a sample of) the live rows' originals; their new codes."""
+    def _refit(self, live: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
+        """A copy of the codec refitted on (a sample of) the live rows' originals, and the
+        live rows' codes under it (the index's own codec is untouched until they are in)."""
+        codec = copy.deepcopy(self._codec)
         sample = live
-        limit = getattr(self._codec, "MAX_FIT_ROWS", len(live))
+        limit = getattr(codec, "MAX_FIT_ROWS", len(live))
         if len(live) > limit:
             picked = np.random.default_rng(self._config["seed"]).choice(len(live), limit,
                                                                         replace=False)
             sample = live[np.sort(picked)]
-        self._codec.fit(self._code_vectors(self._originals.fetch(sample)))
+        codec.fit(self._code_vectors(self._originals.fetch(sample)))
         codes, factors = [], []
         for start in range(0, len(live), REENCODE_ROWS):
             chunk = self._code_vectors(self._originals.fetch(live[start:start + REENCODE_ROWS]))
-            chunk_codes, chunk_factors = self._codec.encode(chunk)
+            chunk_codes, chunk_factors = codec.encode(chunk)
             codes.append(chunk_codes)
             factors.append(chunk_factors)
         if not codes:
-            return (np.zeros((0, *self._codec.code_shape()), self._codec.code_dtype),
-                    np.zeros((0, self._codec.factor_count), np.float32))
-        return np.concatenate(codes), np.concatenate(factors)
+            return (codec, np.zeros((0, *codec.code_shape()), codec.code_dtype),
+                    np.zeros((0, codec.factor_count), np.float32))
+        return codec, np.concatenate(codes), np.concatenate(factors)
 
     def _code_vectors(self, originals: np.ndarray) -> np.ndarray:
         """Kept originals back to the vectors the codes are made from."""
@@ -606,7 +618,12 @@ class Index:
         if self._deleted >= 64 and 2 * self._deleted >= self._ids.size:
             self.compact()
         elif self._can_refit and self._codec.refit_due(len(self)):
-            self.compact()
+            try:
+                self.compact()
+            except Exception as exc:  # the add itself is committed; refitting is an upkeep
+                warnings.warn(f"vecpress: refitting the codec failed ({exc!r}); the index "
+                              f"keeps its previous fit and tries again as it grows",
+                              RuntimeWarning, stacklevel=3)
         elif self._path is not None:
             self._merge_segments()
 
