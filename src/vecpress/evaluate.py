@@ -1,0 +1,127 @@
+"""How good and how fast is a store on its own data? (``vecpress bench STORE``)
+
+Users choose ``bits`` and ``oversample`` on numbers from someone else's corpus; this measures
+them on theirs. Queries are stored vectors picked at random (each one's own row is left out of
+its answers), the reference is exact float32 search over the kept originals, and the store is
+searched through its public ``Index.search``: once with the code scan alone (``oversample=1``,
+what ``rerank=False`` would return) and once as configured (scan, then exact rerank).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .core.index import Index
+
+#: stored vectors read per chunk for the exact reference (float32, so 64k x 384 = 100 MB)
+REFERENCE_CHUNK = 65_536
+
+
+@dataclass
+class StoreBench:
+    """Recall against exact search and median single-query latency, per search mode."""
+
+    count: int
+    dim: int
+    queries: int
+    k: int
+    oversample: int
+    recall_codes: float
+    recall_rerank: float
+    latency_ms_codes: float
+    latency_ms_rerank: float
+    ram_bytes_per_vector: float
+
+    def table(self) -> str:
+        """A small Markdown table of the figures."""
+        return "\n".join([
+            f"{self.count:,} vectors, {self.queries} stored vectors as queries "
+            f"(their own row left out), recall@{self.k} against exact float32 search",
+            "",
+            "| search | recall@k | median latency (ms) |",
+            "| --- | ---: | ---: |",
+            f"| codes only (oversample 1) | {self.recall_codes:.4f} | {self.latency_ms_codes:.2f} |",
+            f"| codes + exact rerank (oversample {self.oversample}) | {self.recall_rerank:.4f} | "
+            f"{self.latency_ms_rerank:.2f} |",
+            "",
+            f"RAM: {self.ram_bytes_per_vector:.1f} bytes per vector (float32 vectors: "
+            f"{4 * self.dim})",
+        ])
+
+
+def bench_index(index: Index, n_queries: int = 200, k: int = 10, seed: int = 0) -> StoreBench:
+    """Measure ``index`` on queries drawn from its own vectors (see the module docstring).
+
+    Raises ``ValueError`` when the index keeps no originals (``rerank=False`` with quantized
+    codes: there is nothing exact to compare with) or holds fewer than ``k + 1`` vectors.
+    """
+    ids = index.ids
+    if len(ids) < k + 1:
+        raise ValueError(f"the store holds {len(ids)} vectors; bench needs at least k + 1 = "
+                         f"{k + 1}")
+    picked = np.sort(np.random.default_rng(seed).choice(len(ids), min(n_queries, len(ids)),
+                                                        replace=False))
+    query_ids = ids[picked]
+    queries = index.get(query_ids)  # ValueError when no originals are kept
+    truth = _exact_top(index, ids, queries, query_ids, k)
+    runs = {}
+    for name, oversample in (("codes", 1), ("rerank", index.oversample)):
+        found, latency = _search(index, queries, query_ids, k, oversample)
+        runs[name] = (_recall(found, truth), latency)
+    stats = index.stats()
+    return StoreBench(count=len(ids), dim=index.dim, queries=len(queries), k=k,
+                      oversample=index.oversample,
+                      recall_codes=runs["codes"][0], recall_rerank=runs["rerank"][0],
+                      latency_ms_codes=runs["codes"][1], latency_ms_rerank=runs["rerank"][1],
+                      ram_bytes_per_vector=(stats["ram_bytes"] - stats["ram_fixed_bytes"])
+                      / max(stats["count"], 1))
+
+
+def _exact_top(index: Index, ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray,
+               k: int) -> np.ndarray:
+    """Ids of the exact top ``k`` per query among all stored vectors but the query's own."""
+    best_scores = np.full((len(queries), 0), -np.inf)
+    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(ids), REFERENCE_CHUNK):
+        chunk_ids = ids[start:start + REFERENCE_CHUNK]
+        scores = _scores(index.metric, queries, index.get(chunk_ids))
+        scores[query_ids[:, None] == chunk_ids[None, :]] = -np.inf
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_ids = np.concatenate([best_ids, np.broadcast_to(chunk_ids, scores.shape)], axis=1)
+        keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(best_scores, keep, axis=1)
+        best_ids = np.take_along_axis(best_ids, keep, axis=1)
+    return best_ids
+
+
+def _scores(metric: str, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Exact higher-is-better scores (the kept originals are already normalised for cosine)."""
+    ip = queries.astype(np.float64) @ vectors.T.astype(np.float64)
+    if metric == "l2":
+        return 2 * ip - (vectors.astype(np.float64) ** 2).sum(axis=1)[None, :]
+    return ip
+
+
+def _search(index: Index, queries: np.ndarray, query_ids: np.ndarray, k: int,
+            oversample: int) -> tuple[np.ndarray, float]:
+    """Top ``k`` ids per query (own id left out) and the median latency of one query."""
+    index.search(queries[:1], k + 1, oversample=oversample)  # warm the compiled kernels
+    found = np.empty((len(queries), k), dtype=np.int64)
+    times = []
+    for i, query in enumerate(queries):
+        start = time.perf_counter()
+        _, hits = index.search(query[None], k + 1, oversample=oversample)
+        times.append(time.perf_counter() - start)
+        found[i] = [h for h in hits[0] if h != query_ids[i]][:k]
+    return found, float(np.median(times) * 1000)
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+__all__ = ["StoreBench", "bench_index"]
