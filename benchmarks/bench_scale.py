@@ -412,7 +412,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {n:>10,} {name:<40} skipped: {METHODS[name].why_not_larger}")
                 continue
             latency_queries = args.latency_queries or (100 if n <= 1_000_000 else 30)
-            row = run_in_subprocess(name, n, latency_queries, args.batch_queries, args.timeout)
+            try:
+                row = run_in_subprocess(name, n, latency_queries, args.batch_queries,
+                                        args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:  # report, go on
+                reason = f"failed: {str(error).strip().splitlines()[-1][:300]}"
+                skipped.append({"method": name, "n": n, "reason": reason})
+                print(f"  {n:>10,} {name:<40} {reason}", flush=True)
+                continue
             rows.append(row)
             print(f"  {n:>10,} {name:<40} build {row['build_s']:.1f} s "
                   f"({row['encode_vectors_per_s']:,.0f}/s)  p50 {row['latency_p50_ms_1t']:.2f} / "

@@ -54,6 +54,7 @@ minute on 2 cores). Writes ``suite.md``, ``suite.json``, ``suite_recall_vs_ram.p
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -71,7 +72,7 @@ if not __package__:  # run as `python benchmarks/bench_suite.py`: keep this fold
 import numpy as np
 
 from benchmarks.common import RESULTS, machine, memory, recall_at, set_threads
-from benchmarks.datasets import ground_truth, load_embeddings
+from benchmarks.datasets import ground_truth, load_embeddings, release_model
 from benchmarks.wordnet_queries import LabelledQueries, labelled_queries, ndcg_at
 
 K = 10
@@ -675,8 +676,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     corpus_size = None
     if args.quick:
-        args.n_base, args.n_queries, args.latency_queries = 10_000, 200, 200
-        args.labelled_queries, args.sweep_latency_queries = 200, 50
+        args.n_base, args.n_queries, args.latency_queries = 10_000, 200, 100
+        args.labelled_queries, args.sweep_latency_queries, args.slow_queries = 200, 30, 10
         args.pq_iterations = 8
         corpus_size = args.n_base + args.n_queries
     started = time.perf_counter()
@@ -686,6 +687,7 @@ def main(argv: list[str] | None = None) -> None:
                                                    corpus_size=corpus_size)
     _, truth = ground_truth(base, queries, k=K, metric="ip")
     labelled = labelled_queries(base_texts, args.labelled_queries)
+    release_model()
     print(f"{len(base)} base vectors, {len(queries)} held-out queries, {len(labelled)} "
           f"labelled queries, dim {base.shape[1]}, load average {load_before[0]:.2f}; data "
           f"ready in {time.perf_counter() - started:.0f} s", flush=True)
@@ -696,6 +698,9 @@ def main(argv: list[str] | None = None) -> None:
                    + hnswlib_methods(base, workdir) + usearch_methods(base, workdir) + lancedb_methods(base, workdir)
                    + vecpress_methods(base, args.bits, workdir)
                    + framework_methods(base, base_texts))
+        # everything imported and loaded so far stays: the collections before and after each
+        # build (for the RSS figures) then walk only what the methods create
+        gc.freeze()
         for method in methods:
             rows.append(run(method, base, queries, truth, labelled, args, threads))
     load_after = os.getloadavg()

@@ -177,6 +177,17 @@ def _embedded_sample(texts: list[str], size: int, embedder, cache_dir: Path,
     return embed_corpus(sample, embedder=embedder, cache_dir=cache_dir, progress=progress), sample
 
 
+def release_model() -> None:
+    """Drop the shared default embedder (and its model's memory) once the vectors are in hand,
+    so that it does not weigh on the measurements that follow. Loaded again if needed."""
+    import gc
+
+    module = sys.modules.get("vecpress.embeddings.sentence_transformers")
+    if module is not None:
+        module.default_embedder.cache_clear()
+    gc.collect()
+
+
 def ground_truth(
     base: np.ndarray,
     queries: np.ndarray,

@@ -96,4 +96,4 @@ def test_quick_suite_writes_a_row_for_every_method(tmp_path):
         points = rows[name]["sweep"]
         assert len(points) >= 4 and all(knob in p and 0 <= p["recall@10"] <= 1 for p in points)
     slow = rows["LangChain InMemoryVectorStore"]
-    assert slow["slow"] and slow["queries"] == 20 and slow["batch_qps"] is None
+    assert slow["slow"] and slow["queries"] == 10 and slow["batch_qps"] is None
