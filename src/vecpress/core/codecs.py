@@ -509,20 +509,31 @@ class SegmentCodec(Codec):
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.centroid is None:
             self.fit(vectors)
-        rotated = self.rotate(vectors - self.centroid)
+        centred = vectors - self.centroid
+        # segments without bits (the low-variance tail at 1-2 bits) are never projected
+        n_seg = self.coded_prefix
+        cut = int(self.seg_starts[n_seg])
+        rotated = np.ascontiguousarray(centred @ self.projection[:cut].T, dtype=np.float32)
         levels, x_dot, r_sq, sign_dot = kernels.fit_segment_levels(
-            rotated, self.seg_starts, self.seg_bits, self.N_SCALES)
-        codes = kernels.pack_segments(levels, self.seg_starts, self.seg_bits, self.plane_at,
+            rotated, self.seg_starts[:n_seg + 1], self.seg_bits[:n_seg], self.N_SCALES)
+        codes = kernels.pack_segments(levels, self.seg_starts[:n_seg + 1],
+                                      self.seg_bits[:n_seg], self.plane_at[:n_seg],
                                       self.bits * self.words)
-        seg_factor = np.where(x_dot > 0, r_sq / np.where(x_dot > 0, x_dot, 1.0), 0.0)
-        coded = self.seg_bits > 0
-        sign_factor = _ratio(r_sq[:, coded].sum(axis=1), sign_dot @ self.seg_weight)
+        seg_factor = np.zeros((len(vectors), self.n_segments))
+        seg_factor[:, :n_seg] = np.where(x_dot > 0, r_sq / np.where(x_dot > 0, x_dot, 1.0), 0.0)
+        sign_factor = _ratio(r_sq.sum(axis=1), sign_dot @ self.seg_weight[:n_seg])
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         factors[:, 0] = sign_factor
         _pack_relative(seg_factor, sign_factor, factors[:, 1:1 + (self.n_segments + 1) // 2])
-        if self.metric == "l2":
-            factors[:, self.l2_col] = r_sq.sum(axis=1)
+        if self.metric == "l2":  # |r|^2 of the whole residual (the projection is orthogonal)
+            factors[:, self.l2_col] = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
         return codes, factors
+
+    @property
+    def coded_prefix(self) -> int:
+        """Segments up to the last one with bits (only those are projected when encoding)."""
+        coded = np.nonzero(self.seg_bits > 0)[0]
+        return int(coded[-1]) + 1 if len(coded) else 0
 
     def decode_factors(self, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-segment factors (n, S), sign-plane factor (n,)) as the scan reads them."""
