@@ -271,27 +271,12 @@ class RaBitQCodec(Codec):
         """Centred integer levels ``x`` (n, dim) of stored codes (for tests and refits)."""
         return kernels.unpack_planes(codes, self.dim).astype(np.float32) - self.level_mid
 
-    def _rotated_queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rotated queries (centred for L2) and the per-query constant of the estimate."""
-        centroid = self.centroid if self.centroid is not None else np.zeros(self.dim, np.float32)
-        if self.metric == "l2":
-            centred = queries - centroid
-            return self.rotate(centred), np.einsum("ij,ij->i", centred, centred)
-        return self.rotate(queries), queries @ centroid
-
     def quantize_query(self, rotated: np.ndarray) -> dict[str, np.ndarray]:
         """Bit planes (q, words, query_bits) of queries quantized to ``query_bits``."""
-        low = rotated.min(axis=1)
-        top = (1 << self.query_bits) - 1
-        step = (rotated.max(axis=1) - low) / top
-        step[step == 0] = 1.0
-        levels = np.clip(np.rint((rotated - low[:, None]) / step[:, None]), 0, top)
-        planes = kernels.pack_planes(levels.astype(np.uint8), self.query_bits, self.words)
-        return {"planes": np.ascontiguousarray(planes.transpose(0, 2, 1)),
-                "step": step.astype(np.float64), "low": low.astype(np.float64)}
+        return _quantize_query(rotated, self.query_bits, self.words)
 
     def scan(self, codes, factors, queries, k, flt):
-        rotated, const = self._rotated_queries(queries)
+        rotated, const = _rotated_queries(self, queries)
         q_sum = rotated.sum(axis=1, dtype=np.float64)
         const = np.asarray(const, dtype=np.float64)
         l2 = self.metric == "l2"
@@ -317,12 +302,12 @@ class RaBitQCodec(Codec):
 
     def query_step(self, queries: np.ndarray) -> np.ndarray:
         """Quantization step of each query."""
-        return self.quantize_query(self._rotated_queries(queries)[0])["step"]
+        return self.quantize_query(_rotated_queries(self, queries)[0])["step"]
 
     def estimate(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Estimated scores of every code for every (unquantized) query: the numpy reference."""
         x = self.decode_levels(codes).astype(np.float64)
-        rotated, const = self._rotated_queries(queries)
+        rotated, const = _rotated_queries(self, queries)
         ip = (rotated.astype(np.float64) @ x.T) * factors[:, 0][None, :]
         if self.metric == "l2":
             return -(factors[:, 1][None, :] + const[:, None] - 2 * ip)
@@ -550,15 +535,8 @@ class SegmentCodec(Codec):
         return np.where(np.repeat(self.seg_bits > 0, np.diff(self.seg_starts)),
                         levels - mids, 0.0).astype(np.float32)
 
-    def _rotated_queries(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        centroid = self.centroid if self.centroid is not None else np.zeros(self.dim, np.float32)
-        if self.metric == "l2":
-            centred = queries - centroid
-            return self.rotate(centred), np.einsum("ij,ij->i", centred, centred)
-        return self.rotate(queries), queries @ centroid
-
     def scan(self, codes, factors, queries, k, flt):
-        rotated, const = self._rotated_queries(queries)
+        rotated, const = _rotated_queries(self, queries)
         seg_sums = np.add.reduceat(rotated.astype(np.float64), self.seg_starts[:-1], axis=1)
         quantized = _quantize_query(rotated, self.query_bits, self.words)
         coded = np.repeat(self.seg_bits > 0, np.diff(self.seg_starts))
@@ -580,14 +558,14 @@ class SegmentCodec(Codec):
 
     def query_step(self, queries: np.ndarray) -> np.ndarray:
         """Quantization step of each query."""
-        return _quantize_query(self._rotated_queries(queries)[0], self.query_bits,
+        return _quantize_query(_rotated_queries(self, queries)[0], self.query_bits,
                                self.words)["step"]
 
     def estimate(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Estimated scores of every code for every (unquantized) query: the numpy reference."""
         x = self.decode_levels(codes).astype(np.float64)
         seg_factor, _ = self.decode_factors(factors)
-        rotated, const = self._rotated_queries(queries)
+        rotated, const = _rotated_queries(self, queries)
         ip = np.zeros((len(queries), len(codes)))
         for s, (a, b) in enumerate(zip(self.seg_starts[:-1], self.seg_starts[1:])):
             ip += (rotated[:, a:b].astype(np.float64) @ x[:, a:b].T) * seg_factor[:, s][None, :]
@@ -641,6 +619,17 @@ def _pack_relative(seg_factor: np.ndarray, sign_factor: np.ndarray, out: np.ndar
     halves = np.zeros((len(ratios), 2 * out.shape[1]), dtype=np.float16)
     halves[:, :ratios.shape[1]] = ratios
     out[:, :] = halves.view(np.float32)
+
+
+def _rotated_queries(codec: "RaBitQCodec | SegmentCodec",
+                     queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotated queries (centred for L2) and the per-query constant of the estimate:
+    ``<q, c>`` for inner products, ``|q - c|^2`` for L2."""
+    centroid = codec.centroid if codec.centroid is not None else np.zeros(codec.dim, np.float32)
+    if codec.metric == "l2":
+        centred = queries - centroid
+        return codec.rotate(centred), np.einsum("ij,ij->i", centred, centred)
+    return codec.rotate(queries), queries @ centroid
 
 
 def _quantize_query(rotated: np.ndarray, query_bits: int, words: int) -> dict[str, np.ndarray]:
