@@ -6,7 +6,8 @@ user data and know nothing of documents or files: the Python layers validate bef
 Layout of a B-bit code: for each row, ``B`` bit planes of ``W = ceil(dim / 64)`` uint64 words
 (plane ``b`` holds bit ``b`` of every coordinate's level). Inner products against a query that
 is quantized to ``Bq`` bits are then sums of ``popcount(code_plane & query_plane) << (b + j)``,
-computed with the CPU's popcount instruction.
+computed with the CPU's popcount instruction. Segment codes (the default ``saq`` codec) are
+laid out differently, with a bit count per segment: see "segment codes" below.
 """
 
 from __future__ import annotations
