@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     threads = os.cpu_count() or 1
     load_before = os.getloadavg()
+    host = machine()  # describes the load at the start
     rows, skipped = [], []
     for n in args.sizes:
         for name in args.methods:
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()
     header = (f"Synthetic 384-d embeddings (no recall claims), k={K}; latency is the median "
               f"single query, batch QPS over {args.batch_queries} queries in one call, build "
-              f"on {threads} threads; {machine()}; load average (1 min) {load_before[0]:.2f} "
+              f"on {threads} threads; {host}; load average (1 min) {load_before[0]:.2f} "
               f"at start, {load_after[0]:.2f} at end")
     table = markdown(rows, skipped, header, threads)
     print()
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = "scale_quick" if args.quick else "scale"
     (args.out / f"{stem}.md").write_text(table + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"machine": machine(), "load_average_start": load_before,
+        {"machine": host, "load_average_start": load_before,
          "load_average_end": load_after, "threads": threads, "k": K,
          "spectrum": str(SPECTRUM.relative_to(SPECTRUM.parents[2])),
          "wall_s": time.perf_counter() - started, "rows": rows, "skipped": skipped}, indent=1))

@@ -118,6 +118,7 @@ def timed_queries(search: Callable[[np.ndarray], np.ndarray],
 
 
 def percentile_ms(times: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of ``times`` (seconds), in milliseconds."""
     return float(np.percentile(times, q) * 1000)
 
 
@@ -553,6 +554,11 @@ def lancedb_methods(base: np.ndarray, workdir: Path) -> list[Method]:
     return methods
 
 
+LANCE_NOTE = ("LanceDB rows with refine search the table and index built for the row above "
+              "them: their build time is that build's, and their RSS covers only their own "
+              "searches.")
+
+
 def markdown(rows: list[dict[str, Any]], header: str, threads: int,
              slow_queries: int) -> str:
     """The results table: one row per method, its representative setting."""
@@ -576,6 +582,8 @@ def markdown(rows: list[dict[str, Any]], header: str, threads: int,
                       f"vectors): recall@10, nDCG@10 and latency over the first {slow_queries} "
                       f"queries (and {slow_queries} labelled queries); no batch API, so no "
                       f"batch QPS. Their build includes making the framework's documents/nodes."]
+    if any(row["family"].startswith("lancedb") for row in rows):
+        lines += ["", LANCE_NOTE]
     lines += ["", "RAM B/vector is accounted (vecpress `stats()['ram_bytes']`; FAISS, hnswlib "
                   "and usearch: serialized index size; LanceDB: its vector index). RSS B/vector "
                   "is measured: growth of the process's anonymous resident memory (RssAnon) "
@@ -710,6 +718,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     threads = os.cpu_count() or 1
     load_before = os.getloadavg()
+    host = machine()  # describes the load at the start
     base, queries, base_texts, _ = load_embeddings(args.n_base, args.n_queries,
                                                    corpus_size=corpus_size)
     _, truth = ground_truth(base, queries, k=K, metric="ip")
@@ -731,7 +740,7 @@ def main(argv: list[str] | None = None) -> None:
         for method in methods:
             rows.append(run(method, base, queries, truth, labelled, args, threads))
     load_after = os.getloadavg()
-    described = (f"{machine()}; load average (1 min) {load_before[0]:.2f} at start, "
+    described = (f"{host}; load average (1 min) {load_before[0]:.2f} at start, "
                  f"{load_after[0]:.2f} at end")
     exact_ndcg = next((row["ndcg@10"] for row in rows if "exact" in row["method"]), None)
     header = (f"{len(base):,} WordNet glosses (all-MiniLM-L6-v2, 384-d), {len(queries)} held-out "
@@ -749,7 +758,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{stem}.md").write_text(table + "\n")
     wall = time.perf_counter() - started
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"machine": machine(), "load_average_start": load_before, "load_average_end": load_after,
+        {"machine": host, "load_average_start": load_before, "load_average_end": load_after,
          "threads": threads, "n_base": len(base), "n_queries": len(queries),
          "labelled_queries": len(labelled), "ndcg_exact": exact_ndcg, "k": K,
          "wall_s": wall, "rows": rows}, indent=1))

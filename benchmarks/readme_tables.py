@@ -30,7 +30,7 @@ SUITE_ROWS = (
     ("faiss IndexFlatIP", ""), ("faiss SQ8", ""), ("faiss IndexPQ", ""),
     ("faiss RaBitQ 1-bit", ""), ("faiss RaBitQ 1-bit", "RefineFlat"),
     ("faiss RaBitQ 4-bit", "RefineFlat"), ("faiss IVFRaBitQ", "RefineFlat"),
-    ("faiss HNSWFlat", ""), ("hnswlib", ""), ("usearch i8", ""), ("lancedb IVF_RQ", "refine"),
+    ("faiss HNSWFlat", ""), ("hnswlib", ""), ("usearch i8", ""),
     ("vecpress 1-bit", ""), ("vecpress 1-bit", "rerank"), ("vecpress 4-bit", "rerank"),
     ("vecpress 8-bit", "rerank"), ("LangChain", ""), ("LlamaIndex", ""),
 )
