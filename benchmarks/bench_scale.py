@@ -24,13 +24,16 @@ Every method is built and measured in a fresh subprocess, which reports:
 - bytes per vector accounted by the library (vecpress ``stats()``; FAISS / hnswlib: written
   index file) and disk bytes per vector where the method keeps files.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.bench_scale            # 1M and 10M (about 40 min)
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_scale            # 1M and 10M (about 25 min)
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_scale --quick    # 200k
     python -m benchmarks.bench_scale --sizes 20000 --methods "vecpress 1-bit" --out /tmp/x
 
-Writes ``benchmarks/results/scale.md`` and ``scale.json`` (``scale_quick.*`` with ``--quick``,
-other folder with ``--out``). Methods too big for the 24 GiB machine at a size are skipped
-with the reason in the table.
+vecpress with rerank writes its originals (float16, 7.7 GB at 10M) under the system's temporary
+folder, or under ``$VECPRESS_SCALE_TMP``. Writes ``benchmarks/results/scale.md`` and
+``scale.json`` (``scale_quick.*`` with ``--quick``, another folder with ``--out``). Methods too
+big for the 24 GiB machine at a size are skipped with the reason in the table. The peak RSS of
+vecpress with rerank counts the pages of its memory-mapped files the process touched (page
+cache the kernel can take back), which is why it dwarfs the anonymous figure.
 """
 
 from __future__ import annotations
