@@ -179,7 +179,13 @@ class RaBitQCodec(Codec):
     #: the centroid is learnt from the first batch only when it has at least this many rows
     MIN_FIT_ROWS = 32
     #: multiplier of the top-plane estimate's standard error used to skip rows (RaBitQ's eps0)
+    #: a row is skipped when its sign-plane estimate plus PRUNE_EPSILON standard errors of that
+    #: estimate (``sign_sigma``) cannot reach the K-th best score so far
     PRUNE_EPSILON = 3.0
+    DEFAULT_SIGN_SIGMA = 0.3
+    #: rows and queries (from the fit sample) that measure ``sign_sigma``
+    CALIBRATION_ROWS = 2000
+    CALIBRATION_QUERIES = 100
     #: query bits by code bits for bit-plane codes: enough that query rounding stays well
     #: below the code's own error (measured in benchmarks/)
     DEFAULT_QUERY_BITS = {1: 4, 2: 6, 3: 6, 4: 8, 5: 8, 6: 8, 7: 8, 8: 8}
@@ -347,7 +353,13 @@ class SegmentCodec(Codec):
     VARIANCE_POWER = 1.5
     #: 1 - cos^2 between a Gaussian vector and its best b-bit code, b = 0..8 (measured)
     RELATIVE_ERROR = (1.0, 0.363, 0.117, 0.034, 0.0095, 0.0025, 0.00064, 0.00016, 0.00004)
+    #: a row is skipped when its sign-plane estimate plus PRUNE_EPSILON standard errors of that
+    #: estimate (``sign_sigma``) cannot reach the K-th best score so far
     PRUNE_EPSILON = 3.0
+    DEFAULT_SIGN_SIGMA = 0.3
+    #: rows and queries (from the fit sample) that measure ``sign_sigma``
+    CALIBRATION_ROWS = 2000
+    CALIBRATION_QUERIES = 100
     #: query bits by code bits (the full estimate): at 4 bits, 6 query bits cost 0.006 recall
     #: against 8; at 1-2 bits they cost nothing measurable and score faster
     DEFAULT_QUERY_BITS = {1: 6, 2: 6}
@@ -373,6 +385,9 @@ class SegmentCodec(Codec):
         self._set_allocation(np.full(self.n_segments, bits, dtype=np.int64),
                              np.ones(self.n_segments))
         self.fit_rows = 0
+        #: spread of the sign-plane estimate's error, in units of factor * |query|: measured
+        #: on the fit sample (RaBitQ's 1-bit value for a random rotation until then)
+        self.sign_sigma = self.DEFAULT_SIGN_SIGMA
 
     # -- state ------------------------------------------------------------------------------
     def _set_allocation(self, seg_bits: np.ndarray, seg_weight: np.ndarray) -> None:
@@ -413,7 +428,8 @@ class SegmentCodec(Codec):
             return {}
         return {"centroid": self.centroid, "projection": self.projection,
                 "seg_bits": self.seg_bits, "seg_weight": self.seg_weight,
-                "fit_rows": np.array([self.fit_rows], dtype=np.int64)}
+                "fit_rows": np.array([self.fit_rows], dtype=np.int64),
+                "sign_sigma": np.array([self.sign_sigma], dtype=np.float64)}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         if "centroid" not in arrays:
@@ -422,6 +438,7 @@ class SegmentCodec(Codec):
         self._projection = np.ascontiguousarray(arrays["projection"], dtype=np.float32)
         self._set_allocation(arrays["seg_bits"], arrays["seg_weight"])
         self.fit_rows = int(arrays["fit_rows"][0])
+        self.sign_sigma = float(arrays["sign_sigma"][0])
 
     @property
     def projection(self) -> np.ndarray:
@@ -441,7 +458,43 @@ class SegmentCodec(Codec):
 
     def fit(self, vectors: np.ndarray) -> None:
         """Centroid, principal axes and bit allocation from a sample (data-oblivious codes
-        below ``MIN_PCA_ROWS`` rows)."""
+        below ``MIN_PCA_ROWS`` rows), then the sign-plane error measured on that sample."""
+        self._fit_projection(vectors)
+        with _serial_blas():  # small products: threads only add waiting on a busy machine
+            self.sign_sigma = self._measure_sign_sigma(vectors)
+
+    def _measure_sign_sigma(self, vectors: np.ndarray) -> float:
+        """Standard deviation of (full estimate - sign-plane estimate) / (factor * |q|) with
+        rows of the sample as data and other rows as queries; the default when the sample is
+        too small to tell."""
+        if len(vectors) < self.MIN_PCA_ROWS:
+            return self.DEFAULT_SIGN_SIGMA
+        rng = np.random.default_rng(self.seed)
+        picked = rng.choice(len(vectors), min(len(vectors), self.CALIBRATION_ROWS
+                                              + self.CALIBRATION_QUERIES), replace=False)
+        queries = vectors[picked[:self.CALIBRATION_QUERIES]]
+        data = vectors[picked[self.CALIBRATION_QUERIES:]]
+        codes, factors = self.encode(data)
+        levels = self.decode_levels(codes).astype(np.float64)
+        seg_factor, sign_factor = self.decode_factors(factors)
+        rotated, _ = _rotated_queries(self, queries)
+        rotated = rotated.astype(np.float64)
+        full = np.zeros((len(queries), len(data)))
+        sign = np.zeros_like(full)
+        for s, (a, b) in enumerate(zip(self.seg_starts[:-1], self.seg_starts[1:])):
+            if self.seg_bits[s] == 0:
+                continue
+            full += (rotated[:, a:b] @ levels[:, a:b].T) * seg_factor[:, s][None, :]
+            signs = np.where(levels[:, a:b] >= 0, 0.5, -0.5) * self.seg_weight[s]
+            sign += (rotated[:, a:b] @ signs.T) * sign_factor[None, :]
+        coded = np.repeat(self.seg_bits > 0, np.diff(self.seg_starts))
+        scale = np.linalg.norm(rotated[:, coded], axis=1)[:, None] * sign_factor[None, :]
+        usable = scale > 0
+        if not usable.any():
+            return self.DEFAULT_SIGN_SIGMA
+        return float(np.std((full - sign)[usable] / scale[usable]))
+
+    def _fit_projection(self, vectors: np.ndarray) -> None:
         if len(vectors) > self.MAX_FIT_ROWS:
             picked = np.random.default_rng(self.seed).choice(len(vectors), self.MAX_FIT_ROWS,
                                                              replace=False)
@@ -546,7 +599,7 @@ class SegmentCodec(Codec):
         weighted = rotated * np.repeat(self.seg_weight, np.diff(self.seg_starts))[None, :]
         signs = _quantize_query(weighted, 4, self.words)
         sign_planes = np.ascontiguousarray(signs["planes"][:, self.sign_query_words, :])
-        bound = self.PRUNE_EPSILON * (0.3 * np.linalg.norm(rotated[:, coded], axis=1)
+        bound = self.PRUNE_EPSILON * (self.sign_sigma * np.linalg.norm(rotated[:, coded], axis=1)
                                       + 0.5 * signs["step"] * np.sqrt(coded.sum() / 12.0))
         halves = factors.view(np.uint16)  # the float16 ratios, read bit by bit by the scan
         return run_scan("segments", codes, factors, flt, len(queries), k, halves,
