@@ -82,13 +82,12 @@ def scale_table(report: dict[str, Any]) -> str:
             f"{row['latency_p50_ms_1t']:.1f} / {row['latency_p50_ms_all']:.1f} | "
             f"{row['batch_qps']:,.0f} | {row['rss_anon_bytes_per_vector']:.0f} | {total_text} | "
             f"{_cell(disk, ',.0f')} |")
-    skipped = {}
+    skipped: dict[str, list[str]] = {}  # size -> methods not run at that size
     for item in report.get("skipped", []):
-        skipped.setdefault(item["method"], []).append(f"{item['n'] / 1e6:g}M")
-    if skipped:
-        lines += ["", "Not run at " + "; ".join(
-            f"{', '.join(sizes)}: {method}" for method, sizes in skipped.items())
-            + " (reasons in `benchmarks/results/scale.md`)."]
+        skipped.setdefault(f"{item['n'] / 1e6:g}M", []).append(item["method"])
+    for size, methods in skipped.items():
+        lines += ["", f"Not run at {size}: {', '.join(methods)} (reasons in "
+                      f"`benchmarks/results/scale.md`)."]
     return "\n".join(lines)
 
 
