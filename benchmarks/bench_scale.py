@@ -57,7 +57,7 @@ if not __package__:  # run as `python benchmarks/bench_scale.py`: keep this fold
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine, memory, set_threads
+from benchmarks.common import RESULTS, machine, memory, source_version, set_threads
 
 K = 10
 CHUNK = 100_000
@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = os.cpu_count() or 1
     load_before = os.getloadavg()
     host = machine()  # describes the load at the start
+    source = source_version()
     rows, skipped = [], []
     for n in args.sizes:
         for name in args.methods:
@@ -433,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()
     header = (f"Synthetic 384-d embeddings (no recall claims), k={K}; latency is the median "
               f"single query, batch QPS over {args.batch_queries} queries in one call, build "
-              f"on {threads} threads; {host}; load average (1 min) {load_before[0]:.2f} "
+              f"on {threads} threads; vecpress: {source}; {host}; load average (1 min) "
+              f"{load_before[0]:.2f} "
               f"at start, {load_after[0]:.2f} at end")
     table = markdown(rows, skipped, header, threads)
     print()
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = "scale_quick" if args.quick else "scale"
     (args.out / f"{stem}.md").write_text(table + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"machine": host, "load_average_start": load_before,
+        {"machine": host, "vecpress": source, "load_average_start": load_before,
          "load_average_end": load_after, "threads": threads, "k": K,
          "spectrum": str(SPECTRUM.relative_to(SPECTRUM.parents[2])),
          "wall_s": time.perf_counter() - started, "rows": rows, "skipped": skipped}, indent=1))

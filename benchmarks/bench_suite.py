@@ -72,7 +72,8 @@ if not __package__:  # run as `python benchmarks/bench_suite.py`: keep this fold
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine, memory, recall_at, set_threads
+from benchmarks.common import (RESULTS, machine, memory, recall_at, set_threads,
+                               source_version)
 from benchmarks.datasets import ground_truth, load_embeddings, release_model
 from benchmarks.wordnet_queries import LabelledQueries, labelled_queries, ndcg_at
 
@@ -719,6 +720,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = os.cpu_count() or 1
     load_before = os.getloadavg()
     host = machine()  # describes the load at the start
+    source = source_version()
     base, queries, base_texts, _ = load_embeddings(args.n_base, args.n_queries,
                                                    corpus_size=corpus_size)
     _, truth = ground_truth(base, queries, k=K, metric="ip")
@@ -731,7 +733,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         methods = (faiss_methods(base, args.bits, args.pq_iterations)
-                   + hnswlib_methods(base, workdir) + usearch_methods(base, workdir) + lancedb_methods(base, workdir)
+                   + hnswlib_methods(base, workdir) + usearch_methods(base, workdir)
+                   + lancedb_methods(base, workdir)
                    + vecpress_methods(base, args.bits, workdir)
                    + framework_methods(base, base_texts))
         # everything imported and loaded so far stays: the collections before and after each
@@ -750,7 +753,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{min(args.latency_queries, len(queries))} single queries on 1 and on {threads} "
               f"threads, batch QPS and build on {threads} threads"
               + (f"; IndexPQ trained with {args.pq_iterations} k-means iterations"
-                 if args.pq_iterations != 25 else "") + f"; {described}")
+                 if args.pq_iterations != 25 else "") + f"; vecpress: {source}; {described}")
     table = markdown(rows, header, threads, args.slow_queries)
     print()
     print(table)
@@ -758,7 +761,8 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / f"{stem}.md").write_text(table + "\n")
     wall = time.perf_counter() - started
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"machine": host, "load_average_start": load_before, "load_average_end": load_after,
+        {"machine": host, "vecpress": source, "load_average_start": load_before,
+         "load_average_end": load_after,
          "threads": threads, "n_base": len(base), "n_queries": len(queries),
          "labelled_queries": len(labelled), "ndcg_exact": exact_ndcg, "k": K,
          "wall_s": wall, "rows": rows}, indent=1))

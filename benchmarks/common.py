@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,23 @@ def memory() -> dict[str, int]:
             if key in ("VmRSS", "RssAnon", "RssFile"):
                 values[key] = int(rest.split()[0]) * 1024
     return values
+
+
+def source_version() -> str:
+    """Which vecpress is measured: ``src/`` at a commit of this repository (and whether it has
+    uncommitted changes, in which case the figures match no commit), or the folder it was
+    imported from when that is outside the repository."""
+    import vecpress
+
+    package = Path(vecpress.__file__).resolve().parent
+    repository = Path(__file__).resolve().parent.parent
+    if repository not in package.parents:
+        return f"vecpress imported from {package}"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repository, capture_output=True,
+                              text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "src")
+    return f"src/ at {git('rev-parse', '--short', 'HEAD')}" + (
+        " with uncommitted changes" if changed else "")
