@@ -6,9 +6,11 @@ interpreter (``vecpress.coldstart``) that times, from inside, ``import vecpress`
 store read-only and the first and second query (a precomputed query vector, so the embedding
 model is not part of it). One warm-up run first fills the numba cache if needed; then the median
 of ``--runs``. For context it also times, in fresh processes, what a first *question* adds:
-loading the embedding model (torch, sentence-transformers) and embedding the question.
+loading the embedding model (torch, sentence-transformers) and embedding the question. And side
+by side with the peers (``benchmarks/cold_start_peers.py``): the same cold start for index files
+of 100k vectors from vecpress, FAISS, hnswlib and usearch.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.bench_cold_start            # 10k and 100k stores
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_cold_start            # 10k and 100k stores, peers
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_cold_start --sizes 10000 --runs 3
 
 Writes benchmarks/results/cold_start.md and cold_start.json.
@@ -97,10 +99,12 @@ def machine() -> dict[str, object]:
             "platform": platform.platform()}
 
 
-def write_report(rows: list[dict], model: dict[str, float] | None, env: dict, runs: int) -> None:
+def write_report(rows: list[dict], model: dict[str, float] | None, env: dict, runs: int,
+                 peers: dict | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cold_start.json").write_text(json.dumps({"machine": env, "runs": runs, "stores": rows,
-                                                         "model": model}, indent=1) + "\n")
+                                                         "model": model, "peers": peers},
+                                                        indent=1) + "\n")
     ms = lambda seconds: f"{seconds * 1000:,.0f}"  # noqa: E731
     lines = [
         "# Cold start: fresh process, `import vecpress`, open a store, first query",
@@ -132,6 +136,10 @@ def write_report(rows: list[dict], model: dict[str, float] | None, env: dict, ru
             f"- load the default embedding model: {ms(model['model_load'])} ms",
             f"- embed the question: {ms(model['embed_question'])} ms",
         ]
+    if peers:
+        from benchmarks.cold_start_peers import markdown as peer_markdown
+
+        lines += peer_markdown(peers["rows"], peers["n"], runs)
     lines += [
         "",
         f"Machine: {env['cpus']} CPUs, Python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, "
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--runs", type=int, default=7, help="fresh processes per store (median)")
     parser.add_argument("--model-runs", type=int, default=3, help="fresh processes timing the model load (0: skip)")
+    parser.add_argument("--peers", type=int, default=100_000,
+                        help="vectors in the index files of the peer comparison (0: skip it)")
     args = parser.parse_args(argv)
 
     env = machine()
@@ -169,7 +179,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.model_runs:
         model = {**model_probe(args.model_runs), "runs": args.model_runs}
         print(f"model load {model['model_load']:.2f} s, embed question {model['embed_question'] * 1000:.0f} ms")
-    write_report(rows, model, env, args.runs)
+    peers = None
+    if args.peers:
+        from benchmarks import cold_start_peers
+
+        base, _, _, _ = load_embeddings(args.peers, 10)
+        paths = cold_start_peers.save_indexes(base, STORE_DIR / "peers")
+        print(f"index files of {args.peers:,} vectors, vecpress and the peers:", flush=True)
+        peers = {"n": args.peers, "rows": cold_start_peers.measure(
+            paths, STORE_DIR / f"query-{args.peers}.npy", base.shape[1], args.runs)}
+    write_report(rows, model, env, args.runs, peers)
     print(f"wrote {RESULTS / 'cold_start.md'}")
 
 
