@@ -9,10 +9,9 @@ are memory-mapped, so RAM holds the codes alone.
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import threading
+import warnings
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -588,7 +587,7 @@ class Index:
     def _refit(self, live: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
         """A copy of the codec refitted on (a sample of) the live rows' originals, and the
         live rows' codes under it (the index's own codec is untouched until they are in)."""
-        codec = copy.deepcopy(self._codec)
+        codec = deepcopy(self._codec)
         sample = live
         limit = getattr(codec, "MAX_FIT_ROWS", len(live))
         if len(live) > limit:
