@@ -291,10 +291,11 @@ def _chunk_bounds(chunk, n_chunks, n_items):
 
 
 @njit(inline="always")
-def _finish(ip, factors, row, metric_l2, q_const):
-    """Turn an estimated inner product with the residual into a higher-is-better score."""
+def _finish(ip, factors, row, metric_l2, l2_col, q_const):
+    """Turn an estimated inner product with the residual into a higher-is-better score (for L2
+    the squared residual norm is in column ``l2_col`` of the factors)."""
     if metric_l2:
-        return -(factors[row, 1] + q_const - 2.0 * ip)
+        return -(factors[row, l2_col] + q_const - 2.0 * ip)
     return ip + q_const
 
 
@@ -424,11 +425,11 @@ def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use
                 continue
             ip = estimates[j]
             if pruning:
-                if _finish(ip, factors, row, metric_l2, const) <= heap_s[0]:
+                if _finish(ip, factors, row, metric_l2, 1, const) <= heap_s[0]:
                     continue
                 ip = factors[row, 0] * _plane_score(codes, row, query, step, low, level_mid,
                                                     total)
-            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2,
+            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, 1,
                                                              const), row)
 
 
@@ -464,7 +465,7 @@ def scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_
         for d in range(dim):
             acc += table[codes[row, d]] * query[d]
         ip = factors[row, 0] * acc
-        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, const), row)
+        size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, 1, const), row)
 
 
 @njit(cache=True, parallel=True)
@@ -723,20 +724,12 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
                 continue
             ip = estimates[j]
             if pruning:
-                if _finish_col(ip, factors, row, metric_l2, l2_col, const) <= heap_s[0]:
+                if _finish(ip, factors, row, metric_l2, l2_col, const) <= heap_s[0]:
                     continue
                 ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
                                     seg_starts, seg_bits, plane_at, seg_mid)
             size = _heap_offer(heap_s, heap_r, size,
-                               _finish_col(ip, factors, row, metric_l2, l2_col, const), row)
-
-
-@njit(inline="always")
-def _finish_col(ip, factors, row, metric_l2, l2_col, q_const):
-    """:func:`_finish` with the squared residual norm in column ``l2_col``."""
-    if metric_l2:
-        return -(factors[row, l2_col] + q_const - 2.0 * ip)
-    return ip + q_const
+                               _finish(ip, factors, row, metric_l2, l2_col, const), row)
 
 
 @njit(cache=True, parallel=True)
