@@ -412,9 +412,14 @@ class SegmentCodec(Codec):
                 at += int(self.seg_words[s])
 
     @property
+    def ratio_columns(self) -> slice:
+        """Factor columns holding the float16 segment ratios, two per column (column 0 is the
+        float32 sign-plane factor)."""
+        return slice(1, 1 + (self.n_segments + 1) // 2)
+
+    @property
     def factor_count(self) -> int:
-        # column 0: the sign-plane factor; then float16 segment ratios, two per column
-        return 1 + (self.n_segments + 1) // 2 + int(self.metric == "l2")
+        return self.ratio_columns.stop + int(self.metric == "l2")
 
     @property
     def l2_col(self) -> int:
@@ -477,17 +482,14 @@ class SegmentCodec(Codec):
         codes, factors = self.encode(data)
         levels = self.decode_levels(codes).astype(np.float64)
         seg_factor, sign_factor = self.decode_factors(factors)
-        rotated, _ = _rotated_queries(self, queries)
-        rotated = rotated.astype(np.float64)
-        full = np.zeros((len(queries), len(data)))
-        sign = np.zeros_like(full)
-        for s, (a, b) in enumerate(zip(self.seg_starts[:-1], self.seg_starts[1:])):
-            if self.seg_bits[s] == 0:
-                continue
-            full += (rotated[:, a:b] @ levels[:, a:b].T) * seg_factor[:, s][None, :]
-            signs = np.where(levels[:, a:b] >= 0, 0.5, -0.5) * self.seg_weight[s]
-            sign += (rotated[:, a:b] @ signs.T) * sign_factor[None, :]
-        coded = np.repeat(self.seg_bits > 0, np.diff(self.seg_starts))
+        rotated = _rotated_queries(self, queries)[0].astype(np.float64)
+        full = self._inner_products(rotated, levels, seg_factor)
+        # the sign planes: +-1/2 by each level's top bit, times the segment's weight (0 where
+        # a segment has no bits)
+        dims = np.diff(self.seg_starts)
+        signs = np.where(levels >= 0, 0.5, -0.5) * np.repeat(self.seg_weight, dims)[None, :]
+        sign = (rotated @ signs.T) * sign_factor[None, :]
+        coded = np.repeat(self.seg_bits > 0, dims)
         scale = np.linalg.norm(rotated[:, coded], axis=1)[:, None] * sign_factor[None, :]
         usable = scale > 0
         if not usable.any():
@@ -562,7 +564,7 @@ class SegmentCodec(Codec):
         sign_factor = _ratio(r_sq.sum(axis=1), sign_dot @ self.seg_weight[:n_seg])
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         factors[:, 0] = sign_factor
-        _pack_relative(seg_factor, sign_factor, factors[:, 1:1 + (self.n_segments + 1) // 2])
+        _pack_relative(seg_factor, sign_factor, factors[:, self.ratio_columns])
         if self.metric == "l2":  # |r|^2 of the whole residual (the projection is orthogonal)
             factors[:, self.l2_col] = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
         return codes, factors
@@ -576,7 +578,7 @@ class SegmentCodec(Codec):
     def decode_factors(self, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-segment factors (n, S), sign-plane factor (n,)) as the scan reads them."""
         head = factors[:, 0].astype(np.float64)
-        halves = np.ascontiguousarray(factors[:, 1:1 + (self.n_segments + 1) // 2]).view(
+        halves = np.ascontiguousarray(factors[:, self.ratio_columns]).view(
             np.float16).astype(np.float64)
         return head[:, None] * halves[:, :self.n_segments], head
 
@@ -614,14 +616,20 @@ class SegmentCodec(Codec):
         return _quantize_query(_rotated_queries(self, queries)[0], self.query_bits,
                                self.words)["step"]
 
+    def _inner_products(self, rotated: np.ndarray, levels: np.ndarray,
+                        seg_factor: np.ndarray) -> np.ndarray:
+        """Estimated <r, q> (queries x rows): per segment, factor * <levels, rotated query>."""
+        ip = np.zeros((len(rotated), len(levels)))
+        for s, (a, b) in enumerate(zip(self.seg_starts[:-1], self.seg_starts[1:])):
+            ip += (rotated[:, a:b] @ levels[:, a:b].T) * seg_factor[:, s][None, :]
+        return ip
+
     def estimate(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Estimated scores of every code for every (unquantized) query: the numpy reference."""
-        x = self.decode_levels(codes).astype(np.float64)
         seg_factor, _ = self.decode_factors(factors)
         rotated, const = _rotated_queries(self, queries)
-        ip = np.zeros((len(queries), len(codes)))
-        for s, (a, b) in enumerate(zip(self.seg_starts[:-1], self.seg_starts[1:])):
-            ip += (rotated[:, a:b].astype(np.float64) @ x[:, a:b].T) * seg_factor[:, s][None, :]
+        ip = self._inner_products(rotated.astype(np.float64),
+                                  self.decode_levels(codes).astype(np.float64), seg_factor)
         if self.metric == "l2":
             return -(factors[:, self.l2_col][None, :] + const[:, None] - 2 * ip)
         return ip + const[:, None]
