@@ -73,13 +73,22 @@ def similarity(query: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarra
     return -np.sum((vectors - query) ** 2, axis=1)
 
 
+class _FetchFactorReranker:
+    """What every reranker here shares: ``fetch_factor`` first-stage hits per requested hit."""
+
+    fetch_factor: int
+
+    def candidates(self, k: int) -> int:
+        return _check_k(k) * self.fetch_factor
+
+
 def _ranked(hits: Sequence[Any], scores: np.ndarray, k: int) -> list[Any]:
     """The ``k`` best hits by ``scores`` (stable: ties keep the first-stage order), rescored."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k]
     return [dataclasses.replace(hits[i], score=float(scores[i])) for i in order]
 
 
-class ExactReranker:
+class ExactReranker(_FetchFactorReranker):
     """Scores candidates with their kept original vectors (``hit.vector``).
 
     Args:
@@ -97,9 +106,6 @@ class ExactReranker:
             raise ValueError(f"metric must be one of {', '.join(map(repr, _METRICS))} or None, got {metric!r}")
         self.metric = metric
         self.fetch_factor = _check_fetch_factor(fetch_factor)
-
-    def candidates(self, k: int) -> int:
-        return _check_k(k) * self.fetch_factor
 
     def rerank(self, query_text: str | None, query_vector: np.ndarray | None, hits: Sequence[Any],
                k: int) -> list[Any]:
@@ -121,7 +127,7 @@ class ExactReranker:
         return f"ExactReranker(metric={self.metric!r}, fetch_factor={self.fetch_factor})"
 
 
-class EmbeddingReranker:
+class EmbeddingReranker(_FetchFactorReranker):
     """Re-embeds the candidates' texts and scores them against the query with ``embedder``.
 
     Exact scores without storing the original vectors: pair it with a store created with
@@ -140,9 +146,6 @@ class EmbeddingReranker:
             raise TypeError(f"embedder must be a vecpress Embedder, got {type(embedder).__name__}")
         self.embedder = embedder
         self.fetch_factor = _check_fetch_factor(fetch_factor)
-
-    def candidates(self, k: int) -> int:
-        return _check_k(k) * self.fetch_factor
 
     def rerank(self, query_text: str | None, query_vector: np.ndarray | None, hits: Sequence[Any],
                k: int) -> list[Any]:
@@ -172,7 +175,7 @@ _CROSS_ENCODER_HINT = (
 
 
 
-class CrossEncoderReranker:
+class CrossEncoderReranker(_FetchFactorReranker):
     """Scores (query, candidate text) pairs with a sentence-transformers ``CrossEncoder``.
 
     The score is the model's output for the pair (e.g. a relevance probability for the
@@ -208,9 +211,6 @@ class CrossEncoderReranker:
             raise ModelLoadError(
                 f"could not load cross-encoder {model_name!r}: {error}\nTo fix: {_CROSS_ENCODER_HINT}."
             ) from error
-
-    def candidates(self, k: int) -> int:
-        return _check_k(k) * self.fetch_factor
 
     def score_pairs(self, query_text: str, texts: Sequence[str]) -> np.ndarray:
         """The model's score of each ``(query_text, text)`` pair, as float64."""
