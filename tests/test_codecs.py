@@ -52,7 +52,7 @@ def test_heap_top_k_equals_sorting(scores, k):
     """Exact float32 codes with dim 1 turn the scan into a pure top-k selection."""
     codec = make_codec("float32", 1, 32, "ip")
     codes, factors = codec.encode(scores[:, None])
-    got_s, got_r = codec.scan(codes, factors, np.ones((1, 1), np.float32), k,
+    got_s, got_r = codec.scan(codec.scan_layout(codes), factors, np.ones((1, 1), np.float32), k,
                               RowFilter(n_rows=len(scores)))
     expected = np.sort(scores)[::-1][:k]
     np.testing.assert_array_equal(got_s[0][: len(expected)], expected)
@@ -93,7 +93,7 @@ def test_kernel_scan_agrees_with_numpy_estimator(bits, metric, name):
     """The numba scan equals the numpy estimator up to the query quantization error."""
     codec, data, queries = _codec_and_data(name, bits, metric, bits)
     codes, factors = codec.encode(data)
-    scores, rows = codec.scan(codes, factors, queries, 50, RowFilter(n_rows=len(data)))
+    scores, rows = codec.scan(codec.scan_layout(codes), factors, queries, 50, RowFilter(n_rows=len(data)))
     reference = codec.estimate(codes, factors, queries)
     steps = codec.query_step(queries)
     for q in range(len(queries)):
@@ -252,8 +252,8 @@ def test_scan_respects_row_filter(name, bits):
     allowed = np.zeros(500, bool)
     allowed[::7] = True
     query = random_vectors(2, 32, seed=12)
-    by_mask = codec.scan(codes, factors, query, 10, RowFilter(n_rows=500, mask=allowed))
-    by_rows = codec.scan(codes, factors, query, 10,
+    by_mask = codec.scan(codec.scan_layout(codes), factors, query, 10, RowFilter(n_rows=500, mask=allowed))
+    by_rows = codec.scan(codec.scan_layout(codes), factors, query, 10,
                          RowFilter(n_rows=500, rows=np.nonzero(allowed)[0]))
     for scores, rows in (by_mask, by_rows):
         assert allowed[rows].all()
@@ -266,7 +266,7 @@ def test_exact_codec_equals_reference():
     for metric in ("ip", "l2"):
         codec = make_codec("float32", 40, 32, metric)
         codes, factors = codec.encode(data)
-        scores, rows = codec.scan(codes, factors, queries, 15, RowFilter(n_rows=len(data)))
+        scores, rows = codec.scan(codec.scan_layout(codes), factors, queries, 15, RowFilter(n_rows=len(data)))
         reference = reference_scores(data, queries, metric)
         expected = np.argsort(-reference, axis=1, kind="stable")[:, :15]
         np.testing.assert_array_equal(rows, expected)
@@ -290,7 +290,7 @@ def test_parallel_and_serial_scans_agree(monkeypatch, name, bits, n_queries):
         monkeypatch.setattr(codecs, "PARALLEL_MIN_ROWS", threshold)
         monkeypatch.setattr(codecs, "PARALLEL_MIN_ROWS_ONE_QUERY", threshold)
         monkeypatch.setattr(codecs, "_chunk_count", lambda n: 5)
-        results.append(codec.scan(codes, factors, queries, 20, RowFilter(n_rows=3000, mask=mask)))
+        results.append(codec.scan(codec.scan_layout(codes), factors, queries, 20, RowFilter(n_rows=3000, mask=mask)))
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
 
@@ -311,9 +311,9 @@ def test_top_plane_pruning_keeps_the_best_candidates(monkeypatch, bits, metric, 
         codec.fit(data)
     codes, factors = codec.encode(data)
     flt = RowFilter(n_rows=len(data))
-    pruned_s, pruned_r = codec.scan(codes, factors, queries, 30, flt)
+    pruned_s, pruned_r = codec.scan(codec.scan_layout(codes), factors, queries, 30, flt)
     monkeypatch.setattr(type(codec), "PRUNE_EPSILON", 1e12)
-    full_s, full_r = codec.scan(codes, factors, queries, 30, flt)
+    full_s, full_r = codec.scan(codec.scan_layout(codes), factors, queries, 30, flt)
     reference = codec.estimate(codes, factors, queries)
     overlap = np.mean([len(set(a) & set(b)) / 30 for a, b in zip(pruned_r, full_r)])
     assert overlap >= 0.98
@@ -355,3 +355,45 @@ def test_sign_plane_error_is_measured_at_fit_and_bounds_fresh_rows():
     copy.load_state(codec.state_arrays())
     assert copy.sign_sigma == codec.sign_sigma
     np.testing.assert_array_equal(copy.seg_bits, codec.seg_bits)
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(1, 30), data=st.data())
+def test_tiled_layout_round_trip_in_pieces(width, data):
+    """Rows written into tiles in several appends read back as written, and equal one
+    tiling of all rows (the in-RAM layout of segment codes)."""
+    from vecpress.core.codecs import tile_codes
+
+    n_sign = data.draw(st.integers(0, width))
+    n = data.draw(st.integers(1, 700))
+    codes = data.draw(arrays(np.uint64, (n, width)))
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), max_size=4)))
+    tiles = np.zeros((-(-n // kernels.TILE_ROWS), kernels.TILE_ROWS * width), np.uint64)
+    for a, b in zip([0] + cuts, cuts + [n]):
+        kernels.write_tiles(tiles, a, codes[a:b], n_sign)
+    np.testing.assert_array_equal(tiles, tile_codes(codes, n_sign))
+    rows = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=50)), dtype=np.int64)
+    np.testing.assert_array_equal(kernels.read_tiles(tiles, rows, n_sign, width), codes[rows])
+    # the first tile holds sign word i of its rows side by side, for each i
+    first = min(n, kernels.TILE_ROWS)
+    sign_block = tiles[0, :n_sign * kernels.TILE_ROWS].reshape(n_sign, kernels.TILE_ROWS)
+    np.testing.assert_array_equal(sign_block[:, :first], codes[:first, :n_sign].T)
+
+
+def test_dithered_query_rounding_is_unbiased():
+    """Rounding up with probability equal to the fraction leaves no bias (the deterministic
+    rounding of the sign pass did: it pulled near neighbours' 1-bit estimates down)."""
+    from vecpress.core.codecs import _quantize_query
+
+    rng = np.random.default_rng(0)
+    query = rng.standard_normal((1, 128)).astype(np.float32)
+    errors = []
+    for _ in range(2000):
+        q = _quantize_query(query, 4, 2, dither=rng.random(128))
+        levels = kernels.unpack_planes(np.ascontiguousarray(q["planes"].transpose(0, 2, 1)), 128)
+        back = q["low"][0] + q["step"][0] * levels[0]
+        errors.append(back - query[0])
+        assert (np.abs(errors[-1]) < q["step"][0] * (1 + 1e-6)).all()
+    mean = np.mean(errors, axis=0)
+    step = q["step"][0]
+    assert np.abs(mean).max() < 0.05 * step  # std of a mean of 2000 is < 0.012 step

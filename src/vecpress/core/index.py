@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
-from .codecs import Codec, RowFilter, default_codec_name, make_codec
+from . import kernels, storage
+from .codecs import Codec, RowFilter, default_codec_name, make_codec, tile_codes
 from .validate import as_id_list, as_ids, as_matrix, as_positive_int
 
 #: accepted metric names -> canonical name
@@ -63,6 +63,51 @@ class _Growable:
     def replace(self, array: np.ndarray) -> None:
         self._data = np.ascontiguousarray(array)
         self.size = len(array)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.view[rows]
+
+    @property
+    def scan_view(self) -> np.ndarray:
+        return self.view
+
+
+class _TiledCodes:
+    """Code rows kept in the tiled layout their codec scans (``Codec.tile_sign_words``):
+    rows in, rows out, tiles to the scan. Grows like :class:`_Growable`, a tile at a time."""
+
+    def __init__(self, width: int, sign_words: int) -> None:
+        self._tiles = np.zeros((0, kernels.TILE_ROWS * width), dtype=np.uint64)
+        self.width = width
+        self.sign_words = sign_words
+        self.size = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._tiles.nbytes)
+
+    @property
+    def scan_view(self) -> np.ndarray:
+        return self._tiles[: -(-self.size // kernels.TILE_ROWS)]
+
+    def extend(self, codes: np.ndarray) -> None:
+        needed = -(-(self.size + len(codes)) // kernels.TILE_ROWS)
+        if needed > len(self._tiles):
+            capacity = max(needed, int(len(self._tiles) * 1.5))
+            grown = np.zeros((capacity, self._tiles.shape[1]), dtype=self._tiles.dtype)
+            grown[: len(self._tiles)] = self._tiles
+            self._tiles = grown
+        kernels.write_tiles(self._tiles, self.size, np.ascontiguousarray(codes, np.uint64),
+                            self.sign_words)
+        self.size += len(codes)
+
+    def replace(self, codes: np.ndarray) -> None:
+        self._tiles = tile_codes(np.ascontiguousarray(codes, np.uint64), self.sign_words)
+        self.size = len(codes)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return kernels.read_tiles(self._tiles, np.asarray(rows, dtype=np.int64),
+                                  self.sign_words, self.width)
 
 
 class _Blocks:
@@ -151,7 +196,7 @@ class Index:
         self._codec: Codec = make_codec(config["codec"], code_dim, self.bits, codec_metric,
                                         **options)
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
-        self._codes = _Growable(self._codec.code_shape(), self._codec.code_dtype)
+        self._codes = self._new_code_store()
         self._factors = _Growable((self._codec.factor_count,), np.float32)
         self._ids = _Growable((), np.int64)
         self._originals = _Blocks()
@@ -163,6 +208,15 @@ class Index:
         self._lock_file: storage.DirectoryLock | None = None
         self._read_only = read_only
         self._mutex = threading.RLock()
+
+    def _new_code_store(self, codes: np.ndarray | None = None) -> "_Growable | _TiledCodes":
+        """An array of code rows in the layout the current codec scans, holding ``codes``."""
+        layout = self._codec.tile_sign_words
+        store = (_Growable(self._codec.code_shape(), self._codec.code_dtype) if layout is None
+                 else _TiledCodes(int(np.prod(self._codec.code_shape())), layout))
+        if codes is not None:
+            store.replace(codes)
+        return store
 
     def _create_directory(self, path: Path) -> None:
         if (path / storage.MANIFEST).exists():
@@ -229,7 +283,7 @@ class Index:
                 self._originals.append(
                     storage.read_array(path, files["originals"], mmap=True, verify=full))
         if codes:
-            self._codes.replace(np.concatenate(codes))
+            self._codes = self._new_code_store(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
             self._ids.replace(np.concatenate(ids).astype(np.int64))
         if manifest["tombstones"]:
@@ -277,6 +331,7 @@ class Index:
             fitting = not self._codec.fitted
             if fitting:
                 self._codec.fit(for_codes)
+                self._codes = self._new_code_store(self._codes.rows(np.arange(self._codes.size)))
             codes, factors = self._codec.encode(for_codes)
             kept = for_originals.astype(self._rerank_dtype) if self.rerank else None
             replaced = np.nonzero(np.isin(self._ids.view, new_ids))[0]
@@ -333,7 +388,7 @@ class Index:
             if self._ids.size == 0:
                 return _empty_result(len(queries), k)
             candidates = k * oversample if self.rerank else k
-            scores, rows = self._codec.scan(self._codes.view, self._factors.view, for_codes,
+            scores, rows = self._codec.scan(self._codes.scan_view, self._factors.view, for_codes,
                                             candidates, flt)
             if self.rerank:
                 scores, rows = self._rerank(full, rows, k)
@@ -353,7 +408,7 @@ class Index:
             if self.rerank:
                 return self._originals.fetch(rows)
             if not self._codec.lossy:
-                return np.asarray(self._codes.view[rows], dtype=np.float32)
+                return np.asarray(self._codes.rows(rows), dtype=np.float32)
         raise ValueError("this index keeps no original vectors (rerank=False with a quantized "
                          "code); create it with rerank=True to read vectors back")
 
@@ -414,7 +469,8 @@ class Index:
                 raise
             if self._path is None:
                 kept = self._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
-                self._codes.replace(self._codes.view[live] if codes is None else codes)
+                self._codes = self._new_code_store(self._codes.rows(live) if codes is None
+                                                   else codes)
                 self._factors.replace(self._factors.view[live] if factors is None else factors)
                 self._ids.replace(self._ids.view[live])
                 self._originals = _Blocks()
@@ -639,7 +695,8 @@ class Index:
         stop = self._ids.size
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
         kept = self._originals.span(start, stop).astype(self._rerank_dtype) if self.rerank else None
-        merged = self._write_segment(manifest["generation"], self._codes.view[start:stop],
+        merged = self._write_segment(manifest["generation"],
+                                     self._codes.rows(np.arange(start, stop)),
                                      self._factors.view[start:stop], self._ids.view[start:stop],
                                      kept)
         manifest["segments"] = segments[:-tail] + [merged]
@@ -660,14 +717,14 @@ class Index:
         gen = manifest["generation"]
         self._write_codec_state(manifest)
         kept = source._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
-        codes = source._codes.view[live] if codes is None else codes
+        codes = source._codes.rows(live) if codes is None else codes
         factors = source._factors.view[live] if factors is None else factors
         ids = source._ids.view[live]
         manifest["segments"] = [self._write_segment(gen, codes, factors, ids, kept)] if len(live) else []
         manifest.update(tombstones=None, next_id=max(source._next_id, self._next_id),
                         rows=len(live), count=len(live))
         self._commit(manifest)
-        self._codes.replace(codes)
+        self._codes = self._new_code_store(codes)
         self._factors.replace(factors)
         self._ids.replace(ids)
         self._next_id = manifest["next_id"]

@@ -17,6 +17,10 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 _NO_ROW = -1
+#: rows per tile of the in-RAM layout of segment codes
+TILE_ROWS = 256
+_TILE_SHIFT = 8
+_TILE_MASK = TILE_ROWS - 1
 #: fast-math flags that let LLVM vectorise float reductions; no "ninf"/"nnan", because the
 #: top-k heaps start at -inf and must compare it correctly
 _VECTORISE = {"reassoc", "contract"}
@@ -285,7 +289,8 @@ def _row_at(i, rows, use_rows):
 
 @njit(inline="always")
 def _chunk_bounds(chunk, n_chunks, n_items):
-    size = (n_items + n_chunks - 1) // n_chunks
+    """Items of ``chunk``: an even share, in whole tiles of TILE_ROWS (see segment codes)."""
+    size = (((n_items + n_chunks - 1) // n_chunks + _TILE_MASK) >> _TILE_SHIFT) << _TILE_SHIFT
     start = min(n_items, chunk * size)
     return start, min(n_items, start + size)
 
@@ -493,8 +498,51 @@ SCANS = {
 # words, segment ``s`` gets ``seg_bits[s]`` bits per coordinate (0 = not coded) and its own
 # scale. Plane ``b`` (bit ``b`` of the levels) of segment ``s`` is ``words_s`` words long and
 # starts at word ``plane_at[s, b]`` of the row. The layout puts every segment's top plane (its
-# sign plane) first, so that the 1-bit pass reads one contiguous run of words.
+# sign plane) first: the first ``n_sign`` words of a row are its 1-bit code.
 # ``seg_starts`` (S + 1) holds the segments' first dimensions (multiples of 64).
+#
+# In RAM the rows are stored in tiles of ``TILE_ROWS`` rows (``write_tiles``): a tile holds
+# word 0 of its rows' sign planes side by side, then word 1, ... then the rest of each row.
+# The 1-bit pass then reads each sign word of 256 rows as one run, which the compiler turns
+# into vector instructions (vpopcntq on AVX-512): twice as fast as row by row.
+
+
+@njit(cache=True)
+def write_tiles(tiles, start, codes, n_sign):
+    """Store code rows (n, width) as rows ``start..`` of ``tiles`` (n_tiles, TILE_ROWS * width):
+    within a tile, word ``i < n_sign`` of lane ``l`` is at ``i * TILE_ROWS + l``, and the other
+    words of lane ``l`` follow each other from ``n_sign * TILE_ROWS + l * (width - n_sign)``."""
+    width = codes.shape[1]
+    rest = width - n_sign
+    for j in range(codes.shape[0]):
+        row = start + j
+        tile = row >> _TILE_SHIFT
+        lane = row & _TILE_MASK
+        for i in range(n_sign):
+            tiles[tile, (i << _TILE_SHIFT) + lane] = codes[j, i]
+        base = (n_sign << _TILE_SHIFT) + lane * rest
+        for i in range(rest):
+            tiles[tile, base + i] = codes[j, n_sign + i]
+
+
+@njit(cache=True)
+def read_tiles(tiles, rows, n_sign, width):
+    """Code rows (len(rows), width) back from the tiled layout of :func:`write_tiles`."""
+    out = np.empty((rows.shape[0], width), dtype=tiles.dtype)
+    for j in range(rows.shape[0]):
+        for i in range(width):
+            out[j, i] = _code_word(tiles, rows[j], i, n_sign, width)
+    return out
+
+
+@njit(inline="always")
+def _code_word(tiles, row, i, n_sign, width):
+    """Word ``i`` of code row ``row`` in the tiled layout."""
+    tile = row >> _TILE_SHIFT
+    lane = row & _TILE_MASK
+    if i < n_sign:
+        return tiles[tile, (i << _TILE_SHIFT) + lane]
+    return tiles[tile, (n_sign << _TILE_SHIFT) + lane * (width - n_sign) + (i - n_sign)]
 
 
 @njit(inline="always", fastmath=_VECTORISE)
@@ -630,8 +678,8 @@ def _plane_dot8(cw, query, w):
 
 @njit(inline="always")
 def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
-                   seg_bits, plane_at, seg_mid):
-    """Estimated <r, q> of one row: per segment, factor * <level - mid, q'>."""
+                   seg_bits, plane_at, seg_mid, n_sign, width):
+    """Estimated <r, q> of one row (tiled layout): per segment, factor * <level - mid, q'>."""
     total = 0.0
     eight = query.shape[1] == 8
     for s in range(seg_bits.shape[0]):
@@ -646,7 +694,7 @@ def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_
             base = plane_at[s, b]
             shift = np.uint64(b)
             for w in range(words):
-                cw = codes[row, base + w]
+                cw = _code_word(codes, row, base + w, n_sign, width)
                 level_sum += popcount64(cw) << shift
                 if eight:
                     acc += _plane_dot8(cw, query, first + w) << shift
@@ -661,26 +709,63 @@ def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_
 
 
 @njit(inline="always")
-def _segment_sign_bounds(codes, factors, rows, use_rows, start, count, sign_query, sign_step,
-                         sign_low, sign_sum, bound, out):
-    """Upper bounds of a block of rows from their sign planes (the top plane of each coded
-    segment: the first ``len(sign_query)`` words of a row) against the 4-bit query
-    ``sign_query`` (words, 4) that was weighted by each segment's typical scale: a 1-bit
-    estimate plus its bound."""
+def _sign_dot(cw, sign_query, i):
+    """sum_j popcount(cw & sign_query[i, j]) << j for the 4-bit sign-pass query."""
+    return (popcount64(cw & sign_query[i, 0])
+            + (popcount64(cw & sign_query[i, 1]) << np.uint64(1))
+            + (popcount64(cw & sign_query[i, 2]) << np.uint64(2))
+            + (popcount64(cw & sign_query[i, 3]) << np.uint64(3)))
+
+
+@njit(inline="always")
+def _tile_sign_sums(codes, tile, sign_query, acc, ones):
+    """Sign-plane sums of all TILE_ROWS lanes of ``tile``: ``acc`` (query-weighted) and
+    ``ones`` (set bits). One run of 256 words per sign word: a vectorised loop."""
+    for lane in range(TILE_ROWS):
+        acc[lane] = 0
+        ones[lane] = 0
+    for i in range(sign_query.shape[0]):
+        at = i << _TILE_SHIFT
+        for lane in range(TILE_ROWS):
+            cw = codes[tile, at + lane]
+            ones[lane] += popcount64(cw)
+            acc[lane] += _sign_dot(cw, sign_query, i)
+
+
+@njit(inline="always")
+def _sign_estimates(codes, factors, rows, use_rows, start, count, sign_query, sign_step,
+                    sign_low, sign_sum, acc, ones, out):
+    """1-bit estimates of <r, q> for ``count`` candidates from ``start`` (within one tile
+    unless ``use_rows``) from their sign planes (the top plane of each coded segment)
+    against the 4-bit query ``sign_query`` (words, 4) that was weighted by each segment's
+    typical scale."""
+    n_sign = sign_query.shape[0]
+    if use_rows:
+        width = codes.shape[1] >> _TILE_SHIFT
+        for j in range(count):
+            row = rows[start + j]
+            acc[j] = 0
+            ones[j] = 0
+            for i in range(n_sign):
+                cw = _code_word(codes, row, i, n_sign, width)
+                ones[j] += popcount64(cw)
+                acc[j] += _sign_dot(cw, sign_query, i)
+        first = 0
+    else:
+        _tile_sign_sums(codes, start >> _TILE_SHIFT, sign_query, acc, ones)
+        first = start & _TILE_MASK
     for j in range(count):
         row = _row_at(start + j, rows, use_rows)
-        acc = np.uint64(0)
-        ones = np.uint64(0)
-        for i in range(sign_query.shape[0]):
-            cw = codes[row, i]
-            ones += popcount64(cw)
-            acc += (popcount64(cw & sign_query[i, 0])
-                    + (popcount64(cw & sign_query[i, 1]) << np.uint64(1))
-                    + (popcount64(cw & sign_query[i, 2]) << np.uint64(2))
-                    + (popcount64(cw & sign_query[i, 3]) << np.uint64(3)))
-        factor = np.float64(factors[row, 0])
-        out[j] = factor * (sign_step * np.float64(acc) + sign_low * np.float64(ones)
-                           - 0.5 * sign_sum + bound)
+        out[j] = np.float64(factors[row, 0]) * (
+            sign_step * np.float64(np.int64(acc[first + j]))
+            + sign_low * np.float64(np.int64(ones[first + j])) - 0.5 * sign_sum)
+
+
+#: rows whose sign-plane upper bounds one segment scan holds at a time (see scan_segments_task)
+_WINDOW = 65_536
+#: rows scored first, per wanted candidate: with 2 the heap starts near its final state (on
+#: the benchmark 1 left three times as many rows to score after them, 4 and 8 no fewer)
+_SEEDS_PER_HIT = 2
 
 
 @njit(cache=True)
@@ -688,12 +773,17 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
                        stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const, seg_starts,
                        seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune, sign_planes,
                        sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
-    """Segment codes (n, row_words) against query ``q`` of (q, words, query_bits) planes.
+    """Segment codes in tiles (see :func:`write_tiles`) against query ``q`` of (q, words,
+    query_bits) planes.
 
-    With ``prune``, each block of rows is first bounded from its sign planes (a 1-bit code
-    whose factor is column 0, scanned against a 4-bit query weighted by the segments'
-    scales) and only rows whose bound could still enter the heap get the full
-    estimate; the block structure is as in :func:`scan_planes_task`.
+    Without ``prune`` every allowed row gets the full estimate. With it, rows go by windows of
+    ``_WINDOW`` in two passes. The first bounds every row from above by its sign planes (a
+    1-bit code whose factor is column 0, scanned against a 4-bit query weighted by the
+    segments' scales, plus ``q_bound[q]`` standard errors) and notes the ``2 K`` rows
+    with the highest bounds. Those are scored in full first, which fills the heap with
+    near-final scores; the second pass then scores in full only the rows whose bound beats the
+    heap. (A single pass would score every row that beats the heap as it stands, and the heap
+    is weak early in the scan: three times as many rows on the benchmark.)
     """
     _heap_init(heap_s, heap_r)
     size = 0
@@ -701,33 +791,72 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
     query = qplanes[q]
     step, low, const = q_step[q], q_low[q], q_const[q]
     seg_sums = q_seg_sums[q]
-    sign_query = sign_planes[q]
-    bound = q_bound[q]
-    estimates = np.empty(_BLOCK, dtype=np.float64)
-    for block in range(start, stop, _BLOCK):
-        count = min(_BLOCK, stop - block)
-        pruning = prune and size == capacity
-        if pruning:
-            _segment_sign_bounds(codes, factors, rows, use_rows, block, count, sign_query,
-                                 sign_step[q], sign_low[q], sign_sum[q], bound, estimates)
-        else:
-            for j in range(count):
-                row = _row_at(block + j, rows, use_rows)
-                estimates[j] = _segment_score(codes, factors, halves, row, query, step, low,
-                                              seg_sums, seg_starts, seg_bits, plane_at,
-                                              seg_mid)
-        for j in range(count):
-            row = _row_at(block + j, rows, use_rows)
+    n_sign = sign_planes.shape[1]
+    width = codes.shape[1] >> _TILE_SHIFT
+    if not prune:
+        for item in range(start, stop):
+            row = _row_at(item, rows, use_rows)
             if check_ids and ids[row] < 0:
                 continue
             if check_mask and not mask[row]:
                 continue
-            ip = estimates[j]
-            if pruning:
-                if _finish(ip, factors, row, metric_l2, l2_col, const) <= heap_s[0]:
+            ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                                seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
+            size = _heap_offer(heap_s, heap_r, size,
+                               _finish(ip, factors, row, metric_l2, l2_col, const), row)
+        return
+    sign_query = sign_planes[q]
+    bound = q_bound[q]
+    upper = np.empty(min(_WINDOW, max(stop - start, 0)), dtype=np.float64)
+    n_seeds = _SEEDS_PER_HIT * capacity
+    seed_s = np.empty(n_seeds, dtype=np.float32)
+    seed_r = np.empty(n_seeds, dtype=np.int64)
+    acc = np.empty(TILE_ROWS, dtype=np.uint64)
+    ones = np.empty(TILE_ROWS, dtype=np.uint64)
+    estimates = np.empty(TILE_ROWS, dtype=np.float64)
+    for window in range(start, stop, _WINDOW):
+        end = min(stop, window + _WINDOW)
+        _heap_init(seed_s, seed_r)
+        seeds = 0
+        # pass 1: upper bounds from the sign planes; the highest become seeds
+        block = window
+        while block < end:
+            count = min(end, (block | _TILE_MASK) + 1) - block  # up to the end of the tile
+            _sign_estimates(codes, factors, rows, use_rows, block, count, sign_query,
+                            sign_step[q], sign_low[q], sign_sum[q], acc, ones, estimates)
+            for j in range(count):
+                at = block + j - window
+                row = _row_at(block + j, rows, use_rows)
+                upper[at] = -np.inf
+                # (two plain ifs: a helper function here slows the whole scan ten-fold)
+                if check_ids and ids[row] < 0:
                     continue
-                ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
-                                    seg_starts, seg_bits, plane_at, seg_mid)
+                if check_mask and not mask[row]:
+                    continue
+                margin = abs(np.float64(factors[row, 0])) * bound
+                ub = _finish(estimates[j] + margin, factors, row, metric_l2, l2_col, const)
+                upper[at] = ub
+                # (a heap's root is its minimum only once it is full)
+                if ((seeds < n_seeds or ub > seed_s[0])
+                        and (size < capacity or ub > heap_s[0])):
+                    seeds = _heap_offer(seed_s, seed_r, seeds, ub, at)
+            block += count
+        # the seeds in full: the heap is then close to final
+        for i in range(seeds):
+            at = seed_r[i]
+            row = _row_at(window + at, rows, use_rows)
+            upper[at] = -np.inf
+            ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                                seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
+            size = _heap_offer(heap_s, heap_r, size,
+                               _finish(ip, factors, row, metric_l2, l2_col, const), row)
+        # pass 2: the other rows whose bound beats the heap
+        for at in range(end - window):
+            if upper[at] == -np.inf or (size == capacity and upper[at] <= heap_s[0]):
+                continue
+            row = _row_at(window + at, rows, use_rows)
+            ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                                seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
             size = _heap_offer(heap_s, heap_r, size,
                                _finish(ip, factors, row, metric_l2, l2_col, const), row)
 
