@@ -155,8 +155,9 @@ def test_segment_factors_round_trip_through_float16():
     rotated = codec.rotate(data - codec.centroid)
     rotated[:5, :64] = 0.0  # nothing in the first principal segment
     rotated[5] = 0.0
-    levels, x_dot, r_sq, sign_dot = kernels.fit_segment_levels(rotated, codec.seg_starts,
-                                                               codec.seg_bits, codec.N_SCALES)
+    _, x_dot, r_sq, sign_dot = kernels.encode_segments(
+        rotated, codec.seg_starts, codec.seg_bits, codec.N_SCALES, codec.plane_at,
+        codec.bits * codec.words)
     seg_factor = np.where(x_dot > 0, r_sq / np.where(x_dot > 0, x_dot, 1.0), 0.0)
     weighted = sign_dot @ codec.seg_weight
     sign_factor = np.where(weighted > 0, r_sq[:, codec.seg_bits > 0].sum(axis=1)

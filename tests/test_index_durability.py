@@ -206,7 +206,7 @@ CACHE_PROBE = textwrap.dedent("""
     index = Index(64, bits=4)
     index.add(np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32))
     index.search(np.ones((1, 64), np.float32), k=3)
-    used = (kernels.scan_segments_task, kernels.fit_segment_levels)  # the default codec's
+    used = (kernels.scan_segments_task, kernels.encode_segments)  # the default codec's
     hits = sum(sum(f.stats.cache_hits.values()) for f in used)
     print(hits, sum(sum(f.stats.cache_misses.values()) for f in used))
 """)

@@ -582,24 +582,26 @@ class SegmentCodec(Codec):
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.centroid is None:
             self.fit(vectors)
-        centred = vectors - self.centroid
-        # segments without bits (the low-variance tail at 1-2 bits) are never projected
+        # segments without bits (the low-variance tail at 1-2 bits) are never projected; the
+        # centroid is subtracted after the projection, which spares a copy of the batch
         n_seg = self.coded_prefix
-        cut = int(self.seg_starts[n_seg])
-        rotated = np.ascontiguousarray(centred @ self.projection[:cut].T, dtype=np.float32)
-        levels, x_dot, r_sq, sign_dot = kernels.fit_segment_levels(
-            rotated, self.seg_starts[:n_seg + 1], self.seg_bits[:n_seg], self.N_SCALES)
-        codes = kernels.pack_segments(levels, self.seg_starts[:n_seg + 1],
-                                      self.seg_bits[:n_seg], self.plane_at[:n_seg],
-                                      self.bits * self.words)
+        projection = self.projection[:int(self.seg_starts[n_seg])]
+        rotated = np.ascontiguousarray(vectors @ projection.T, dtype=np.float32)
+        rotated -= self.centroid @ projection.T
+        codes, x_dot, r_sq, sign_dot = kernels.encode_segments(
+            rotated, self.seg_starts[:n_seg + 1], self.seg_bits[:n_seg], self.N_SCALES,
+            self.plane_at[:n_seg], self.bits * self.words)
         seg_factor = np.zeros((len(vectors), self.n_segments))
         seg_factor[:, :n_seg] = np.where(x_dot > 0, r_sq / np.where(x_dot > 0, x_dot, 1.0), 0.0)
         sign_factor = _ratio(r_sq.sum(axis=1), sign_dot @ self.seg_weight[:n_seg])
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         factors[:, 0] = sign_factor
         _pack_relative(seg_factor, sign_factor, factors[:, self.ratio_columns])
-        if self.metric == "l2":  # |r|^2 of the whole residual (the projection is orthogonal)
-            factors[:, self.l2_col] = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+        if self.metric == "l2":  # |r|^2 of the whole residual: |x|^2 - 2 <x, c> + |c|^2
+            centroid = self.centroid.astype(np.float64)
+            factors[:, self.l2_col] = (np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+                                       - 2.0 * np.einsum("ij,j->i", vectors, centroid)
+                                       + centroid @ centroid)
         return codes, factors
 
     @property
