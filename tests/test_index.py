@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vecpress import Index
 from vecpress.core.storage import StoreCorruptedError
@@ -425,13 +427,16 @@ def test_stats_ram_is_codes_plus_small_overhead(tmp_path, bits, metric, code_byt
     stats = index.stats()
     per_vector = (stats["ram_bytes"] - stats["ram_fixed_bytes"]) / stats["count"]
     assert stats["code_bytes"] == code_bytes
-    # an int64 id and the factors: for the default (saq) codec, one float32 plus six float16
-    # (five segment ratios and the sign-plane factor) packed in three float32 columns, plus
-    # |r|^2 for L2
+    # the factors: for the default (saq) codec, one float32 plus six float16 segment ratios
+    # packed in three float32 columns, plus |r|^2 for L2; the ids run consecutively, so they
+    # are implicit
     assert index._codec.name == "saq" and index._codec.n_segments == 6
     factors = 4 + (metric == "l2")
-    assert per_vector == code_bytes + 8 + 4 * factors
-    assert per_vector <= code_bytes + 8 + 16 + 4 * (metric == "l2")
+    assert per_vector == code_bytes + 4 * factors
+    assert per_vector <= code_bytes + 16 + 4 * (metric == "l2")
+    index.add(random_vectors(1, 384), ids=[10**9])  # an id out of the run: ids become explicit
+    stats = index.stats()
+    assert stats["ram_bytes"] - stats["ram_fixed_bytes"] >= 1025 * (code_bytes + 4 * factors + 8)
     assert stats["disk_bytes"] > 1024 * 384 * 2  # float16 originals are on disk
     index.close()
 
@@ -526,3 +531,35 @@ def test_failed_refit_keeps_the_old_fit_and_files(tmp_path, monkeypatch):
     assert set(reopened.ids.tolist()) == set(ids.tolist()) | set(new_ids.tolist())
     np.testing.assert_array_equal(reopened.search(data[:5], 5)[1], after[1])
     reopened.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 5), st.booleans(), st.integers(0, 30)),
+    st.tuples(st.just("remove"), st.integers(0, 40))), max_size=25))
+def test_id_column_matches_a_list_of_ids(steps):
+    """Implicit (consecutive) and explicit ids, and removal flags, against a plain list."""
+    from vecpress.core.index import _IdColumn
+
+    column, model, next_id = _IdColumn(), [], 0
+    for step in steps:
+        if step[0] == "add":
+            _, n, consecutive, jump = step
+            new = list(range(next_id, next_id + n)) if consecutive else [next_id + jump + 3 * i for i in range(n)]
+            next_id = max(new) + 1
+            column.extend(np.array(new, dtype=np.int64))
+            model += new
+        elif model:
+            row = step[1] % len(model)
+            column.remove(np.array([row]))
+            model[row] = -1
+        np.testing.assert_array_equal(column.all(), np.array(model, dtype=np.int64).reshape(-1))
+        assert column.deleted == model.count(-1) and column.size == len(model)
+        live = [i for i, v in enumerate(model) if v >= 0]
+        np.testing.assert_array_equal(column.live_rows(), live)
+        probe = np.array([v for v in model if v >= 0] + [next_id, -5], dtype=np.int64)
+        rows, found = column.rows_of(probe)
+        assert found.tolist() == [True] * len(live) + [False, False]
+        assert rows[:len(live)].tolist() == live
+    if steps and all(s[0] == "add" and s[2] for s in steps):
+        assert column.nbytes == 0  # consecutive ids cost nothing

@@ -34,14 +34,13 @@ class RowFilter:
     """Which rows a scan may return. ``rows`` (sorted int64) wins over ``mask`` when given."""
 
     n_rows: int
-    deleted: bool = False
-    ids: np.ndarray | None = None  # row -> id, -1 for deleted rows (checked when ``deleted``)
+    removed: np.ndarray | None = None  # bool per row: True for removed rows (None: none are)
     mask: np.ndarray | None = None  # bool per row
     rows: np.ndarray | None = None  # explicit allowed rows (selective filters)
 
 
 _EMPTY_BOOL = np.zeros(1, dtype=np.bool_)
-_EMPTY_IDS = np.zeros(1, dtype=np.int64)
+_EMPTY_ROWS = np.zeros(1, dtype=np.int64)
 
 
 def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter,
@@ -53,19 +52,19 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
     half), and a batch of queries runs one query per task.
     """
     task, parallel = kernels.SCANS[family]
-    check_ids = flt.deleted and flt.ids is not None
-    ids = flt.ids if check_ids else _EMPTY_IDS
+    check_removed = flt.removed is not None
+    removed = flt.removed if check_removed else _EMPTY_BOOL
     check_mask = flt.mask is not None
     mask = flt.mask if check_mask else _EMPTY_BOOL
     use_rows = flt.rows is not None
-    rows = flt.rows if use_rows else _EMPTY_IDS
+    rows = flt.rows if use_rows else _EMPTY_ROWS
     n_items = len(rows) if use_rows else flt.n_rows
     minimum = PARALLEL_MIN_ROWS_ONE_QUERY if n_queries == 1 else PARALLEL_MIN_ROWS
     serial = _thread_count() == 1 or n_items * n_queries < minimum
     chunks = 1 if serial or n_queries > 1 else _chunk_count(n_items)
     out_s = np.empty((n_queries, chunks, k), np.float32)
     out_r = np.empty((n_queries, chunks, k), np.int64)
-    common = (codes, factors, ids, check_ids, mask, check_mask, rows, use_rows)
+    common = (codes, factors, removed, check_removed, mask, check_mask, rows, use_rows)
     if serial:
         for q in range(n_queries):
             task(*common, 0, n_items, q, *query_args, out_s[q, 0], out_r[q, 0])
@@ -903,8 +902,8 @@ class ExactCodec(Codec):
             stop = min(flt.n_rows, start + self.BLOCK)
             scores = self.score_rows(codes, factors, queries, slice(start, stop))
             allowed = np.ones(stop - start, dtype=bool)
-            if flt.deleted and flt.ids is not None:
-                allowed &= flt.ids[start:stop] >= 0
+            if flt.removed is not None:
+                allowed &= ~flt.removed[start:stop]
             if flt.mask is not None:
                 allowed &= flt.mask[start:stop]
             scores[:, ~allowed] = -np.inf

@@ -1,8 +1,9 @@
 """``Index``: int64 ids over compact codes in RAM, kept originals for an exact rerank, durable files.
 
-Rows are appended in order; a removed row is a tombstone (its id becomes -1) until compaction
-rewrites the live rows. In memory the codes, per-vector factors and ids are three contiguous
-arrays the numba scan reads directly. On disk each write adds a segment of ``.npy`` files and
+Rows are appended in order; a removed row is a tombstone (flagged, and shown as id -1) until
+compaction rewrites the live rows. In memory the codes (in the layout their codec scans) and
+per-vector factors are contiguous arrays the numba scan reads directly; ids cost nothing while
+they run consecutively (see ``_IdColumn``). On disk each write adds a segment of ``.npy`` files and
 commits a new JSON manifest (see :mod:`vecpress.core.storage`); originals stay in those files and
 are memory-mapped, so RAM holds the codes alone.
 """
@@ -70,6 +71,100 @@ class _Growable:
     @property
     def scan_view(self) -> np.ndarray:
         return self.view
+
+
+class _IdColumn:
+    """The id of every row, and which rows are removed.
+
+    While rows carry consecutive ids (the index's own numbering, or a ``Collection``'s) the
+    ids are implicit, ``first + row``, and cost no RAM; the first row that breaks the run
+    turns them into an explicit int64 array. Removed rows are flagged in a bool array that
+    exists only while there are any (compaction drops them).
+    """
+
+    def __init__(self, ids: np.ndarray | None = None) -> None:
+        self.size = 0
+        self._first = 0  # id of row 0 while implicit
+        self._explicit: _Growable | None = None
+        self._removed: _Growable | None = None
+        self.deleted = 0
+        if ids is not None and len(ids):
+            self.extend(np.asarray(ids, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for part in (self._explicit, self._removed) if part is not None)
+
+    @property
+    def removed(self) -> np.ndarray | None:
+        """Bool per row, True where removed; None while no row is."""
+        return None if self._removed is None else self._removed.view
+
+    def extend(self, ids: np.ndarray) -> None:
+        if self._explicit is None:
+            start = self._first + self.size if self.size else int(ids[0])
+            if not self.size:
+                self._first = start
+            if not np.array_equal(ids, np.arange(start, start + len(ids))):
+                self._explicit = _Growable((), np.int64)
+                self._explicit.extend(self._first + np.arange(self.size, dtype=np.int64))
+        if self._explicit is not None:
+            self._explicit.extend(ids)
+        if self._removed is not None:
+            self._removed.extend(np.zeros(len(ids), np.bool_))
+        self.size += len(ids)
+
+    def of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Ids of ``rows`` (whether removed or not)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._explicit is None:
+            return self._first + rows
+        return self._explicit.view[rows]
+
+    def all(self) -> np.ndarray:
+        """The id of every row, -1 for removed rows (a new array)."""
+        ids = np.array(self.of_rows(np.arange(self.size)))
+        if self._removed is not None:
+            ids[self._removed.view] = -1
+        return ids
+
+    def live_rows(self) -> np.ndarray:
+        return (np.arange(self.size) if self._removed is None
+                else np.nonzero(~self._removed.view)[0])
+
+    def removed_rows(self) -> np.ndarray:
+        return (np.zeros(0, np.int64) if self._removed is None
+                else np.nonzero(self._removed.view)[0])
+
+    def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, found) for ``ids``: the live row holding each id (0 where there is none)
+        and whether there is one."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._explicit is None:
+            rows = ids - self._first
+            found = (rows >= 0) & (rows < self.size)
+        else:
+            live = self.live_rows()
+            if len(live) == 0:
+                return np.zeros(len(ids), np.int64), np.zeros(len(ids), np.bool_)
+            view = self._explicit.view
+            order = live[np.argsort(view[live], kind="stable")]
+            rows = order[np.searchsorted(view[order], ids).clip(0, len(order) - 1)]
+            found = view[rows] == ids
+        rows = np.where(found, rows, 0)
+        if self._removed is not None:
+            found &= ~self._removed.view[rows]
+        return rows, found
+
+    def remove(self, rows: np.ndarray) -> None:
+        """Flag ``rows`` as removed."""
+        if len(rows) == 0:
+            return
+        if self._removed is None:
+            self._removed = _Growable((), np.bool_)
+            self._removed.extend(np.zeros(self.size, np.bool_))
+        self._removed.view[rows] = True
+        self.deleted = int(self._removed.view.sum())
 
 
 class _TiledCodes:
@@ -198,10 +293,9 @@ class Index:
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
         self._codes = self._new_code_store()
         self._factors = _Growable((self._codec.factor_count,), np.float32)
-        self._ids = _Growable((), np.int64)
+        self._ids = _IdColumn()
         self._originals = _Blocks()
         self._memory_originals: _Growable | None = None
-        self._deleted = 0
         self._next_id = 0
         self._path: Path | None = None
         self._manifest: dict[str, Any] | None = None
@@ -285,25 +379,25 @@ class Index:
         if codes:
             self._codes = self._new_code_store(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
-            self._ids.replace(np.concatenate(ids).astype(np.int64))
+            self._ids = _IdColumn(np.concatenate(ids).astype(np.int64))
         if manifest["tombstones"]:
             rows = storage.read_array(path, manifest["tombstones"], verify=verify)
             if len(rows) and (rows.min() < 0 or rows.max() >= self._ids.size):
                 raise storage.StoreCorruptedError(
                     f"{path / manifest['tombstones']['file']}: row numbers out of range")
-            self._ids.view[rows] = -1
-        self._deleted = int((self._ids.view < 0).sum())
+            self._ids.remove(rows)
         self._next_id = int(manifest["next_id"])
         self._manifest = manifest
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
-        return self._ids.size - self._deleted
+        return self._ids.size - self._ids.deleted
 
     def __contains__(self, item: object) -> bool:
-        if isinstance(item, bool) or not isinstance(item, (int, np.integer)) or item < 0:
+        if (isinstance(item, bool) or not isinstance(item, (int, np.integer)) or item < 0
+                or item > np.iinfo(np.int64).max):
             return False
-        return bool((self._ids.view == item).any())
+        return bool(self._ids.rows_of(np.array([item]))[1][0])
 
     def __repr__(self) -> str:
         where = f", path={str(self._path)!r}" if self._path else ""
@@ -317,8 +411,7 @@ class Index:
     @property
     def ids(self) -> np.ndarray:
         """Live ids in row order (a copy)."""
-        view = self._ids.view
-        return view[view >= 0].copy()
+        return np.array(self._ids.of_rows(self._ids.live_rows()))
 
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         """Add vectors (n, dim); returns their int64 ids. Adding an existing id replaces it."""
@@ -334,7 +427,8 @@ class Index:
                 self._codes = self._new_code_store(self._codes.rows(np.arange(self._codes.size)))
             codes, factors = self._codec.encode(for_codes)
             kept = for_originals.astype(self._rerank_dtype) if self.rerank else None
-            replaced = np.nonzero(np.isin(self._ids.view, new_ids))[0]
+            old_rows, present = self._ids.rows_of(new_ids)
+            replaced = np.unique(old_rows[present])
             next_id = max(self._next_id, int(new_ids.max()) + 1)
             if self._path is not None:
                 self._persist_add(codes, factors, new_ids, kept, replaced, next_id, fitting)
@@ -343,8 +437,7 @@ class Index:
             self._ids.extend(new_ids)
             if kept is not None:
                 self._append_originals(kept)
-            self._ids.view[replaced] = -1
-            self._deleted += len(replaced)
+            self._ids.remove(replaced)
             self._next_id = next_id
             self._maintain()
         return new_ids
@@ -354,20 +447,18 @@ class Index:
         self._check_writable()
         wanted = np.unique(as_id_list(ids))
         with self._mutex:
-            # removed rows hold id -1: negative ids must never select them
-            rows = np.nonzero(np.isin(self._ids.view, wanted[wanted >= 0]))[0]
-            if len(rows) != len(wanted):
-                missing = np.setdiff1d(wanted, self._ids.view[rows])
+            rows, present = self._ids.rows_of(wanted)
+            if not present.all():
+                missing = wanted[~present]
                 raise KeyError(f"ids not in the index: {missing[:10].tolist()}"
                                f"{' ...' if len(missing) > 10 else ''}; nothing was removed")
             if self._path is not None:
-                dead = np.union1d(np.nonzero(self._ids.view < 0)[0], rows)
+                dead = np.union1d(self._ids.removed_rows(), rows)
                 manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
                 manifest["tombstones"] = storage.write_array(
                     self._path, f"tomb-{manifest['generation']:08d}.npy", dead.astype(np.int64))
                 self._commit(manifest)
-            self._ids.view[rows] = -1
-            self._deleted += len(rows)
+            self._ids.remove(rows)
             self._maintain()
         return len(rows)
 
@@ -394,7 +485,7 @@ class Index:
                 scores, rows = self._rerank(full, rows, k)
             else:
                 scores, rows = scores[:, :k], rows[:, :k]
-            found = np.where(rows >= 0, self._ids.view[np.maximum(rows, 0)], -1)
+            found = np.where(rows >= 0, self._ids.of_rows(np.maximum(rows, 0)), -1)
         if found.shape[1] < k:
             scores, found = _pad(scores, found, k)
         scores = np.where(found >= 0, scores, -np.inf).astype(np.float32)
@@ -415,7 +506,7 @@ class Index:
     @property
     def row_ids(self) -> np.ndarray:
         """The id of every row, -1 for removed rows: the order a boolean ``mask`` follows."""
-        return self._ids.view.copy()
+        return self._ids.all()
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: ``ram_bytes`` counts codes, factors, ids, in-memory originals and
@@ -429,7 +520,7 @@ class Index:
             return {"count": len(self), "dim": self.dim, "bits": self.bits,
                     "metric": self.metric, "codec": self._codec.name, "rerank": self.rerank,
                     "oversample": self.oversample, "rows": self._ids.size,
-                    "deleted": self._deleted, "code_bytes": self._codec.code_bytes(),
+                    "deleted": self._ids.deleted, "code_bytes": self._codec.code_bytes(),
                     "ram_bytes": int(ram), "ram_fixed_bytes": int(codec_bytes),
                     "disk_bytes": int(disk),
                     "segments": len(self._manifest["segments"]) if self._manifest else 0}
@@ -445,8 +536,7 @@ class Index:
             copy._codec.load_state(self._codec.state_arrays())
             copy._create_directory(target)
             try:
-                live = np.nonzero(self._ids.view >= 0)[0]
-                copy._write_compacted(self, live)
+                copy._write_compacted(self, self._ids.live_rows())
             finally:
                 copy.close()
 
@@ -456,7 +546,7 @@ class Index:
         grows: see ``SegmentCodec``)."""
         self._check_writable()
         with self._mutex:
-            live = np.nonzero(self._ids.view >= 0)[0]
+            live = self._ids.live_rows()
             previous = self._codec
             codes, factors = None, None
             if self._can_refit:
@@ -472,12 +562,11 @@ class Index:
                 self._codes = self._new_code_store(self._codes.rows(live) if codes is None
                                                    else codes)
                 self._factors.replace(self._factors.view[live] if factors is None else factors)
-                self._ids.replace(self._ids.view[live])
+                self._ids = _IdColumn(self._ids.of_rows(live))
                 self._originals = _Blocks()
                 self._memory_originals = None
                 if kept is not None:
                     self._append_originals(kept)
-            self._deleted = 0
 
     def close(self) -> None:
         """Release the directory's write lock (the index stays searchable in memory)."""
@@ -511,7 +600,7 @@ class Index:
 
     def _row_filter(self, mask: Any) -> RowFilter:
         n_rows = self._ids.size
-        flt = RowFilter(n_rows=n_rows, deleted=self._deleted > 0, ids=self._ids.view)
+        flt = RowFilter(n_rows=n_rows, removed=self._ids.removed)
         if mask is None:
             return flt
         allowed = self._mask_rows(mask)
@@ -531,25 +620,23 @@ class Index:
             if array.shape != (self._ids.size,):
                 raise ValueError(f"mask is a boolean array of shape {array.shape}; it must have "
                                  f"one entry per row, shape ({self._ids.size},) (see Index.row_ids)")
-            return np.nonzero(array & (self._ids.view >= 0))[0]
+            if self._ids.removed is not None:
+                array = array & ~self._ids.removed
+            return np.nonzero(array)[0]
         if array.size == 0:
             return np.zeros(0, dtype=np.int64)
         if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
             raise TypeError("mask must be a collection of integer ids or a boolean row array, "
                             f"got dtype {array.dtype} with shape {array.shape}")
-        return np.nonzero(np.isin(self._ids.view, array[array >= 0]))[0]
+        rows, present = self._ids.rows_of(array)
+        return np.unique(rows[present])
 
     def _rows_of(self, wanted: np.ndarray) -> np.ndarray:
         """Rows of live ids, in the order given; KeyError naming the unknown ones."""
-        view = self._ids.view
-        order = np.argsort(view, kind="stable")
-        sorted_ids = view[order]
-        pos = np.searchsorted(sorted_ids, wanted)
-        found = (pos < len(view)) & (wanted >= 0)
-        found[found] = sorted_ids[pos[found]] == wanted[found]
+        rows, found = self._ids.rows_of(wanted)
         if not found.all():
             raise KeyError(f"ids not in the index: {wanted[~found][:10].tolist()}")
-        return order[pos]
+        return rows
 
     def _rerank(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of the candidate rows from the kept originals; best ``k`` per query."""
@@ -624,7 +711,7 @@ class Index:
         segment = self._write_segment(gen, codes, factors, ids, kept)
         manifest["segments"] = self._manifest["segments"] + [segment]
         if len(replaced):
-            dead = np.union1d(np.nonzero(self._ids.view < 0)[0], replaced)
+            dead = np.union1d(self._ids.removed_rows(), replaced)
             manifest["tombstones"] = storage.write_array(
                 self._path, f"tomb-{gen:08d}.npy", dead.astype(np.int64))
         manifest.update(next_id=next_id, rows=self._ids.size + len(ids),
@@ -670,7 +757,7 @@ class Index:
     def _maintain(self) -> None:
         """Compact when half the rows are removed, or refit a data-fitted codec once the index
         has outgrown its fit; merge small trailing segments."""
-        if self._deleted >= 64 and 2 * self._deleted >= self._ids.size:
+        if self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size:
             self.compact()
         elif self._can_refit and self._codec.refit_due(len(self)):
             try:
@@ -697,7 +784,8 @@ class Index:
         kept = self._originals.span(start, stop).astype(self._rerank_dtype) if self.rerank else None
         merged = self._write_segment(manifest["generation"],
                                      self._codes.rows(np.arange(start, stop)),
-                                     self._factors.view[start:stop], self._ids.view[start:stop],
+                                     self._factors.view[start:stop],
+                                     self._ids.of_rows(np.arange(start, stop)),
                                      kept)
         manifest["segments"] = segments[:-tail] + [merged]
         self._commit(manifest)
@@ -719,14 +807,14 @@ class Index:
         kept = source._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
         codes = source._codes.rows(live) if codes is None else codes
         factors = source._factors.view[live] if factors is None else factors
-        ids = source._ids.view[live]
+        ids = source._ids.of_rows(live)
         manifest["segments"] = [self._write_segment(gen, codes, factors, ids, kept)] if len(live) else []
         manifest.update(tombstones=None, next_id=max(source._next_id, self._next_id),
                         rows=len(live), count=len(live))
         self._commit(manifest)
         self._codes = self._new_code_store(codes)
         self._factors.replace(factors)
-        self._ids.replace(ids)
+        self._ids = _IdColumn(ids)
         self._next_id = manifest["next_id"]
         self._originals = _Blocks()
         if kept is not None and len(live):

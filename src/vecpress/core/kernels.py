@@ -387,7 +387,7 @@ def _full_estimates(codes, factors, rows, use_rows, start, count, query, step, l
 
 
 @njit(cache=True)
-def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
                      stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
                      prune_col, q_bound, heap_s, heap_r):
     """Bit-plane codes (n, bits, words) against query ``q`` of (q, words, query_bits) planes.
@@ -424,7 +424,7 @@ def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use
         for j in range(count):
             row = _row_at(block + j, rows, use_rows)
             # (two plain ifs: a helper function here slows the whole scan ten-fold)
-            if check_ids and ids[row] < 0:
+            if check_removed and removed[row]:
                 continue
             if check_mask and not mask[row]:
                 continue
@@ -439,20 +439,20 @@ def scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use
 
 
 @njit(cache=True, parallel=True)
-def scan_planes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+def scan_planes_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                          n_items, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
                          prune_col, q_bound, out_scores, out_rows):
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
-        scan_planes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+        scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
                          stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
                          prune_col, q_bound, out_scores[q, chunk], out_rows[q, chunk])
 
 
 @njit(cache=True, fastmath=_VECTORISE)
-def scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+def scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
                     stop, q, table, queries, q_const, metric_l2, heap_s, heap_r):
     """One byte per coordinate decoded through a 256-entry ``table`` (int8, float8)."""
     _heap_init(heap_s, heap_r)
@@ -462,7 +462,7 @@ def scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_
     const = q_const[q]
     for i in range(start, stop):
         row = _row_at(i, rows, use_rows)
-        if check_ids and ids[row] < 0:
+        if check_removed and removed[row]:
             continue
         if check_mask and not mask[row]:
             continue
@@ -474,13 +474,13 @@ def scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_
 
 
 @njit(cache=True, parallel=True)
-def scan_bytes_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+def scan_bytes_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                         n_items, table, queries, q_const, metric_l2, out_scores, out_rows):
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
-        scan_bytes_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+        scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
                         stop, q, table, queries, q_const, metric_l2, out_scores[q, chunk],
                         out_rows[q, chunk])
 
@@ -784,7 +784,7 @@ _SEEDS_PER_HIT = 2
 
 
 @njit(cache=True)
-def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows, start,
+def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
                        stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const, seg_starts,
                        seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune, sign_planes,
                        sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
@@ -811,7 +811,7 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
     if not prune:
         for item in range(start, stop):
             row = _row_at(item, rows, use_rows)
-            if check_ids and ids[row] < 0:
+            if check_removed and removed[row]:
                 continue
             if check_mask and not mask[row]:
                 continue
@@ -844,7 +844,7 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
                 row = _row_at(block + j, rows, use_rows)
                 upper[at] = -np.inf
                 # (two plain ifs: a helper function here slows the whole scan ten-fold)
-                if check_ids and ids[row] < 0:
+                if check_removed and removed[row]:
                     continue
                 if check_mask and not mask[row]:
                     continue
@@ -877,7 +877,7 @@ def scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, u
 
 
 @njit(cache=True, parallel=True)
-def scan_segments_parallel(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+def scan_segments_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                            n_items, halves, qplanes, q_step, q_low, q_seg_sums, q_const,
                            seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
                            sign_planes, sign_step, sign_low, sign_sum, q_bound, out_scores,
@@ -886,7 +886,7 @@ def scan_segments_parallel(codes, factors, ids, check_ids, mask, check_mask, row
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
-        scan_segments_task(codes, factors, ids, check_ids, mask, check_mask, rows, use_rows,
+        scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                            start, stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const,
                            seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
                            sign_planes, sign_step, sign_low, sign_sum, q_bound,
