@@ -252,7 +252,7 @@ class Index:
             ``None`` keeps everything in memory (``save`` writes a copy).
         codec: ``"saq"`` (default for 1-8 bits: PCA, bits spent by variance, a scale per
             segment; refitted from the kept originals as the index grows), ``"rabitq"`` (plain
-            RaBitQ-family codes, data-oblivious, 4-8 bytes less per vector), ``"int8"`` or
+            RaBitQ-family codes, data-oblivious, 8-12 bytes less per vector), ``"int8"`` or
             ``"fp8"`` (8 bits).
         oversample: candidates per requested hit for the rerank; default by ``bits``.
         rerank_dtype: ``"float16"`` (default) or ``"float32"`` for the kept originals.
