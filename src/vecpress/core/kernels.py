@@ -417,8 +417,8 @@ def _full_estimates(codes, factors, rows, use_rows, start, count, query, step, l
 
 
 @njit(cache=True)
-def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
-                     stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
+def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
+                     start, stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
                      prune_col, q_bound, heap_s, heap_r):
     """Bit-plane codes (n, bits, words) against query ``q`` of (q, words, query_bits) planes.
 
@@ -476,9 +476,9 @@ def scan_planes_parallel(codes, factors, removed, check_removed, mask, check_mas
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
-        scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
-                         stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
-                         prune_col, q_bound, out_scores[q, chunk], out_rows[q, chunk])
+        scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
+                         start, stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid,
+                         metric_l2, prune_col, q_bound, out_scores[q, chunk], out_rows[q, chunk])
 
 
 @njit(cache=True, fastmath=_VECTORISE)
@@ -510,8 +510,8 @@ def scan_bytes_parallel(codes, factors, removed, check_removed, mask, check_mask
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
         start, stop = _chunk_bounds(chunk, n_chunks, n_items)
-        scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
-                        stop, q, table, queries, q_const, metric_l2, out_scores[q, chunk],
+        scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
+                        start, stop, q, table, queries, q_const, metric_l2, out_scores[q, chunk],
                         out_rows[q, chunk])
 
 
@@ -835,10 +835,10 @@ _SEEDS_PER_HIT = 2
 
 
 @njit(cache=True)
-def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
-                       stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const, seg_starts,
-                       seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune, sign_planes,
-                       sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
+def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
+                       start, stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const,
+                       seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
+                       sign_planes, sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
     """Segment codes in tiles (see :func:`write_tiles`) against query ``q`` of (q, words,
     query_bits) planes.
 
