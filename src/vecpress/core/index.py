@@ -163,8 +163,10 @@ class _IdColumn:
         if self._removed is None:
             self._removed = _Growable((), np.bool_)
             self._removed.extend(np.zeros(self.size, np.bool_))
-        self._removed.view[rows] = True
-        self.deleted = int(self._removed.view.sum())
+        rows = np.unique(rows)
+        fresh = rows[~self._removed.view[rows]]
+        self._removed.view[fresh] = True
+        self.deleted += len(fresh)
 
 
 class _TiledCodes:
