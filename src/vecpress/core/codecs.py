@@ -283,7 +283,8 @@ class RaBitQCodec(Codec):
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.centroid is None:
             self.fit(vectors)
-        rotated = self.rotate(vectors - self.centroid)
+        rotated = self.rotate(vectors)  # centred after the rotation: no copy of the batch
+        rotated -= self.centroid @ self.rotation.T
         levels, x_dot_r, x1_dot_r, norm_sq = kernels.fit_levels(rotated, self.bits,
                                                                 self.n_scales, self.n_sweeps)
         codes = kernels.pack_planes_parallel(levels, self.bits, self.words)
