@@ -849,8 +849,8 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
     heap is weak, so while it is not full the rows go by windows of ``_WINDOW``: the whole
     window is bounded, the ``2 K`` rows with the highest bounds are scored first, which fills
     the heap with near-final scores, and then the window's other rows that still beat it.
-    (Scoring every row that beats the heap as it stands scored about three times as many
-    rows on the benchmark; later windows do exactly that, as the heap is then near-final.)
+    (Scoring every row that beats the heap as it stands scored about twice as many rows on
+    the benchmark; later windows do exactly that, as the heap is then near-final.)
     """
     _heap_init(heap_s, heap_r)
     size = 0
