@@ -115,7 +115,7 @@ class _IdColumn:
         self.size += len(ids)
 
     def of_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Ids of ``rows`` (whether removed or not)."""
+        """Ids of ``rows`` (whether removed or not), as a new array."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._explicit is None:
             return self._first + rows
@@ -123,7 +123,7 @@ class _IdColumn:
 
     def all(self) -> np.ndarray:
         """The id of every row, -1 for removed rows (a new array)."""
-        ids = np.array(self.of_rows(np.arange(self.size)))
+        ids = self.of_rows(np.arange(self.size))
         if self._removed is not None:
             ids[self._removed.view] = -1
         return ids
@@ -174,36 +174,33 @@ class _TiledCodes:
     rows in, rows out, tiles to the scan. Grows like :class:`_Growable`, a tile at a time."""
 
     def __init__(self, width: int, sign_words: int) -> None:
-        self._tiles = np.zeros((0, kernels.TILE_ROWS * width), dtype=np.uint64)
+        self._tiles = _Growable((kernels.TILE_ROWS * width,), np.uint64)
         self.width = width
         self.sign_words = sign_words
         self.size = 0
 
     @property
     def nbytes(self) -> int:
-        return int(self._tiles.nbytes)
+        return self._tiles.nbytes
 
     @property
     def scan_view(self) -> np.ndarray:
-        return self._tiles[: -(-self.size // kernels.TILE_ROWS)]
+        return self._tiles.view
 
     def extend(self, codes: np.ndarray) -> None:
-        needed = -(-(self.size + len(codes)) // kernels.TILE_ROWS)
-        if needed > len(self._tiles):
-            capacity = max(needed, int(len(self._tiles) * 1.5))
-            grown = np.zeros((capacity, self._tiles.shape[1]), dtype=self._tiles.dtype)
-            grown[: len(self._tiles)] = self._tiles
-            self._tiles = grown
-        kernels.write_tiles(self._tiles, self.size, np.ascontiguousarray(codes, np.uint64),
+        new_tiles = -(-(self.size + len(codes)) // kernels.TILE_ROWS) - self._tiles.size
+        if new_tiles > 0:
+            self._tiles.extend(np.zeros((new_tiles, self._tiles.view.shape[1]), np.uint64))
+        kernels.write_tiles(self._tiles.view, self.size, np.ascontiguousarray(codes, np.uint64),
                             self.sign_words)
         self.size += len(codes)
 
     def replace(self, codes: np.ndarray) -> None:
-        self._tiles = tile_codes(np.ascontiguousarray(codes, np.uint64), self.sign_words)
+        self._tiles.replace(tile_codes(np.ascontiguousarray(codes, np.uint64), self.sign_words))
         self.size = len(codes)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
-        return kernels.read_tiles(self._tiles, np.asarray(rows, dtype=np.int64),
+        return kernels.read_tiles(self._tiles.view, np.asarray(rows, dtype=np.int64),
                                   self.sign_words, self.width)
 
 
@@ -413,7 +410,7 @@ class Index:
     @property
     def ids(self) -> np.ndarray:
         """Live ids in row order (a copy)."""
-        return np.array(self._ids.of_rows(self._ids.live_rows()))
+        return self._ids.of_rows(self._ids.live_rows())
 
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         """Add vectors (n, dim); returns their int64 ids. Adding an existing id replaces it."""
@@ -426,7 +423,7 @@ class Index:
             fitting = not self._codec.fitted
             if fitting:
                 self._codec.fit(for_codes)
-                self._codes = self._new_code_store(self._codes.rows(np.arange(self._codes.size)))
+                self._codes = self._new_code_store()  # (empty: only a first add fits)
             codes, factors = self._codec.encode(for_codes)
             kept = for_originals.astype(self._rerank_dtype) if self.rerank else None
             old_rows, present = self._ids.rows_of(new_ids)
