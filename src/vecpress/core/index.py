@@ -695,7 +695,8 @@ class Index:
         files = {part: storage.write_array(self._path, f"{name}-{part}.npy", array)
                  for part, array in (("codes", codes), ("factors", factors), ("ids", ids))}
         if kept is not None:
-            files["originals"] = storage.write_array(self._path, f"{name}-originals.npy", kept)
+            files["originals"] = storage.write_array(self._path, f"{name}-originals.npy", kept,
+                                                     blocks=True)
         return {"name": name, "rows": len(ids), "files": files}
 
     def _open_originals(self, segment: dict[str, Any]) -> np.ndarray:

@@ -23,6 +23,9 @@ MANIFEST = "manifest.json"
 LOCK_FILE = "LOCK"
 FORMAT_NAME = "vecpress-index"
 FORMAT_VERSION = 1
+#: rows per checksummed block of an originals file (``block_crc32`` in its manifest entry): a
+#: block is verified the first time a rerank reads from it
+ORIGINALS_BLOCK_ROWS = 4096
 
 
 class StoreCorruptedError(ValueError):
@@ -35,6 +38,16 @@ def checksum(array: np.ndarray) -> int:
     return zlib.crc32(memoryview(data).cast("B")) if data.size else 0
 
 
+def block_checksums(array: np.ndarray, block_rows: int = ORIGINALS_BLOCK_ROWS) -> list[int]:
+    """CRC32 of each run of ``block_rows`` rows of ``array`` (the last run may be shorter).
+
+    Stored as ``"block_rows"`` and ``"block_crc32"`` in the manifest entry of an originals
+    file, so a reader can verify the few blocks a rerank touches instead of the whole file.
+    """
+    return [checksum(array[start:start + block_rows])
+            for start in range(0, len(array), block_rows)]
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -43,16 +56,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_array(directory: Path, name: str, array: np.ndarray) -> dict[str, Any]:
-    """Write ``array`` to ``directory/name`` durably; returns its manifest entry."""
+def write_array(directory: Path, name: str, array: np.ndarray, *,
+                blocks: bool = False) -> dict[str, Any]:
+    """Write ``array`` to ``directory/name`` durably; returns its manifest entry (with a CRC32
+    per block of rows when ``blocks``, see :func:`block_checksums`)."""
     array = np.ascontiguousarray(array)
     target = directory / name
     with open(target, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
         handle.flush()
         os.fsync(handle.fileno())
-    return {"file": name, "crc32": checksum(array), "shape": list(array.shape),
-            "dtype": array.dtype.str}
+    entry = {"file": name, "crc32": checksum(array), "shape": list(array.shape),
+             "dtype": array.dtype.str}
+    if blocks:
+        entry.update(block_rows=ORIGINALS_BLOCK_ROWS, block_crc32=block_checksums(array))
+    return entry
 
 
 def read_array(directory: Path, entry: dict[str, Any], *, mmap: bool = False,
