@@ -20,6 +20,7 @@ import numpy as np
 from numba import get_num_threads, parallel_chunksize
 
 from . import kernels
+from .parallel import parallel_section
 
 #: rows of work (rows x queries) below which a batch of queries runs on the calling thread
 PARALLEL_MIN_ROWS = 50_000
@@ -69,7 +70,7 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
         for q in range(n_queries):
             task(*common, 0, n_items, q, *query_args, out_s[q, 0], out_r[q, 0])
     else:
-        with parallel_chunksize(1):
+        with parallel_section(), parallel_chunksize(1):
             parallel(*common, n_items, *query_args, out_s, out_r)
     return _sort_heaps(out_s, out_r, k)
 
@@ -285,9 +286,10 @@ class RaBitQCodec(Codec):
             self.fit(vectors)
         rotated = self.rotate(vectors)  # centred after the rotation: no copy of the batch
         rotated -= self.centroid @ self.rotation.T
-        levels, x_dot_r, x1_dot_r, norm_sq = kernels.fit_levels(rotated, self.bits,
-                                                                self.n_scales, self.n_sweeps)
-        codes = kernels.pack_planes_parallel(levels, self.bits, self.words)
+        with parallel_section():
+            levels, x_dot_r, x1_dot_r, norm_sq = kernels.fit_levels(rotated, self.bits,
+                                                                    self.n_scales, self.n_sweeps)
+            codes = kernels.pack_planes_parallel(levels, self.bits, self.words)
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         factors[:, 0] = _ratio(norm_sq, x_dot_r)
         if self.metric == "l2":
@@ -588,9 +590,10 @@ class SegmentCodec(Codec):
         projection = self.projection[:int(self.seg_starts[n_seg])]
         rotated = np.ascontiguousarray(vectors @ projection.T, dtype=np.float32)
         rotated -= self.centroid @ projection.T
-        codes, x_dot, r_sq, sign_dot = kernels.encode_segments(
-            rotated, self.seg_starts[:n_seg + 1], self.seg_bits[:n_seg], self.N_SCALES,
-            self.plane_at[:n_seg], self.bits * self.words)
+        with parallel_section():
+            codes, x_dot, r_sq, sign_dot = kernels.encode_segments(
+                rotated, self.seg_starts[:n_seg + 1], self.seg_bits[:n_seg], self.N_SCALES,
+                self.plane_at[:n_seg], self.bits * self.words)
         seg_factor = np.zeros((len(vectors), self.n_segments))
         seg_factor[:, :n_seg] = np.where(x_dot > 0, r_sq / np.where(x_dot > 0, x_dot, 1.0), 0.0)
         sign_factor = _ratio(r_sq.sum(axis=1), sign_dot @ self.seg_weight[:n_seg])

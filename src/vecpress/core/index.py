@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 import warnings
-from copy import deepcopy
+from copy import copy, deepcopy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,15 @@ SELECTIVE_FRACTION = 1 / 16
 MERGE_RATIO = 0.5
 #: rows re-encoded per chunk when a refit re-encodes the index
 REENCODE_ROWS = 65_536
+#: results are padded with id -1 up to ``k`` only while ``k`` is at most this or the row count
+#: (a huge ``k`` must not allocate huge arrays)
+MAX_PADDED_K = 1024
+#: the largest magnitude float16 holds; originals beyond it would be stored as infinity
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+#: largest squared norm of a vector whose scores stay finite in float32
+_MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
+#: norms below this lose precision in float32 (squares near the subnormal range)
+_TINY_NORM = 1e-18
 
 
 class _Growable:
@@ -74,26 +84,54 @@ class _Growable:
 
 
 class _IdColumn:
-    """The id of every row, and which rows are removed.
+    """The id of every row, which rows are removed, and the live row of an id.
 
     While rows carry consecutive ids (the index's own numbering, or a ``Collection``'s) the
     ids are implicit, ``first + row``, and cost no RAM; the first row that breaks the run
-    turns them into an explicit int64 array. Removed rows are flagged in a bool array that
-    exists only while there are any (compaction drops them).
+    turns them into an explicit int64 array. While explicit ids keep ascending (a
+    ``Collection`` after compaction) the array itself is the lookup table (binary search).
+    Ids out of order get a sorted copy of the live ids and their rows, plus a short unsorted
+    tail of newer rows that is folded in once it reaches ``TAIL_ROWS``: every lookup is
+    O(log n) and every append amortised O(1), never a sort of the whole column per call.
+
+    Removed rows are flagged in a bool array that exists only while there are any. Arrays
+    below ``size`` are never written in place (removal copies the flags), so a shallow copy
+    (:meth:`frozen`) is an immutable snapshot that a search can read while rows are added.
     """
+
+    #: rows appended after the sorted lookup table before it is rebuilt
+    TAIL_ROWS = 4096
 
     def __init__(self, ids: np.ndarray | None = None) -> None:
         self.size = 0
         self._first = 0  # id of row 0 while implicit
         self._explicit: _Growable | None = None
+        self._ascending = True  # explicit ids strictly increase with the row
         self._removed: _Growable | None = None
         self.deleted = 0
+        # lookup table for ids out of order: live ids of rows [0, _indexed), sorted, and rows
+        self._sorted_ids = np.zeros(0, np.int64)
+        self._sorted_rows = np.zeros(0, np.int64)
+        self._indexed = 0
+        self._tail: tuple[int, np.ndarray, np.ndarray] | None = None  # (size, ids, rows) cache
         if ids is not None and len(ids):
             self.extend(np.asarray(ids, dtype=np.int64))
 
+    def frozen(self) -> "_IdColumn":
+        """A snapshot: later appends and removals do not change it."""
+        if self._explicit is not None and not self._ascending:
+            self._sorted_tail()  # computed once here rather than by every snapshot
+        twin = copy(self)
+        for name in ("_explicit", "_removed"):
+            part = getattr(self, name)
+            if part is not None:
+                setattr(twin, name, copy(part))
+        return twin
+
     @property
     def nbytes(self) -> int:
-        return sum(part.nbytes for part in (self._explicit, self._removed) if part is not None)
+        parts = sum(part.nbytes for part in (self._explicit, self._removed) if part is not None)
+        return int(parts + self._sorted_ids.nbytes + self._sorted_rows.nbytes)
 
     @property
     def removed(self) -> np.ndarray | None:
@@ -101,6 +139,8 @@ class _IdColumn:
         return None if self._removed is None else self._removed.view
 
     def extend(self, ids: np.ndarray) -> None:
+        if not len(ids):
+            return
         if self._explicit is None:
             start = self._first + self.size if self.size else int(ids[0])
             if not self.size:
@@ -109,10 +149,19 @@ class _IdColumn:
                 self._explicit = _Growable((), np.int64)
                 self._explicit.extend(self._first + np.arange(self.size, dtype=np.int64))
         if self._explicit is not None:
+            if self._ascending and not self._continues_ascending(ids):
+                self._ascending = False
+                self._indexed = 0  # the table is built below
             self._explicit.extend(ids)
         if self._removed is not None:
             self._removed.extend(np.zeros(len(ids), np.bool_))
         self.size += len(ids)
+        if not self._ascending and self.size - self._indexed > self.TAIL_ROWS:
+            self._build_table()
+
+    def _continues_ascending(self, ids: np.ndarray) -> bool:
+        last = int(self._explicit.view[-1]) if self._explicit.size else -1
+        return bool(ids[0] > last and (len(ids) == 1 or (np.diff(ids) > 0).all()))
 
     def of_rows(self, rows: np.ndarray) -> np.ndarray:
         """Ids of ``rows`` (whether removed or not), as a new array."""
@@ -143,30 +192,69 @@ class _IdColumn:
         if self._explicit is None:
             rows = ids - self._first
             found = (rows >= 0) & (rows < self.size)
+        elif self._ascending:
+            rows, found = _search_sorted(self._explicit.view, None, ids)
         else:
-            live = self.live_rows()
-            if len(live) == 0:
-                return np.zeros(len(ids), np.int64), np.zeros(len(ids), np.bool_)
-            view = self._explicit.view
-            order = live[np.argsort(view[live], kind="stable")]
-            rows = order[np.searchsorted(view[order], ids).clip(0, len(order) - 1)]
-            found = view[rows] == ids
+            rows, found = self._lookup_unordered(ids)
         rows = np.where(found, rows, 0)
         if self._removed is not None:
             found &= ~self._removed.view[rows]
         return rows, found
 
+    def _lookup_unordered(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Newest rows first: the unsorted tail (it holds every re-added id), then the table."""
+        tail_ids, tail_rows = self._sorted_tail()
+        rows, found = _search_sorted(tail_ids, tail_rows, ids)
+        if self._removed is not None:  # a removed tail row may still have a live older copy
+            found &= ~self._removed.view[np.where(found, rows, 0)]
+        if not found.all():
+            older, in_table = _search_sorted(self._sorted_ids, self._sorted_rows, ids)
+            take = ~found & in_table
+            rows = np.where(take, older, rows)
+            found = found | in_table
+        return rows, found
+
+    def _build_table(self) -> None:
+        live = self.live_rows()
+        ids = self._explicit.view[live]
+        order = np.argsort(ids, kind="stable")
+        self._sorted_ids, self._sorted_rows = ids[order], live[order]
+        self._indexed = self.size
+        self._tail = None
+
+    def _sorted_tail(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._tail is None or self._tail[0] != self.size:
+            rows = np.arange(self._indexed, self.size, dtype=np.int64)
+            ids = self._explicit.view[self._indexed:self.size]
+            order = np.argsort(ids, kind="stable")  # equal ids stay in row order
+            self._tail = (self.size, ids[order], rows[order])
+        return self._tail[1], self._tail[2]
+
     def remove(self, rows: np.ndarray) -> None:
-        """Flag ``rows`` as removed."""
+        """Flag ``rows`` as removed (into a new flag array: snapshots keep theirs)."""
         if len(rows) == 0:
             return
+        flags = (np.zeros(self.size, np.bool_) if self._removed is None
+                 else self._removed.view.copy())
+        rows = np.unique(rows)
+        fresh = rows[~flags[rows]]
+        flags[fresh] = True
         if self._removed is None:
             self._removed = _Growable((), np.bool_)
-            self._removed.extend(np.zeros(self.size, np.bool_))
-        rows = np.unique(rows)
-        fresh = rows[~self._removed.view[rows]]
-        self._removed.view[fresh] = True
+        self._removed.replace(flags)
         self.deleted += len(fresh)
+
+
+def _search_sorted(keys: np.ndarray, rows: np.ndarray | None,
+                   ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, found) of ``ids`` in the sorted array ``keys`` (row = position when ``rows`` is
+    None). A repeated key is an id that was re-added: its last copy is the newest row, the
+    only one that can still be live."""
+    if len(keys) == 0:
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), np.bool_)
+    at = (np.searchsorted(keys, ids, side="right") - 1).clip(0, len(keys) - 1)
+    found = keys[at] == ids
+    return (at if rows is None else rows[at]), found
 
 
 class _TiledCodes:
@@ -232,6 +320,12 @@ class _Blocks:
 
     def span(self, start: int, stop: int) -> np.ndarray:
         return self.fetch(np.arange(start, stop))
+
+    def frozen(self) -> "_Blocks":
+        """A snapshot: appends to this object do not change it."""
+        twin = _Blocks()
+        twin.blocks, twin.starts, twin.rows = list(self.blocks), list(self.starts), self.rows
+        return twin
 
     @property
     def nbytes(self) -> int:
@@ -300,6 +394,10 @@ class Index:
         self._manifest: dict[str, Any] | None = None
         self._lock_file: storage.DirectoryLock | None = None
         self._read_only = read_only
+        # Writers take _writer for the whole write (encoding, files, upkeep) and _mutex only to
+        # publish the new in-memory state; a search takes _mutex just long enough to take a
+        # snapshot (_Snapshot), so it never waits for an encode, an fsync or a merge.
+        self._writer = threading.RLock()
         self._mutex = threading.RLock()
 
     def _new_code_store(self, codes: np.ndarray | None = None) -> "_Growable | _TiledCodes":
@@ -396,7 +494,7 @@ class Index:
         if (isinstance(item, bool) or not isinstance(item, (int, np.integer)) or item < 0
                 or item > np.iinfo(np.int64).max):
             return False
-        return bool(self._ids.rows_of(np.array([item]))[1][0])
+        return bool(self.contains([item])[0])
 
     def __repr__(self) -> str:
         where = f", path={str(self._path)!r}" if self._path else ""
@@ -410,16 +508,23 @@ class Index:
     @property
     def ids(self) -> np.ndarray:
         """Live ids in row order (a copy)."""
-        return self._ids.of_rows(self._ids.live_rows())
+        with self._mutex:
+            return self._ids.of_rows(self._ids.live_rows())
 
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
-        """Add vectors (n, dim); returns their int64 ids. Adding an existing id replaces it."""
+        """Add vectors (n, dim); returns their int64 ids. Adding an existing id replaces it.
+
+        Searches running meanwhile see the index before or after the whole batch, never a part.
+        """
         self._check_writable()
         vectors = as_matrix(vectors, self.dim, "vectors")
-        new_ids = (np.arange(self._next_id, self._next_id + len(vectors), dtype=np.int64)
-                   if ids is None else as_ids(ids, len(vectors)))
+        explicit_ids = None if ids is None else as_ids(ids, len(vectors))
         for_codes, for_originals = self._prepare_vectors(vectors, "vectors")
-        with self._mutex:
+        self._check_storable(for_originals, "vectors")
+        with self._writer:
+            self._check_writable()
+            new_ids = (np.arange(self._next_id, self._next_id + len(vectors), dtype=np.int64)
+                       if explicit_ids is None else explicit_ids)
             fitting = not self._codec.fitted
             if fitting:
                 self._codec.fit(for_codes)
@@ -431,13 +536,14 @@ class Index:
             next_id = max(self._next_id, int(new_ids.max()) + 1)
             if self._path is not None:
                 self._persist_add(codes, factors, new_ids, kept, replaced, next_id, fitting)
-            self._codes.extend(codes)
-            self._factors.extend(factors)
-            self._ids.extend(new_ids)
-            if kept is not None:
-                self._append_originals(kept)
-            self._ids.remove(replaced)
-            self._next_id = next_id
+            elif kept is not None:
+                self._append_originals(kept)  # (originals first: extra rows are never read)
+            with self._mutex:
+                self._codes.extend(codes)
+                self._factors.extend(factors)
+                self._ids.extend(new_ids)
+                self._ids.remove(replaced)
+                self._next_id = next_id
             self._maintain()
         return new_ids
 
@@ -445,7 +551,8 @@ class Index:
         """Remove ids (KeyError if any is unknown, before anything changes); returns the count."""
         self._check_writable()
         wanted = np.unique(as_id_list(ids))
-        with self._mutex:
+        with self._writer:
+            self._check_writable()
             rows, present = self._ids.rows_of(wanted)
             if not present.all():
                 missing = wanted[~present]
@@ -457,7 +564,8 @@ class Index:
                 manifest["tombstones"] = storage.write_array(
                     self._path, f"tomb-{manifest['generation']:08d}.npy", dead.astype(np.int64))
                 self._commit(manifest)
-            self._ids.remove(rows)
+            with self._mutex:
+                self._ids.remove(rows)
             self._maintain()
         return len(rows)
 
@@ -468,23 +576,30 @@ class Index:
         ``mask`` restricts the search to some vectors before scoring: either a collection of
         ids, or a boolean array over :attr:`row_ids`. A filtered search returns ``k`` hits
         whenever ``k`` allowed vectors exist.
+
+        Work and memory grow with the index, not with the arguments: ``k`` above both the
+        number of rows and ``MAX_PADDED_K`` gives ``k`` = the number of rows, and the
+        candidates for the rerank (``k * oversample``) never exceed the rows. The search reads
+        a snapshot of the index and holds no lock while it scans, so many threads search at
+        once and writes go on meanwhile.
         """
         queries = as_matrix(queries, self.dim, "queries", allow_1d=True)
         k = as_positive_int(k, "k")
         oversample = self.oversample if oversample is None else as_positive_int(oversample, "oversample")
         for_codes, full = self._prepare_vectors(queries, "queries")
-        with self._mutex:
-            flt = self._row_filter(mask)
-            if self._ids.size == 0:
-                return _empty_result(len(queries), k)
-            candidates = k * oversample if self.rerank else k
-            scores, rows = self._codec.scan(self._codes.scan_view, self._factors.view, for_codes,
-                                            candidates, flt)
-            if self.rerank:
-                scores, rows = self._rerank(full, rows, k)
-            else:
-                scores, rows = scores[:, :k], rows[:, :k]
-            found = np.where(rows >= 0, self._ids.of_rows(np.maximum(rows, 0)), -1)
+        snap = self._snapshot()
+        n_rows = snap.ids.size
+        k = min(k, max(n_rows, MAX_PADDED_K))
+        flt = _row_filter(snap.ids, mask)
+        if n_rows == 0:
+            return _empty_result(len(queries), k)
+        candidates = min(k * oversample if self.rerank else k, n_rows)
+        scores, rows = snap.codec.scan(snap.codes, snap.factors, for_codes, candidates, flt)
+        if self.rerank:
+            scores, rows = self._rerank(snap.originals, full, rows, k)
+        else:
+            scores, rows = scores[:, :k], rows[:, :k]
+        found = np.where(rows >= 0, snap.ids.of_rows(np.maximum(rows, 0)), -1)
         if found.shape[1] < k:
             scores, found = _pad(scores, found, k)
         scores = np.where(found >= 0, scores, -np.inf).astype(np.float32)
@@ -496,16 +611,26 @@ class Index:
         with self._mutex:
             rows = self._rows_of(wanted)
             if self.rerank:
-                return self._originals.fetch(rows)
-            if not self._codec.lossy:
+                originals = self._originals.frozen()
+            elif not self._codec.lossy:
                 return np.asarray(self._codes.rows(rows), dtype=np.float32)
-        raise ValueError("this index keeps no original vectors (rerank=False with a quantized "
-                         "code); create it with rerank=True to read vectors back")
+            else:
+                raise ValueError("this index keeps no original vectors (rerank=False with a "
+                                 "quantized code); create it with rerank=True to read vectors "
+                                 "back")
+        return originals.fetch(rows)
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """Bool per id: whether the index holds it (vectorised ``in``)."""
+        wanted = as_id_list(ids)
+        with self._mutex:
+            return self._ids.rows_of(wanted)[1]
 
     @property
     def row_ids(self) -> np.ndarray:
         """The id of every row, -1 for removed rows: the order a boolean ``mask`` follows."""
-        return self._ids.all()
+        with self._mutex:
+            return self._ids.all()
 
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: ``ram_bytes`` counts codes, factors, ids, in-memory originals and
@@ -527,7 +652,7 @@ class Index:
     def save(self, path: str | Path) -> None:
         """Write a compacted copy of the index to a new directory (open it with ``load``)."""
         target = Path(path)
-        with self._mutex:
+        with self._writer:
             if self._path is not None and target.resolve() == self._path.resolve():
                 return  # a persistent index is always saved
             copy = Index.__new__(Index)
@@ -544,7 +669,7 @@ class Index:
         originals (runs by itself when half the rows are removed, and to refit as the index
         grows: see ``SegmentCodec``)."""
         self._check_writable()
-        with self._mutex:
+        with self._writer:
             live = self._ids.live_rows()
             previous = self._codec
             codes, factors = None, None
@@ -557,15 +682,25 @@ class Index:
                 self._codec = previous  # nothing was committed: keep the old fit
                 raise
             if self._path is None:
-                kept = self._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
-                self._codes = self._new_code_store(self._codes.rows(live) if codes is None
-                                                   else codes)
-                self._factors.replace(self._factors.view[live] if factors is None else factors)
-                self._ids = _IdColumn(self._ids.of_rows(live))
-                self._originals = _Blocks()
-                self._memory_originals = None
-                if kept is not None:
-                    self._append_originals(kept)
+                self._compact_in_memory(live, codes, factors)
+
+    def _compact_in_memory(self, live: np.ndarray, codes: np.ndarray | None,
+                           factors: np.ndarray | None) -> None:
+        """Keep only the ``live`` rows in RAM (with new ``codes``/``factors`` after a refit);
+        the new arrays are built aside and published at once."""
+        kept = self._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
+        new_codes = self._new_code_store(self._codes.rows(live) if codes is None else codes)
+        new_factors = _Growable((self._codec.factor_count,), np.float32)
+        new_factors.replace(self._factors.view[live] if factors is None else factors)
+        new_ids = _IdColumn(self._ids.of_rows(live))
+        originals, memory = _Blocks(), None
+        if kept is not None:
+            memory = _Growable(kept.shape[1:], kept.dtype)
+            memory.extend(kept)
+            originals.append(memory.view)
+        with self._mutex:
+            self._codes, self._factors, self._ids = new_codes, new_factors, new_ids
+            self._originals, self._memory_originals = originals, memory
 
     def close(self) -> None:
         """Release the directory's write lock (the index stays searchable in memory)."""
@@ -597,38 +732,32 @@ class Index:
             short = _normalized(short, f"{name} (first {cut} dimensions)")
         return short, vectors
 
-    def _row_filter(self, mask: Any) -> RowFilter:
-        n_rows = self._ids.size
-        flt = RowFilter(n_rows=n_rows, removed=self._ids.removed)
-        if mask is None:
-            return flt
-        allowed = self._mask_rows(mask)
-        if len(allowed) <= max(64, n_rows * SELECTIVE_FRACTION):
-            flt.rows = allowed
-        else:
-            flt.mask = np.zeros(n_rows, dtype=np.bool_)
-            flt.mask[allowed] = True
-        return flt
+    def _check_storable(self, originals: np.ndarray, name: str) -> None:
+        """Refuse vectors whose scores or kept originals would not be finite numbers."""
+        if self.metric == "cosine":
+            return  # unit vectors: every value and score is in [-1, 1]
+        squared = np.einsum("ij,ij->i", originals, originals, dtype=np.float64)
+        if (squared > _MAX_SQUARED_NORM).any():
+            row = int(np.nonzero(squared > _MAX_SQUARED_NORM)[0][0])
+            raise ValueError(
+                f"{name} row {row} has norm {np.sqrt(squared[row]):.3g}; with metric="
+                f"{self.metric!r} its scores would overflow float32. Scale the vectors down "
+                f"(or use metric='cosine')")
+        if self.rerank and self._rerank_dtype == np.float16:
+            peak = np.abs(originals).max(axis=1)
+            if (peak > FLOAT16_MAX).any():
+                row = int(np.nonzero(peak > FLOAT16_MAX)[0][0])
+                raise ValueError(
+                    f"{name} row {row} holds {peak[row]:.6g}, beyond float16's largest value "
+                    f"({FLOAT16_MAX:g}), so the kept original would be infinite; create the "
+                    f"index with rerank_dtype='float32', or scale the vectors down")
 
-    def _mask_rows(self, mask: Any) -> np.ndarray:
-        """Sorted live rows that ``mask`` (ids or a boolean row array) allows."""
-        if isinstance(mask, (set, frozenset)):
-            mask = np.fromiter(mask, dtype=np.int64, count=len(mask))
-        array = np.asarray(mask)
-        if array.dtype == np.bool_:
-            if array.shape != (self._ids.size,):
-                raise ValueError(f"mask is a boolean array of shape {array.shape}; it must have "
-                                 f"one entry per row, shape ({self._ids.size},) (see Index.row_ids)")
-            if self._ids.removed is not None:
-                array = array & ~self._ids.removed
-            return np.nonzero(array)[0]
-        if array.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-            raise TypeError("mask must be a collection of integer ids or a boolean row array, "
-                            f"got dtype {array.dtype} with shape {array.shape}")
-        rows, present = self._ids.rows_of(array)
-        return np.unique(rows[present])
+    def _snapshot(self) -> "_Snapshot":
+        """What a search reads, consistent and immutable: later writes do not change it."""
+        with self._mutex:
+            return _Snapshot(codec=self._codec, codes=self._codes.scan_view,
+                             factors=self._factors.view, ids=self._ids.frozen(),
+                             originals=self._originals.frozen())
 
     def _rows_of(self, wanted: np.ndarray) -> np.ndarray:
         """Rows of live ids, in the order given; KeyError naming the unknown ones."""
@@ -637,13 +766,14 @@ class Index:
             raise KeyError(f"ids not in the index: {wanted[~found][:10].tolist()}")
         return rows
 
-    def _rerank(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rerank(self, originals: "_Blocks", queries: np.ndarray, rows: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of the candidate rows from the kept originals; best ``k`` per query."""
         valid = rows >= 0
         unique = np.unique(rows[valid])
         if unique.size == 0:
             return _empty_result(len(queries), k)
-        vectors = self._originals.fetch(unique)
+        vectors = originals.fetch(unique)
         positions = np.searchsorted(unique, np.where(valid, rows, unique[0]))
         gathered = vectors[positions]  # (q, K, dim)
         scores = np.einsum("qkd,qd->qk", gathered, queries)
@@ -664,8 +794,9 @@ class Index:
         if self._memory_originals is None:
             self._memory_originals = _Growable(kept.shape[1:], kept.dtype)
         self._memory_originals.extend(kept)
-        self._originals = _Blocks()
-        self._originals.append(self._memory_originals.view)
+        blocks = _Blocks()
+        blocks.append(self._memory_originals.view)
+        self._originals = blocks
 
     # ------------------------------------------------------------------ internals: files
     def _check_writable(self) -> None:
@@ -718,7 +849,9 @@ class Index:
                         count=len(self) + len(ids) - len(replaced))
         self._commit(manifest)
         if kept is not None:
-            self._originals.append(self._open_originals(segment))
+            block = self._open_originals(segment)
+            with self._mutex:  # (extra rows of originals are never read by a search)
+                self._originals.append(block)
         storage.remove_unreferenced(self._path, manifest)
 
     @property
@@ -791,10 +924,12 @@ class Index:
         self._commit(manifest)
         if self.rerank:
             first_block = len(segments) - tail
-            self._originals.blocks = self._originals.blocks[:first_block]
-            self._originals.starts = self._originals.starts[:first_block]
-            self._originals.rows = start
-            self._originals.append(self._open_originals(merged))
+            originals = _Blocks()
+            for block in self._originals.blocks[:first_block]:
+                originals.append(block)
+            originals.append(self._open_originals(merged))
+            with self._mutex:
+                self._originals = originals
         storage.remove_unreferenced(self._path, manifest)
 
     def _write_compacted(self, source: "Index", live: np.ndarray, codes: np.ndarray | None = None,
@@ -812,14 +947,65 @@ class Index:
         manifest.update(tombstones=None, next_id=max(source._next_id, self._next_id),
                         rows=len(live), count=len(live))
         self._commit(manifest)
-        self._codes = self._new_code_store(codes)
-        self._factors.replace(factors)
-        self._ids = _IdColumn(ids)
-        self._next_id = manifest["next_id"]
-        self._originals = _Blocks()
+        new_codes = self._new_code_store(codes)
+        new_factors = _Growable((self._codec.factor_count,), np.float32)
+        new_factors.replace(factors)
+        originals = _Blocks()
         if kept is not None and len(live):
-            self._originals.append(self._open_originals(manifest["segments"][0]))
+            originals.append(self._open_originals(manifest["segments"][0]))
+        with self._mutex:
+            self._codes, self._factors, self._ids = new_codes, new_factors, _IdColumn(ids)
+            self._originals = originals
+            self._next_id = manifest["next_id"]
         storage.remove_unreferenced(self._path, manifest)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The state one search reads: the codec, the code rows, their factors and ids (with the
+    removal flags) and the kept originals, as they were at one moment."""
+
+    codec: Codec
+    codes: np.ndarray
+    factors: np.ndarray
+    ids: _IdColumn
+    originals: _Blocks
+
+
+def _row_filter(ids: _IdColumn, mask: Any) -> RowFilter:
+    """The rows a scan may return: live rows, restricted by ``mask`` when given."""
+    n_rows = ids.size
+    flt = RowFilter(n_rows=n_rows, removed=ids.removed)
+    if mask is None:
+        return flt
+    allowed = _mask_rows(ids, mask)
+    if len(allowed) <= max(64, n_rows * SELECTIVE_FRACTION):
+        flt.rows = allowed
+    else:
+        flt.mask = np.zeros(n_rows, dtype=np.bool_)
+        flt.mask[allowed] = True
+    return flt
+
+
+def _mask_rows(ids: _IdColumn, mask: Any) -> np.ndarray:
+    """Sorted live rows that ``mask`` (ids or a boolean row array) allows."""
+    if isinstance(mask, (set, frozenset)):
+        mask = np.fromiter(mask, dtype=np.int64, count=len(mask))
+    array = np.asarray(mask)
+    if array.dtype == np.bool_:
+        if array.shape != (ids.size,):
+            raise ValueError(f"mask is a boolean array of shape {array.shape}; it must have "
+                             f"one entry per row, shape ({ids.size},) (see Index.row_ids)")
+        if ids.removed is not None:
+            array = array & ~ids.removed
+        return np.nonzero(array)[0]
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError("mask must be a collection of integer ids or a boolean row array, "
+                        f"got dtype {array.dtype} with shape {array.shape}")
+    rows, present = ids.rows_of(array)
+    return np.unique(rows[present])
 
 
 # ---------------------------------------------------------------------- helpers
@@ -874,7 +1060,19 @@ def _config_from_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any
 
 
 def _normalized(vectors: np.ndarray, name: str) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1)
+    """Rows scaled to unit length. Rows whose squared norm overflows float32 (values near
+    1e19 and above) or underflows it (near 1e-19 and below) are first divided by their largest
+    magnitude, so a row of 1e20s is normalised instead of becoming zeros."""
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(vectors, axis=1)
+    awkward = ~np.isfinite(norms) | (norms < _TINY_NORM)
+    if awkward.any():
+        rows = vectors[awkward].astype(np.float64)
+        peak = np.abs(rows).max(axis=1, keepdims=True)
+        rows = np.divide(rows, peak, out=np.zeros_like(rows), where=peak > 0)
+        vectors = vectors.copy()
+        vectors[awkward] = rows.astype(np.float32)
+        norms[awkward] = np.linalg.norm(vectors[awkward], axis=1)
     if (norms == 0).any():
         row = int(np.nonzero(norms == 0)[0][0])
         raise ValueError(f"{name} row {row} is all zeros; cosine similarity needs non-zero vectors")

@@ -19,6 +19,10 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .parallel import configure_threading_layer
+
+configure_threading_layer()  # before any parallel kernel runs (see parallel.py)
+
 _NO_ROW = -1
 #: rows per tile of the in-RAM layout of segment codes
 TILE_ROWS = 256
@@ -83,7 +87,7 @@ def _pack_row(levels, row, bits, out):
             out[row, b, word] = packed
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pack_planes(levels, bits, words):
     """Pack (n, dim) uint8 levels into (n, bits, words) uint64 bit planes, on this thread
     (queries: a thread pool would cost more than the work)."""
@@ -93,7 +97,7 @@ def pack_planes(levels, bits, words):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def pack_planes_parallel(levels, bits, words):
     """:func:`pack_planes` for large batches, rows spread over all threads."""
     out = np.zeros((levels.shape[0], bits, words), dtype=np.uint64)
@@ -102,7 +106,7 @@ def pack_planes_parallel(levels, bits, words):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def unpack_planes(planes, dim):
     """Inverse of :func:`pack_planes`: (n, bits, words) uint64 -> (n, dim) uint8 levels."""
     n, bits, _ = planes.shape
@@ -122,7 +126,7 @@ def unpack_planes(planes, dim):
 # --------------------------------------------------------------------------- rotation
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def orthonormal_rows(matrix):
     """Gram-Schmidt (each row orthogonalised twice, for float64 stability) of a square matrix.
 
@@ -169,7 +173,7 @@ def _round_levels(row, scale, top, mid, levels_out):
     return ip, sq
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def fit_levels(rows, bits, n_scales, n_sweeps):
     """Choose B-bit levels per row that maximise cos(level vector, row).
 
@@ -416,7 +420,7 @@ def _full_estimates(codes, factors, rows, use_rows, start, count, query, step, l
         out[j] = factors[row, 0] * _plane_score(codes, row, query, step, low, level_mid, total)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                      start, stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
                      prune_col, q_bound, heap_s, heap_r):
@@ -468,7 +472,7 @@ def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, r
                                                              const), row)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def scan_planes_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                          n_items, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
                          prune_col, q_bound, out_scores, out_rows):
@@ -481,7 +485,7 @@ def scan_planes_parallel(codes, factors, removed, check_removed, mask, check_mas
                          metric_l2, prune_col, q_bound, out_scores[q, chunk], out_rows[q, chunk])
 
 
-@njit(cache=True, fastmath=_VECTORISE)
+@njit(cache=True, nogil=True, fastmath=_VECTORISE)
 def scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows, start,
                     stop, q, table, queries, q_const, metric_l2, heap_s, heap_r):
     """One byte per coordinate decoded through a 256-entry ``table`` (int8, float8)."""
@@ -503,7 +507,7 @@ def scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, ro
         size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, 1, const), row)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def scan_bytes_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                         n_items, table, queries, q_const, metric_l2, out_scores, out_rows):
     n_queries, n_chunks, _ = out_scores.shape
@@ -537,7 +541,7 @@ SCANS = {
 # into vector instructions (vpopcntq on AVX-512): twice as fast as row by row.
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def write_tiles(tiles, start, codes, n_sign):
     """Store code rows (n, width) as rows ``start..`` of ``tiles`` (n_tiles, TILE_ROWS * width):
     within a tile, word ``i < n_sign`` of lane ``l`` is at ``i * TILE_ROWS + l``, and the other
@@ -555,7 +559,7 @@ def write_tiles(tiles, start, codes, n_sign):
             tiles[tile, base + i] = codes[j, n_sign + i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def read_tiles(tiles, rows, n_sign, width):
     """Code rows (len(rows), width) back from the tiled layout of :func:`write_tiles`."""
     out = np.empty((rows.shape[0], width), dtype=tiles.dtype)
@@ -586,7 +590,7 @@ def _level(value, inv_scale, mid, top):
 _ENCODE_BLOCK = 64
 
 
-@njit(cache=True, parallel=True, fastmath=_VECTORISE)
+@njit(cache=True, nogil=True, parallel=True, fastmath=_VECTORISE)
 def encode_segments(rows, seg_starts, seg_bits, n_scales, plane_at, row_words):
     """Segment codes of rotated rows: per row and segment, levels that point as closely as
     possible along the row's segment, packed straight into bit planes.
@@ -666,7 +670,7 @@ def _pack_segment_row(levels, seg_starts, seg_bits, plane_at, out):
                 out[plane_at[s, b] + w] = packed
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pack_segments(levels, seg_starts, seg_bits, plane_at, row_words):
     """Pack (n, dim) levels into (n, row_words) uint64 rows of segment bit planes."""
     out = np.zeros((levels.shape[0], row_words), dtype=np.uint64)
@@ -675,7 +679,7 @@ def pack_segments(levels, seg_starts, seg_bits, plane_at, row_words):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def unpack_segments(codes, seg_starts, seg_bits, plane_at, dim):
     """Inverse of :func:`pack_segments` (uncoded segments read as level 0)."""
     n = codes.shape[0]
@@ -834,7 +838,7 @@ _WINDOW = 65_536
 _SEEDS_PER_HIT = 2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                        start, stop, q, halves, qplanes, q_step, q_low, q_seg_sums, q_const,
                        seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
@@ -939,7 +943,7 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
                                _finish(ip, factors, row, metric_l2, l2_col, const), row)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def scan_segments_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                            n_items, halves, qplanes, q_step, q_low, q_seg_sums, q_const,
                            seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
