@@ -768,7 +768,7 @@ class Collection:
             raise ValueError(f"{purpose} needs the exact vectors: {exc}") from None
 
     def _attach_vectors(self, hits: list[Hit], rowids: list[int]) -> None:
-        present = np.isin(rowids, self._index.ids)
+        present = self._index.contains(rowids)  # (a lookup, not a scan of every id)
         wanted = [r for r, p in zip(rowids, present) if p]
         vectors = iter(self._vectors(wanted, "include_vectors") if wanted else [])
         for hit, p in zip(hits, present):
