@@ -180,3 +180,180 @@ def test_read_only_open_uses_mode_ro_when_it_can(tmp_path):
     assert [h.id for h in reader.get(["late"])] == ["late"]
     reader.close()
     col.close()
+
+
+# ---------------------------------------------------------------------- nesting and sizes
+
+
+def nested_dicts(levels: int, leaf=1) -> dict:
+    value = leaf
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def nested_lists(levels: int) -> list:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("metadata", [nested_dicts(1000), {"k": nested_lists(1000)},
+                                      {"k": [{"a": nested_lists(999)}]}, nested_dicts(33),
+                                      {"k": nested_lists(32)}])
+def test_metadata_nested_too_deep_is_refused_before_anything_is_written(metadata):
+    col = Collection(4)
+    col.upsert(["keep"], np.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"metadatas\[2\] nests .* more than 32 levels"):
+        col.upsert(["x", "y", "z"], np.ones((3, 4)), metadatas=[{}, None, metadata])
+    assert [h.id for h in col.get()] == ["keep"]
+
+
+def test_metadata_at_the_nesting_limit_is_stored_and_read_back():
+    col = Collection(4)
+    metadata = {"k": nested_lists(31), **nested_dicts(31)}
+    col.upsert(["x"], np.ones((1, 4)), metadatas=[metadata])
+    assert col.get(["x"])[0].metadata == metadata
+
+
+def deep_filters() -> list:
+    and_chain = {"a": 1}
+    not_chain = {"a": 1}
+    not_under_key: dict = {"$gt": 1}
+    for _ in range(1000):
+        and_chain = {"$and": [and_chain]}
+        not_chain = {"$not": not_chain}
+        not_under_key = {"$not": not_under_key}
+    return [and_chain, not_chain, {"k": not_under_key}]
+
+
+@pytest.mark.parametrize("where", deep_filters())
+def test_langchain_style_filters_nested_too_deep_are_refused(where):
+    col = Collection(4)
+    col.upsert(["x"], np.ones((1, 4)), metadatas=[{"a": 1}])
+    for call in (lambda: col.search(np.ones(4), where=where), lambda: col.count(where=where),
+                 lambda: col.get(where=where), lambda: col.delete(where=where)):
+        with pytest.raises(ValueError, match="where nests filters more than 32 levels"):
+            call()
+    assert len(col) == 1
+
+
+def test_filters_at_the_nesting_limit_work():
+    col = Collection(4)
+    col.upsert(["x", "y"], np.ones((2, 4)), metadatas=[{"a": 1}, {"a": 2}])
+    where: dict = {"a": 1}
+    for _ in range(31):
+        where = {"$and": [where]}
+    assert [h.id for h in col.search(np.ones(4), where=where)] == ["x"]
+
+
+def test_llama_index_filters_nested_too_deep_are_refused():
+    types = pytest.importorskip("llama_index.core.vector_stores.types")
+    filters = types.MetadataFilters(filters=[types.MetadataFilter(key="a", value=1)])
+    for _ in range(1000):
+        filters = types.MetadataFilters(filters=[filters])
+    col = Collection(4)
+    col.upsert(["x"], np.ones((1, 4)), metadatas=[{"a": 1}])
+    with pytest.raises(ValueError, match="where nests filters more than 32 levels"):
+        col.search(np.ones(4), where=filters)
+
+
+def test_hand_built_filter_trees_nested_too_deep_are_refused():
+    from vecpress.core import filters
+
+    tree = filters.Field("a", "eq", 1)
+    for _ in range(1000):
+        tree = filters.Not(tree)
+    with pytest.raises(ValueError, match="more than 32 levels"):
+        filters.parse(tree)
+
+
+def test_filter_sizes_are_capped():
+    from vecpress.core import filters
+
+    col = Collection(4)
+    col.upsert(["x"], np.ones((1, 4)), metadatas=[{"k": 3}])
+    values = list(range(filters.MAX_IN_VALUES))
+    assert [h.id for h in col.search(np.ones(4), where={"k": {"$in": values}})] == ["x"]
+    with pytest.raises(ValueError, match="more than 10000 values"):
+        col.search(np.ones(4), where={"k": {"$in": values + [1]}})
+    with pytest.raises(ValueError, match="more than 10000 values"):
+        col.search(np.ones(4), where={"k": {"$nin": iter(range(10**9))}})  # stops early
+    with pytest.raises(ValueError, match="more than 1024 conditions"):
+        col.search(np.ones(4), where={"$or": [{"k": i} for i in range(1025)]})
+    with pytest.raises(ValueError, match="more than 1024 conditions"):
+        col.count(where={f"k{i}": i for i in range(2000)})
+
+
+def test_errors_about_huge_filter_values_stay_short():
+    col = Collection(4)
+    with pytest.raises(ValueError) as caught:
+        col.search(np.ones(4), where={"$and": nested_dicts(500)})
+    assert len(str(caught.value)) < 500
+
+
+# ---------------------------------------------------------------------- stale read-only views
+
+
+@pytest.mark.parametrize("fusion", ["weighted", "rrf"])
+@pytest.mark.parametrize("bits", [4, 32])
+def test_a_stale_read_only_view_answers_hybrid_searches(tmp_path, fusion, bits):
+    writer, _ = persistent(tmp_path / "c", n=30, bits=bits)
+    reader = Collection.open(tmp_path / "c", read_only=True)
+    late = clustered_vectors(20, DIM, seed=9)
+    writer.upsert([f"late{i}" for i in range(20)], late, texts=["zebra crossing"] * 20)
+    hits = reader.search(late[0], k=10, mode="hybrid", query_text="zebra", fusion=fusion)
+    assert len(hits) == 10 and len({h.id for h in hits}) == 10
+    assert any(h.id.startswith("late") for h in hits)  # text hits the Index cannot score
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    if fusion == "weighted":  # the rows the stale Index lacks score on text, dense at the floor
+        late_hits = [h for h in hits if h.id.startswith("late")]
+        assert all(h.score <= 0.5 + 1e-9 for h in late_hits)
+    reader.refresh()
+    fresh = reader.search(late[0], k=10, mode="hybrid", query_text="zebra", fusion=fusion)
+    assert fresh[0].id == "late0"
+    reader.close()
+    writer.close()
+
+
+# ---------------------------------------------------------------------- k past the size
+
+
+@pytest.mark.parametrize("call", ["dense", "text", "hybrid-rrf", "hybrid-weighted", "mmr",
+                                  "filtered"])
+def test_huge_k_returns_every_document_quickly_and_in_little_memory(tmp_path, call):
+    col, vectors = persistent(tmp_path / "c", n=200, bits=4)
+    query, huge = vectors[0], 10**9
+    runs = {
+        "dense": lambda: col.search(query, k=huge),
+        "text": lambda: col.search(mode="text", query_text="text", k=huge),
+        "hybrid-rrf": lambda: col.search(query, k=huge, mode="hybrid", query_text="word1",
+                                         fetch_k=huge),
+        "hybrid-weighted": lambda: col.search(query, k=huge, mode="hybrid", query_text="word1",
+                                              fusion="weighted"),
+        "mmr": lambda: col.max_marginal_relevance_search(query, k=huge, fetch_k=huge),
+        "filtered": lambda: col.search(query, k=huge, where={"even": True}),
+    }
+    runs[call]()  # warm (numba, SQLite caches)
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        hits = runs[call]()
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(hits) == (100 if call == "filtered" else 200)
+    assert len({h.id for h in hits}) == len(hits)
+    assert peak < 50 * 2**20
+    assert elapsed < 30  # generous: a k-sized allocation would fail or take far longer
+    col.close()
+
+
+def test_huge_k_on_an_empty_collection_returns_nothing():
+    col = Collection(4)
+    assert col.search(np.ones(4), k=10**9) == []
+    assert col.search(np.ones(4), k=10**9, mode="hybrid", query_text="x") == []
+    assert col.max_marginal_relevance_search(np.ones(4), k=10**9, fetch_k=10**9) == []
