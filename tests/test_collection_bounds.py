@@ -357,3 +357,21 @@ def test_huge_k_on_an_empty_collection_returns_nothing():
     assert col.search(np.ones(4), k=10**9) == []
     assert col.search(np.ones(4), k=10**9, mode="hybrid", query_text="x") == []
     assert col.max_marginal_relevance_search(np.ones(4), k=10**9, fetch_k=10**9) == []
+
+
+@pytest.mark.parametrize("name", ["docs.sqlite-wal", "docs.sqlite-shm", "index"])
+def test_a_collection_directory_with_linked_files_is_refused(tmp_path, name):
+    from vecpress.core.storage import StoreCorruptedError
+
+    col, _ = persistent(tmp_path / "c", n=5)
+    col.close()
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    link = tmp_path / "c" / name
+    if link.exists():
+        shutil.move(str(link), str(tmp_path / "moved"))
+    link.symlink_to(victim)
+    for read_only in (False, True):
+        with pytest.raises(StoreCorruptedError, match=f"{name}: is a symbolic link"):
+            Collection.open(tmp_path / "c", read_only=read_only)
+    assert victim.read_text() == "keep"
