@@ -442,6 +442,19 @@ def test_filters_that_cannot_be_translated_raise(store):
 # ---------------------------------------------------------------------- get / delete / clear
 
 
+def test_deeply_nested_filters_are_clear_errors(store):
+    filters = MetadataFilters(filters=[MetadataFilter(key="cat", value="news")])
+    for _ in range(1000):
+        filters = MetadataFilters(filters=[filters])
+    query = VectorStoreQuery(query_embedding=QUERIES[0].tolist(), similarity_top_k=3,
+                             filters=filters)
+    with pytest.raises(ValueError, match="more than 32 levels"):
+        run(store, query)
+    with pytest.raises(ValueError, match="more than 32 levels"):
+        store.delete_nodes(filters=filters)
+    assert len(store.client) == N
+
+
 def test_get_nodes_by_ids_and_filters(store):
     ids = ["node-5", "node-missing", "node-2", "node-5"]
     assert [n.node_id for n in store.get_nodes(ids)] == ["node-5", "node-2"]

@@ -157,7 +157,9 @@ class Collection:
         bits: code size per dimension of the :class:`Index` (default 4; 32 is exact).
         metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``.
         read_only: open an existing directory without taking the write lock (another process
-            may be writing it). Same as :meth:`Collection.open`.
+            may be writing it). Same as :meth:`Collection.open`. On a read-only filesystem the
+            database is opened ``immutable`` (SQLite then assumes nobody writes it; see
+            :mod:`vecpress.core.docstore`).
         filter_cache_size: how many filters' matching row sets to keep until the next write
             (a repeated filter then costs nothing). Off for ``read_only`` collections, which
             cannot see when another process writes.
@@ -394,7 +396,9 @@ class Collection:
         """Insert or replace documents; returns their ids (new uuid4 hex ids when ``ids`` is None).
 
         Everything is validated before anything is written; when the call returns the
-        documents are durable (for a persistent collection).
+        documents are durable (for a persistent collection). Metadata is JSON data (a dict of
+        str, int, float, bool, None, lists and dicts) nested at most
+        :data:`~vecpress.core.validate.MAX_NESTING` (32) levels deep.
         """
         matrix = as_matrix(vectors, self.dim, "vectors")
         n = len(matrix)
