@@ -375,3 +375,26 @@ def test_a_collection_directory_with_linked_files_is_refused(tmp_path, name):
         with pytest.raises(StoreCorruptedError, match=f"{name}: is a symbolic link"):
             Collection.open(tmp_path / "c", read_only=read_only)
     assert victim.read_text() == "keep"
+
+
+def test_filters_repeating_a_shared_part_stop_early():
+    """Python callers can share one sub-filter many times: 30 levels of two references each
+    would be a billion conditions to read; the limit stops the translation early."""
+    from vecpress.core import filters
+
+    as_dict: dict = {"a": 1}
+    as_tree: filters.Filter = filters.Field("a", "eq", 1)
+    for _ in range(30):
+        as_dict = {"$and": [as_dict, as_dict]}
+        as_tree = filters.Or((as_tree, as_tree))
+    started = time.perf_counter()
+    for where in (as_dict, as_tree):
+        with pytest.raises(ValueError, match="more than 1024 conditions"):
+            filters.parse(where)
+    types = pytest.importorskip("llama_index.core.vector_stores.types")
+    shared = types.MetadataFilters(filters=[types.MetadataFilter(key="a", value=1)])
+    for _ in range(30):
+        shared = types.MetadataFilters(filters=[shared, shared])
+    with pytest.raises(ValueError, match="more than 1024 conditions"):
+        filters.parse(shared)
+    assert time.perf_counter() - started < 5

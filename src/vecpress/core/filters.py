@@ -115,41 +115,66 @@ def parse(where: Any) -> Filter | None:
     return tree
 
 
-def _check_depth(depth: int) -> None:
-    """Refuse a filter nested deeper than :data:`MAX_NESTING` (before recursing further)."""
-    if depth > MAX_NESTING:
-        raise ValueError(f"where nests filters more than {MAX_NESTING} levels deep "
-                         f"(vecpress.core.filters.MAX_NESTING); flatten it, e.g. one $and/$or "
-                         f"list instead of nested ones")
+def _too_many() -> ValueError:
+    return ValueError(f"where has more than {MAX_FILTER_NODES} conditions and connectives "
+                      f"(vecpress.core.filters.MAX_FILTER_NODES); use $in with a list of values, "
+                      f"or split the request")
+
+
+class _Level:
+    """Where a translation is: the nesting depth of the part being read, and how many parts of
+    the whole filter were read so far. Both are checked on entering a part, before recursing,
+    so a filter too deep or too large (even one that repeats a shared sub-filter) stops early.
+    """
+
+    __slots__ = ("depth", "_read")
+
+    def __init__(self, depth: int = 1, read: list[int] | None = None) -> None:
+        if depth > MAX_NESTING:
+            raise ValueError(f"where nests filters more than {MAX_NESTING} levels deep "
+                             f"(vecpress.core.filters.MAX_NESTING); flatten it, e.g. one "
+                             f"$and/$or list instead of nested ones")
+        self.depth = depth
+        self._read = [0] if read is None else read
+        self._read[0] += 1
+        if self._read[0] > MAX_FILTER_NODES:
+            raise _too_many()
+
+    def deeper(self) -> "_Level":
+        """A part nested one level below this one."""
+        return _Level(self.depth + 1, self._read)
+
+    def beside(self) -> "_Level":
+        """Another part at this level (a key's condition within a filter dict)."""
+        return _Level(self.depth, self._read)
 
 
 def _check_size(tree: Filter) -> None:
-    """Refuse a tree of more than :data:`MAX_FILTER_NODES` nodes (counted without recursion)."""
+    """Refuse a tree of more than :data:`MAX_FILTER_NODES` nodes (counted without recursion;
+    ``ne``, ``any``, ``is_empty`` and the like translate to more than one node)."""
     count, pending = 0, [tree]
     while pending:
         node = pending.pop()
         count += 1
         if count > MAX_FILTER_NODES:
-            raise ValueError(f"where has more than {MAX_FILTER_NODES} conditions and connectives "
-                             f"(vecpress.core.filters.MAX_FILTER_NODES); use $in with a list of "
-                             f"values, or split the request")
+            raise _too_many()
         if isinstance(node, (And, Or)):
             pending.extend(node.children)
         elif isinstance(node, Not):
             pending.append(node.child)
 
 
-def _checked(node: Filter, depth: int = 1) -> Filter:
+def _checked(node: Filter, level: _Level | None = None) -> Filter:
     """Validate a hand-built tree (the translators build valid ones)."""
-    _check_depth(depth)
+    level = level or _Level()
     if isinstance(node, Field):
         return _field(node.key, node.op, node.value)
     if isinstance(node, (And, Or)):
         if not node.children:
             raise ValueError(f"{type(node).__name__} needs at least one condition")
-        return type(node)(tuple(_checked(c, depth + 1) for c in node.children))
+        return type(node)(tuple(_checked(c, level.deeper()) for c in node.children))
     if isinstance(node, Not):
-        return Not(_checked(node.child, depth + 1))
+        return Not(_checked(node.child, level.deeper()))
     raise TypeError(f"not a filter node: {_show(node)}")
 
 
@@ -160,15 +185,15 @@ _DICT_OPS = {"$eq": "eq", "$ne": "ne", "$gt": "gt", "$gte": "gte", "$lt": "lt", 
 _DICT_LOGIC = ("$and", "$or", "$not")
 
 
-def from_dict(where: dict, depth: int = 1) -> Filter:
-    """Translate a LangChain/Chroma/Mongo-style filter dict (``depth``: its nesting level, 1 at
-    the top; see :data:`MAX_NESTING`).
+def from_dict(where: dict, level: _Level | None = None) -> Filter:
+    """Translate a LangChain/Chroma/Mongo-style filter dict (``level``: where it lies in an
+    enclosing filter, for the limits; ``None`` at the top).
 
     ``{"k": v}`` is equality, ``{"k": {"$op": v, ...}}`` applies operators (several are ANDed),
     keys at one level are ANDed, ``$and``/``$or`` take lists and ``$not`` a filter dict (at the
     top level) or an operator dict (under a key).
     """
-    _check_depth(depth)
+    level = level or _Level()
     if not isinstance(where, dict):
         raise ValueError(f"a filter must be a dict, got {type(where).__name__}: {_show(where)}")
     if not where:
@@ -180,27 +205,26 @@ def from_dict(where: dict, depth: int = 1) -> Filter:
         if key in ("$and", "$or"):
             if not isinstance(value, (list, tuple)) or not value:
                 raise ValueError(f"{key} takes a non-empty list of filter dicts, got {_show(value)}")
-            children = tuple(from_dict(item, depth + 1) for item in value)
+            children = tuple(from_dict(item, level.deeper()) for item in value)
             parts.append(And(children) if key == "$and" else Or(children))
         elif key == "$not":
             if isinstance(value, (list, tuple)):
                 if not value:
                     raise ValueError("$not takes a filter dict or a non-empty list of them")
-                parts.append(Not(_all_of([from_dict(item, depth + 1) for item in value])))
+                parts.append(Not(_all_of([from_dict(item, level.deeper()) for item in value])))
             else:
-                parts.append(Not(from_dict(value, depth + 1)))
+                parts.append(Not(from_dict(value, level.deeper())))
         elif key.startswith("$"):
             raise ValueError(
                 f"unknown operator {key!r} at the top of a filter; use $and, $or, $not, or a "
                 f"metadata key mapping to a value or to {{operator: value}} "
                 f"(operators: {', '.join(_DICT_OPS)})")
         else:
-            parts.append(_key_condition(key, value, depth))
+            parts.append(_key_condition(key, value, level.beside()))
     return _all_of(parts)
 
 
-def _key_condition(key: str, value: Any, depth: int) -> Filter:
-    _check_depth(depth)
+def _key_condition(key: str, value: Any, level: _Level) -> Filter:
     if isinstance(value, dict):
         if not value:
             raise ValueError(f"filter for key {key!r} is an empty dict; give {{operator: value}}")
@@ -210,7 +234,7 @@ def _key_condition(key: str, value: Any, depth: int) -> Filter:
                 if not isinstance(operand, dict):
                     raise ValueError(f"$not under key {key!r} takes an operator dict such as "
                                      f"{{'$gt': 3}}, got {_show(operand)}")
-                parts.append(Not(_key_condition(key, operand, depth + 1)))
+                parts.append(Not(_key_condition(key, operand, level.deeper())))
             elif op in _DICT_OPS:
                 parts.append(_field(key, _DICT_OPS[op], operand))
             else:
@@ -246,17 +270,17 @@ def _enum_value(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def from_llama_index(filters: Any, depth: int = 1) -> Filter | None:
-    """Translate LlamaIndex ``MetadataFilters`` (nested, ``depth`` levels down; see
-    :data:`MAX_NESTING`) or a single ``MetadataFilter``."""
-    _check_depth(depth)
+def from_llama_index(filters: Any, level: _Level | None = None) -> Filter | None:
+    """Translate LlamaIndex ``MetadataFilters`` (nested; ``level``: where it lies in an
+    enclosing filter, for the limits) or a single ``MetadataFilter``."""
+    level = level or _Level()
     if _is_llama_filters(filters):
         items = list(filters.filters or [])
         if not items:
             return None
         children = []
         for item in items:
-            child = from_llama_index(item, depth + 1)
+            child = from_llama_index(item, level.deeper())
             if child is None:  # an empty nested MetadataFilters constrains nothing
                 continue
             children.append(child)
