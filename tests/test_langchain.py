@@ -287,6 +287,23 @@ def test_filter_in_wrong_dialect_is_a_clear_error(filled):
         store.similarity_search("q", filter=llama)
 
 
+def test_deeply_nested_inputs_are_clear_errors(filled):
+    store = filled[0]
+    where: dict = {"parity": "even"}
+    for _ in range(1000):
+        where = {"$or": [where]}
+    with pytest.raises(ValueError, match="invalid filter.*more than 32 levels") as caught:
+        store.similarity_search("q", filter=where)
+    assert len(str(caught.value)) < 1000
+    metadata: dict = {"x": 1}
+    for _ in range(1000):
+        metadata = {"x": metadata}
+    with VecpressVectorStore(fake()) as fresh:
+        with pytest.raises(ValueError, match=r"metadatas\[1\] nests .* more than 32 levels"):
+            fresh.add_texts(["a", "b"], [{}, metadata])
+        assert fresh.collection is None or len(fresh.collection) == 0
+
+
 def test_filter_is_checked_before_embedding():
     embeddings = CountingEmbeddings(size=4)
     embeddings.calls = []

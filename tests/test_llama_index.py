@@ -34,6 +34,7 @@ from llama_index.core.vector_stores.types import (  # noqa: E402
 )
 
 from vecpress import Collection  # noqa: E402
+from vecpress.core.storage import StoreCorruptedError  # noqa: E402
 from vecpress.integrations.llama_index import VecpressVectorStore  # noqa: E402
 
 DIM = 24
@@ -441,6 +442,19 @@ def test_filters_that_cannot_be_translated_raise(store):
 # ---------------------------------------------------------------------- get / delete / clear
 
 
+def test_deeply_nested_filters_are_clear_errors(store):
+    filters = MetadataFilters(filters=[MetadataFilter(key="cat", value="news")])
+    for _ in range(1000):
+        filters = MetadataFilters(filters=[filters])
+    query = VectorStoreQuery(query_embedding=QUERIES[0].tolist(), similarity_top_k=3,
+                             filters=filters)
+    with pytest.raises(ValueError, match="more than 32 levels"):
+        run(store, query)
+    with pytest.raises(ValueError, match="more than 32 levels"):
+        store.delete_nodes(filters=filters)
+    assert len(store.client) == N
+
+
 def test_get_nodes_by_ids_and_filters(store):
     ids = ["node-5", "node-missing", "node-2", "node-5"]
     assert [n.node_id for n in store.get_nodes(ids)] == ["node-5", "node-2"]
@@ -539,7 +553,10 @@ def test_a_store_with_a_path_is_durable_and_persist_writes_a_pointer(tmp_path):
     store.persist(str(pointer))
     record = json.loads(pointer.read_text())
     assert record["format"] == "vecpress-llama-index-store"
-    assert (tmp_path / "storage" / record["path"]).resolve() == (tmp_path / "store").resolve()
+    # a store outside the persist directory is copied into it: the pointer names a plain
+    # directory beside itself, never a path elsewhere
+    assert record["path"] == "default__vector_store.vecpress"
+    assert (tmp_path / "storage" / record["path"] / "docs.sqlite").is_file()
     query = VectorStoreQuery(query_embedding=QUERIES[1].tolist(), similarity_top_k=6)
     expected = run(store, query)
     store.close()
@@ -613,6 +630,106 @@ def test_from_persist_path_refuses_other_files(tmp_path):
                                                       "format_version": 99, "path": "x"}))
     with pytest.raises(ValueError, match="upgrade vecpress"):
         VecpressVectorStore.from_persist_path(str(tmp_path / "future.json"))
+
+
+def _pointer(path, name):
+    path.write_text(json.dumps({"format": "vecpress-llama-index-store", "format_version": 1,
+                                "path": name}))
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "../../elsewhere", "a/b", "..", ".", "",
+                                  "a\\b", 7, None])
+def test_a_pointer_may_only_name_a_directory_beside_it(tmp_path, name):
+    persist_dir = tmp_path / "deep" / "storage"
+    persist_dir.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()  # an empty directory would open as a new store
+    _pointer(persist_dir / "default__vector_store.json", name)
+    with pytest.raises(StoreCorruptedError, match="default__vector_store.json.*plain name"):
+        VecpressVectorStore.from_persist_dir(str(persist_dir))
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_pointer_may_not_name_an_absolute_path(tmp_path):
+    store = VecpressVectorStore(path=tmp_path / "outside", bits=32)
+    store.add(NODES[:3])
+    store.close()
+    persist_dir = tmp_path / "storage"
+    persist_dir.mkdir()
+    _pointer(persist_dir / "default__vector_store.json", str(tmp_path / "outside"))
+    with pytest.raises(StoreCorruptedError, match="plain name"):
+        VecpressVectorStore.from_persist_dir(str(persist_dir))
+
+
+def test_a_pointer_may_not_name_a_symbolic_link(tmp_path):
+    store = VecpressVectorStore(path=tmp_path / "outside", bits=32)
+    store.add(NODES[:3])
+    store.close()
+    persist_dir = tmp_path / "storage"
+    persist_dir.mkdir()
+    (persist_dir / "linked").symlink_to(tmp_path / "outside")
+    _pointer(persist_dir / "default__vector_store.json", "linked")
+    with pytest.raises(StoreCorruptedError, match="symbolic link"):
+        VecpressVectorStore.from_persist_dir(str(persist_dir))
+
+
+def test_a_pointer_file_is_read_only_if_it_is_a_small_regular_file(tmp_path):
+    import os
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _pointer(elsewhere / "real.json", "x")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "default__vector_store.json").symlink_to(elsewhere / "real.json")
+    with pytest.raises(StoreCorruptedError, match="symbolic link"):
+        VecpressVectorStore.from_persist_dir(str(linked))
+    dir_link = tmp_path / "dir_link"
+    dir_link.mkdir()
+    (dir_link / "default__vector_store.json").symlink_to(elsewhere)
+    with pytest.raises(StoreCorruptedError, match="symbolic link"):
+        VecpressVectorStore.from_persist_dir(str(dir_link))
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "default__vector_store.json")  # opening must not block on it
+    with pytest.raises(StoreCorruptedError, match="not a regular file"):
+        VecpressVectorStore.from_persist_dir(str(fifo))
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "default__vector_store.json").write_text(" " * (1 << 20) + "{}")
+    with pytest.raises(StoreCorruptedError, match="larger than"):
+        VecpressVectorStore.from_persist_dir(str(big))
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "default__vector_store.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ValueError, match="not a vecpress store pointer"):
+        VecpressVectorStore.from_persist_dir(str(deep))
+
+
+def test_a_store_created_inside_the_persist_directory_is_not_copied(tmp_path):
+    storage = tmp_path / "storage"
+    store = VecpressVectorStore(path=storage / "vectors", bits=32)
+    store.add(NODES[:10])
+    store.persist(str(storage / "default__vector_store.json"))
+    assert json.loads((storage / "default__vector_store.json").read_text())["path"] == "vectors"
+    assert sorted(p.name for p in storage.iterdir()) == ["default__vector_store.json", "vectors"]
+    store.close()
+    reopened = VecpressVectorStore.from_persist_dir(str(storage), read_only=True)
+    assert reopened.client.path.resolve() == (storage / "vectors").resolve()
+    assert len(reopened.client) == 10
+    reopened.close()
+
+
+def test_a_persisted_store_directory_with_linked_files_is_refused(tmp_path):
+    store = VecpressVectorStore(path=tmp_path / "real", bits=32)
+    store.add(NODES[:3])
+    store.close()
+    storage = tmp_path / "storage"
+    (storage / "vectors").mkdir(parents=True)
+    (storage / "vectors" / "docs.sqlite").symlink_to(tmp_path / "real" / "docs.sqlite")
+    (storage / "vectors" / "index").symlink_to(tmp_path / "real" / "index")
+    _pointer(storage / "default__vector_store.json", "vectors")
+    with pytest.raises(StoreCorruptedError, match="docs.sqlite: is a symbolic link"):
+        VecpressVectorStore.from_persist_dir(str(storage))
 
 
 def test_persist_refuses_remote_filesystems(tmp_path):

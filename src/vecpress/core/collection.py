@@ -40,7 +40,7 @@ from . import filters as filters_module
 from . import storage
 from .docstore import DB_FILE, DocStore, fts_query
 from .index import METRIC_ALIASES, Index
-from .validate import as_matrix, as_positive_int
+from .validate import MAX_NESTING, as_matrix, as_positive_int
 
 FORMAT_NAME = "vecpress-collection"
 FORMAT_VERSION = 1
@@ -157,7 +157,9 @@ class Collection:
         bits: code size per dimension of the :class:`Index` (default 4; 32 is exact).
         metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``.
         read_only: open an existing directory without taking the write lock (another process
-            may be writing it). Same as :meth:`Collection.open`.
+            may be writing it). Same as :meth:`Collection.open`. On a read-only filesystem the
+            database is opened ``immutable`` (SQLite then assumes nobody writes it; see
+            :mod:`vecpress.core.docstore`).
         filter_cache_size: how many filters' matching row sets to keep until the next write
             (a repeated filter then costs nothing). Off for ``read_only`` collections, which
             cannot see when another process writes.
@@ -248,6 +250,7 @@ class Collection:
 
     def _open(self, given: dict[str, Any], *, read_only: bool) -> None:
         path = self._path
+        _check_no_links(path)
         if not read_only:
             self._lock = storage.DirectoryLock(path)
         try:
@@ -393,7 +396,9 @@ class Collection:
         """Insert or replace documents; returns their ids (new uuid4 hex ids when ``ids`` is None).
 
         Everything is validated before anything is written; when the call returns the
-        documents are durable (for a persistent collection).
+        documents are durable (for a persistent collection). Metadata is JSON data (a dict of
+        str, int, float, bool, None, lists and dicts) nested at most
+        :data:`~vecpress.core.validate.MAX_NESTING` (32) levels deep.
         """
         matrix = as_matrix(vectors, self.dim, "vectors")
         n = len(matrix)
@@ -534,7 +539,8 @@ class Collection:
                 maximum.
 
         Returns ``k`` hits whenever ``k`` documents match the filter (dense and hybrid) or match
-        the filter and a word of ``query_text`` (text).
+        the filter and a word of ``query_text`` (text). ``k`` and ``fetch_k`` larger than the
+        number of documents act as that number (nothing is sized by them).
         """
         k = as_positive_int(k, "k")
         if mode not in SEARCH_MODES:
@@ -557,13 +563,14 @@ class Collection:
             match = fts_query(query_text)
         node = filters_module.parse(where)
         with self._rw.read():
+            k = self._at_most_documents(k)
             if mode == "dense":
                 ranked = self._dense(query, k, node, oversample)
             elif mode == "text":
                 ranked = self._text(match, k, node)
             else:
-                ranked = self._hybrid(query, match, k, node, fetch_k or max(4 * k, 40), alpha,
-                                      fusion, oversample)
+                fetch_k = self._at_most_documents(fetch_k or max(4 * k, 40))
+                ranked = self._hybrid(query, match, k, node, fetch_k, alpha, fusion, oversample)
             return self._hits(ranked, include_vectors)
 
     def max_marginal_relevance_search(self, vector: Any, k: int = 4, fetch_k: int = 20,
@@ -581,7 +588,8 @@ class Collection:
         query = self._query_vector(vector)
         node = filters_module.parse(where)
         with self._rw.read():
-            candidates = self._dense(query, max(k, fetch_k), node, oversample)
+            candidates = self._dense(query, self._at_most_documents(max(k, fetch_k)), node,
+                                     oversample)
             if not candidates:
                 return []
             rowids = [r for r, _, _ in candidates]
@@ -630,6 +638,14 @@ class Collection:
             raise ValueError(f"vector must be one query vector of shape ({self.dim},), got shape "
                              f"{np.shape(vector)}")
         return query
+
+    def _at_most_documents(self, k: int) -> int:
+        """``k``, or the number of documents when fewer exist (counted in SQLite only when
+        ``k`` exceeds the Index size: a read-only view's Index may lag the database)."""
+        bound = len(self._index)
+        if k > bound:
+            bound = max(bound, self._store.count())
+        return min(k, bound)
 
     def _matching(self, node: filters_module.Filter) -> np.ndarray:
         """Sorted row ids of the documents matching a filter (cached until the next write)."""
@@ -687,7 +703,11 @@ class Collection:
             if len(entry[0]) == 0:
                 return []
             mask = self._row_mask(entry)
-        want = k
+        # no search can return more rows than the index holds, so no request is sized past it
+        limit = len(self._index)
+        want = min(k, limit)
+        if want == 0:
+            return []
         while True:
             scores, ids = self._index.search(query, want, mask=mask, oversample=oversample)
             keep = ids[0] >= 0
@@ -697,9 +717,9 @@ class Collection:
                       if int(r) in docs]
             # Vectors without a document exist only in a read-only view of a store being
             # written; ask for more until k documents are found or the index is exhausted.
-            if len(ranked) >= k or len(found_ids) < want:
+            if len(ranked) >= k or len(found_ids) < want or want >= limit:
                 return ranked[:k]
-            want *= 2
+            want = min(2 * want, limit)
 
     def _text(self, match: str | None, k: int,
               node: filters_module.Filter | None) -> list[tuple[int, float, tuple]]:
@@ -740,17 +760,27 @@ class Collection:
 
     def _dense_scores(self, query: np.ndarray, rowids: list[int],
                       known: dict[int, float]) -> dict[int, float]:
-        """Exact dense scores of ``rowids`` (from the kept vectors when not already known)."""
+        """Exact dense scores of ``rowids`` (from the kept vectors when not already known).
+
+        Rows without a kept vector get the lowest score among the others (the floor): with
+        ``rerank=False`` no vectors are kept, and a read-only view's Index lacks the rows
+        written after it was opened (see :meth:`refresh`) although SQLite finds their text.
+        """
         scores = dict(known)
         missing = [r for r in rowids if r not in scores]
-        if not missing:
-            return scores
-        try:
-            vectors = self._index.get(missing)
-        except ValueError:  # no kept vectors (rerank=False): outside the dense top list
-            floor = min(known.values()) if known else 0.0
-            scores.update((r, floor) for r in missing)
-            return scores
+        held = [r for r in missing if r in self._index]
+        if held:
+            try:
+                scores.update(zip(held, self._exact_scores(query, held)))
+            except ValueError:  # no kept vectors (rerank=False): outside the dense top list
+                pass
+        floor = min(scores.values()) if scores else 0.0
+        scores.update((r, floor) for r in missing if r not in scores)
+        return scores
+
+    def _exact_scores(self, query: np.ndarray, rowids: list[int]) -> list[float]:
+        """The metric's score of ``query`` against the kept vectors of ``rowids``."""
+        vectors = self._index.get(rowids)
         q = query.astype(np.float32)
         if self.metric == "cosine":
             q = q / np.linalg.norm(q)
@@ -758,8 +788,7 @@ class Collection:
             values = -np.sum((vectors - q) ** 2, axis=1)
         else:
             values = vectors @ q
-        scores.update(zip(missing, values.astype(float).tolist()))
-        return scores
+        return values.astype(float).tolist()
 
     def _vectors(self, rowids: list[int], purpose: str) -> np.ndarray:
         try:
@@ -786,6 +815,16 @@ class Collection:
 
 
 # ---------------------------------------------------------------------- validation helpers
+
+
+def _check_no_links(path: Path) -> None:
+    """Refuse a collection directory whose database (or its WAL companions) or index is a
+    symbolic link: SQLite and the Index would read, or write, wherever it points."""
+    for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", DB_FILE + "-journal", INDEX_DIR):
+        if (path / name).is_symlink():
+            raise storage.StoreCorruptedError(
+                f"{path / name}: is a symbolic link; a collection directory holds its own files "
+                f"(links are not followed)")
 
 
 def _checked_ids(ids: Any, n: int) -> list[str]:
@@ -857,8 +896,10 @@ def _storable_text(text: str, where: str) -> str:
     return text
 
 
-def _json_value(value: Any, where: str) -> Any:
-    """``value`` as plain JSON data (numpy scalars unwrapped, tuples as lists), or TypeError."""
+def _json_value(value: Any, where: str, root: str, depth: int = 1) -> Any:
+    """``value`` as plain JSON data (numpy scalars unwrapped, tuples as lists), or TypeError;
+    ``depth`` is its nesting level within the metadata dict ``root`` (at most
+    :data:`~vecpress.core.validate.MAX_NESTING`)."""
     if isinstance(value, str):
         return _storable_text(value, where)
     if value is None or isinstance(value, bool):
@@ -866,7 +907,7 @@ def _json_value(value: Any, where: str) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
         if isinstance(value, (bool, str)):
-            return _json_value(value, where)
+            return _json_value(value, where, root, depth)
     if isinstance(value, int):
         if not -(2 ** 63) <= value < 2 ** 63:
             raise TypeError(f"{where} is an integer outside the 64-bit range JSON in SQLite "
@@ -876,8 +917,12 @@ def _json_value(value: Any, where: str) -> Any:
         if not math.isfinite(value):
             raise TypeError(f"{where} is {value!r}; JSON has no NaN or infinity")
         return value
+    if isinstance(value, (list, tuple, dict)) and depth > MAX_NESTING:
+        raise ValueError(f"{root} nests dicts and lists more than {MAX_NESTING} levels deep "
+                         f"(vecpress.core.validate.MAX_NESTING); flatten it or store the deep "
+                         f"part as a JSON string")
     if isinstance(value, (list, tuple)):
-        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_json_value(v, f"{where}[{i}]", root, depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
@@ -885,7 +930,7 @@ def _json_value(value: Any, where: str) -> Any:
                 raise TypeError(f"{where} has key {key!r} of type {type(key).__name__}; "
                                 f"metadata keys must be strings")
             _storable_text(key, f"{where} key {key!r}")
-            out[key] = _json_value(item, f"{where}[{key!r}]")
+            out[key] = _json_value(item, f"{where}[{key!r}]", root, depth + 1)
         return out
     raise TypeError(f"{where} is a {type(value).__name__} ({value!r:.60}); metadata must be "
                     f"JSON: str, int, float, bool, None, lists and dicts of them")
@@ -896,5 +941,5 @@ def _metadata_json(metadata: Any, where: str) -> str:
         return "{}"
     if not isinstance(metadata, dict):
         raise TypeError(f"{where} must be a dict, got {type(metadata).__name__}")
-    return json.dumps(_json_value(metadata, where), ensure_ascii=False, allow_nan=False,
+    return json.dumps(_json_value(metadata, where, where), ensure_ascii=False, allow_nan=False,
                       separators=(",", ":"))

@@ -9,8 +9,16 @@ parameterised; id lists travel
 as one JSON array parameter (``IN (SELECT value FROM json_each(?))``), so no statement grows
 with the batch and nothing from the user is ever spliced into SQL.
 
-Threads: the writer uses one connection; each reading thread gets its own connection (WAL
-snapshots). An in-memory database has a single connection, shared under a lock.
+Threads: the writer uses one connection. Reads borrow a connection from a small pool for the
+length of one read and give it back (each statement reads one WAL snapshot), so any number of
+short-lived threads hold at most :data:`MAX_READERS` connections at once and
+:data:`MAX_IDLE_READERS` between reads. An in-memory database has a single connection, shared
+under a lock.
+
+Read-only opening: ``mode=ro``; where that fails because the directory is read-only (SQLite
+cannot create the ``-shm`` file a WAL database needs), the database is opened with
+``immutable=1``. SQLite then assumes nobody changes the file: transactions still in a ``-wal``
+file are not seen (a warning says so), and a writer must not be using the directory meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import re
 import sqlite3
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -96,37 +105,125 @@ def _id_list(values: Iterable[Any]) -> str:
     return json.dumps([v.item() if isinstance(v, np.generic) else v for v in values])
 
 
+#: reader connections open at once (more concurrent reads wait for one to be given back)
+MAX_READERS = 32
+#: reader connections kept open between reads; extras are closed when given back
+MAX_IDLE_READERS = 8
+#: SQLite's primary result code for "unable to open" (the low byte of an extended code)
+_SQLITE_CANTOPEN = 14
+
+
+class _ReaderPool:
+    """Reader connections lent out one read at a time: at most ``max_open`` exist at once and
+    at most ``max_idle`` stay open between reads, however many threads come and go.
+
+    A thread must give its connection back before borrowing another (reads do not nest).
+    """
+
+    def __init__(self, connect: Any, *, max_open: int = MAX_READERS,
+                 max_idle: int = MAX_IDLE_READERS) -> None:
+        self._connect = connect
+        self._max_idle = max_idle
+        self._slots = threading.BoundedSemaphore(max_open)
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+
+    @contextmanager
+    def borrow(self) -> Iterator[sqlite3.Connection]:
+        self._slots.acquire()
+        try:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = self._connect()
+            try:
+                yield conn
+            finally:
+                self._give_back(conn)
+        finally:
+            self._slots.release()
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self._max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; connections lent out are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
 class DocStore:
     """The ``docs`` table and its FTS5 index, in ``<directory>/docs.sqlite`` or in memory."""
 
     def __init__(self, directory: Path | None, *, read_only: bool = False) -> None:
         self.read_only = read_only
+        #: opened with ``immutable=1`` (read-only filesystem; see the module docstring)
+        self.immutable = False
         self._closed = False
         self._file = None if directory is None else directory / DB_FILE
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
         self._memory_lock = threading.RLock() if self._file is None else None
         self._write_lock = self._memory_lock or threading.Lock()
+        self._readers = _ReaderPool(self._open_reader)
         if self._file is None:
             self._writer = self._connect(":memory:")
         elif read_only:
             if not self._file.exists():
                 raise FileNotFoundError(f"{self._file} does not exist")
             self._writer = None
+            self.immutable = self._needs_immutable()
         else:
             self._writer = self._connect(str(self._file))
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute("PRAGMA synchronous=FULL")
 
     # ------------------------------------------------------------------ connections
-    def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
+    @staticmethod
+    def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=uri,
                                timeout=30.0)
         conn.create_function(LOWER_FUNCTION, 1, lower, deterministic=True)
-        with self._connections_lock:
-            self._connections.append(conn)
         return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        if not self.read_only:
+            conn = self._connect(str(self._file))
+            conn.execute("PRAGMA query_only=ON")
+            return conn
+        mode = "immutable=1" if self.immutable else "mode=ro"
+        return self._connect(f"{self._file.resolve().as_uri()}?{mode}", uri=True)
+
+    def _needs_immutable(self) -> bool:
+        """Whether a read-only open must use ``immutable=1``: ``mode=ro`` cannot open the file
+        because the ``-shm``/``-wal`` files of WAL mode cannot be created (read-only
+        filesystem). Any other failure is left for the first read to report."""
+        try:
+            probe = self._open_reader()
+        except sqlite3.Error:
+            return False
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return False
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != _SQLITE_CANTOPEN:
+                return False
+        except sqlite3.Error:
+            return False
+        finally:
+            probe.close()
+        wal = self._file.with_name(self._file.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            warnings.warn(f"{self._file} is on a read-only filesystem and opened as immutable; "
+                          f"transactions in {wal.name} (a writer that did not close) are not "
+                          f"visible", RuntimeWarning, stacklevel=4)
+        return True
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -136,15 +233,8 @@ class DocStore:
             with self._memory_lock:
                 yield self._writer
             return
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.read_only:
-                conn = self._connect(f"{self._file.resolve().as_uri()}?mode=ro", uri=True)
-            else:
-                conn = self._connect(str(self._file))
-                conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
-        yield conn
+        with self._readers.borrow() as conn:
+            yield conn
 
     def backup(self, target: Path) -> None:
         """Copy the database into the new file ``target`` (SQLite's online backup, consistent
@@ -175,14 +265,9 @@ class DocStore:
 
     def close(self) -> None:
         self._closed = True
-        with self._connections_lock:
-            for conn in self._connections:
-                try:
-                    conn.close()
-                except sqlite3.ProgrammingError:
-                    pass
-            self._connections.clear()
-        self._local = threading.local()
+        self._readers.close()
+        if self._writer is not None:
+            self._writer.close()
 
     # ------------------------------------------------------------------ schema and meta
     def has_schema(self) -> bool:

@@ -22,16 +22,30 @@ Semantics, the same in both dialects (the tests check them against a plain-Pytho
 * LlamaIndex ``FilterCondition.NOT`` matches when none of its filters match.
 
 Anything unknown or malformed raises ``ValueError`` — a filter never silently matches all.
+
+Limits, so that one request stays bounded: a filter nests at most :data:`MAX_NESTING` levels
+(each filter dict under ``$and``/``$or``/``$not``, each ``$not`` under a key, each nested
+``MetadataFilters`` is a level), holds at most :data:`MAX_FILTER_NODES` conditions and
+connectives, and one ``$in``/``$nin``/``any``/``all`` lists at most :data:`MAX_IN_VALUES`
+values. Past a limit, ``ValueError`` names ``where`` and the limit.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 import numpy as np
+
+from .validate import MAX_NESTING
+
+#: most conditions and connectives (AND / OR / NOT) in one filter, after translation
+MAX_FILTER_NODES = 1024
+#: most values in one ``$in`` / ``$nin`` / ``any`` / ``all`` (SQLite binds each one)
+MAX_IN_VALUES = 10_000
 
 #: leaf operators of the internal tree
 FIELD_OPS = frozenset({"eq", "gt", "gte", "lt", "lte", "in", "exists", "contains", "any", "all",
@@ -69,6 +83,14 @@ class Not:
 
 Filter = Union[Field, And, Or, Not]
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 80, 80
+
+
+def _show(value: Any) -> str:
+    """A short repr for error messages (a deep or huge value stays a few dozen characters)."""
+    return _SHORT.repr(value)
+
 
 # ---------------------------------------------------------------------- parsing
 
@@ -80,28 +102,80 @@ def parse(where: Any) -> Filter | None:
     if where is None:
         return None
     if isinstance(where, (Field, And, Or, Not)):
-        return _checked(where)
-    if isinstance(where, dict):
-        return from_dict(where) if where else None
-    if _is_llama_filters(where):
-        return from_llama_index(where)
-    if _is_llama_filter(where):
-        return from_llama_index(where)
-    raise TypeError(f"where must be a dict (LangChain style), a LlamaIndex MetadataFilters or "
-                    f"None, got {type(where).__name__}")
+        tree = _checked(where)
+    elif isinstance(where, dict):
+        tree = from_dict(where) if where else None
+    elif _is_llama_filters(where) or _is_llama_filter(where):
+        tree = from_llama_index(where)
+    else:
+        raise TypeError(f"where must be a dict (LangChain style), a LlamaIndex MetadataFilters "
+                        f"or None, got {type(where).__name__}")
+    if tree is not None:
+        _check_size(tree)
+    return tree
 
 
-def _checked(node: Filter) -> Filter:
+def _too_many() -> ValueError:
+    return ValueError(f"where has more than {MAX_FILTER_NODES} conditions and connectives "
+                      f"(vecpress.core.filters.MAX_FILTER_NODES); use $in with a list of values, "
+                      f"or split the request")
+
+
+class _Level:
+    """Where a translation is: the nesting depth of the part being read, and how many parts of
+    the whole filter were read so far. Both are checked on entering a part, before recursing,
+    so a filter too deep or too large (even one that repeats a shared sub-filter) stops early.
+    """
+
+    __slots__ = ("depth", "_read")
+
+    def __init__(self, depth: int = 1, read: list[int] | None = None) -> None:
+        if depth > MAX_NESTING:
+            raise ValueError(f"where nests filters more than {MAX_NESTING} levels deep "
+                             f"(vecpress.core.filters.MAX_NESTING); flatten it, e.g. one "
+                             f"$and/$or list instead of nested ones")
+        self.depth = depth
+        self._read = [0] if read is None else read
+        self._read[0] += 1
+        if self._read[0] > MAX_FILTER_NODES:
+            raise _too_many()
+
+    def deeper(self) -> "_Level":
+        """A part nested one level below this one."""
+        return _Level(self.depth + 1, self._read)
+
+    def beside(self) -> "_Level":
+        """Another part at this level (a key's condition within a filter dict)."""
+        return _Level(self.depth, self._read)
+
+
+def _check_size(tree: Filter) -> None:
+    """Refuse a tree of more than :data:`MAX_FILTER_NODES` nodes (counted without recursion;
+    ``ne``, ``any``, ``is_empty`` and the like translate to more than one node)."""
+    count, pending = 0, [tree]
+    while pending:
+        node = pending.pop()
+        count += 1
+        if count > MAX_FILTER_NODES:
+            raise _too_many()
+        if isinstance(node, (And, Or)):
+            pending.extend(node.children)
+        elif isinstance(node, Not):
+            pending.append(node.child)
+
+
+def _checked(node: Filter, level: _Level | None = None) -> Filter:
     """Validate a hand-built tree (the translators build valid ones)."""
+    level = level or _Level()
     if isinstance(node, Field):
         return _field(node.key, node.op, node.value)
     if isinstance(node, (And, Or)):
         if not node.children:
             raise ValueError(f"{type(node).__name__} needs at least one condition")
-        return type(node)(tuple(_checked(c) for c in node.children))
+        return type(node)(tuple(_checked(c, level.deeper()) for c in node.children))
     if isinstance(node, Not):
-        return Not(_checked(node.child))
-    raise TypeError(f"not a filter node: {node!r}")
+        return Not(_checked(node.child, level.deeper()))
+    raise TypeError(f"not a filter node: {_show(node)}")
 
 
 # -- LangChain-style dicts ------------------------------------------------------------
@@ -111,44 +185,46 @@ _DICT_OPS = {"$eq": "eq", "$ne": "ne", "$gt": "gt", "$gte": "gte", "$lt": "lt", 
 _DICT_LOGIC = ("$and", "$or", "$not")
 
 
-def from_dict(where: dict) -> Filter:
-    """Translate a LangChain/Chroma/Mongo-style filter dict.
+def from_dict(where: dict, level: _Level | None = None) -> Filter:
+    """Translate a LangChain/Chroma/Mongo-style filter dict (``level``: where it lies in an
+    enclosing filter, for the limits; ``None`` at the top).
 
     ``{"k": v}`` is equality, ``{"k": {"$op": v, ...}}`` applies operators (several are ANDed),
     keys at one level are ANDed, ``$and``/``$or`` take lists and ``$not`` a filter dict (at the
     top level) or an operator dict (under a key).
     """
+    level = level or _Level()
     if not isinstance(where, dict):
-        raise ValueError(f"a filter must be a dict, got {type(where).__name__}: {where!r}")
+        raise ValueError(f"a filter must be a dict, got {type(where).__name__}: {_show(where)}")
     if not where:
         raise ValueError("empty filter dict inside a $and/$or/$not; remove it or add conditions")
     parts: list[Filter] = []
     for key, value in where.items():
         if not isinstance(key, str):
-            raise ValueError(f"filter keys must be strings, got {key!r}")
+            raise ValueError(f"filter keys must be strings, got {_show(key)}")
         if key in ("$and", "$or"):
             if not isinstance(value, (list, tuple)) or not value:
-                raise ValueError(f"{key} takes a non-empty list of filter dicts, got {value!r}")
-            children = tuple(from_dict(item) for item in value)
+                raise ValueError(f"{key} takes a non-empty list of filter dicts, got {_show(value)}")
+            children = tuple(from_dict(item, level.deeper()) for item in value)
             parts.append(And(children) if key == "$and" else Or(children))
         elif key == "$not":
             if isinstance(value, (list, tuple)):
                 if not value:
                     raise ValueError("$not takes a filter dict or a non-empty list of them")
-                parts.append(Not(_all_of([from_dict(item) for item in value])))
+                parts.append(Not(_all_of([from_dict(item, level.deeper()) for item in value])))
             else:
-                parts.append(Not(from_dict(value)))
+                parts.append(Not(from_dict(value, level.deeper())))
         elif key.startswith("$"):
             raise ValueError(
                 f"unknown operator {key!r} at the top of a filter; use $and, $or, $not, or a "
                 f"metadata key mapping to a value or to {{operator: value}} "
                 f"(operators: {', '.join(_DICT_OPS)})")
         else:
-            parts.append(_key_condition(key, value))
+            parts.append(_key_condition(key, value, level.beside()))
     return _all_of(parts)
 
 
-def _key_condition(key: str, value: Any) -> Filter:
+def _key_condition(key: str, value: Any, level: _Level) -> Filter:
     if isinstance(value, dict):
         if not value:
             raise ValueError(f"filter for key {key!r} is an empty dict; give {{operator: value}}")
@@ -157,8 +233,8 @@ def _key_condition(key: str, value: Any) -> Filter:
             if op == "$not":
                 if not isinstance(operand, dict):
                     raise ValueError(f"$not under key {key!r} takes an operator dict such as "
-                                     f"{{'$gt': 3}}, got {operand!r}")
-                parts.append(Not(_key_condition(key, operand)))
+                                     f"{{'$gt': 3}}, got {_show(operand)}")
+                parts.append(Not(_key_condition(key, operand, level.deeper())))
             elif op in _DICT_OPS:
                 parts.append(_field(key, _DICT_OPS[op], operand))
             else:
@@ -194,15 +270,17 @@ def _enum_value(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def from_llama_index(filters: Any) -> Filter | None:
-    """Translate LlamaIndex ``MetadataFilters`` (nested) or a single ``MetadataFilter``."""
+def from_llama_index(filters: Any, level: _Level | None = None) -> Filter | None:
+    """Translate LlamaIndex ``MetadataFilters`` (nested; ``level``: where it lies in an
+    enclosing filter, for the limits) or a single ``MetadataFilter``."""
+    level = level or _Level()
     if _is_llama_filters(filters):
         items = list(filters.filters or [])
         if not items:
             return None
         children = []
         for item in items:
-            child = from_llama_index(item)
+            child = from_llama_index(item, level.deeper())
             if child is None:  # an empty nested MetadataFilters constrains nothing
                 continue
             children.append(child)
@@ -223,7 +301,7 @@ def from_llama_index(filters: Any) -> Filter | None:
             raise ValueError(f"unknown FilterOperator {filters.operator!r} for key "
                              f"{filters.key!r}; supported: {', '.join(_LLAMA_OPS)}")
         return _field(filters.key, _LLAMA_OPS[op.lower()], filters.value)
-    raise ValueError(f"not a LlamaIndex MetadataFilter/MetadataFilters: {filters!r}")
+    raise ValueError(f"not a LlamaIndex MetadataFilter/MetadataFilters: {_show(filters)}")
 
 
 # -- one validating constructor for leaves ---------------------------------------------------
@@ -241,20 +319,32 @@ def _scalar(key: str, op: str, value: Any) -> Any:
         return value
     if _is_number(value):
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"filter {op} on key {key!r}: value {value!r} is not finite")
+            raise ValueError(f"filter {op} on key {key!r}: value {_show(value)} is not finite")
         return value
     if value is None:
         raise ValueError(f"filter {op} on key {key!r} has value None; to test for a missing "
                          f"or null value use $exists / IS_EMPTY")
     raise ValueError(f"filter {op} on key {key!r} needs a string, number or boolean, got "
-                     f"{type(value).__name__} {value!r}"
+                     f"{type(value).__name__} {_show(value)}"
                      + ("; use $in / IN to match one of several values"
                         if isinstance(value, (list, tuple)) and op == "eq" else ""))
 
 
+def _bounded_values(key: str, op: str, value: Any) -> tuple:
+    """The operands of ``in``/``any``/``all``: at most :data:`MAX_IN_VALUES`, each a scalar."""
+    values = []
+    for item in value:
+        if len(values) == MAX_IN_VALUES:
+            raise ValueError(f"where: filter {op} on key {key!r} lists more than {MAX_IN_VALUES} "
+                             f"values (vecpress.core.filters.MAX_IN_VALUES); split the request "
+                             f"or tag the documents with a metadata field to filter on")
+        values.append(_scalar(key, op, item))
+    return tuple(values)
+
+
 def _field(key: Any, op: str, value: Any) -> Filter:
     if not isinstance(key, str):
-        raise ValueError(f"filter keys must be strings, got {key!r}")
+        raise ValueError(f"filter keys must be strings, got {_show(key)}")
     if op == "ne":
         return Not(_field(key, "eq", value))
     if op == "nin":
@@ -270,8 +360,8 @@ def _field(key: Any, op: str, value: Any) -> Filter:
         return Field(key, op, value)
     if op in ("in", "any", "all"):
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-            raise ValueError(f"filter {op} on key {key!r} needs a list of values, got {value!r}")
-        values = tuple(_scalar(key, op, v) for v in value)
+            raise ValueError(f"filter {op} on key {key!r} needs a list of values, got {_show(value)}")
+        values = _bounded_values(key, op, value)
         if op == "in":
             return Field(key, op, values)
         if not values:
@@ -280,11 +370,11 @@ def _field(key: Any, op: str, value: Any) -> Filter:
         return parts[0] if len(parts) == 1 else (Or(parts) if op == "any" else And(parts))
     if op == "exists":
         if not isinstance(value, bool):
-            raise ValueError(f"$exists on key {key!r} takes True or False, got {value!r}")
+            raise ValueError(f"$exists on key {key!r} takes True or False, got {_show(value)}")
         return Field(key, op, True) if value else Not(Field(key, op, True))
     if op in ("text_match", "text_match_insensitive"):
         if not isinstance(value, str):
-            raise ValueError(f"filter {op} on key {key!r} needs a string, got {value!r}")
+            raise ValueError(f"filter {op} on key {key!r} needs a string, got {_show(value)}")
         return Field(key, op, value)
     if op == "empty_value":
         return Field(key, op, None)

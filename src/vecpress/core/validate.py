@@ -10,6 +10,11 @@ from typing import Any
 
 import numpy as np
 
+#: deepest nesting of dicts and lists accepted in metadata and in filters (``where``): the
+#: top-level dict is level 1. Deeper input is refused with ``ValueError`` before anything is
+#: written, instead of exhausting Python's recursion limit.
+MAX_NESTING = 32
+
 
 def as_matrix(value: Any, dim: int, name: str, *, allow_1d: bool = False) -> np.ndarray:
     """A finite float32 (n, dim) C-contiguous matrix from array-like ``value``, n >= 1."""

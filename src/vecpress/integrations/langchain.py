@@ -8,6 +8,7 @@ Collection's.
 from __future__ import annotations
 
 import asyncio
+import reprlib
 import uuid
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -563,7 +564,7 @@ def _where(filter: Any) -> Any:
     try:
         return filters_module.parse(filter)
     except ValueError as exc:
-        raise ValueError(f"invalid filter {filter!r}: {exc}") from None
+        raise ValueError(f"invalid filter {reprlib.repr(filter)}: {exc}") from None
 
 
 def _search_options(kwargs: dict[str, Any], method: str) -> dict[str, Any]:

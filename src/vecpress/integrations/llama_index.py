@@ -12,7 +12,9 @@ import asyncio
 import json
 import math
 import os
+import reprlib
 import shutil
+import stat
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -44,6 +46,7 @@ from ..core import filters as filters_module
 from ..core.collection import INDEX_OPTIONS, Collection, Hit
 from ..core.docstore import DB_FILE
 from ..core.index import METRIC_ALIASES
+from ..core.storage import StoreCorruptedError
 from ..embeddings.rerankers import make_reranker
 from ..embeddings.wrappers import LlamaIndexEmbedder
 from ..pipeline import search as pipeline_search
@@ -52,9 +55,12 @@ from ..pipeline import search as pipeline_search
 NODE_ID_KEY = "_node_id"
 #: metadata key ``node_to_metadata_dict`` writes the node's source document id to
 REF_DOC_ID_KEY = "ref_doc_id"
-#: what ``persist`` writes: a small JSON file naming the collection directory
+#: what ``persist`` writes: a small JSON file naming the collection directory, which lies in
+#: the same directory as the pointer (``"path"`` is a plain name: no separators, no ``..``)
 POINTER_FORMAT = "vecpress-llama-index-store"
 POINTER_VERSION = 1
+#: largest pointer file read (a pointer is a few hundred bytes)
+MAX_POINTER_BYTES = 1 << 20
 #: LlamaIndex's naming of a persisted vector store: ``<namespace>__vector_store.json``
 DEFAULT_PERSIST_DIR = "./storage"
 DEFAULT_NAMESPACE = "default"
@@ -333,19 +339,24 @@ class VecpressVectorStore(BasePydanticVectorStore):
     # ------------------------------------------------------------------ persistence
     def persist(self, persist_path: str = os.path.join(DEFAULT_PERSIST_DIR, PERSIST_FNAME),
                 fs: Any = None) -> None:
-        """Write ``persist_path``: a small JSON file naming the store directory.
+        """Write ``persist_path``: a small JSON file naming the store directory, which always
+        lies beside it (the pointer holds its plain name, so a persist directory can be moved
+        and never sends a reader elsewhere).
 
-        A store with a ``path`` is already on disk (every write is durable when it returns),
-        so only the pointer is written. An in-memory store is first saved (``Collection.save``:
-        codes and originals copied, not re-encoded), replacing any earlier copy, to the
-        directory ``persist_path`` with the suffix ``.vecpress``
+        A store whose ``path`` is a directory directly inside the persist directory is already
+        on disk (every write is durable when it returns), so only the pointer is written. Any
+        other store (in memory, or with a ``path`` elsewhere) is first saved
+        (``Collection.save``: codes and originals copied, not re-encoded), replacing any earlier
+        copy, to the directory ``persist_path`` with the suffix ``.vecpress``
         (``storage/default__vector_store.vecpress`` for ``StorageContext.persist("storage")``);
-        the store itself stays in memory, as ``SimpleVectorStore`` does.
+        the store itself stays where it was, as ``SimpleVectorStore`` does. To persist a large
+        store without copying it, create it inside the persist directory, e.g.
+        ``VecpressVectorStore(path="storage/default__vector_store.vecpress")``.
         """
         _check_local(fs)
         pointer = Path(persist_path)
         pointer.parent.mkdir(parents=True, exist_ok=True)
-        if self.path is not None:
+        if self.path is not None and _lies_in(Path(self.path), pointer.parent):
             target = Path(self.path)
         else:
             target = _copy_target(pointer)
@@ -353,7 +364,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
         record = {
             "format": POINTER_FORMAT,
             "format_version": POINTER_VERSION,
-            "path": _relative_to(target, pointer.parent),
+            "path": target.name,
             "batch_size": self.batch_size,
             "hybrid_fusion": self.hybrid_fusion,
         }
@@ -364,28 +375,33 @@ class VecpressVectorStore(BasePydanticVectorStore):
     @classmethod
     def from_persist_path(cls, persist_path: str, fs: Any = None, *,
                           read_only: bool = False) -> "VecpressVectorStore":
-        """Open what :meth:`persist` wrote (or a store directory given directly)."""
+        """Open what :meth:`persist` wrote (or a store directory given directly).
+
+        The pointer is untrusted input: it is read without following a symbolic link, only if
+        it is a regular file of at most 1 MiB, and the directory it names must be a plain name
+        beside it that is not a symbolic link; anything else is a
+        :class:`~vecpress.core.storage.StoreCorruptedError` naming the file and the rule.
+        """
         _check_local(fs)
         pointer = Path(persist_path)
-        if pointer.is_dir():
+        if pointer.is_dir() and not pointer.is_symlink():
             return cls(path=pointer, read_only=read_only)
-        if not pointer.is_file():
-            raise FileNotFoundError(f"persist_path={str(pointer)!r} does not exist; write it "
-                                    f"with VecpressVectorStore.persist(...) or "
-                                    f"StorageContext.persist(...)")
+        data = _read_pointer(pointer)
         try:
-            record = json.loads(pointer.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{pointer} is not a vecpress store pointer ({exc}); was it written "
-                             f"by another vector store?") from None
+            record = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"{pointer} is not a vecpress store pointer "
+                             f"({reprlib.repr(str(exc))}); was it written by another vector "
+                             f"store?") from None
         if not isinstance(record, dict) or record.get("format") != POINTER_FORMAT:
             raise ValueError(f"{pointer} was not written by VecpressVectorStore.persist (a "
                              f"SimpleVectorStore file? load it with SimpleVectorStore)")
         if not isinstance(record.get("format_version"), int) \
                 or record["format_version"] > POINTER_VERSION:
-            raise ValueError(f"{pointer} has format version {record.get('format_version')!r}; "
+            raise ValueError(f"{pointer} has format version "
+                             f"{reprlib.repr(record.get('format_version'))}; "
                              f"this vecpress reads up to {POINTER_VERSION}: upgrade vecpress")
-        target = pointer.parent / record["path"]
+        target = pointer.parent / _store_name(record.get("path"), pointer)
         # an empty directory is what persisting a store that never had a node leaves
         if not (target / DB_FILE).exists() and not (target.is_dir() and not any(target.iterdir())):
             raise FileNotFoundError(f"{pointer} names the store directory {str(target)!r}, which "
@@ -584,8 +600,50 @@ def _copy_target(pointer: Path) -> Path:
         pointer.with_name(pointer.name + ".vecpress")
 
 
-def _relative_to(target: Path, base: Path) -> str:
+def _lies_in(store: Path, directory: Path) -> bool:
+    """Whether ``store`` is a real directory (not a symbolic link) directly in ``directory``."""
+    if store.is_symlink():
+        return False
+    return store.resolve().parent == directory.resolve()
+
+
+def _read_pointer(pointer: Path) -> bytes:
+    """The bytes of a pointer file: not through a symbolic link, a regular file, <= 1 MiB."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.path.relpath(target.resolve(), base.resolve())
-    except ValueError:  # another drive (Windows)
-        return str(target.resolve())
+        fd = os.open(pointer, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"persist_path={str(pointer)!r} does not exist; write it "
+                                f"with VecpressVectorStore.persist(...) or "
+                                f"StorageContext.persist(...)") from None
+    except OSError as exc:
+        if pointer.is_symlink():
+            raise StoreCorruptedError(f"{pointer}: is a symbolic link; a store pointer must be "
+                                      f"a regular file (links are not followed)") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreCorruptedError(f"{pointer}: is not a regular file; a store pointer is "
+                                      f"the small JSON file VecpressVectorStore.persist writes")
+        data = handle.read(MAX_POINTER_BYTES + 1)
+    if len(data) > MAX_POINTER_BYTES:
+        raise StoreCorruptedError(f"{pointer}: is larger than {MAX_POINTER_BYTES} bytes; a store "
+                                  f"pointer is a small JSON file")
+    return data
+
+
+def _store_name(name: Any, pointer: Path) -> str:
+    """The store directory a pointer names: a plain name beside it, not a symbolic link."""
+    plain = (isinstance(name, str) and name not in ("", ".", "..") and "\x00" not in name
+             and "/" not in name and "\\" not in name and (os.name != "nt" or ":" not in name)
+             and not os.path.isabs(name) and Path(name).name == name)
+    if not plain:
+        raise StoreCorruptedError(
+            f"{pointer}: \"path\" is {str(name)[:100]!r}; it must be the plain name of a "
+            f"directory beside the pointer (no separators, no '..', not absolute)")
+    if (pointer.parent / name).is_symlink():
+        raise StoreCorruptedError(f"{pointer}: \"path\" names {name!r}, a symbolic link; the "
+                                  f"store directory must be a real directory beside the pointer")
+    return name
