@@ -4,7 +4,11 @@ The manifest is the single commit point. Array files are written (and fsynced) u
 manifest refers to yet; then the new manifest is written to a temporary file, fsynced and
 atomically renamed over the old one, and the directory is fsynced. A crash at any moment leaves
 either the old manifest or the new one, each naming complete files. Files that no manifest names
-are leftovers of an interrupted write and are removed when the store is next opened for writing.
+are leftovers of an interrupted write and are removed when the store is next opened for writing;
+the files a commit replaced are removed by a later commit (``Index`` keeps them a little longer
+for readers that have just read the replaced manifest). Large files are written in chunks by
+:class:`ArrayWriter` and read back in chunks by :class:`RowReader`, so that copying a file never
+holds it whole in memory.
 Nothing here uses pickle: ``np.load(..., allow_pickle=False)`` and ``json`` only.
 """
 
