@@ -326,6 +326,7 @@ class Index:
         #: (when replaced, file names) of recently replaced manifests, kept for readers
         self._superseded: list[tuple[float, set[str]]] = []
         self._mutex = threading.RLock()
+        self._refreshing = threading.Lock()  # one refresh at a time; searches go on meanwhile
 
     def _new_code_store(self, codes: np.ndarray | None = None) -> "_Growable | _TiledCodes":
         """An array of code rows in the layout the current codec scans, holding ``codes``."""
@@ -430,7 +431,8 @@ class Index:
         """
         if self._path is None or self._lock_file is not None:
             return False
-        return _read_consistently(self._path, self._catch_up)
+        with self._refreshing:
+            return _read_consistently(self._path, self._catch_up)
 
     def _catch_up(self, manifest: dict[str, Any]) -> bool:
         if manifest == self._manifest:
@@ -440,7 +442,7 @@ class Index:
             fresh = Index._from_manifest(self._path, manifest, self._verify)
             with self._mutex:
                 for name, value in vars(fresh).items():
-                    if name != "_mutex":
+                    if name not in ("_mutex", "_refreshing"):
                         setattr(self, name, value)
             return True
         codes, factors, ids, removed, originals = appended
@@ -962,7 +964,7 @@ class Index:
         Rows stream through in chunks: originals are read from ``source``'s files (or RAM)
         and written to the new segment as they come, so memory stays at a chunk plus the new
         codes, and nothing changes (the old fit stays too) until the manifest commits."""
-        codec = codec or self._codec
+        codec = self._codec if codec is None else codec
         reencode = codec is not self._codec
         ram = _Rebuilt(self, codec, len(live), with_originals=self._path is None) if keep_in_ram else None
         manifest = gen = writer = None
