@@ -320,8 +320,14 @@ def test_format_1_tombstones_still_read(tmp_path, old_form):
 # ---------------------------------------------------------------------- readers
 
 
+def _delete_replaced_files_at_once(monkeypatch) -> None:
+    """No grace: a replaced manifest's files go at the commit after the one replacing it."""
+    monkeypatch.setattr(index_module, "RETAIN_SECONDS", -1.0)
+    monkeypatch.setattr(index_module, "READER_BYTES_PER_SECOND", float("inf"))
+
+
 def test_mapped_originals_stay_readable_after_their_files_are_deleted(tmp_path, monkeypatch):
-    monkeypatch.setattr(index_module, "RETAIN_SECONDS", 0.0)
+    _delete_replaced_files_at_once(monkeypatch)
     path = tmp_path / "store"
     data = random_vectors(300, seed=4)
     writer = Index(16, bits=4, path=path)
@@ -348,7 +354,7 @@ def test_writer_keeps_the_replaced_generation_for_readers(tmp_path):
 
 
 def test_read_only_load_starts_again_when_files_vanish(tmp_path, monkeypatch):
-    monkeypatch.setattr(index_module, "RETAIN_SECONDS", 0.0)
+    _delete_replaced_files_at_once(monkeypatch)
     path = tmp_path / "store"
     writer = Index(16, bits=4, path=path)
     writer.add(random_vectors(100))
@@ -483,10 +489,10 @@ def test_readers_never_fail_while_a_writer_commits(tmp_path):
         out, err = reader.communicate(timeout=120)
         errors, loads, refreshes = map(int, out.split())
         assert errors == 0, err[-3000:]
-        assert loads >= 2 and refreshes >= 10
+        assert loads >= 1 and refreshes >= 5
     out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err[-3000:]
-    assert int(out) >= 20  # the writer got through merges and compactions meanwhile
+    assert int(out) >= 12  # the writer got through merges and a refit (a compaction) meanwhile
 
 
 KILLED_MERGE = textwrap.dedent("""

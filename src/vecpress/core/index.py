@@ -40,8 +40,11 @@ REENCODE_ROWS = 65_536
 LOAD_ATTEMPTS = 20
 #: a writer deletes the files of a replaced manifest only after the next commit and once this
 #: many seconds have passed since it was replaced, so a reader that has just read it can still
-#: open its files
+#: open its files ...
 RETAIN_SECONDS = 2.0
+#: ... plus the time a reader takes to read the store's RAM part (codes, factors, ids) at this
+#: rate, so a large store's readers do not start again and again while a writer commits
+READER_BYTES_PER_SECOND = 50 << 20
 #: once a store has this many tombstone files, the next removal writes them all as one
 MAX_TOMBSTONE_FILES = 16
 
@@ -791,12 +794,22 @@ class Index:
         last and of any replaced less than ``RETAIN_SECONDS`` ago: a reader may have read
         that manifest a moment before and be opening its files (it would start again from
         the newest manifest, see ``load``, but most never need to)."""
-        now = time.monotonic()
+        now, retain = time.monotonic(), self._retain_seconds()
         self._superseded = [(when, names) for n, (when, names) in enumerate(self._superseded)
-                            if n == len(self._superseded) - 1 or now - when < RETAIN_SECONDS]
+                            if n == len(self._superseded) - 1 or now - when < retain]
         keep = storage.manifest_files(self._manifest).union(
             *(names for _, names in self._superseded))
         storage.remove_files_except(self._path, keep)
+
+    def _retain_seconds(self) -> float:
+        """How long replaced files are kept: ``RETAIN_SECONDS`` plus the time a reader needs
+        to read the files ``load`` reads whole (originals are only mapped)."""
+        manifest = self._manifest
+        entries = [*manifest["codec_files"].values(), *storage.tombstone_entries(manifest)]
+        for segment in manifest["segments"]:
+            entries += [e for part, e in segment["files"].items() if part != "originals"]
+        loaded = sum(np.dtype(e["dtype"]).itemsize * int(np.prod(e["shape"])) for e in entries)
+        return RETAIN_SECONDS + loaded / READER_BYTES_PER_SECOND
 
     def _write_codec_state(self, manifest: dict[str, Any], codec: Codec | None = None) -> None:
         gen = manifest["generation"]
