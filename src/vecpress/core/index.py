@@ -905,7 +905,7 @@ class Index:
 
     @property
     def _chunk_rows(self) -> int:
-        """Rows per chunk when rows are streamed (float32 working copies bound it)."""
+        """Rows per streamed chunk: four float32 copies of them fit ``MERGE_BUFFER_BYTES``."""
         return segments.chunk_rows(4 * 4 * self.dim, cap=REENCODE_ROWS)
 
     def _merge_segments(self) -> None:

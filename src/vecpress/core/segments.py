@@ -7,8 +7,9 @@ segment, which lands in a higher tier. So every row is rewritten about ``log_F(n
 doubling of the store rewrites only the tiers it completes, and the store keeps at most ``F-1``
 segments per tier in the usual case of batches of similar size. Runs are always contiguous:
 rows keep their numbers (the codes in RAM and the tombstones use them), so a merge changes
-files only. A merge never makes a segment larger than :func:`max_segment_rows`; segments that
-large stay as they are until a compaction rewrites the store.
+files only. A merge never makes a segment larger than :func:`max_segment_rows`: segments of a
+tier whose ``F`` together would exceed it stay as they are until a compaction rewrites the
+store, so a store of ``n`` rows keeps ``O(F log_F(max) + F n / max)`` segments.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ MERGE_FAN_IN = 8
 MAX_SEGMENT_ROWS = 2_000_000
 #: ... or larger than this many bytes of kept originals
 MAX_SEGMENT_BYTES = 2 << 30
-#: bytes of rows held at once while merges, compaction, ``save`` and refits stream rows from
-#: one file to another (originals are read with ``pread`` into a buffer of about this size)
+#: memory for one chunk while merges, compaction, ``save`` and refits stream rows from one file
+#: to another (originals are read with ``pread``, never mapped); a chunk's rows are counted as
+#: four float32 copies, the working set of re-encoding them after a refit
 MERGE_BUFFER_BYTES = 256 << 20
 
 
