@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,10 +132,9 @@ def test_merge_policy_steady_batches():
     assert len(sizes) <= (F - 1) * (segments.tier(sum(sizes)) + 1)
     assert max(rewrites.values()) <= segments.tier(37 * 5000) - segments.tier(37) + 1
     assert sizes == sorted(sizes, reverse=True)
-    # a doubling of the store does not rewrite all of it
-    before, _ = _simulate([100_000] * 5)
-    after, rewrites = _simulate([100_000] * 10)
-    assert max(rewrites[b] for b in range(5)) <= 1
+    # growing tenfold in 100k batches rewrites each row once (a binary counter: three times)
+    _, rewrites = _simulate([100_000] * 10)
+    assert max(rewrites.values()) <= 1
 
 
 def test_merge_policy_respects_max_segment_rows():
