@@ -138,9 +138,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("operations", nargs="+", choices=["add", "merge", "compact", "build"])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/vecpress-merge-memory"))
+    parser.add_argument("--buffer-mb", type=int, default=None,
+                        help="segments.MERGE_BUFFER_BYTES for the measured operation, in MiB")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.buffer_mb is not None:
+            from vecpress.core import segments
+            segments.MERGE_BUFFER_BYTES = args.buffer_mb << 20
         print(json.dumps(_measure(args.operations[0], args.dir)))
         return
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,8 @@ def main() -> None:
                             "from pathlib import Path; from bench_merge_memory import _build;"
                             f"_build(Path({str(path)!r}), {rows}, {batch})"],
                            check=True, env=os.environ)
-        out = subprocess.run([sys.executable, __file__, "--child", "--dir", str(path),
+        budget = [] if args.buffer_mb is None else ["--buffer-mb", str(args.buffer_mb)]
+        out = subprocess.run([sys.executable, __file__, "--child", "--dir", str(path), *budget,
                               operation], check=True, capture_output=True, text=True,
                              env=os.environ).stdout
         print(out.strip().splitlines()[-1], flush=True)
