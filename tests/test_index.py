@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vecpress import Index
+from vecpress.core.segments import MERGE_FAN_IN
 from vecpress.core.storage import StoreCorruptedError
 
 from conftest import clustered_vectors, random_vectors, recall, reference_scores, reference_topk
@@ -247,7 +248,10 @@ def test_persistent_index_survives_reopen_and_continues(tmp_path):
     np.testing.assert_array_equal(reopened.search(data[:5], k=4)[1], expected[1])
     reopened.add(data[:1], ids=[0])
     assert len(reopened) == 271
-    assert reopened.stats()["segments"] <= 4  # small segments are merged
+    assert reopened.stats()["segments"] < MERGE_FAN_IN  # 6 of one size tier, 1 smaller
+    reopened.add(data[100:150])
+    reopened.add(data[150:200])
+    assert reopened.stats()["segments"] == 1  # 8 of one tier (the small one between) merged
     reopened.close()
 
 

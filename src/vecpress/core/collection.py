@@ -624,11 +624,12 @@ class Collection:
             self._index.save(target / INDEX_DIR)
 
     def refresh(self) -> None:
-        """Read-only collections: reload the Index to see vectors written since opening."""
+        """Read-only collections: catch up with vectors written since opening (only what the
+        writer appended is read, unless it compacted the index; see ``Index.refresh``)."""
         if self._path is None or not self._read_only or self._lock is not None:
             return
         with self._rw.write():
-            self._index = Index.load(self._path / INDEX_DIR, read_only=True)
+            self._index.refresh()
             self._clear_cache()
 
     # ------------------------------------------------------------------ internals: search

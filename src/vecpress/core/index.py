@@ -11,15 +11,17 @@ are memory-mapped, so RAM holds the codes alone.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
+from collections.abc import Callable, Iterator
 from copy import copy, deepcopy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from . import kernels, storage
+from . import kernels, segments, storage
 from .codecs import Codec, RowFilter, default_codec_name, make_codec, tile_codes
 from .validate import as_id_list, as_ids, as_matrix, as_positive_int
 
@@ -31,9 +33,8 @@ DEFAULT_OVERSAMPLE = {1: 10, 2: 6, 3: 4, 4: 3, 5: 3, 6: 2, 7: 2, 8: 2}
 RERANK_DTYPES = {"float16": np.float16, "float32": np.float32}
 #: a filter allowing at most this fraction of rows is scored row by row instead of by mask
 SELECTIVE_FRACTION = 1 / 16
-#: segments are merged while the newest is at least this fraction of the one before it
-MERGE_RATIO = 0.5
-#: rows re-encoded per chunk when a refit re-encodes the index
+#: at most this many rows are copied or re-encoded per chunk (fewer for wide rows: see
+#: ``segments.MERGE_BUFFER_BYTES``)
 REENCODE_ROWS = 65_536
 #: results are padded with id -1 up to ``k`` only while ``k`` is at most this or the row count
 #: (a huge ``k`` must not allocate huge arrays)
@@ -44,6 +45,20 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 _MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
 #: norms below this lose precision in float32 (squares near the subnormal range)
 _TINY_NORM = 1e-18
+#: a read-only open (or ``refresh``) starts again from the newest manifest at most this many
+#: times when a writer's commit deletes the files it was reading
+LOAD_ATTEMPTS = 20
+#: a writer deletes the files of a replaced manifest only after the next commit and once this
+#: many seconds have passed since it was replaced, so a reader that has just read it can still
+#: open its files ...
+RETAIN_SECONDS = 2.0
+#: ... plus the time a reader takes to read the store's RAM part (codes, factors, ids) at this
+#: rate, so a large store's readers do not start again and again while a writer commits
+READER_BYTES_PER_SECOND = 50 << 20
+#: once a store has this many tombstone files, the next removal writes them all as one
+MAX_TOMBSTONE_FILES = 16
+
+_T = TypeVar("_T")
 
 
 class _Growable:
@@ -74,6 +89,13 @@ class _Growable:
     def replace(self, array: np.ndarray) -> None:
         self._data = np.ascontiguousarray(array)
         self.size = len(array)
+
+    def reserve(self, capacity: int) -> None:
+        """Room for ``capacity`` rows without growing again (a rebuild knows its size)."""
+        if capacity > len(self._data):
+            grown = np.empty((capacity, *self._data.shape[1:]), dtype=self._data.dtype)
+            grown[: self.size] = self._data[: self.size]
+            self._data = grown
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         return self.view[rows]
@@ -287,6 +309,9 @@ class _TiledCodes:
         self._tiles.replace(tile_codes(np.ascontiguousarray(codes, np.uint64), self.sign_words))
         self.size = len(codes)
 
+    def reserve(self, rows: int) -> None:
+        self._tiles.reserve(-(-rows // kernels.TILE_ROWS))
+
     def rows(self, rows: np.ndarray) -> np.ndarray:
         return kernels.read_tiles(self._tiles.view, np.asarray(rows, dtype=np.int64),
                                   self.sign_words, self.width)
@@ -398,7 +423,11 @@ class Index:
         # publish the new in-memory state; a search takes _mutex just long enough to take a
         # snapshot (_Snapshot), so it never waits for an encode, an fsync or a merge.
         self._writer = threading.RLock()
+        self._verify: bool | str = True
+        #: (when replaced, file names) of recently replaced manifests, kept for readers
+        self._superseded: list[tuple[float, set[str]]] = []
         self._mutex = threading.RLock()
+        self._refreshing = threading.Lock()  # one refresh at a time; searches go on meanwhile
 
     def _new_code_store(self, codes: np.ndarray | None = None) -> "_Growable | _TiledCodes":
         """An array of code rows in the layout the current codec scans, holding ``codes``."""
@@ -423,8 +452,7 @@ class Index:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._lock_file = storage.DirectoryLock(path)
-        self._manifest = self._new_manifest()
-        self._commit(self._manifest)
+        self._commit(self._new_manifest())
 
     @classmethod
     def load(cls, path: str | Path, *, read_only: bool = False,
@@ -432,7 +460,9 @@ class Index:
         """Open a store written by an index with a ``path`` or by :meth:`save`.
 
         ``read_only=True`` takes no write lock, so a second process may search a store that
-        another process is writing (it sees the state at the time it opened). ``verify=True``
+        another process is writing: it sees the state of one commit (the newest when it
+        opened; :meth:`refresh` catches up). If a commit deletes files while it opens them,
+        it starts again from the newest manifest. ``verify=True``
         checks the CRC32 of every file read into RAM and the size of the memory-mapped
         originals; ``verify="full"`` also reads the originals for their CRC32 (slower: the whole
         store), ``verify=False`` checks sizes only.
@@ -444,18 +474,28 @@ class Index:
             raise FileNotFoundError(f"path={str(path)!r} is not a directory holding a vecpress index")
         lock = None if read_only else storage.DirectoryLock(path)
         try:
-            manifest = storage.read_manifest(path)
-            self = cls.__new__(cls)
-            self._setup(_config_from_manifest(manifest, path), read_only=read_only)
-            self._path = path
-            self._lock_file = lock
-            self._read_from(path, manifest, verify=verify)
-            if not read_only:
-                storage.remove_unreferenced(path, manifest)
+            if read_only:
+                self = _read_consistently(path, lambda m: cls._from_manifest(path, m, verify))
+            else:
+                self = cls._from_manifest(path, storage.read_manifest(path), verify)
+                self._lock_file = lock
+                self._read_only = False
+                storage.remove_unreferenced(path, self._manifest)
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
+        return self
+
+    @classmethod
+    def _from_manifest(cls, path: Path, manifest: dict[str, Any],
+                       verify: bool | str) -> "Index":
+        """A read-only index holding the state ``manifest`` describes."""
+        self = cls.__new__(cls)
+        self._setup(_config_from_manifest(manifest, path), read_only=True)
+        self._path = path
+        self._verify = verify
+        self._read_from(path, manifest, verify=verify)
         return self
 
     def _read_from(self, path: Path, manifest: dict[str, Any], *, verify: bool | str) -> None:
@@ -477,14 +517,95 @@ class Index:
             self._codes = self._new_code_store(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
             self._ids = _IdColumn(np.concatenate(ids).astype(np.int64))
-        if manifest["tombstones"]:
-            rows = storage.read_array(path, manifest["tombstones"], verify=verify)
-            if len(rows) and (rows.min() < 0 or rows.max() >= self._ids.size):
-                raise storage.StoreCorruptedError(
-                    f"{path / manifest['tombstones']['file']}: row numbers out of range")
-            self._ids.remove(rows)
+        self._ids.remove(_read_tombstones(path, storage.tombstone_entries(manifest),
+                                          self._ids.size, verify=verify))
         self._next_id = int(manifest["next_id"])
         self._manifest = manifest
+
+    def refresh(self) -> bool:
+        """Catch up with the writer: read the newest commit of a read-only index's store.
+
+        When the writer only added segments and tombstones since the state this index holds
+        (no compaction or refit), just those are read; otherwise the store is read again.
+        Returns whether anything changed. A no-op for writers and in-memory indexes, which
+        always hold their newest state.
+        """
+        if self._path is None or self._lock_file is not None:
+            return False
+        with self._refreshing:
+            return _read_consistently(self._path, self._catch_up)
+
+    def _catch_up(self, manifest: dict[str, Any]) -> bool:
+        if manifest == self._manifest:
+            return False
+        appended = self._read_appended(manifest) if self._only_appends(manifest) else None
+        if appended is None:
+            fresh = Index._from_manifest(self._path, manifest, self._verify)
+            with self._mutex:
+                for name, value in vars(fresh).items():
+                    if name not in ("_mutex", "_writer", "_refreshing"):
+                        setattr(self, name, value)
+            return True
+        codes, factors, ids, removed, originals = appended
+        with self._mutex:
+            if len(ids):
+                self._codes.extend(codes)
+                self._factors.extend(factors)
+                self._ids.extend(ids)
+            self._ids.remove(removed)
+            self._originals = originals
+            self._next_id = int(manifest["next_id"])
+            self._manifest = manifest
+        return True
+
+    def _only_appends(self, manifest: dict[str, Any]) -> bool:
+        """Whether ``manifest`` holds this index's rows unchanged, plus new rows and removals.
+
+        Only a compaction (or refit) rewrites rows, and it always writes new codec files; a
+        merge copies rows verbatim into a new segment file."""
+        old = self._manifest
+        return (old is not None and bool(old["codec_files"])
+                and all(manifest.get(key) == old.get(key)
+                        for key in ("config", "codec", "codec_files"))
+                and manifest["generation"] > old["generation"]
+                and manifest["rows"] >= self._ids.size)
+
+    def _read_appended(self, manifest: dict[str, Any]) -> tuple | None:
+        """The rows, removals and originals maps a newer ``manifest`` adds (None: read the
+        whole store instead, its rows do not line up with this index's)."""
+        path, loaded, verify = self._path, self._ids.size, bool(self._verify)
+        codes, factors, ids = [], [], []
+        maps = {s["name"]: (s["files"].get("originals"), block)
+                for s, block in zip(self._manifest["segments"], self._originals.blocks)}
+        originals = _Blocks()
+        start = 0
+        for segment in manifest["segments"]:
+            files, stop = segment["files"], start + segment["rows"]
+            if "originals" in files:
+                entry, block = maps.get(segment["name"], (None, None))
+                originals.append(block if entry == files["originals"] else storage.read_array(
+                    path, files["originals"], mmap=True, verify=self._verify == "full"))
+            if stop > loaded:
+                skip = max(0, loaded - start)  # a merge may hold loaded rows and new ones
+                segment_ids = storage.read_array(path, files["ids"], verify=verify)
+                if skip and not np.array_equal(segment_ids[:skip],
+                                               self._ids.of_rows(np.arange(start, loaded))):
+                    return None
+                codes.append(storage.read_array(path, files["codes"], verify=verify)[skip:])
+                factors.append(storage.read_array(path, files["factors"], verify=verify)[skip:])
+                ids.append(segment_ids[skip:].astype(np.int64))
+            start = stop
+        if start != manifest["rows"]:
+            return None
+        seen = {entry["file"] for entry in storage.tombstone_entries(self._manifest)}
+        fresh = [e for e in storage.tombstone_entries(manifest) if e["file"] not in seen]
+        removed = _read_tombstones(path, fresh, manifest["rows"], verify=verify)
+        if not codes:
+            codes = [np.zeros((0, *self._codec.code_shape()), self._codec.code_dtype)]
+            factors = [np.zeros((0, self._codec.factor_count), np.float32)]
+            ids = [np.zeros(0, np.int64)]
+        return (np.concatenate(codes), np.concatenate(factors), np.concatenate(ids), removed,
+                originals)
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -559,10 +680,8 @@ class Index:
                 raise KeyError(f"ids not in the index: {missing[:10].tolist()}"
                                f"{' ...' if len(missing) > 10 else ''}; nothing was removed")
             if self._path is not None:
-                dead = np.union1d(self._ids.removed_rows(), rows)
                 manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
-                manifest["tombstones"] = storage.write_array(
-                    self._path, f"tomb-{manifest['generation']:08d}.npy", dead.astype(np.int64))
+                manifest["tombstones"] = self._tombstones_with(manifest["generation"], rows)
                 self._commit(manifest)
             with self._mutex:
                 self._ids.remove(rows)
@@ -660,7 +779,7 @@ class Index:
             copy._codec.load_state(self._codec.state_arrays())
             copy._create_directory(target)
             try:
-                copy._write_compacted(self, self._ids.live_rows())
+                copy._write_compacted(self, self._ids.live_rows(), keep_in_ram=False)
             finally:
                 copy.close()
 
@@ -671,40 +790,13 @@ class Index:
         self._check_writable()
         with self._writer:
             live = self._ids.live_rows()
-            previous = self._codec
-            codes, factors = None, None
-            if self._can_refit:
-                self._codec, codes, factors = self._refit(live)
-            try:
-                if self._path is not None:
-                    self._write_compacted(self, live, codes, factors)
-            except BaseException:
-                self._codec = previous  # nothing was committed: keep the old fit
-                raise
-            if self._path is None:
-                self._compact_in_memory(live, codes, factors)
-
-    def _compact_in_memory(self, live: np.ndarray, codes: np.ndarray | None,
-                           factors: np.ndarray | None) -> None:
-        """Keep only the ``live`` rows in RAM (with new ``codes``/``factors`` after a refit);
-        the new arrays are built aside and published at once."""
-        kept = self._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
-        new_codes = self._new_code_store(self._codes.rows(live) if codes is None else codes)
-        new_factors = _Growable((self._codec.factor_count,), np.float32)
-        new_factors.replace(self._factors.view[live] if factors is None else factors)
-        new_ids = _IdColumn(self._ids.of_rows(live))
-        originals, memory = _Blocks(), None
-        if kept is not None:
-            memory = _Growable(kept.shape[1:], kept.dtype)
-            memory.extend(kept)
-            originals.append(memory.view)
-        with self._mutex:
-            self._codes, self._factors, self._ids = new_codes, new_factors, new_ids
-            self._originals, self._memory_originals = originals, memory
+            refitted = self._refitted_codec(live) if self._can_refit else None
+            self._write_compacted(self, live, refitted)
 
     def close(self) -> None:
         """Release the directory's write lock (the index stays searchable in memory)."""
         if self._lock_file is not None:
+            self._remove_replaced_files()
             self._lock_file.release()
             self._lock_file = None
             self._read_only = True
@@ -808,17 +900,43 @@ class Index:
         return {"format": storage.FORMAT_NAME, "format_version": storage.FORMAT_VERSION,
                 "config": self._config, "codec": self._codec.params(), "generation": 0,
                 "next_id": 0, "count": 0, "rows": 0, "codec_files": {}, "segments": [],
-                "tombstones": None}
+                "tombstones": []}
 
     def _commit(self, manifest: dict[str, Any]) -> None:
+        manifest["format_version"] = storage.FORMAT_VERSION  # (a store of format 1 moves up)
         storage.write_manifest(self._path, manifest)
-        self._manifest = manifest
+        previous, self._manifest = self._manifest, manifest
+        if previous is not None:
+            self._superseded.append((time.monotonic(), storage.manifest_files(previous)))
+        self._remove_replaced_files()
 
-    def _write_codec_state(self, manifest: dict[str, Any]) -> None:
+    def _remove_replaced_files(self) -> None:
+        """Delete files no manifest names any more, except those of the manifest replaced
+        last and of any replaced less than ``RETAIN_SECONDS`` ago: a reader may have read
+        that manifest a moment before and be opening its files (it would start again from
+        the newest manifest, see ``load``, but most never need to)."""
+        now, retain = time.monotonic(), self._retain_seconds()
+        self._superseded = [(when, names) for n, (when, names) in enumerate(self._superseded)
+                            if n == len(self._superseded) - 1 or now - when < retain]
+        keep = storage.manifest_files(self._manifest).union(
+            *(names for _, names in self._superseded))
+        storage.remove_files_except(self._path, keep)
+
+    def _retain_seconds(self) -> float:
+        """How long replaced files are kept: ``RETAIN_SECONDS`` plus the time a reader needs
+        to read the files ``load`` reads whole (originals are only mapped)."""
+        manifest = self._manifest
+        entries = [*manifest["codec_files"].values(), *storage.tombstone_entries(manifest)]
+        for segment in manifest["segments"]:
+            entries += [e for part, e in segment["files"].items() if part != "originals"]
+        loaded = sum(np.dtype(e["dtype"]).itemsize * int(np.prod(e["shape"])) for e in entries)
+        return RETAIN_SECONDS + loaded / READER_BYTES_PER_SECOND
+
+    def _write_codec_state(self, manifest: dict[str, Any], codec: Codec | None = None) -> None:
         gen = manifest["generation"]
         manifest["codec_files"] = {
             name: storage.write_array(self._path, f"codec-{gen:08d}-{name}.npy", array)
-            for name, array in self._codec.state_arrays().items()}
+            for name, array in (codec or self._codec).state_arrays().items()}
 
     def _write_segment(self, gen: int, codes: np.ndarray, factors: np.ndarray,
                        ids: np.ndarray, kept: np.ndarray | None) -> dict[str, Any]:
@@ -830,9 +948,27 @@ class Index:
                                                      blocks=True)
         return {"name": name, "rows": len(ids), "files": files}
 
+    def _segment_writer(self, directory: Path, gen: int, rows: int,
+                        codec: Codec) -> segments.SegmentWriter:
+        """Streams a new segment of ``rows`` rows (codes of ``codec``) into ``directory``."""
+        parts = {"codes": (codec.code_dtype, codec.code_shape()),
+                 "factors": (np.float32, (codec.factor_count,)), "ids": (np.int64, ())}
+        if self.rerank:
+            parts["originals"] = (self._rerank_dtype, (self.dim,))
+        return segments.SegmentWriter(directory, f"seg-{gen:08d}", rows, parts)
+
     def _open_originals(self, segment: dict[str, Any]) -> np.ndarray:
         return storage.read_array(self._path, segment["files"]["originals"], mmap=True,
                                   verify=False)
+
+    def _tombstones_with(self, gen: int, rows: np.ndarray) -> list[dict[str, Any]]:
+        """The manifest's tombstone list after removing ``rows``: one new file holding just
+        them, or, once there are ``MAX_TOMBSTONE_FILES``, one file holding every removed row."""
+        entries = storage.tombstone_entries(self._manifest)
+        if len(entries) >= MAX_TOMBSTONE_FILES:
+            entries, rows = [], np.union1d(self._ids.removed_rows(), rows)
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        return entries + [storage.write_array(self._path, f"tomb-{gen:08d}.npy", rows)]
 
     def _persist_add(self, codes, factors, ids, kept, replaced, next_id, fitting) -> None:
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
@@ -842,9 +978,7 @@ class Index:
         segment = self._write_segment(gen, codes, factors, ids, kept)
         manifest["segments"] = self._manifest["segments"] + [segment]
         if len(replaced):
-            dead = np.union1d(self._ids.removed_rows(), replaced)
-            manifest["tombstones"] = storage.write_array(
-                self._path, f"tomb-{gen:08d}.npy", dead.astype(np.int64))
+            manifest["tombstones"] = self._tombstones_with(gen, replaced)
         manifest.update(next_id=next_id, rows=self._ids.size + len(ids),
                         count=len(self) + len(ids) - len(replaced))
         self._commit(manifest)
@@ -852,7 +986,6 @@ class Index:
             block = self._open_originals(segment)
             with self._mutex:  # (extra rows of originals are never read by a search)
                 self._originals.append(block)
-        storage.remove_unreferenced(self._path, manifest)
 
     @property
     def _can_refit(self) -> bool:
@@ -860,9 +993,9 @@ class Index:
         originals; without originals it keeps the fit of the first batch."""
         return self.rerank and hasattr(self._codec, "refit_due")
 
-    def _refit(self, live: np.ndarray) -> tuple[Codec, np.ndarray, np.ndarray]:
-        """A copy of the codec refitted on (a sample of) the live rows' originals, and the
-        live rows' codes under it (the index's own codec is untouched until they are in)."""
+    def _refitted_codec(self, live: np.ndarray) -> Codec:
+        """A copy of the codec refitted on (a sample of) the live rows' originals (the
+        index's own codec is untouched until the rows re-encoded with it are committed)."""
         codec = deepcopy(self._codec)
         sample = live
         limit = getattr(codec, "MAX_FIT_ROWS", len(live))
@@ -871,16 +1004,7 @@ class Index:
                                                                         replace=False)
             sample = live[np.sort(picked)]
         codec.fit(self._code_vectors(self._originals.fetch(sample)))
-        codes, factors = [], []
-        for start in range(0, len(live), REENCODE_ROWS):
-            chunk = self._code_vectors(self._originals.fetch(live[start:start + REENCODE_ROWS]))
-            chunk_codes, chunk_factors = codec.encode(chunk)
-            codes.append(chunk_codes)
-            factors.append(chunk_factors)
-        if not codes:
-            return (codec, np.zeros((0, *codec.code_shape()), codec.code_dtype),
-                    np.zeros((0, codec.factor_count), np.float32))
-        return codec, np.concatenate(codes), np.concatenate(factors)
+        return codec
 
     def _code_vectors(self, originals: np.ndarray) -> np.ndarray:
         """Kept originals back to the vectors the codes are made from."""
@@ -889,7 +1013,7 @@ class Index:
 
     def _maintain(self) -> None:
         """Compact when half the rows are removed, or refit a data-fitted codec once the index
-        has outgrown its fit; merge small trailing segments."""
+        has outgrown its fit; merge segments of similar size."""
         if self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size:
             self.compact()
         elif self._can_refit and self._codec.refit_due(len(self)):
@@ -902,62 +1026,170 @@ class Index:
         elif self._path is not None:
             self._merge_segments()
 
+    @property
+    def _chunk_rows(self) -> int:
+        """Rows per streamed chunk: four float32 copies of them fit ``MERGE_BUFFER_BYTES``."""
+        return segments.chunk_rows(4 * 4 * self.dim, cap=REENCODE_ROWS)
+
     def _merge_segments(self) -> None:
-        """Merge the newest segments while they are similar in size (a binary-counter scheme
-        keeping O(log n) segments and rewriting each row O(log n) times)."""
-        segments = list(self._manifest["segments"])
-        tail = 1
-        while tail < len(segments) and segments[-tail]["rows"] >= MERGE_RATIO * segments[-tail - 1]["rows"]:
-            tail += 1
-        if tail < 2:
-            return
-        start = sum(s["rows"] for s in segments[:-tail])
-        stop = self._ids.size
+        """Merge runs of segments of one size tier until none is due (see ``segments``)."""
+        max_rows = segments.max_segment_rows(self.dim * np.dtype(self._rerank_dtype).itemsize)
+        while (run := segments.plan_merge([s["rows"] for s in self._manifest["segments"]],
+                                          max_rows)) is not None:
+            self._merge_run(*run)
+
+    def _merge_run(self, first: int, stop: int) -> None:
+        """Copy segments ``[first, stop)`` into one new segment, chunk by chunk: codes,
+        factors and ids from RAM, originals read from their files (checked against their
+        CRC32 on the way, so a merge never launders a damaged file into a fresh checksum)."""
+        old = self._manifest["segments"]
+        start_row = sum(s["rows"] for s in old[:first])
+        stop_row = start_row + sum(s["rows"] for s in old[first:stop])
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
-        kept = self._originals.span(start, stop).astype(self._rerank_dtype) if self.rerank else None
-        merged = self._write_segment(manifest["generation"],
-                                     self._codes.rows(np.arange(start, stop)),
-                                     self._factors.view[start:stop],
-                                     self._ids.of_rows(np.arange(start, stop)),
-                                     kept)
-        manifest["segments"] = segments[:-tail] + [merged]
+        with self._segment_writer(self._path, manifest["generation"], stop_row - start_row,
+                                  self._codec) as writer:
+            for lo, hi, kept in self._original_chunks(old[first:stop], start_row):
+                rows = np.arange(lo, hi)
+                writer.append(codes=self._codes.rows(rows), factors=self._factors.view[lo:hi],
+                              ids=self._ids.of_rows(rows), originals=kept)
+            merged = writer.finish()
+        manifest["segments"] = old[:first] + [merged] + old[stop:]
         self._commit(manifest)
         if self.rerank:
-            first_block = len(segments) - tail
+            blocks = self._originals.blocks
             originals = _Blocks()
-            for block in self._originals.blocks[:first_block]:
+            for block in blocks[:first] + [self._open_originals(merged)] + blocks[stop:]:
                 originals.append(block)
-            originals.append(self._open_originals(merged))
-            with self._mutex:
+            with self._mutex:  # searches see the old blocks or the new ones, never a part
                 self._originals = originals
-        storage.remove_unreferenced(self._path, manifest)
 
-    def _write_compacted(self, source: "Index", live: np.ndarray, codes: np.ndarray | None = None,
-                         factors: np.ndarray | None = None) -> None:
-        """Replace this index's files (and RAM arrays) with ``source``'s live rows (with new
-        ``codes``/``factors`` after a refit)."""
-        manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
-        gen = manifest["generation"]
-        self._write_codec_state(manifest)
-        kept = source._originals.fetch(live).astype(self._rerank_dtype) if self.rerank else None
-        codes = source._codes.rows(live) if codes is None else codes
-        factors = source._factors.view[live] if factors is None else factors
-        ids = source._ids.of_rows(live)
-        manifest["segments"] = [self._write_segment(gen, codes, factors, ids, kept)] if len(live) else []
-        manifest.update(tombstones=None, next_id=max(source._next_id, self._next_id),
-                        rows=len(live), count=len(live))
-        self._commit(manifest)
-        new_codes = self._new_code_store(codes)
-        new_factors = _Growable((self._codec.factor_count,), np.float32)
-        new_factors.replace(factors)
-        originals = _Blocks()
-        if kept is not None and len(live):
-            originals.append(self._open_originals(manifest["segments"][0]))
-        with self._mutex:
-            self._codes, self._factors, self._ids = new_codes, new_factors, _IdColumn(ids)
-            self._originals = originals
-            self._next_id = manifest["next_id"]
-        storage.remove_unreferenced(self._path, manifest)
+    def _original_chunks(self, segment_list: list[dict[str, Any]],
+                         start_row: int) -> Iterator[tuple[int, int, np.ndarray | None]]:
+        """``(lo, hi, originals of rows [lo, hi))`` for every row of consecutive on-disk
+        segments starting at row ``start_row``, a chunk at a time, read with ``pread`` so that
+        no page stays mapped; each file's CRC32 is checked once it is read through. Without
+        originals the third item is None."""
+        step = self._chunk_rows
+        for segment in segment_list:
+            rows = segment["rows"]
+            if "originals" not in segment["files"]:
+                for lo in range(0, rows, step):
+                    yield start_row + lo, start_row + min(rows, lo + step), None
+            else:
+                with storage.RowReader(self._path, segment["files"]["originals"]) as reader:
+                    for lo in range(0, rows, step):
+                        hi = min(rows, lo + step)
+                        yield start_row + lo, start_row + hi, reader.read(lo, hi)
+                    reader.check()
+            start_row += rows
+
+    def _all_original_chunks(self) -> Iterator[tuple[int, int, np.ndarray | None]]:
+        """Every row's originals in order, a chunk at a time (from RAM in memory)."""
+        if self._path is not None:
+            yield from self._original_chunks(self._manifest["segments"], 0)
+            return
+        step = self._chunk_rows
+        for lo in range(0, self._ids.size, step):
+            hi = min(self._ids.size, lo + step)
+            yield lo, hi, (None if self._memory_originals is None
+                           else self._memory_originals.view[lo:hi])
+
+    def _write_compacted(self, source: "Index", live: np.ndarray, codec: Codec | None = None,
+                         *, keep_in_ram: bool = True) -> None:
+        """Replace this index's files (when it has a path) and, with ``keep_in_ram``, its RAM
+        arrays with ``source``'s ``live`` rows, re-encoded when a refitted ``codec`` is given.
+
+        Rows stream through in chunks: originals are read from ``source``'s files (or RAM)
+        and written to the new segment as they come, so memory stays at a chunk plus the new
+        codes, and nothing changes (the old fit stays too) until the manifest commits."""
+        codec = self._codec if codec is None else codec
+        reencode = codec is not self._codec
+        ram = _Rebuilt(self, codec, len(live), with_originals=self._path is None) if keep_in_ram else None
+        manifest = gen = writer = None
+        if self._path is not None:
+            manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+            gen = manifest["generation"]
+            self._write_codec_state(manifest, codec)
+            if len(live):
+                writer = self._segment_writer(self._path, gen, len(live), codec)
+        try:
+            for lo, hi, kept in source._all_original_chunks():
+                rows = live[np.searchsorted(live, lo): np.searchsorted(live, hi)]
+                if not len(rows):
+                    continue
+                kept = None if kept is None else kept[rows - lo]
+                if reencode:
+                    codes, factors = codec.encode(self._code_vectors(kept))
+                else:
+                    codes, factors = source._codes.rows(rows), source._factors.view[rows]
+                ids = source._ids.of_rows(rows)
+                if writer is not None:
+                    writer.append(codes=codes, factors=factors, ids=ids, originals=kept)
+                if ram is not None:
+                    ram.extend(codes, factors, ids, kept)
+            segment = writer.finish() if writer is not None else None
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        next_id = max(source._next_id, self._next_id)
+        if manifest is not None:
+            manifest.update(segments=[segment] if segment else [], tombstones=[],
+                            next_id=next_id, rows=len(live), count=len(live))
+            self._commit(manifest)
+        originals = ram.blocks(self, segment) if ram is not None else None
+        with self._mutex:  # one publish: a search never pairs the new codec with old codes
+            self._codec = codec
+            if ram is not None:
+                ram.install(self, originals)
+            self._next_id = next_id
+
+
+class _Rebuilt:
+    """The RAM arrays of an index being rebuilt from the live rows of another, filled chunk
+    by chunk (room for every row is reserved up front, so nothing is copied to grow)."""
+
+    def __init__(self, index: Index, codec: Codec, rows: int, *, with_originals: bool) -> None:
+        layout = codec.tile_sign_words
+        self.codes = (_Growable(codec.code_shape(), codec.code_dtype) if layout is None
+                      else _TiledCodes(int(np.prod(codec.code_shape())), layout))
+        self.codes.reserve(rows)
+        self.factors = _Growable((codec.factor_count,), np.float32)
+        self.factors.reserve(rows)
+        self.ids = np.empty(rows, np.int64)
+        self.filled = 0
+        self.originals: _Growable | None = None
+        if with_originals and index.rerank:
+            self.originals = _Growable((index.dim,), index._rerank_dtype)
+            self.originals.reserve(rows)
+
+    def extend(self, codes: np.ndarray, factors: np.ndarray, ids: np.ndarray,
+               kept: np.ndarray | None) -> None:
+        if not len(ids):
+            return
+        self.codes.extend(codes)
+        self.factors.extend(factors)
+        self.ids[self.filled:self.filled + len(ids)] = ids
+        self.filled += len(ids)
+        if self.originals is not None and kept is not None:
+            self.originals.extend(kept)
+
+    def blocks(self, index: Index, segment: dict[str, Any] | None) -> _Blocks:
+        """The kept originals of the rebuilt rows: in RAM, or mapped from ``segment``."""
+        blocks = _Blocks()
+        if self.originals is not None:
+            blocks.append(self.originals.view)
+        elif segment is not None and "originals" in segment["files"]:
+            blocks.append(index._open_originals(segment))
+        return blocks
+
+    def install(self, index: Index, originals: _Blocks) -> None:
+        """Make these the index's arrays (the caller holds the index's publish mutex)."""
+        index._codes = self.codes
+        index._factors = self.factors
+        index._ids = _IdColumn(self.ids)
+        index._originals = originals
+        index._memory_originals = self.originals
 
 
 @dataclass(frozen=True)
@@ -1049,6 +1281,40 @@ def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, o
               "truncate_dim": truncate_dim, "seed": int(seed), "query_bits": query_bits}
     make_codec(codec, truncate_dim or dim, bits, "ip")  # validates codec/bits pairing
     return config
+
+
+def _read_consistently(path: Path, read: Callable[[dict[str, Any]], _T]) -> _T:
+    """``read(manifest)`` of the newest manifest; if a file it names is gone (a writer
+    committed meanwhile and deleted it), again from the newer manifest. Files are deleted only
+    after a newer manifest is committed, so this converges unless commits keep coming faster
+    than a store can be read."""
+    error: Exception | None = None
+    for _ in range(LOAD_ATTEMPTS):
+        manifest = storage.read_manifest(path)
+        try:
+            return read(manifest)
+        except (storage.StoreCorruptedError, FileNotFoundError) as exc:
+            if storage.read_manifest(path) == manifest:
+                raise  # the store did not change: the file really is missing or damaged
+            error = exc
+    raise storage.StoreCorruptedError(
+        f"{path}: a writer committed {LOAD_ATTEMPTS} times while this reader was reading the "
+        f"store, each time deleting files it had yet to read (last: {error}); open it again "
+        f"when the writer is less busy") from error
+
+
+def _read_tombstones(path: Path, entries: list[dict[str, Any]], rows: int, *,
+                     verify: bool) -> np.ndarray:
+    """The row numbers in tombstone files, checked to lie within the ``rows`` rows."""
+    removed = [np.zeros(0, np.int64)]
+    for entry in entries:
+        dead = storage.read_array(path, entry, verify=verify)
+        if len(dead) and (dead.min() < 0 or dead.max() >= rows):
+            raise storage.StoreCorruptedError(
+                f"{path / entry['file']}: row numbers out of range (the store has {rows} rows); "
+                f"the file is corrupted")
+        removed.append(np.asarray(dead, dtype=np.int64))
+    return np.concatenate(removed)
 
 
 def _config_from_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
