@@ -14,8 +14,12 @@ a crash before it leaves vectors no document refers to, a crash after it leaves 
 nothing refers to, and opening the collection for writing removes both. So after a crash the
 two agree, and every call that returned is present.
 
-**Threads and processes.** Searches and reads run in parallel; a write waits for them and holds
-them off while it runs (a readers-writer lock), so a search never sees half a write. Another
+**Threads and processes.** Searches and reads run in parallel, and the Index scans a snapshot
+without a lock. Writes run one at a time; an upsert encodes and writes its vectors while
+searches go on (rows without a document are skipped), then holds searches off only around the
+SQLite commit and the removal of replaced vectors (a readers-writer lock), so a search never
+sees half a write: a replaced document appears in its old or its new version. A compaction,
+which renumbers the rows that cached filter masks point at, also holds them off. Another
 process may open the same directory with ``read_only=True``: it reads SQLite live and the Index
 as it was when opened (:meth:`Collection.refresh` reloads it); hits whose document has gone
 are dropped and refilled.
@@ -183,6 +187,10 @@ class Collection:
             raise ValueError(f"filter_cache_size must be a non-negative integer, got "
                              f"{filter_cache_size!r}")
         self._rw = _ReadWriteLock()
+        # Writes take _writing (one at a time) for their whole length, and _rw's write side
+        # only around the SQLite commit and the Index's tombstones (and compactions): an
+        # upsert encodes and writes its vectors while searches go on.
+        self._writing = threading.Lock()
         #: filter repr -> [sorted matching row ids, Index row mask or None]; "" -> all row ids
         self._cache: OrderedDict[str, list] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -374,7 +382,7 @@ class Collection:
 
     def close(self) -> None:
         """Release the write lock and close the database; the object is unusable afterwards."""
-        with self._rw.write():
+        with self._writing, self._rw.write():
             self._read_only = True
             self._index.close()
             self._store.close()
@@ -411,24 +419,29 @@ class Collection:
             if len(zero):
                 raise ValueError(f"vectors row {int(zero[0])} is all zeros; cosine similarity "
                                  f"needs non-zero vectors")
-        with self._rw.write():
+        with self._writing:
             self._check_writable()
             old = self._store.rowids_of(ids)
             rowids = np.arange(self._next_rowid, self._next_rowid + n, dtype=np.int64)
-            self._index.add(matrix, ids=rowids)
+            # the slow part (encoding, the vector files) while searches go on: the new rows
+            # have no document yet, so searches skip them
+            self._index.add(matrix, ids=rowids, upkeep=False)
             self._next_rowid += n
-            self._clear_cache()
             try:
-                with self._store.transaction() as conn:
+                with self._rw.write():  # the commit point: searches wait for this part only
+                    self._clear_cache()
+                    with self._store.transaction() as conn:
+                        if old:
+                            self._store.delete_rowids(conn, old.values())
+                        self._store.insert(conn, [(int(r), i, t, m) for r, i, t, m
+                                                  in zip(rowids, ids, texts, meta_json)])
                     if old:
-                        self._store.delete_rowids(conn, old.values())
-                    self._store.insert(conn, [(int(r), i, t, m) for r, i, t, m
-                                              in zip(rowids, ids, texts, meta_json)])
+                        self._drop_vectors(np.fromiter(old.values(), dtype=np.int64,
+                                                       count=len(old)))
             except BaseException:
                 self._drop_vectors(rowids)
                 raise
-            if old:
-                self._drop_vectors(np.fromiter(old.values(), dtype=np.int64, count=len(old)))
+            self._upkeep()
         return ids
 
     def delete(self, ids: Sequence[str] | None = None, where: Any = None) -> int:
@@ -442,7 +455,7 @@ class Collection:
                              f"document; to delete everything call clear()")
         if ids is not None:
             ids = _checked_id_list(ids)
-        with self._rw.write():
+        with self._writing, self._rw.write():
             self._check_writable()
             if ids is not None:
                 found = self._store.rowids_of(ids)
@@ -457,11 +470,12 @@ class Collection:
             with self._store.transaction() as conn:
                 self._store.delete_rowids(conn, rowids.tolist())
             self._drop_vectors(rowids)
+            self._upkeep(searches_held=True)
         return len(rowids)
 
     def clear(self) -> None:
         """Delete every document."""
-        with self._rw.write():
+        with self._writing, self._rw.write():
             self._check_writable()
             self._clear_cache()
             with self._store.transaction() as conn:
@@ -469,16 +483,29 @@ class Collection:
             live = self._index.ids
             if len(live):
                 self._drop_vectors(live)
+            self._upkeep(searches_held=True)
 
     def _drop_vectors(self, rowids: np.ndarray) -> None:
         """Remove vectors no document refers to any more. A failure here leaves only vectors
         that nothing finds (searches join with SQLite) and that the next open removes."""
-        try:
-            self._index.remove(rowids)
-        except KeyError:
-            present = np.intersect1d(rowids, self._index.ids)
-            if len(present):
-                self._index.remove(present)
+        present = np.asarray(rowids, dtype=np.int64)
+        present = present[self._index.contains(present)] if len(present) else present
+        if len(present):
+            self._index.remove(present, upkeep=False)
+
+    def _upkeep(self, *, searches_held: bool = False) -> None:
+        """The Index's merges, compaction and refits after a write. Merges keep row numbers and
+        run beside searches; a compaction renumbers the rows that cached filter masks point
+        at, so it runs while no search does (``searches_held``: the caller holds them off)."""
+        if not self._index.compaction_due:
+            self._index.maintain(compact=False)
+        elif searches_held:
+            self._index.maintain()
+            self._clear_cache()
+        else:
+            with self._rw.write():
+                self._index.maintain()
+                self._clear_cache()
 
     # ------------------------------------------------------------------ reads
     def count(self, where: Any = None) -> int:

@@ -632,10 +632,12 @@ class Index:
         with self._mutex:
             return self._ids.of_rows(self._ids.live_rows())
 
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, *, upkeep: bool = True) -> np.ndarray:
         """Add vectors (n, dim); returns their int64 ids. Adding an existing id replaces it.
 
         Searches running meanwhile see the index before or after the whole batch, never a part.
+        ``upkeep=False`` leaves merges, compaction and refits for a later :meth:`maintain`
+        (a ``Collection`` runs a compaction, which renumbers rows, while no search runs).
         """
         self._check_writable()
         vectors = as_matrix(vectors, self.dim, "vectors")
@@ -665,11 +667,13 @@ class Index:
                 self._ids.extend(new_ids)
                 self._ids.remove(replaced)
                 self._next_id = next_id
-            self._maintain()
+            if upkeep:
+                self._maintain()
         return new_ids
 
-    def remove(self, ids: Any) -> int:
-        """Remove ids (KeyError if any is unknown, before anything changes); returns the count."""
+    def remove(self, ids: Any, *, upkeep: bool = True) -> int:
+        """Remove ids (KeyError if any is unknown, before anything changes); returns the count.
+        ``upkeep`` as for :meth:`add`."""
         self._check_writable()
         wanted = np.unique(as_id_list(ids))
         with self._writer:
@@ -685,8 +689,28 @@ class Index:
                 self._commit(manifest)
             with self._mutex:
                 self._ids.remove(rows)
-            self._maintain()
+            if upkeep:
+                self._maintain()
         return len(rows)
+
+    @property
+    def compaction_due(self) -> bool:
+        """Whether the next upkeep compacts (half the rows removed) or refits the codec; both
+        renumber the rows, so a boolean ``mask`` made before them no longer applies."""
+        with self._mutex:
+            return self._compaction_due()
+
+    def _compaction_due(self) -> bool:
+        half_removed = self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size
+        return half_removed or (self._can_refit and self._codec.refit_due(len(self)))
+
+    def maintain(self, *, compact: bool = True) -> None:
+        """The upkeep ``add`` and ``remove`` run by themselves unless told not to: compaction
+        or a refit when due (skipped with ``compact=False``), else merging segments."""
+        self._check_writable()
+        with self._writer:
+            if compact or not self._compaction_due():
+                self._maintain()
 
     def search(self, queries: Any, k: int = 10, *, mask: Any = None,
                oversample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1013,7 +1037,7 @@ class Index:
 
     def _maintain(self) -> None:
         """Compact when half the rows are removed, or refit a data-fitted codec once the index
-        has outgrown its fit; merge segments of similar size."""
+        has outgrown its fit; merge segments of similar size (see ``compaction_due``)."""
         if self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size:
             self.compact()
         elif self._can_refit and self._codec.refit_due(len(self)):
@@ -1225,11 +1249,12 @@ def _mask_rows(ids: _IdColumn, mask: Any) -> np.ndarray:
         mask = np.fromiter(mask, dtype=np.int64, count=len(mask))
     array = np.asarray(mask)
     if array.dtype == np.bool_:
-        if array.shape != (ids.size,):
+        # a mask made before rows were appended covers a prefix: later rows are not allowed
+        if array.ndim != 1 or len(array) > ids.size:
             raise ValueError(f"mask is a boolean array of shape {array.shape}; it must have "
                              f"one entry per row, shape ({ids.size},) (see Index.row_ids)")
         if ids.removed is not None:
-            array = array & ~ids.removed
+            array = array & ~ids.removed[:len(array)]
         return np.nonzero(array)[0]
     if array.size == 0:
         return np.zeros(0, dtype=np.int64)
