@@ -308,3 +308,25 @@ def test_second_process_reads_while_first_writes(tmp_path):
     assert "already open for writing" in out["second_writer"]
     assert out["read_only"] is True
     col.close()
+
+
+def test_replaced_vectors_whose_tombstones_were_pending_are_gone_after_a_crash(tmp_path):
+    """An upsert returns before the tombstones of the vectors it replaced are written (they
+    ride on the next commit); after a crash right then, reopening removes those leftovers."""
+    script = textwrap.dedent(f"""
+        import os
+        import numpy as np
+        from vecpress import Collection
+        rng = np.random.default_rng(0)
+        col = Collection(dim=8, path={str(tmp_path / "c")!r})
+        col.upsert([f"d{{i}}" for i in range(50)], rng.standard_normal((50, 8)))
+        col.upsert(["d3", "d7"], np.ones((2, 8)))  # replaces two documents
+        assert len(col.index) == 50 and col.index._pending_removals
+        os._exit(0)  # no close: the pending tombstones are never written
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    with Collection.open(tmp_path / "c") as col:
+        assert len(col) == 50 and len(col.index) == 50
+        hits = col.search(np.ones(8), k=2)
+        assert sorted(h.id for h in hits) == ["d3", "d7"]
+        assert all(abs(h.score - 1.0) < 1e-3 for h in hits)

@@ -355,7 +355,7 @@ def _bad_calls():
         ("k float", lambda i: i.search(good, k=2.5), TypeError, "k must be an integer"),
         ("query dim", lambda i: i.search(random_vectors(1, 3), k=1), ValueError, "dim=8"),
         ("unknown remove", lambda i: i.remove([12345]), KeyError, "12345"),
-        ("bad mask", lambda i: i.search(good, mask=np.ones(3, bool)), ValueError, "mask"),
+        ("bad mask", lambda i: i.search(good, mask=np.ones(10_000, bool)), ValueError, "mask"),
     ]
 
 

@@ -490,8 +490,8 @@ class Collection:
         that nothing finds (searches join with SQLite) and that the next open removes."""
         present = np.asarray(rowids, dtype=np.int64)
         present = present[self._index.contains(present)] if len(present) else present
-        if len(present):
-            self._index.remove(present, upkeep=False)
+        if len(present):  # tombstones ride on the next commit: a crash leaves orphans, which
+            self._index.remove(present, upkeep=False, durable=False)  # _reconcile removes
 
     def _upkeep(self, *, searches_held: bool = False) -> None:
         """The Index's merges, compaction and refits after a write. Merges keep row numbers and

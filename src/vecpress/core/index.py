@@ -424,6 +424,8 @@ class Index:
         # snapshot (_Snapshot), so it never waits for an encode, an fsync or a merge.
         self._writer = threading.RLock()
         self._verify: bool | str = True
+        #: rows removed with durable=False, committed with the next manifest
+        self._pending_removals: list[np.ndarray] = []
         #: (when replaced, file names) of recently replaced manifests, kept for readers
         self._superseded: list[tuple[float, set[str]]] = []
         self._mutex = threading.RLock()
@@ -671,9 +673,16 @@ class Index:
                 self._maintain()
         return new_ids
 
-    def remove(self, ids: Any, *, upkeep: bool = True) -> int:
+    def remove(self, ids: Any, *, upkeep: bool = True, durable: bool = True) -> int:
         """Remove ids (KeyError if any is unknown, before anything changes); returns the count.
-        ``upkeep`` as for :meth:`add`."""
+        ``upkeep`` as for :meth:`add`.
+
+        ``durable=False`` (persistent indexes) removes them from searches at once but writes
+        the tombstones with the next commit (the next ``add``, ``remove``, compaction or
+        ``close``), saving this call's fsyncs; after a crash before then they are back. A
+        ``Collection`` uses it for vectors whose documents SQLite has already dropped (it
+        removes such leftovers when it opens).
+        """
         self._check_writable()
         wanted = np.unique(as_id_list(ids))
         with self._writer:
@@ -683,15 +692,29 @@ class Index:
                 missing = wanted[~present]
                 raise KeyError(f"ids not in the index: {missing[:10].tolist()}"
                                f"{' ...' if len(missing) > 10 else ''}; nothing was removed")
-            if self._path is not None:
-                manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
-                manifest["tombstones"] = self._tombstones_with(manifest["generation"], rows)
-                self._commit(manifest)
+            if self._path is not None and durable:
+                self._persist_removal(rows)
+            elif self._path is not None:
+                self._pending_removals.append(rows)
             with self._mutex:
                 self._ids.remove(rows)
             if upkeep:
                 self._maintain()
         return len(rows)
+
+    def _persist_removal(self, rows: np.ndarray) -> None:
+        """Commit tombstones for ``rows`` (and for removals still pending)."""
+        manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+        manifest["tombstones"] = self._tombstones_with(manifest["generation"], rows)
+        manifest["count"] = len(self) - len(rows)  # (rows: live until the caller removes them)
+        self._commit(manifest)
+        self._pending_removals = []
+
+    def _pending_rows(self) -> np.ndarray:
+        """Rows removed with ``durable=False`` whose tombstones are not committed yet."""
+        if not self._pending_removals:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate(self._pending_removals))
 
     @property
     def compaction_due(self) -> bool:
@@ -818,8 +841,12 @@ class Index:
             self._write_compacted(self, live, refitted)
 
     def close(self) -> None:
-        """Release the directory's write lock (the index stays searchable in memory)."""
+        """Commit pending removals and release the directory's write lock (the index stays
+        searchable in memory)."""
         if self._lock_file is not None:
+            with self._writer:
+                if self._pending_removals:
+                    self._persist_removal(np.zeros(0, np.int64))
             self._remove_replaced_files()
             self._lock_file.release()
             self._lock_file = None
@@ -989,6 +1016,7 @@ class Index:
         """The manifest's tombstone list after removing ``rows``: one new file holding just
         them, or, once there are ``MAX_TOMBSTONE_FILES``, one file holding every removed row."""
         entries = storage.tombstone_entries(self._manifest)
+        rows = np.union1d(np.asarray(rows, dtype=np.int64), self._pending_rows())
         if len(entries) >= MAX_TOMBSTONE_FILES:
             entries, rows = [], np.union1d(self._ids.removed_rows(), rows)
         rows = np.unique(np.asarray(rows, dtype=np.int64))
@@ -1001,11 +1029,12 @@ class Index:
             self._write_codec_state(manifest)
         segment = self._write_segment(gen, codes, factors, ids, kept)
         manifest["segments"] = self._manifest["segments"] + [segment]
-        if len(replaced):
+        if len(replaced) or self._pending_removals:
             manifest["tombstones"] = self._tombstones_with(gen, replaced)
         manifest.update(next_id=next_id, rows=self._ids.size + len(ids),
                         count=len(self) + len(ids) - len(replaced))
         self._commit(manifest)
+        self._pending_removals = []
         if kept is not None:
             block = self._open_originals(segment)
             with self._mutex:  # (extra rows of originals are never read by a search)
@@ -1161,6 +1190,7 @@ class Index:
             manifest.update(segments=[segment] if segment else [], tombstones=[],
                             next_id=next_id, rows=len(live), count=len(live))
             self._commit(manifest)
+            self._pending_removals = []  # (the removed rows are gone from the files)
         originals = ram.blocks(self, segment) if ram is not None else None
         with self._mutex:  # one publish: a search never pairs the new codec with old codes
             self._codec = codec
