@@ -628,3 +628,72 @@ def test_llama_index_aquery_does_not_stall_the_event_loop(big_stores):
     assert all(len(ids) == 4 for ids in expected)
     assert ticks > len(queries), "the ticker never ran"
     assert stall < STALL_BOUND_S, f"the event loop stalled {stall * 1000:.1f} ms"
+
+
+# ---------------------------------------------------------------------- another process writes
+
+WRITER_SCRIPT = """
+    import sys, time
+    import numpy as np
+    from vecpress import Collection
+
+    path, seconds = sys.argv[1], float(sys.argv[2])
+    rng = np.random.default_rng(5)
+    collection = Collection.open(path)
+    oldest, newest = 0, len(collection)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ids = [f"doc-{i}" for i in range(newest, newest + 16)]
+        collection.upsert(ids, rng.standard_normal((16, collection.dim)).astype(np.float32),
+                          texts=[f"text {i}" for i in range(newest, newest + 16)])
+        newest += 16
+        collection.delete(ids=[f"doc-{i}" for i in range(oldest, oldest + 16)])
+        oldest += 16
+    collection.close()
+    print(newest - 3000)
+"""
+
+
+@pytest.mark.slow
+def test_read_only_collection_in_another_process_keeps_working_while_a_writer_writes(tmp_path):
+    """A reader process opens, refreshes and searches a collection another process keeps
+    writing (adds, deletes, and the segment merges and compactions they set off): no error,
+    and every search returns k documents that exist with their own text. ("A file stays
+    readable while any reader's manifest names it.")"""
+    path = tmp_path / "shared"
+    rows = np.arange(3000)
+    with Collection(dim=DIM, path=path, bits=4) as collection:
+        collection.upsert([f"doc-{r}" for r in rows], clustered_vectors(3000, DIM, seed=8),
+                          texts=[f"text {r}" for r in rows])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WRITER_SCRIPT), str(path), "8"], cwd=REPO,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rng = np.random.default_rng(0)
+    errors: list[str] = []
+    searches = 0
+    try:
+        while writer.poll() is None:
+            try:
+                reader = Collection.open(path, read_only=True)
+                try:
+                    for _ in range(5):
+                        reader.refresh()
+                        hits = reader.search(rng.standard_normal(DIM), k=K)
+                        assert len(hits) == K, f"{len(hits)} hits"
+                        assert all(h.text == "text " + h.id.removeprefix("doc-")
+                                   for h in hits), hits
+                        assert all(a.score >= b.score for a, b in zip(hits, hits[1:])), hits
+                        searches += 1
+                finally:
+                    reader.close()
+            except Exception as error:  # every kind counts; reported below
+                errors.append(repr(error))
+        out, err = writer.communicate(timeout=120)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err[-3000:]
+    assert int(out.strip()) > 100, f"the writer made only {out.strip()} upserts"
+    assert searches > 0
+    assert not errors, f"{len(errors)} reader errors ({searches} searches), e.g. {errors[:3]}"
