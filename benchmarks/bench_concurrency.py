@@ -4,7 +4,8 @@ of big writes, and a writer process beside reader processes.
 Sections (``--sections``, all by default):
 
 - ``qps``: single-query searches from 1, 2 and 4 Python threads against one index (each
-  library held to 1 thread inside a call, so the threads are the only parallelism): vecpress
+  library held to 1 thread inside a call, so the threads are the only parallelism;
+  ``--inner-threads 0`` leaves the libraries' defaults): vecpress
   4-bit + rerank (the default) and 1-bit + rerank, both on disk; FAISS ``IndexRaBitQ`` 4-bit
   alone and under ``IndexRefineFlat`` (k-factor 3); hnswlib (M=16, ef=64). QPS per thread
   count, the 2-thread / 1-thread ratio (target for vecpress: at least 1.7x on 2 cores), p50
@@ -96,22 +97,24 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.median(values)), "p99_ms": float(np.percentile(values, 99))}
 
 
-def one_thread_inside_calls() -> None:
-    """Hold numba (for this thread: its setting is per thread), FAISS's OpenMP and BLAS to one
-    thread, so that Python threads are the only parallelism."""
+def threads_inside_calls(count: int) -> None:
+    """Hold numba (for the calling thread: its setting is per thread), FAISS's OpenMP and BLAS
+    to ``count`` threads (1: the Python threads are the only parallelism); 0 leaves them."""
+    if count <= 0:
+        return
     import numba
 
-    numba.set_num_threads(1)
+    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     try:
         import faiss
 
-        faiss.omp_set_num_threads(1)
+        faiss.omp_set_num_threads(count)
     except ImportError:
         pass
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=1, user_api="blas")
+        threadpool_limits(limits=count, user_api="blas")
     except ImportError:
         pass
 
@@ -160,7 +163,7 @@ def qps_methods(base: np.ndarray, workdir: Path) -> dict[str, Callable[[], Calla
             "hnswlib M=16 ef=64": hnswlib_index}
 
 
-def run_threads(search: Callable, queries: np.ndarray, threads: int
+def run_threads(search: Callable, queries: np.ndarray, threads: int, inner: int = 1
                 ) -> tuple[float, list[float], np.ndarray]:
     """Every query once, split round-robin over ``threads`` Python threads started together:
     (queries per second over the wall time, each query's latency, the ids found)."""
@@ -171,7 +174,7 @@ def run_threads(search: Callable, queries: np.ndarray, threads: int
     errors: list[BaseException] = []
 
     def worker(number: int) -> None:
-        one_thread_inside_calls()
+        threads_inside_calls(inner)
         barrier.wait()
         start = time.perf_counter()
         try:
@@ -195,18 +198,20 @@ def run_threads(search: Callable, queries: np.ndarray, threads: int
     return len(queries) / wall, [t for per in latencies for t in per], found
 
 
-def measure_qps(base: np.ndarray, queries: np.ndarray, workdir: Path) -> list[dict[str, Any]]:
-    """QPS of single-query searches from 1, 2 and 4 threads, per method."""
+def measure_qps(base: np.ndarray, queries: np.ndarray, workdir: Path, inner: int = 1
+                ) -> list[dict[str, Any]]:
+    """QPS of single-query searches from 1, 2 and 4 threads, per method, each library held to
+    ``inner`` threads inside a call (0: its default)."""
     from benchmarks.datasets import ground_truth
 
     _, truth = ground_truth(base, queries, k=K, metric="ip", cache_dir=None)
     rows = []
     for name, build in qps_methods(base, workdir).items():
         search = build()
-        run_threads(search, queries[:50], 1)  # warm: compile, load, fault pages in
-        row: dict[str, Any] = {"method": name, "queries": len(queries)}
+        run_threads(search, queries[:50], 1, inner)  # warm: compile, load, fault pages in
+        row: dict[str, Any] = {"method": name, "queries": len(queries), "inner_threads": inner}
         for threads in THREAD_COUNTS:
-            qps, latencies, found = run_threads(search, queries, threads)
+            qps, latencies, found = run_threads(search, queries, threads, inner)
             row[f"qps_{threads}t"] = qps
             row[f"p50_ms_{threads}t"] = percentiles_ms(latencies)["p50_ms"]
             if threads == 1:
@@ -583,7 +588,9 @@ def markdown(report: dict[str, Any]) -> str:
     """The report's tables, one per section that ran."""
     lines = [report["header"], ""]
     if report.get("qps"):
-        lines += ["### Single-query QPS from Python threads (1 thread inside each call)", "",
+        inner = report["qps"][0]["inner_threads"]
+        inside = "library defaults" if inner <= 0 else f"{inner} thread(s)"
+        lines += [f"### Single-query QPS from Python threads ({inside} inside each call)", "",
                   "| method | recall@10 | QPS 1 thread | QPS 2 threads | QPS 4 threads | "
                   "2t / 1t | p50 ms 1 / 2 threads |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -607,13 +614,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Target: at most 1 ms at 1M.", ""]
     if report.get("rss"):
         lines += ["### Peak memory of big writes (fresh process each)", "",
-                  "| operation | peak RSS MiB (VmHWM) | RssAnon MiB after | RSS before MiB | "
-                  "stats ram MiB | target MiB | seconds |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| operation | peak RSS MiB (VmHWM) | RssAnon MiB after | RssFile MiB after | "
+                  "RSS before MiB | stats ram MiB | target MiB | seconds |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in report["rss"]:
             target = r.get("peak_target_bytes")
             lines.append(
                 f"| {r['operation']} | {_mib(r['VmHWM'])} | {_mib(r['RssAnon'])} | "
+                f"{_mib(r['RssFile'])} | "
                 f"{_mib(r['rss_before_bytes']) if 'rss_before_bytes' in r else '-'} | "
                 f"{_mib(r['ram_bytes'])} | "
                 f"{'-' if target is None else _mib(target)} | {r['seconds']:.1f} |")
@@ -671,6 +679,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--n-base", type=int, help="base vectors (100k)")
     parser.add_argument("--n-queries", type=int, help="queries per thread-count run (2000)")
+    parser.add_argument("--inner-threads", type=int, default=1,
+                        help="threads each library may use inside one search call in the qps "
+                             "section (default 1; 0 leaves each library's default)")
     parser.add_argument("--stall-queries", type=int, help="awaited queries per adapter (200)")
     parser.add_argument("--latency-sizes", type=int, nargs="+",
                         help="store sizes for the one-document ops (the base size and 1M)")
@@ -713,7 +724,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("VECPRESS_SCALE_TMP")) as tmp:
         workdir = Path(tmp)
         if "qps" in args.sections:
-            report["qps"] = measure_qps(base, queries, workdir)
+            report["qps"] = measure_qps(base, queries, workdir, args.inner_threads)
         if "stall" in args.sections:
             report["stall"] = measure_stalls(base, queries, texts, workdir, args.stall_queries)
         if "latency" in args.sections:
