@@ -342,13 +342,14 @@ def timed(calls: list[Callable[[], Any]]) -> dict[str, float]:
     return percentiles_ms(seconds)
 
 
-def measure_point_ops(n: int, base: np.ndarray | None, workdir: Path, ops: int
-                      ) -> list[dict[str, Any]]:
-    """One-document upsert / get on a Collection and one-id add / get on an Index of ``n``."""
+def measure_point_ops(n: int, base: np.ndarray | None, workdir: Path, ops: int,
+                      base_is_real: bool = True) -> list[dict[str, Any]]:
+    """One-document upsert / get on a Collection and one-id add / get on an Index of ``n``
+    (the base vectors when there are ``n`` of them, else synthetic ones)."""
     from vecpress import Collection, Index
 
     rng = np.random.default_rng(n)
-    data = "real" if base is not None and len(base) == n else "synthetic"
+    data = "real" if base_is_real and base is not None and len(base) == n else "synthetic"
     rows = []
     for where in ("memory", "disk"):
         built = time.perf_counter()
@@ -589,7 +590,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [report["header"], ""]
     if report.get("qps"):
         inner = report["qps"][0]["inner_threads"]
-        inside = "library defaults" if inner <= 0 else f"{inner} thread(s)"
+        inside = ("library defaults" if inner <= 0
+                  else "1 thread" if inner == 1 else f"{inner} threads")
         lines += [f"### Single-query QPS from Python threads ({inside} inside each call)", "",
                   "| method | recall@10 | QPS 1 thread | QPS 2 threads | QPS 4 threads | "
                   "2t / 1t | p50 ms 1 / 2 threads |",
@@ -729,7 +731,8 @@ def main(argv: list[str] | None = None) -> None:
             report["stall"] = measure_stalls(base, queries, texts, workdir, args.stall_queries)
         if "latency" in args.sections:
             report["latency"] = [row for n in args.latency_sizes for row in
-                                 measure_point_ops(n, base, workdir, args.ops)]
+                                 measure_point_ops(n, base, workdir, args.ops,
+                                                   base_is_real=not args.synthetic)]
         if "rss" in args.sections:
             report["rss"] = measure_peaks(workdir, args.rss_base, args.rss_add,
                                           args.build_size if args.build_10m else None,
