@@ -32,9 +32,9 @@ Data: WordNet glosses embedded with all-MiniLM-L6-v2 (``benchmarks/datasets.py``
 vectors shaped like them (``bench_scale``'s generator; no recall claims then). The 1M latency
 store and the memory runs always use synthetic vectors.
 
-    HF_HUB_OFFLINE=1 python -m benchmarks.bench_concurrency                # about 45 min
-    HF_HUB_OFFLINE=1 python -m benchmarks.bench_concurrency --quick        # about 3 min
-    HF_HUB_OFFLINE=1 python -m benchmarks.bench_concurrency --build-10m    # adds about 1 h
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_concurrency                # about 25 min
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_concurrency --quick        # about 2 min
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_concurrency --build-10m    # adds 25-40 min
     python -m benchmarks.bench_concurrency --quick --synthetic --sections qps stall
 
 Writes ``benchmarks/results/concurrency.md`` and ``concurrency.json`` (``concurrency_quick.*``
