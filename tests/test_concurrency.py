@@ -417,6 +417,13 @@ def test_search_kernels_release_the_gil():
     BLAS thread) is the control: on a machine too loaded to let the note-taker run at all
     there is nothing to tell, and the test is skipped. The searches must leave notes in at
     least half as many calls as the control.
+
+    Why not one long batch search on numba's threads: numba's parallel launcher already
+    releases the GIL while its threads run, so such a test passes whether the kernels are
+    ``nogil`` or not. Single queries on one thread (the serial kernel, one call per query) are
+    what Python threads serving requests run, and what holds the GIL today. Not a timed
+    assertion: both shares are counted in the same process against the same scheduler, and a
+    GIL-holding kernel scores about 0 against a control of about 1.
     """
     single = {name: "1" for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                       "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
