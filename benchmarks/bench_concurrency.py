@@ -699,6 +699,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds per memory worker (20x for --build-10m)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", help="result file names (default concurrency, or "
+                                       "concurrency_quick with --quick), e.g. to keep a run "
+                                       "of some sections beside the full one")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
@@ -749,7 +752,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "concurrency_quick" if args.quick else "concurrency"
+    stem = args.stem or ("concurrency_quick" if args.quick else "concurrency")
     (args.out / f"{stem}.md").write_text(table)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}/{stem}.* in {report['wall_s']:.0f} s")
