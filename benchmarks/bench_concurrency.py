@@ -628,9 +628,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_mib(r['ram_bytes'])} | "
                 f"{'-' if target is None else _mib(target)} | {r['seconds']:.1f} |")
         lines += ["", "Add and compact: peak since just before the operation (the process's "
-                  "RSS then is 'RSS before'); builds: the whole process. Target for builds: "
-                  "peak at most 2x stats ram + 2 GiB. Peak RSS counts the pages of the "
-                  "memory-mapped originals the process touched (page cache).", ""]
+                  "RSS then is 'RSS before'); builds: the whole process, including the "
+                  "synthetic generator's working memory (up to about 0.5 GB for a 100k "
+                  "chunk). Target for builds: peak at most 2x stats ram + 2 GiB. Peak RSS "
+                  "counts the pages of the memory-mapped originals the process touched (page "
+                  "cache).", ""]
     if report.get("rw"):
         seconds = report["rw"][0]["seconds"]
         lines += [f"### One writer, two readers ({seconds:.0f} s, separate processes)", "",
