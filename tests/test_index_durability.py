@@ -122,6 +122,107 @@ TestIndexModel.settings = settings(max_examples=40, stateful_step_count=25, dead
                                    suppress_health_check=[HealthCheck.too_slow])
 
 
+class DefaultCodecModel(RuleBasedStateMachine):
+    """The default codec (4-bit saq codes, float16 originals, rerank) under random batches of
+    adds, replacements and removals large enough to cross the codec's refits (the first PCA fit
+    at 1,024 rows, again at 4x growth) and automatic compactions (half the rows removed),
+    with reopens, against ``dict[id, vector]``.
+
+    With ``oversample`` covering every row the rerank scores all of them exactly, so a search
+    equals brute force over the float16-rounded originals whatever the codes; the default
+    search must return live ids whose scores are their exact scores.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = Path(tempfile.mkdtemp(prefix="vecpress-default-model-"))
+        self.model: dict[int, np.ndarray] = {}
+        self.next_seed = 0
+
+    @initialize(persistent=st.booleans(), metric=st.sampled_from(["cosine", "ip", "l2"]))
+    def create(self, persistent, metric):
+        self.path = self.directory / "store" if persistent else None
+        self.index = Index(16, metric=metric, path=self.path)
+        self.metric = metric
+
+    def _batch(self, n: int) -> np.ndarray:
+        self.next_seed += 1
+        rng = np.random.default_rng(self.next_seed)
+        return (rng.standard_normal((n, 16)) * rng.uniform(0.5, 2.0, (n, 1))).astype(np.float32)
+
+    def _stored(self, array: np.ndarray) -> np.ndarray:
+        """What the index keeps: normalised for cosine, rounded to float16."""
+        if self.metric == "cosine":
+            array = array / np.linalg.norm(array, axis=1, keepdims=True)
+        return array.astype(np.float16).astype(np.float32)
+
+    @rule(n=st.integers(1, 700))
+    def add_auto(self, n):
+        array = self._batch(n)
+        ids = self.index.add(array)
+        self.model.update(zip(ids.tolist(), self._stored(array)))
+
+    @precondition(lambda self: self.model)
+    @rule(fraction=st.floats(0.05, 1.0), extra=st.integers(0, 200))
+    def replace_some_and_add(self, fraction, extra):
+        live = sorted(self.model)
+        replaced = live[: max(1, int(len(live) * fraction))]
+        ids = np.array(replaced + list(range(10**6 + self.next_seed * 1000,
+                                             10**6 + self.next_seed * 1000 + extra)))
+        array = self._batch(len(ids))
+        self.index.add(array, ids=ids)
+        self.model.update(zip(ids.tolist(), self._stored(array)))
+
+    @precondition(lambda self: self.model)
+    @rule(fraction=st.floats(0.05, 0.9), offset=st.integers(0, 10**6))
+    def remove_some(self, fraction, offset):
+        live = sorted(self.model)
+        count = max(1, int(len(live) * fraction))
+        picked = [live[(offset + 7 * i) % len(live)] for i in range(count)]
+        picked = sorted(set(picked))
+        assert self.index.remove(picked) == len(picked)
+        for i in picked:
+            del self.model[i]
+
+    @precondition(lambda self: self.path is not None)
+    @rule()
+    def reopen(self):
+        self.index.close()
+        self.index = Index.load(self.path)
+
+    @invariant()
+    def exhaustive_search_is_exact(self):
+        if not hasattr(self, "index"):
+            return
+        assert len(self.index) == len(self.model)
+        if not self.model:
+            return
+        ids = np.array(sorted(self.model))
+        data = np.stack([self.model[i] for i in ids]).astype(np.float64)
+        query = self._batch(1)
+        unit = query / np.linalg.norm(query) if self.metric == "cosine" else query
+        exact = (data @ unit[0] if self.metric != "l2"
+                 else -((data - unit[0]) ** 2).sum(axis=1))
+        k = min(5, len(ids))
+        scores, found = self.index.search(query, k=k, oversample=10**6)
+        np.testing.assert_allclose(scores[0], np.sort(exact)[::-1][:k], rtol=1e-4, atol=1e-3)
+        lookup = dict(zip(ids.tolist(), exact))
+        np.testing.assert_allclose([lookup[i] for i in found[0]], scores[0], rtol=1e-4, atol=1e-3)
+        scores, found = self.index.search(query, k=k)  # the default: codes, then the rerank
+        assert len(set(found[0].tolist())) == k and set(found[0].tolist()) <= set(lookup)
+        np.testing.assert_allclose([lookup[i] for i in found[0]], scores[0], rtol=1e-4, atol=1e-3)
+
+    def teardown(self):
+        if hasattr(self, "index"):
+            self.index.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+TestDefaultCodecModel = DefaultCodecModel.TestCase
+TestDefaultCodecModel.settings = settings(max_examples=12, stateful_step_count=12, deadline=None,
+                                          suppress_health_check=[HealthCheck.too_slow])
+
+
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
