@@ -114,6 +114,58 @@ TestCollectionModel.settings = settings(max_examples=40, stateful_step_count=25,
                                         suppress_health_check=[HealthCheck.too_slow])
 
 
+class DefaultCodecCollectionModel(CollectionModel):
+    """The same rules on the default index (4-bit saq codes + float16 rerank), plus bulk upserts
+    over a larger id pool that cross the codec's PCA refits and automatic compactions.
+    Searches scan every row's code before the exact rerank (``oversample`` past the row count),
+    so they still equal brute force; vectors are small integers, which float16 holds exactly."""
+
+    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]))
+    def create(self, persistent, metric):
+        self.path = self.directory / "store" if persistent else None
+        self.metric = metric
+        self.col = Collection(DIM, path=self.path, metric=metric)
+        self.seed = 0
+
+    @rule(n=st.integers(300, 1200), start=st.integers(0, 1000))
+    def bulk_upsert(self, n, start):
+        self.seed += 1
+        rng = np.random.default_rng(self.seed)
+        ids = [f"bulk{(start + i) % 1500}" for i in range(n)]
+        ids = list(dict.fromkeys(ids))
+        array = rng.integers(-9, 10, (len(ids), DIM)).astype(np.float32)
+        array[~array.any(axis=1), 0] = 1.0
+        groups = rng.integers(0, 3, len(ids)).tolist()
+        metas = [{"g": g, "id": i} for g, i in zip(groups, ids)]
+        texts = [f"word{g} {i}" for g, i in zip(groups, ids)]
+        self.col.upsert(ids, array, texts=texts, metadatas=metas)
+        for i, v, t, m in zip(ids, array, texts, metas):
+            self.model[i] = (v, t, m)
+
+    @rule(query=st.lists(st.integers(-9, 9), min_size=DIM, max_size=DIM), k=st.integers(1, 6),
+          g=st.one_of(st.none(), st.integers(0, 2)))
+    def search_matches_model(self, query, k, g):
+        q = np.array(query, dtype=np.float32)
+        if not q.any():
+            q[0] = 1.0
+        allowed = [i for i, (_, _, m) in self.model.items() if g is None or m["g"] == g]
+        hits = self.col.search(q, k=k, where=None if g is None else {"g": g}, oversample=10**6)
+        assert len(hits) == min(k, len(allowed))
+        if allowed:
+            scores = dense_scores(np.stack([self.model[i][0] for i in allowed]), q, self.metric)
+            expected = np.sort(scores)[::-1][:k]
+            np.testing.assert_allclose([h.score for h in hits], expected, rtol=1e-5, atol=1e-3)
+        for h in hits:
+            _, text, meta = self.model[h.id]
+            assert (h.text, h.metadata) == (text, meta)
+
+
+TestDefaultCodecCollectionModel = DefaultCodecCollectionModel.TestCase
+TestDefaultCodecCollectionModel.settings = settings(
+    max_examples=10, stateful_step_count=20, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+
+
 # ---------------------------------------------------------------------- kill -9
 
 WRITER = textwrap.dedent("""
