@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels, storage
+from . import kernels, storage, store_format
 from .codecs import Codec, RowFilter, default_codec_name, make_codec, tile_codes
 from .validate import as_id_list, as_ids, as_matrix, as_positive_int
 
@@ -235,7 +235,8 @@ class _Blocks:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(b.nbytes for b in self.blocks if not isinstance(b, np.memmap)))
+        return int(sum(b.nbytes for b in self.blocks
+                       if isinstance(b, np.ndarray) and not isinstance(b, np.memmap)))
 
 
 class Index:
@@ -336,8 +337,13 @@ class Index:
         ``read_only=True`` takes no write lock, so a second process may search a store that
         another process is writing (it sees the state at the time it opened). ``verify=True``
         checks the CRC32 of every file read into RAM and the size of the memory-mapped
-        originals; ``verify="full"`` also reads the originals for their CRC32 (slower: the whole
-        store), ``verify=False`` checks sizes only.
+        originals, whose blocks of rows are CRC-checked the first time a search or ``get``
+        reads them; ``verify="full"`` reads the originals for their CRC32 at once (slower: the
+        whole store), ``verify=False`` checks sizes only.
+
+        The directory is untrusted input: its manifest, file names, shapes and sizes are
+        checked before anything is allocated, links and special files are refused, and any
+        violation is a ``StoreCorruptedError`` naming the file and the rule.
         """
         if verify not in (True, False, "full"):
             raise ValueError(f"verify={verify!r}; use True, False or 'full'")
@@ -347,6 +353,7 @@ class Index:
         lock = None if read_only else storage.DirectoryLock(path)
         try:
             manifest = storage.read_manifest(path)
+            store_format.validate_manifest(manifest, path)
             self = cls.__new__(cls)
             self._setup(_config_from_manifest(manifest, path), read_only=read_only)
             self._path = path
@@ -361,11 +368,14 @@ class Index:
         return self
 
     def _read_from(self, path: Path, manifest: dict[str, Any], *, verify: bool | str) -> None:
+        """Load a manifest that passed ``store_format.validate_manifest``: every entry is
+        checked against the codec before a file is read, then the ids and counts."""
         full = verify == "full"
         verify = bool(verify)
-        codec_state = {name: storage.read_array(path, entry, verify=verify)
-                       for name, entry in manifest["codec_files"].items()}
-        self._codec.load_state(codec_state)
+        originals_dtype = self._rerank_dtype if self.rerank else None
+        store_format.validate_layout(
+            manifest, path, store_format.StoreLayout.of(self._codec, self.dim, originals_dtype))
+        self._load_codec_state(path, manifest, verify)
         codes, factors, ids = [], [], []
         for segment in manifest["segments"]:
             files = segment["files"]
@@ -373,20 +383,36 @@ class Index:
             factors.append(storage.read_array(path, files["factors"], verify=verify))
             ids.append(storage.read_array(path, files["ids"], verify=verify))
             if "originals" in files:
-                self._originals.append(
-                    storage.read_array(path, files["originals"], mmap=True, verify=full))
+                self._originals.append(_map_originals(path, files["originals"], verify, full))
         if codes:
             self._codes = self._new_code_store(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
-            self._ids = _IdColumn(np.concatenate(ids).astype(np.int64))
-        if manifest["tombstones"]:
-            rows = storage.read_array(path, manifest["tombstones"], verify=verify)
-            if len(rows) and (rows.min() < 0 or rows.max() >= self._ids.size):
-                raise storage.StoreCorruptedError(
-                    f"{path / manifest['tombstones']['file']}: row numbers out of range")
-            self._ids.remove(rows)
+            self._ids = _IdColumn(np.concatenate(ids))
+        dead = store_format.dead_rows(
+            [storage.read_array(path, entry, verify=verify)
+             for entry in storage.tombstone_entries(manifest)], manifest, path)
+        store_format.check_count(manifest, len(dead), path)
+        self._ids.remove(dead)
+        store_format.check_ids(self._ids.of_rows(np.arange(self._ids.size)), self._ids.removed,
+                               manifest, path)
         self._next_id = int(manifest["next_id"])
         self._manifest = manifest
+
+    def _load_codec_state(self, path: Path, manifest: dict[str, Any], verify: bool) -> None:
+        files = manifest["codec_files"]
+        state = {name: storage.read_array(path, entry, verify=verify)
+                 for name, entry in files.items()}
+        try:
+            self._codec.load_state(state)
+        except ValueError as exc:
+            names = ", ".join(entry["file"] for entry in files.values())
+            raise storage.StoreCorruptedError(
+                f"{path / storage.MANIFEST}: the codec state ({names}) is inconsistent ({exc}); "
+                f"restore the store from a copy") from None
+        if manifest["rows"] and not self._codec.fitted:
+            raise storage.StoreCorruptedError(
+                f"{path / storage.MANIFEST}: the store holds rows but no fitted codec state "
+                f"(codec_files is incomplete); restore the store from a copy")
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -863,6 +889,18 @@ def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, o
               "truncate_dim": truncate_dim, "seed": int(seed), "query_bits": query_bits}
     make_codec(codec, truncate_dim or dim, bits, "ip")  # validates codec/bits pairing
     return config
+
+
+def _map_originals(path: Path, entry: dict[str, Any], verify: bool,
+                   full: bool) -> "np.ndarray | storage.CheckedRows":
+    """Memory-map an originals file: read in full for its CRC32 when ``full``, else wrapped so
+    that each block of rows is CRC-checked on first read (when ``verify`` and the entry has
+    block checksums; older stores have none)."""
+    array = storage.read_array(path, entry, mmap=True, verify=full)
+    if full or not verify or "block_crc32" not in entry or not len(array):
+        return array
+    return storage.CheckedRows(array, path / entry["file"], entry["block_rows"],
+                               entry["block_crc32"])
 
 
 def _config_from_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
