@@ -38,11 +38,12 @@ ORIGINALS_BLOCK_ROWS = 4096
 #: the dtypes a store's arrays may have (native byte order; never objects or records)
 ARRAY_DTYPES = frozenset(np.dtype(t).str for t in
                          (np.uint8, np.uint64, np.int64, np.float16, np.float32, np.float64))
-#: a manifest larger than this is refused before it is parsed (real ones are a few MB at most)
-MAX_MANIFEST_BYTES = 16 << 20
-#: JSON objects and arrays a manifest may hold (a segment needs about ten): bounds the
-#: memory parsing a hostile manifest can take
-MAX_MANIFEST_CONTAINERS = 200_000
+#: a manifest larger than this is refused before it is parsed (one of a 100M-row store is
+#: well under 1 MB; parsing 8 MB takes about 0.4 s)
+MAX_MANIFEST_BYTES = 8 << 20
+#: JSON objects and arrays a manifest may hold (a segment needs eleven): bounds the memory
+#: that parsing a hostile manifest can take
+MAX_MANIFEST_CONTAINERS = 100_000
 
 _READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
                | getattr(os, "O_CLOEXEC", 0))
@@ -135,6 +136,9 @@ def create_new_file(path: Path) -> int:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except IsADirectoryError:
+        raise StoreCorruptedError(f"{path}: a directory stands where the store writes a file; "
+                                  f"remove it") from None
     return os.open(path, _CREATE_FLAGS, 0o644)
 
 
@@ -386,8 +390,8 @@ def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> None:
         if (path.suffix == ".npy" and path.name not in keep) or path.name == MANIFEST + ".tmp":
             try:
                 path.unlink()
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, IsADirectoryError):
+                pass  # gone already, or a directory: not something a write left behind
 
 
 def disk_bytes(directory: Path, manifest: dict[str, Any]) -> int:

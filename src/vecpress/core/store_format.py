@@ -27,7 +27,8 @@ from .storage import ARRAY_DTYPES, MANIFEST, StoreCorruptedError, tombstone_entr
 MAX_DIM = 65_536
 MAX_ROWS = 2 ** 40
 MAX_ELEMENTS = 2 ** 48
-MAX_OVERSAMPLE = 65_536
+#: candidates per hit: the rerank gathers k * oversample original rows per query
+MAX_OVERSAMPLE = 1024
 MAX_ID = 2 ** 63 - 1
 MAX_SEED = 2 ** 64 - 1
 
@@ -45,6 +46,7 @@ SEGMENT_NAME = re.compile(rf"seg-{_GEN}")
 SEGMENT_FILE = re.compile(rf"seg-{_GEN}-(codes|factors|ids|originals)\.npy")
 TOMBSTONE_FILE = re.compile(rf"tomb-{_GEN}(-[0-9]{{1,19}})?\.npy")
 STATE_NAME = re.compile("[a-z_]{1,64}")
+_GENERATION = re.compile(_GEN)
 
 _INT64 = np.dtype(np.int64).str
 _FLOAT32 = np.dtype(np.float32).str
@@ -107,6 +109,17 @@ def validate_manifest(manifest: dict[str, Any], directory: Path) -> None:
     _check_codec_files(manifest["codec_files"], where, seen)
     _check_segments(manifest["segments"], rows, where, seen)
     _check_tombstones(manifest["tombstones"], rows, where, seen)
+    _check_generation(manifest, where, seen)
+
+
+def _check_generation(manifest: dict[str, Any], where: Path, files: set[str]) -> None:
+    """Every file carries the generation that wrote it; none may be newer than the manifest's,
+    or the next write (generation + 1) could reuse, and so destroy, a file still in use."""
+    names = files | {s["name"] for s in manifest["segments"]}
+    newest = max((int(_GENERATION.search(name).group()) for name in names), default=0)
+    if newest > manifest["generation"]:
+        raise _fail(where, f"generation is {manifest['generation']} but a file of generation "
+                           f"{newest} is listed; the next write would overwrite it")
 
 
 def _check_config(config: Any, where: Path) -> None:
