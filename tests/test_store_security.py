@@ -209,6 +209,25 @@ def test_lowered_generation_is_refused_before_a_write_reuses_a_name(tmp_path):
     refused(path, "the next write would overwrite")
 
 
+@pytest.mark.parametrize("name", ["docs.sqlite", "docs.sqlite-wal", "index"])
+def test_collection_refuses_links_to_its_database_or_index(tmp_path, sentinel, name):
+    from vecpress import Collection
+
+    path = tmp_path / "collection"
+    with Collection(DIM, path=path) as collection:
+        collection.upsert(["a", "b"], random_vectors(2, DIM), texts=["x", "y"])
+    target = path / name
+    moved = sentinel.parent / name
+    if target.exists():
+        os.rename(target, moved)
+    else:
+        moved.write_bytes(b"")
+    target.symlink_to(moved)
+    with pytest.raises(StoreCorruptedError, match=f"{name}: is a symbolic link"):
+        Collection.open(path)
+    assert sentinel.read_bytes() == SENTINEL
+
+
 # ---------------------------------------------------------------------- sizes and limits
 
 

@@ -248,6 +248,9 @@ class Collection:
 
     def _open(self, given: dict[str, Any], *, read_only: bool) -> None:
         path = self._path
+        for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal"):
+            storage.require_plain(path / name)  # SQLite would follow a link out of the store
+        storage.require_plain(path / INDEX_DIR, directory=True)
         if not read_only:
             self._lock = storage.DirectoryLock(path)
         try:

@@ -117,12 +117,29 @@ def open_regular_file(path: Path, flags: int = _READ_FLAGS) -> int:
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "directory"),
+    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISDIR, "directory"),
                        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
                        (stat.S_ISSOCK, "socket")):
         if test(mode):
             return name
     return "special file"
+
+
+def require_plain(path: Path, *, directory: bool = False) -> None:
+    """Refuse a link or special file at ``path`` (absence is fine), for entries of a store that
+    another library opens by name (SQLite follows links): checked just before it does."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise StoreCorruptedError(
+            f"{path}: is a symbolic link; the files of a store must be regular files in its "
+            f"directory (replace the link by what it points to)")
+    if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
+        want = "a directory" if directory else "a regular file"
+        raise StoreCorruptedError(f"{path}: is a {_file_kind(mode)}, not {want}; remove it")
 
 
 def create_new_file(path: Path) -> int:
@@ -206,8 +223,8 @@ def _read_npy_header(handle: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.
             shape, fortran, dtype = npy_format.read_array_header_2_0(handle)
         else:
             raise ValueError(f".npy format version {version} is not one numpy.save writes")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, RecursionError,
-            MemoryError) as exc:
+    except Exception as exc:  # numpy's parser of untrusted bytes: ValueError, SyntaxError,
+        # tokenize.TokenError, RecursionError... all mean the same here
         raise StoreCorruptedError(
             f"{path}: not a readable .npy file ({_one_line(exc)}); the file is corrupted") from None
     if dtype.hasobject or dtype.str not in ARRAY_DTYPES:

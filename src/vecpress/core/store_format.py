@@ -166,7 +166,7 @@ def _check_entry(entry: Any, where: Path, name: str, pattern: re.Pattern[str],
             or math.prod(shape) > MAX_ELEMENTS):
         raise _fail(where, f"{label}.shape {_short(shape)} is not 1-3 non-negative sizes of at "
                            f"most {MAX_ELEMENTS} elements")
-    if entry["dtype"] not in ARRAY_DTYPES:
+    if not isinstance(entry["dtype"], str) or entry["dtype"] not in ARRAY_DTYPES:
         raise _fail(where, f"{label}.dtype {_short(entry['dtype'])} is not one of "
                            f"{sorted(ARRAY_DTYPES)}")
     _check_blocks(entry, where, label)
