@@ -591,10 +591,13 @@ def _apply_file(store: Path, op, sentinel: Path) -> None:
     target = store / name
     regular = target.is_file() and not target.is_symlink()
     if kind == "plant_next":
-        try:
-            gen = int(read_manifest(store)["generation"])
-        except Exception:  # the manifest was mutated too: any generation will do
-            gen = 1
+        manifest = store / "manifest.json"
+        gen = 1  # when the manifest was mutated too, any generation will do
+        if manifest.is_file() and not manifest.is_symlink():  # never open a FIFO here
+            try:
+                gen = int(read_manifest(store)["generation"])
+            except (ValueError, KeyError, TypeError):
+                pass
         for planted in (f"seg-{gen + 1:08d}-codes.npy", f"seg-{gen + 1:08d}-originals.npy",
                         f"tomb-{gen + 1:08d}.npy", "manifest.json.tmp"):
             if not (store / planted).exists() and not (store / planted).is_symlink():
@@ -683,7 +686,8 @@ def _run_case(base: Path, ops, scratch: Path) -> str:
         sentinel.write_bytes(SENTINEL)
         store = case / "store"
         shutil.copytree(base, store, symlinks=True)
-        _mutate(store, ops, sentinel)
+        with deadline(2.0):  # the mutator must never hang either
+            _mutate(store, ops, sentinel)
         tracemalloc.start()
         start = time.perf_counter()
         try:
