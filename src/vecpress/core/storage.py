@@ -286,6 +286,7 @@ class CheckedRows:
         self.block_rows = block_rows
         self._expected = block_crc32
         self._verified = np.zeros(len(block_crc32), dtype=np.bool_)
+        self._all_verified = False  # once True, reads skip the block bookkeeping
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -301,10 +302,11 @@ class CheckedRows:
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         """The rows at integer positions ``rows`` (an array), after checking their blocks."""
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.size:
+        if rows.size and not self._all_verified:
             blocks = np.unique(rows // self.block_rows)
             for block in blocks[~self._verified[blocks]]:
                 self.verify_block(int(block))
+            self._all_verified = bool(self._verified.all())
         return self.array[rows]
 
     def verify_block(self, block: int) -> None:
