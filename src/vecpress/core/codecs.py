@@ -117,7 +117,12 @@ class Codec:
         return {}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_arrays` returned."""
+        """Restore what :meth:`state_arrays` returned (``ValueError`` when it is inconsistent)."""
+
+    def state_layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Shape and dtype (``dtype.str``) of each array :meth:`load_state` accepts, so a
+        stored state can be checked before it is read."""
+        return {}
 
     @property
     def fitted(self) -> bool:
@@ -162,6 +167,24 @@ class Codec:
         """Best ``k`` rows per query by estimated score: (q, k) scores and rows, -1 padded.
         ``codes`` are in the layout of :meth:`scan_layout`."""
         raise NotImplementedError
+
+
+def _check_state(codec: Codec, arrays: dict[str, np.ndarray], *, finite: tuple[str, ...],
+                 complete: bool = False) -> None:
+    """``ValueError`` unless ``arrays`` match ``codec.state_layout()`` (all of them when
+    ``complete``) and the ``finite`` ones hold no NaN or infinity."""
+    layout = codec.state_layout()
+    unknown = sorted(set(arrays) - set(layout))
+    missing = sorted(set(layout) - set(arrays)) if complete else []
+    if unknown or missing:
+        raise ValueError(f"state arrays {unknown} are unknown and {missing} are missing")
+    for name, array in arrays.items():
+        shape, dtype = layout[name]
+        if array.shape != shape or array.dtype.str != dtype:
+            raise ValueError(f"state array {name} is {array.dtype.str}{list(array.shape)}, "
+                             f"expected {dtype}{list(shape)}")
+        if name in finite and not np.isfinite(array).all():
+            raise ValueError(f"state array {name} holds NaN or infinity")
 
 
 def tile_codes(codes: np.ndarray, sign_words: int) -> np.ndarray:
@@ -246,7 +269,12 @@ class RaBitQCodec(Codec):
             arrays["centroid"] = self.centroid
         return arrays
 
+    def state_layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        f32 = np.dtype(np.float32).str
+        return {"rotation": ((self.dim, self.dim), f32), "centroid": ((self.dim,), f32)}
+
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        _check_state(self, arrays, finite=("rotation", "centroid"))
         rotation = arrays.get("rotation")  # absent until the first vector was added
         if rotation is not None:
             self._rotation = np.ascontiguousarray(rotation, dtype=np.float32)
@@ -471,9 +499,26 @@ class SegmentCodec(Codec):
                 "fit_rows": np.array([self.fit_rows], dtype=np.int64),
                 "sign_sigma": np.array([self.sign_sigma], dtype=np.float64)}
 
+    def state_layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        f32, f64, i64 = (np.dtype(t).str for t in (np.float32, np.float64, np.int64))
+        return {"centroid": ((self.dim,), f32), "projection": ((self.dim, self.dim), f32),
+                "seg_bits": ((self.n_segments,), i64), "seg_weight": ((self.n_segments,), f64),
+                "fit_rows": ((1,), i64), "sign_sigma": ((1,), f64)}
+
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        if "centroid" not in arrays:
-            return
+        if not arrays:
+            return  # not fitted yet
+        _check_state(self, arrays, finite=("centroid", "projection", "seg_weight", "sign_sigma"),
+                     complete=True)
+        seg_bits = np.asarray(arrays["seg_bits"])
+        if seg_bits.min() < 0 or seg_bits.max() > 8:
+            raise ValueError(f"seg_bits {seg_bits.tolist()} are not all 0-8")
+        if int((seg_bits * self.seg_words).sum()) != self.bits * self.words:
+            raise ValueError(f"seg_bits {seg_bits.tolist()} do not fill the "
+                             f"{self.bits * self.words} code words of {self.bits} bits")
+        if arrays["seg_weight"].min() < 0 or arrays["sign_sigma"][0] < 0 \
+                or arrays["fit_rows"][0] < 0:
+            raise ValueError("seg_weight, sign_sigma and fit_rows must not be negative")
         self.centroid = np.asarray(arrays["centroid"], dtype=np.float32)
         self._projection = np.ascontiguousarray(arrays["projection"], dtype=np.float32)
         self._set_allocation(arrays["seg_bits"], arrays["seg_weight"])

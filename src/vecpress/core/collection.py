@@ -258,7 +258,9 @@ class Collection:
 
     def _open(self, given: dict[str, Any], *, read_only: bool) -> None:
         path = self._path
-        _check_no_links(path)
+        for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal"):
+            storage.require_plain(path / name)  # SQLite would follow a link out of the store
+        storage.require_plain(path / INDEX_DIR, directory=True)
         if not read_only:
             self._lock = storage.DirectoryLock(path)
         try:
@@ -843,16 +845,6 @@ class Collection:
 
 
 # ---------------------------------------------------------------------- validation helpers
-
-
-def _check_no_links(path: Path) -> None:
-    """Refuse a collection directory whose database (or its WAL companions) or index is a
-    symbolic link: SQLite and the Index would read, or write, wherever it points."""
-    for name in (DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", DB_FILE + "-journal", INDEX_DIR):
-        if (path / name).is_symlink():
-            raise storage.StoreCorruptedError(
-                f"{path / name}: is a symbolic link; a collection directory holds its own files "
-                f"(links are not followed)")
 
 
 def _checked_ids(ids: Any, n: int) -> list[str]:

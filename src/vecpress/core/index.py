@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import kernels, segments, storage
+from . import kernels, segments, storage, store_format
 from .codecs import Codec, RowFilter, default_codec_name, make_codec, tile_codes
 from .validate import as_id_list, as_ids, as_matrix, as_positive_int
 
@@ -354,7 +354,8 @@ class _Blocks:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(b.nbytes for b in self.blocks if not isinstance(b, np.memmap)))
+        return int(sum(b.nbytes for b in self.blocks
+                       if isinstance(b, np.ndarray) and not isinstance(b, np.memmap)))
 
 
 class Index:
@@ -466,8 +467,13 @@ class Index:
         opened; :meth:`refresh` catches up). If a commit deletes files while it opens them,
         it starts again from the newest manifest. ``verify=True``
         checks the CRC32 of every file read into RAM and the size of the memory-mapped
-        originals; ``verify="full"`` also reads the originals for their CRC32 (slower: the whole
-        store), ``verify=False`` checks sizes only.
+        originals, whose blocks of rows are CRC-checked the first time a search or ``get``
+        reads them; ``verify="full"`` reads the originals for their CRC32 at once (slower: the
+        whole store), ``verify=False`` checks sizes only.
+
+        The directory is untrusted input: its manifest, file names, shapes and sizes are
+        checked before anything is allocated, links and special files are refused, and any
+        violation is a ``StoreCorruptedError`` naming the file and the rule.
         """
         if verify not in (True, False, "full"):
             raise ValueError(f"verify={verify!r}; use True, False or 'full'")
@@ -492,7 +498,9 @@ class Index:
     @classmethod
     def _from_manifest(cls, path: Path, manifest: dict[str, Any],
                        verify: bool | str) -> "Index":
-        """A read-only index holding the state ``manifest`` describes."""
+        """A read-only index holding the state ``manifest`` describes (validated first: see
+        :mod:`vecpress.core.store_format`)."""
+        store_format.validate_manifest(manifest, path)
         self = cls.__new__(cls)
         self._setup(_config_from_manifest(manifest, path), read_only=True)
         self._path = path
@@ -501,11 +509,14 @@ class Index:
         return self
 
     def _read_from(self, path: Path, manifest: dict[str, Any], *, verify: bool | str) -> None:
+        """Load a manifest that passed ``store_format.validate_manifest``: every entry is
+        checked against the codec before a file is read, then the ids and counts."""
         full = verify == "full"
         verify = bool(verify)
-        codec_state = {name: storage.read_array(path, entry, verify=verify)
-                       for name, entry in manifest["codec_files"].items()}
-        self._codec.load_state(codec_state)
+        originals_dtype = self._rerank_dtype if self.rerank else None
+        store_format.validate_layout(
+            manifest, path, store_format.StoreLayout.of(self._codec, self.dim, originals_dtype))
+        self._load_codec_state(path, manifest, verify)
         codes, factors, ids = [], [], []
         for segment in manifest["segments"]:
             files = segment["files"]
@@ -513,16 +524,36 @@ class Index:
             factors.append(storage.read_array(path, files["factors"], verify=verify))
             ids.append(storage.read_array(path, files["ids"], verify=verify))
             if "originals" in files:
-                self._originals.append(
-                    storage.read_array(path, files["originals"], mmap=True, verify=full))
+                self._originals.append(_map_originals(path, files["originals"], verify, full))
         if codes:
             self._codes = self._new_code_store(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
-            self._ids = _IdColumn(np.concatenate(ids).astype(np.int64))
-        self._ids.remove(_read_tombstones(path, storage.tombstone_entries(manifest),
-                                          self._ids.size, verify=verify))
+            self._ids = _IdColumn(np.concatenate(ids))
+        dead = store_format.dead_rows(
+            [storage.read_array(path, entry, verify=verify)
+             for entry in storage.tombstone_entries(manifest)], manifest, path)
+        store_format.check_count(manifest, len(dead), path)
+        self._ids.remove(dead)
+        store_format.check_ids(self._ids.of_rows(np.arange(self._ids.size)), self._ids.removed,
+                               manifest, path)
         self._next_id = int(manifest["next_id"])
         self._manifest = manifest
+
+    def _load_codec_state(self, path: Path, manifest: dict[str, Any], verify: bool) -> None:
+        files = manifest["codec_files"]
+        state = {name: storage.read_array(path, entry, verify=verify)
+                 for name, entry in files.items()}
+        try:
+            self._codec.load_state(state)
+        except ValueError as exc:
+            names = ", ".join(entry["file"] for entry in files.values())
+            raise storage.StoreCorruptedError(
+                f"{path / storage.MANIFEST}: the codec state ({names}) is inconsistent ({exc}); "
+                f"restore the store from a copy") from None
+        if manifest["rows"] and not self._codec.fitted:
+            raise storage.StoreCorruptedError(
+                f"{path / storage.MANIFEST}: the store holds rows but no fitted codec state "
+                f"(codec_files is incomplete); restore the store from a copy")
 
     def refresh(self) -> bool:
         """Catch up with the writer: read the newest commit of a read-only index's store.
@@ -540,6 +571,7 @@ class Index:
     def _catch_up(self, manifest: dict[str, Any]) -> bool:
         if manifest == self._manifest:
             return False
+        store_format.validate_manifest(manifest, self._path)
         appended = self._read_appended(manifest) if self._only_appends(manifest) else None
         if appended is None:
             fresh = Index._from_manifest(self._path, manifest, self._verify)
@@ -585,8 +617,8 @@ class Index:
             files, stop = segment["files"], start + segment["rows"]
             if "originals" in files:
                 entry, block = maps.get(segment["name"], (None, None))
-                originals.append(block if entry == files["originals"] else storage.read_array(
-                    path, files["originals"], mmap=True, verify=self._verify == "full"))
+                originals.append(block if entry == files["originals"] else _map_originals(
+                    path, files["originals"], verify, self._verify == "full"))
             if stop > loaded:
                 skip = max(0, loaded - start)  # a merge may hold loaded rows and new ones
                 segment_ids = storage.read_array(path, files["ids"], verify=verify)
@@ -1370,6 +1402,18 @@ def _read_tombstones(path: Path, entries: list[dict[str, Any]], rows: int, *,
                 f"the file is corrupted")
         removed.append(np.asarray(dead, dtype=np.int64))
     return np.concatenate(removed)
+
+
+def _map_originals(path: Path, entry: dict[str, Any], verify: bool,
+                   full: bool) -> "np.ndarray | storage.CheckedRows":
+    """Memory-map an originals file: read in full for its CRC32 when ``full``, else wrapped so
+    that each block of rows is CRC-checked on first read (when ``verify`` and the entry has
+    block checksums; older stores have none)."""
+    array = storage.read_array(path, entry, mmap=True, verify=full)
+    if full or not verify or "block_crc32" not in entry or not len(array):
+        return array
+    return storage.CheckedRows(array, path / entry["file"], entry["block_rows"],
+                               entry["block_crc32"])
 
 
 def _config_from_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:

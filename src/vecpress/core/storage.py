@@ -9,7 +9,13 @@ the files a commit replaced are removed by a later commit (``Index`` keeps them 
 for readers that have just read the replaced manifest). Large files are written in chunks by
 :class:`ArrayWriter` and read back in chunks by :class:`RowReader`, so that copying a file never
 holds it whole in memory.
-Nothing here uses pickle: ``np.load(..., allow_pickle=False)`` and ``json`` only.
+
+A store directory is untrusted input (people download and share them). Every file in it is
+opened without following a symbolic link and without blocking, and must be a regular file;
+``.npy`` headers are parsed here and checked against the manifest and the file's size before
+anything is allocated or mapped; the manifest is size-capped before it is parsed. Nothing here
+uses pickle or ``np.load``. What the manifest may say is checked by
+:mod:`vecpress.core.store_format`.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
+import stat
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 MANIFEST = "manifest.json"
 LOCK_FILE = "LOCK"
@@ -33,10 +42,27 @@ FORMAT_VERSION = 2
 #: rows per checksummed block of an originals file (``block_crc32`` in its manifest entry): a
 #: block is verified the first time a rerank reads from it
 ORIGINALS_BLOCK_ROWS = 4096
+#: the dtypes a store's arrays may have (native byte order; never objects or records)
+ARRAY_DTYPES = frozenset(np.dtype(t).str for t in
+                         (np.uint8, np.uint64, np.int64, np.float16, np.float32, np.float64))
+#: a manifest larger than this is refused before it is parsed (one of a 100M-row store is
+#: well under 1 MB; parsing 8 MB takes about 0.4 s)
+MAX_MANIFEST_BYTES = 8 << 20
+#: JSON objects and arrays a manifest may hold (a segment needs eleven): bounds the memory
+#: that parsing a hostile manifest can take
+MAX_MANIFEST_CONTAINERS = 100_000
+
+_READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+_LOCK_FLAGS = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+               | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+_CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
 
 
 class StoreCorruptedError(ValueError):
-    """A file of the store is missing, truncated or does not match its checksum."""
+    """A file of the store is missing, truncated, does not match its checksum, or breaks a
+    rule of the store format (the message names the file and the rule)."""
 
 
 def checksum(array: np.ndarray) -> int:
@@ -63,13 +89,97 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# ---------------------------------------------------------------------- opening files
+
+
+def open_regular_file(path: Path, flags: int = _READ_FLAGS) -> int:
+    """Open a file of a store as a file descriptor, refusing anything but a regular file.
+
+    Symbolic links are not followed and FIFOs do not block: either is refused at once with
+    a :class:`StoreCorruptedError` naming the file (``FileNotFoundError`` when it is absent).
+    """
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreCorruptedError(
+                f"{path}: is a symbolic link; the files of a store must be regular files in "
+                f"its directory (replace the link by the file it points to)") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
+            raise StoreCorruptedError(f"{path}: is not a regular file; the files of a store "
+                                      f"must be regular files (remove it)") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise StoreCorruptedError(
+                f"{path}: is a {_file_kind(mode)}, not a regular file; the files of a store "
+                f"must be regular files (remove it)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISDIR, "directory"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def require_plain(path: Path, *, directory: bool = False) -> None:
+    """Refuse a link or special file at ``path`` (absence is fine), for entries of a store that
+    another library opens by name (SQLite follows links): checked just before it does."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise StoreCorruptedError(
+            f"{path}: is a symbolic link; the files of a store must be regular files in its "
+            f"directory (replace the link by what it points to)")
+    if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
+        want = "a directory" if directory else "a regular file"
+        raise StoreCorruptedError(f"{path}: is a {_file_kind(mode)}, not {want}; remove it")
+
+
+def create_new_file(path: Path) -> int:
+    """Create ``path`` for writing (a file descriptor), never through a link.
+
+    Callers write names that no committed manifest refers to, so a file or link already at
+    that name is a leftover: it is unlinked first (unlink does not follow links), then the
+    file is created exclusively without following links.
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise StoreCorruptedError(f"{path}: a directory stands where the store writes a file; "
+                                  f"remove it") from None
+    return os.open(path, _CREATE_FLAGS, 0o644)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+# ---------------------------------------------------------------------- arrays
+
+
 def write_array(directory: Path, name: str, array: np.ndarray, *,
                 blocks: bool = False) -> dict[str, Any]:
     """Write ``array`` to ``directory/name`` durably; returns its manifest entry (with a CRC32
-    per block of rows when ``blocks``, see :func:`block_checksums`)."""
+    per block of rows when ``blocks``, see :func:`block_checksums`). A link or leftover file
+    at that name is replaced, never written through."""
     array = np.ascontiguousarray(array)
-    target = directory / name
-    with open(target, "wb") as handle:
+    with os.fdopen(create_new_file(directory / name), "wb") as handle:
         np.save(handle, array, allow_pickle=False)
         handle.flush()
         os.fsync(handle.fileno())
@@ -82,60 +192,212 @@ def write_array(directory: Path, name: str, array: np.ndarray, *,
 
 def read_array(directory: Path, entry: dict[str, Any], *, mmap: bool = False,
                verify: bool = True) -> np.ndarray:
-    """Read an array named by a manifest entry; a clear error names the file when it is bad."""
+    """Read (or memory-map, read-only) the array a manifest entry names.
+
+    The file is opened without following links and must be a regular file; its ``.npy``
+    header must match the entry's shape and dtype, and the file's size the header, before
+    anything is allocated or mapped. ``verify`` also checks the CRC32 (reading every byte).
+    A violation is a :class:`StoreCorruptedError` naming the file.
+    """
     path = directory / entry["file"]
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        fd = open_regular_file(path)
     except FileNotFoundError:
         raise StoreCorruptedError(f"{path}: file is missing; the store is incomplete") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise StoreCorruptedError(f"{path}: file is truncated or corrupted ({exc})") from None
-    if list(array.shape) != list(entry["shape"]) or array.dtype.str != entry["dtype"]:
-        raise StoreCorruptedError(
-            f"{path}: holds {array.dtype.str}{list(array.shape)}, the manifest expects "
-            f"{entry['dtype']}{entry['shape']}; the file is truncated or was replaced")
+    try:
+        with open(fd, "rb", closefd=False) as handle:
+            shape, dtype, offset = _checked_header(handle, fd, path, entry)
+            if mmap and math.prod(shape):
+                array = np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape)
+            else:
+                array = _read_data(handle, path, shape, dtype)
+    except OSError as exc:
+        raise StoreCorruptedError(f"{path}: cannot be read ({_one_line(exc)})") from None
+    finally:
+        os.close(fd)
     if verify and checksum(array) != entry["crc32"]:
         raise StoreCorruptedError(f"{path}: checksum mismatch; the file is corrupted")
     return array
 
 
+def _read_npy_header(handle: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of an ``.npy`` file, refusing what a store never writes."""
+    try:
+        version = npy_format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f".npy format version {version} is not one numpy.save writes")
+    except Exception as exc:  # numpy's parser of untrusted bytes: ValueError, SyntaxError,
+        # tokenize.TokenError, RecursionError... all mean the same here
+        raise StoreCorruptedError(
+            f"{path}: not a readable .npy file ({_one_line(exc)}); the file is corrupted") from None
+    if dtype.hasobject or dtype.str not in ARRAY_DTYPES:
+        raise StoreCorruptedError(
+            f"{path}: holds dtype {dtype.str!r}; a store's arrays are plain numbers in native "
+            f"byte order ({', '.join(sorted(ARRAY_DTYPES))})")
+    if fortran and len(shape) > 1:
+        raise StoreCorruptedError(f"{path}: is in Fortran order; a store writes C order only")
+    return tuple(int(n) for n in shape), dtype, handle.tell()
+
+
+def _checked_header(handle: BinaryIO, fd: int, path: Path,
+                    entry: dict[str, Any]) -> tuple[tuple[int, ...], np.dtype, int]:
+    """The header of an array file, checked against its manifest entry and against the
+    file's size (before anything of that size is allocated or mapped)."""
+    shape, dtype, offset = _read_npy_header(handle, path)
+    if list(shape) != list(entry["shape"]) or dtype.str != entry["dtype"]:
+        raise StoreCorruptedError(
+            f"{path}: holds {dtype.str}{list(shape)}, the manifest expects "
+            f"{entry['dtype']}{entry['shape']}; the file is truncated or was replaced")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    size = os.fstat(fd).st_size
+    if size != expected:
+        raise StoreCorruptedError(
+            f"{path}: is {size} bytes but its header describes {expected}; the file is "
+            f"truncated or was extended")
+    return shape, dtype, offset
+
+
+def _read_data(handle: BinaryIO, path: Path, shape: tuple[int, ...],
+               dtype: np.dtype) -> np.ndarray:
+    array = np.empty(shape, dtype=dtype)
+    if not array.size:
+        return array
+    view = memoryview(array).cast("B")
+    done = 0
+    while done < len(view):
+        got = handle.readinto(view[done:])
+        if not got:
+            raise StoreCorruptedError(f"{path}: ended while being read; the file is truncated")
+        done += got
+    return array
+
+
+class CheckedRows:
+    """Rows of a memory-mapped originals file, each block of rows CRC-checked on first read.
+
+    ``block_crc32`` (see :func:`block_checksums`) holds one CRC32 per ``block_rows`` rows.
+    The first read that touches a block verifies it and remembers it (once per block per
+    process); a mismatch raises :class:`StoreCorruptedError` naming the file and the block,
+    so a flipped bit never becomes a wrong score. No lock is held while checking: two
+    threads may verify the same block at once, which is harmless.
+    """
+
+    def __init__(self, array: np.ndarray, path: Path, block_rows: int,
+                 block_crc32: list[int]) -> None:
+        self.array = array
+        self.path = path
+        self.block_rows = block_rows
+        self._expected = block_crc32
+        self._verified = np.zeros(len(block_crc32), dtype=np.bool_)
+        self._all_verified = False  # once True, reads skip the block bookkeeping
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at integer positions ``rows`` (an array), after checking their blocks."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and not self._all_verified:
+            blocks = np.unique(rows // self.block_rows)
+            for block in blocks[~self._verified[blocks]]:
+                self.verify_block(int(block))
+            self._all_verified = bool(self._verified.all())
+        return self.array[rows]
+
+    def verify_block(self, block: int) -> None:
+        """Check one block's CRC32 (no-op once it has passed)."""
+        if self._verified[block]:
+            return
+        start = block * self.block_rows
+        stop = min(start + self.block_rows, len(self.array))
+        if checksum(self.array[start:stop]) != self._expected[block]:
+            raise StoreCorruptedError(
+                f"{self.path}: block {block} (rows {start}-{stop - 1}) fails its checksum; "
+                f"the file is corrupted (restore the store from a copy)")
+        self._verified[block] = True
+
+
+# ---------------------------------------------------------------------- manifest
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Atomically replace the manifest (the commit point of every write)."""
     temporary = directory / (MANIFEST + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with os.fdopen(create_new_file(temporary), "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temporary, directory / MANIFEST)
+    os.replace(temporary, directory / MANIFEST)  # replaces a link there, never follows it
     fsync_dir(directory)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
+    """The parsed manifest of a store, opened like every store file (no links, no FIFOs) and
+    refused above :data:`MAX_MANIFEST_BYTES` before it is parsed. Its content is checked by
+    :func:`vecpress.core.store_format.validate_manifest`."""
     path = directory / MANIFEST
-    if not path.exists():
+    try:
+        fd = open_regular_file(path)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"{directory} holds no vecpress index ({MANIFEST} is missing); create one with "
-            f"Index(dim=..., path={str(directory)!r})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreCorruptedError(f"{path}: not valid JSON ({exc})") from None
+            f"Index(dim=..., path={str(directory)!r})") from None
+    with open(fd, "rb") as handle:
+        size = os.fstat(fd).st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise StoreCorruptedError(
+                f"{path}: is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may "
+                f"have; it is not a vecpress manifest")
+        raw = handle.read(MAX_MANIFEST_BYTES + 1)
+    manifest = _parse_json(raw, path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreCorruptedError(f"{path}: not a vecpress index manifest")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise StoreCorruptedError(f"{path}: format_version {version!r} is not a positive "
+                                  f"integer; the manifest is corrupted")
+    if version > FORMAT_VERSION:
         raise StoreCorruptedError(
             f"{path}: format version {version!r} is newer than this vecpress supports "
             f"({FORMAT_VERSION}); upgrade vecpress to open it")
     return manifest
 
 
+def _parse_json(raw: bytes, path: Path) -> Any:
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > MAX_MANIFEST_CONTAINERS:
+        raise StoreCorruptedError(
+            f"{path}: holds {containers} JSON objects and arrays, more than the "
+            f"{MAX_MANIFEST_CONTAINERS} a manifest may have; it is not a vecpress manifest")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise StoreCorruptedError(f"{path}: not valid JSON ({_one_line(exc)})") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a manifest may hold")
+
+
 def tombstone_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tombstone files of a manifest as a list (format 1 stored one entry or null)."""
+    """The tombstone file entries of a manifest: ``tombstones`` is ``null``, one entry (as
+    format 1 first wrote it) or a list of entries."""
     tombstones = manifest.get("tombstones")
     if not tombstones:
         return []
-    return [tombstones] if isinstance(tombstones, dict) else list(tombstones)
+    return list(tombstones) if isinstance(tombstones, list) else [tombstones]
 
 
 def manifest_files(manifest: dict[str, Any]) -> set[str]:
@@ -158,31 +420,35 @@ def remove_files_except(directory: Path, keep: set[str]) -> None:
         if (path.suffix == ".npy" and path.name not in keep) or path.name == MANIFEST + ".tmp":
             try:
                 path.unlink()
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, IsADirectoryError):
+                pass  # gone already, or a directory: not something a write left behind
 
 
 def disk_bytes(directory: Path, manifest: dict[str, Any]) -> int:
-    total = (directory / MANIFEST).stat().st_size
+    total = os.lstat(directory / MANIFEST).st_size
     for name in manifest_files(manifest):
         try:
-            total += (directory / name).stat().st_size
+            total += os.lstat(directory / name).st_size
         except FileNotFoundError:
             pass
     return total
 
 
 class DirectoryLock:
-    """An exclusive advisory lock so that only one process writes a store at a time."""
+    """An exclusive advisory lock so that only one process writes a store at a time.
+
+    ``LOCK`` is created or opened without following a link and must be a regular file, so
+    a link planted there cannot make the store create or touch a file elsewhere.
+    """
 
     def __init__(self, directory: Path) -> None:
         import fcntl
 
-        self._handle = open(directory / LOCK_FILE, "a+b")
+        self._fd: int | None = open_regular_file(directory / LOCK_FILE, _LOCK_FLAGS)
         try:
-            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            self._handle.close()
+            self.release()
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise RuntimeError(
                     f"{directory} is already open for writing (by another process, or by a "
@@ -191,8 +457,10 @@ class DirectoryLock:
             raise
 
     def release(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
+        """Release the lock (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
@@ -230,12 +498,8 @@ class ArrayWriter:
         self._blocks: list[int] | None = [] if blocks else None
         self._block_crc = 0
         self._block_filled = 0  # rows in the current block
-        try:  # a leftover of a crash at this generation is not in any committed manifest
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._handle = os.fdopen(os.open(self.path, flags, 0o644), "wb")
+        # (a leftover of a crash at this generation is in no committed manifest)
+        self._handle = os.fdopen(create_new_file(self.path), "wb")
         self._handle.write(_npy_header(self.dtype, self.shape))
 
     def append(self, chunk: np.ndarray) -> None:
@@ -312,7 +576,7 @@ class RowReader:
         self.path = directory / entry["file"]
         self.entry = entry
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            self._fd = open_regular_file(self.path)
         except FileNotFoundError:
             raise StoreCorruptedError(f"{self.path}: file is missing; the store is incomplete") from None
         try:
