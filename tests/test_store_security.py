@@ -440,6 +440,12 @@ def test_codec_state_of_the_wrong_shape_or_values_is_refused(tmp_path):
     rewrite_array(path, entry, np.array([4, 4], dtype=np.int64))
     write_manifest(path, manifest)
     refused(path, "codec_files.seg_bits .* the codec and config need")
+    rewrite_array(path, entry, np.array([4], dtype=np.int64))
+    projection = manifest["codec_files"]["projection"]
+    forged = np.eye(DIM, dtype=np.float32) * 3.0
+    rewrite_array(path, projection, forged)
+    write_manifest(path, manifest)
+    refused(path, "projection is not orthonormal")
     del manifest["codec_files"]["seg_bits"]
     write_manifest(path, manifest)
     refused(path, "missing")
@@ -501,6 +507,8 @@ def test_stores_without_block_checksums_keep_working(tmp_path):
 # ---------------------------------------------------------------------- the fuzzer
 
 QUERIES = random_vectors(3, DIM, seed=7)
+FORGED_VALUES = st.one_of(st.integers(-2, 400), st.sampled_from([-1, 9, 2 ** 40, 2 ** 62]),
+                          st.floats(-4, 4), st.just("copy"))
 OUTCOMES: Counter = Counter()
 INTERESTING_VALUES = st.one_of(
     st.integers(-3, 5), st.sampled_from([-1, 2 ** 31, 2 ** 32, 2 ** 40 + 1, 2 ** 63, 10 ** 9]),
@@ -535,11 +543,13 @@ def mutations(draw, base: Path):
     manifest = read_manifest(base)
     paths = [p for p in _leaves(manifest) if p]
     files = sorted(p.name for p in base.iterdir())
+    forgeable = [p for p in paths if p[-1] == "file" and "originals" not in p]
     ops = []
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(st.sampled_from(["set", "delta", "delete", "add_key", "dup_segment",
                                      "swap_names", "symlink", "fifo", "truncate", "extend",
-                                     "flip", "swap_files", "unlink", "mkdir", "plant_next"]))
+                                     "flip", "swap_files", "unlink", "mkdir", "plant_next",
+                                     "forge", "forge"]))
         if kind in ("set", "delta", "delete", "add_key"):
             ops.append((kind, draw(st.sampled_from(paths)), draw(INTERESTING_VALUES)
                         if kind == "set" else draw(st.integers(-3, 3))))
@@ -547,6 +557,9 @@ def mutations(draw, base: Path):
             ops.append((kind, draw(st.integers(0, 3)), draw(st.integers(0, 3))))
         elif kind == "swap_files":
             ops.append((kind, draw(st.sampled_from(files)), draw(st.sampled_from(files))))
+        elif kind == "forge":  # new content with a matching checksum: only the rules can tell
+            ops.append((kind, draw(st.sampled_from(forgeable)),
+                        (draw(st.floats(0, 1)), draw(FORGED_VALUES))))
         elif kind in ("truncate", "extend", "flip"):
             ops.append((kind, draw(st.sampled_from(files)), draw(st.floats(0, 1))))
         else:
@@ -632,6 +645,23 @@ def _apply_file(store: Path, op, sentinel: Path) -> None:
         os.rename(swap, store / arg)
 
 
+def _forge(store: Path, manifest: dict, op) -> None:
+    """Change one value of an array file (or copy a neighbour's value) and fix its CRC32."""
+    _, path, (where, value) = op
+    try:
+        entry = _get(manifest, path[:-1])
+        array = storage.read_array(store, entry, verify=False).copy()
+    except (KeyError, IndexError, TypeError, StoreCorruptedError):
+        return  # an earlier edit broke the entry: nothing to forge
+    flat = array.reshape(-1)
+    if not flat.size:
+        return
+    i = int(where * (flat.size - 1))
+    with np.errstate(all="ignore"):
+        flat[i] = flat[i - 1] if value == "copy" else np.asarray(value).astype(array.dtype)
+    rewrite_array(store, entry, array)
+
+
 def _mutate(store: Path, ops, sentinel: Path) -> None:
     manifest = read_manifest(store)
     json_ops = [op for op in ops if op[0] in ("set", "delta", "delete", "add_key")]
@@ -644,8 +674,14 @@ def _mutate(store: Path, ops, sentinel: Path) -> None:
             if kind == "dup_segment":
                 segments.append(json.loads(json.dumps(segments[i])))
             else:
-                a, b = segments[i]["files"]["codes"], segments[j]["files"]["ids"]
-                a["file"], b["file"] = b["file"], a["file"]
+                try:
+                    a, b = segments[i]["files"]["codes"], segments[j]["files"]["ids"]
+                    a["file"], b["file"] = b["file"], a["file"]
+                except (KeyError, IndexError, TypeError):
+                    pass  # an earlier edit broke the segments: nothing to swap
+    for op in ops:
+        if op[0] == "forge":
+            _forge(store, manifest, op)
     write_manifest(store, manifest)
     for op in ops:
         if op[0] in ("symlink", "fifo", "truncate", "extend", "flip", "swap_files", "unlink",

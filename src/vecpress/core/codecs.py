@@ -169,6 +169,10 @@ class Codec:
         raise NotImplementedError
 
 
+#: state arrays that are orthonormal matrices: no entry exceeds 1 in magnitude
+_ORTHONORMAL = frozenset({"rotation", "projection"})
+
+
 def _check_state(codec: Codec, arrays: dict[str, np.ndarray], *, finite: tuple[str, ...],
                  complete: bool = False) -> None:
     """``ValueError`` unless ``arrays`` match ``codec.state_layout()`` (all of them when
@@ -185,6 +189,8 @@ def _check_state(codec: Codec, arrays: dict[str, np.ndarray], *, finite: tuple[s
                              f"expected {dtype}{list(shape)}")
         if name in finite and not np.isfinite(array).all():
             raise ValueError(f"state array {name} holds NaN or infinity")
+        if name in _ORTHONORMAL and array.size and np.abs(array).max() > 1.001:
+            raise ValueError(f"state array {name} is not orthonormal (an entry exceeds 1)")
 
 
 def tile_codes(codes: np.ndarray, sign_words: int) -> np.ndarray:
