@@ -162,3 +162,9 @@ def test_search_equals_the_reference_after_concurrent_style_mutations():
     _, found = index.search(queries, k=5)
     expected = live[reference_topk(data[live], queries, 5, "ip")[1]]
     np.testing.assert_array_equal(found, expected)
+
+
+def test_a_stored_oversample_is_bounded_like_a_loaded_one():
+    with pytest.raises(ValueError, match="oversample=5000 is above 1024"):
+        Index(8, oversample=5000)
+    assert Index(8, oversample=1024).oversample == 1024

@@ -1349,6 +1349,9 @@ def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, o
     if oversample is None:
         oversample = DEFAULT_OVERSAMPLE.get(bits, 1)
     oversample = as_positive_int(oversample, "oversample")
+    if oversample > store_format.MAX_OVERSAMPLE:
+        raise ValueError(f"oversample={oversample} is above {store_format.MAX_OVERSAMPLE}; "
+                         f"pass a larger oversample to search() for one query instead")
     if rerank_dtype not in RERANK_DTYPES:
         raise ValueError(f"rerank_dtype={rerank_dtype!r} is unknown; use 'float16' or 'float32'")
     if truncate_dim is not None:
