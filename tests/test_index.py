@@ -543,7 +543,7 @@ def test_failed_refit_keeps_the_old_fit_and_files(tmp_path, monkeypatch):
     st.tuples(st.just("remove"), st.integers(0, 40))), max_size=25))
 def test_id_column_matches_a_list_of_ids(steps):
     """Implicit (consecutive) and explicit ids, and removal flags, against a plain list."""
-    from vecpress.core.index import _IdColumn
+    from vecpress.core.columns import _IdColumn
 
     column, model, next_id = _IdColumn(), [], 0
     for step in steps:

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vecpress import Index
-from vecpress.core.index import MAX_PADDED_K, _IdColumn
+from vecpress.core.columns import _IdColumn
+from vecpress.core.index import MAX_PADDED_K
 
 from conftest import random_vectors, reference_topk
 
