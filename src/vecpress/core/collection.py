@@ -429,20 +429,20 @@ class Collection:
             # have no document yet, so searches skip them
             self._index.add(matrix, ids=rowids, upkeep=False)
             self._next_rowid += n
-            try:
-                with self._rw.write():  # the commit point: searches wait for this part only
-                    self._clear_cache()
+            with self._rw.write():  # the commit point: searches wait for this part only
+                self._clear_cache()
+                try:
                     with self._store.transaction() as conn:
                         if old:
                             self._store.delete_rowids(conn, old.values())
                         self._store.insert(conn, [(int(r), i, t, m) for r, i, t, m
                                                   in zip(rowids, ids, texts, meta_json)])
-                    if old:
-                        self._drop_vectors(np.fromiter(old.values(), dtype=np.int64,
-                                                       count=len(old)))
-            except BaseException:
-                self._drop_vectors(rowids)
-                raise
+                except BaseException:
+                    self._drop_vectors(rowids)  # nothing refers to them: never committed
+                    raise
+                if old:
+                    self._drop_vectors(np.fromiter(old.values(), dtype=np.int64,
+                                                   count=len(old)))
             self._upkeep()
         return ids
 

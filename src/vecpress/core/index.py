@@ -478,8 +478,9 @@ class Index:
         """Best ``k`` per query: ``(scores, ids)`` of shape (q, k), best first, id -1 padding.
 
         ``mask`` restricts the search to some vectors before scoring: either a collection of
-        ids, or a boolean array over :attr:`row_ids`. A filtered search returns ``k`` hits
-        whenever ``k`` allowed vectors exist.
+        ids, or a boolean array over :attr:`row_ids` (one taken before later adds covers the
+        rows it had; the rows added since are not allowed). A filtered search returns ``k``
+        hits whenever ``k`` allowed vectors exist.
 
         Work and memory grow with the index, not with the arguments: ``k`` above both the
         number of rows and ``MAX_PADDED_K`` gives ``k`` = the number of rows, and the
