@@ -170,3 +170,18 @@ def test_a_stored_oversample_is_bounded_like_a_loaded_one():
     with pytest.raises(ValueError, match="oversample=5000 is above 1024"):
         Index(8, oversample=5000)
     assert Index(8, oversample=1024).oversample == 1024
+
+
+def test_deferred_removals_ride_on_the_next_commit_or_on_close(tmp_path):
+    path = tmp_path / "s"
+    index = Index(8, bits=32, path=path)
+    index.add(random_vectors(20, 8))
+    index.remove([3, 4], durable=False)
+    assert 3 not in index and len(index) == 18  # gone from searches at once
+    assert len(Index.load(path, read_only=True)) == 20  # not committed yet
+    index.add(random_vectors(1, 8, seed=2))  # the next commit carries them
+    assert len(Index.load(path, read_only=True)) == 19
+    index.remove([5], durable=False)
+    index.close()  # ... or close does
+    reopened = Index.load(path, read_only=True)
+    assert len(reopened) == 18 and 5 not in reopened and 3 not in reopened
