@@ -219,9 +219,7 @@ class Index:
         checked against the codec before a file is read, then the ids and counts."""
         full = verify == "full"
         verify = bool(verify)
-        originals_dtype = self._rerank_dtype if self.rerank else None
-        store_format.validate_layout(
-            manifest, path, store_format.StoreLayout.of(self._codec, self.dim, originals_dtype))
+        store_format.validate_layout(manifest, path, self._store_layout())
         self._load_codec_state(path, manifest, verify)
         codes, factors, ids = [], [], []
         for segment in manifest["segments"]:
@@ -235,15 +233,19 @@ class Index:
             self._codes = self._new_code_store(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
             self._ids = _IdColumn(np.concatenate(ids))
-        dead = store_format.dead_rows(
-            [storage.read_array(path, entry, verify=verify)
-             for entry in storage.tombstone_entries(manifest)], manifest, path)
+        dead = _read_tombstones(path, storage.tombstone_entries(manifest), manifest["rows"],
+                                verify=verify)
         store_format.check_count(manifest, len(dead), path)
         self._ids.remove(dead)
         store_format.check_ids(self._ids.of_rows(np.arange(self._ids.size)), self._ids.removed,
                                manifest, path)
         self._next_id = int(manifest["next_id"])
         self._manifest = manifest
+
+    def _store_layout(self) -> "store_format.StoreLayout":
+        """The shapes and dtypes this index's codec and config give each segment file."""
+        originals_dtype = self._rerank_dtype if self.rerank else None
+        return store_format.StoreLayout.of(self._codec, self.dim, originals_dtype)
 
     def _load_codec_state(self, path: Path, manifest: dict[str, Any], verify: bool) -> None:
         files = manifest["codec_files"]
@@ -278,7 +280,10 @@ class Index:
         if manifest == self._manifest:
             return False
         store_format.validate_manifest(manifest, self._path)
-        appended = self._read_appended(manifest) if self._only_appends(manifest) else None
+        appended = None
+        if self._only_appends(manifest):  # same codec: its layout checks the new files too
+            store_format.validate_layout(manifest, self._path, self._store_layout())
+            appended = self._read_appended(manifest)
         if appended is None:
             fresh = Index._from_manifest(self._path, manifest, self._verify)
             with self._mutex:
@@ -1050,16 +1055,10 @@ def _read_consistently(path: Path, read: Callable[[dict[str, Any]], _T]) -> _T:
 
 def _read_tombstones(path: Path, entries: list[dict[str, Any]], rows: int, *,
                      verify: bool) -> np.ndarray:
-    """The row numbers in tombstone files, checked to lie within the ``rows`` rows."""
-    removed = [np.zeros(0, np.int64)]
-    for entry in entries:
-        dead = storage.read_array(path, entry, verify=verify)
-        if len(dead) and (dead.min() < 0 or dead.max() >= rows):
-            raise storage.StoreCorruptedError(
-                f"{path / entry['file']}: row numbers out of range (the store has {rows} rows); "
-                f"the file is corrupted")
-        removed.append(np.asarray(dead, dtype=np.int64))
-    return np.concatenate(removed)
+    """The sorted row numbers in tombstone files, checked to lie within the ``rows`` rows
+    (one reader for a whole load and for a refresh's new files alike)."""
+    arrays = [storage.read_array(path, entry, verify=verify) for entry in entries]
+    return store_format.dead_rows(path, entries, arrays, rows)
 
 
 def _map_originals(path: Path, entry: dict[str, Any], verify: bool,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .storage import ARRAY_DTYPES, MANIFEST, StoreCorruptedError, tombstone_entries
+from .storage import ARRAY_DTYPES, MANIFEST, StoreCorruptedError
 
 #: limits of a manifest's numbers (far above any real store, far below an allocation that
 #: could exhaust memory before the files are checked against them)
@@ -312,18 +312,18 @@ def _expect(entry: dict[str, Any], shape: list[int], dtype: str | None, where: P
 # ---------------------------------------------------------------------- after reading
 
 
-def dead_rows(tombstones: list[np.ndarray], manifest: dict[str, Any],
-              directory: Path) -> np.ndarray:
-    """The sorted removed rows of all tombstone files, each checked to be within range."""
-    rows = manifest["rows"]
-    for entry, array in zip(tombstone_entries(manifest), tombstones):
+def dead_rows(directory: Path, entries: list[dict[str, Any]], tombstones: list[np.ndarray],
+              rows: int) -> np.ndarray:
+    """The sorted removed rows of the tombstone files ``entries`` (read as ``tombstones``),
+    each checked to lie within the store's ``rows`` rows."""
+    for entry, array in zip(entries, tombstones):
         if len(array) and (array.min() < 0 or array.max() >= rows):
             raise StoreCorruptedError(
                 f"{directory / entry['file']}: holds row numbers outside 0..{rows - 1}; "
                 f"{_RESTORE}")
     if not tombstones:
         return np.zeros(0, dtype=np.int64)
-    return np.unique(np.concatenate(tombstones))
+    return np.unique(np.concatenate(tombstones)).astype(np.int64)
 
 
 def check_count(manifest: dict[str, Any], dead: int, directory: Path) -> None:
