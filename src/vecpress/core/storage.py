@@ -580,34 +580,15 @@ class RowReader:
         except FileNotFoundError:
             raise StoreCorruptedError(f"{self.path}: file is missing; the store is incomplete") from None
         try:
-            self._offset, self.dtype, self.shape = self._header()
+            with open(self._fd, "rb", closefd=False) as handle:
+                self.shape, self.dtype, self._offset = _checked_header(
+                    handle, self._fd, self.path, entry)
         except BaseException:
             os.close(self._fd)
             raise
         self._row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
         self._crc = 0
         self._next_row = 0  # the CRC covers rows [0, _next_row) while reads stay in order
-
-    def _header(self) -> tuple[int, np.dtype, tuple[int, ...]]:
-        with open(self._fd, "rb", closefd=False) as handle:
-            try:
-                version = np.lib.format.read_magic(handle)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read(handle)
-            except (ValueError, OSError, EOFError) as exc:
-                raise StoreCorruptedError(f"{self.path}: file is truncated or corrupted ({exc})") from None
-            offset = handle.tell()
-        if (fortran or list(shape) != list(self.entry["shape"])
-                or dtype.str != self.entry["dtype"]):
-            raise StoreCorruptedError(
-                f"{self.path}: holds {dtype.str}{list(shape)}, the manifest expects "
-                f"{self.entry['dtype']}{self.entry['shape']}; the file is truncated or was replaced")
-        size = os.fstat(self._fd).st_size
-        if size != offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise StoreCorruptedError(f"{self.path}: file is {size} bytes, its header needs "
-                                      f"more or fewer; the file is truncated or was replaced")
-        return offset, dtype, tuple(shape)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as a new array."""
