@@ -798,7 +798,8 @@ class Collection:
         """
         scores = dict(known)
         missing = [r for r in rowids if r not in scores]
-        held = [r for r in missing if r in self._index]
+        present = self._index.contains(missing) if missing else []
+        held = [r for r, p in zip(missing, present) if p]
         if held:
             try:
                 scores.update(zip(held, self._exact_scores(query, held)))
