@@ -54,7 +54,7 @@ FUSIONS = ("rrf", "weighted")
 #: reciprocal rank fusion constant (Cormack et al. 2009)
 RRF_K = 60
 INDEX_OPTIONS = ("rerank", "codec", "oversample", "rerank_dtype", "truncate_dim", "seed",
-                 "query_bits")
+                 "query_bits", "partitions")
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Collection:
             (a repeated filter then costs nothing). Off for ``read_only`` collections, which
             cannot see when another process writes.
         **index_options: passed to :class:`Index` (``rerank``, ``codec``, ``oversample``,
-            ``rerank_dtype``, ``truncate_dim``, ``seed``, ``query_bits``).
+            ``rerank_dtype``, ``truncate_dim``, ``seed``, ``query_bits``, ``partitions``).
 
     Filters (``where=``) are LangChain-style dicts or LlamaIndex ``MetadataFilters``; see
     :mod:`vecpress.core.filters` for the exact semantics.
@@ -553,7 +553,7 @@ class Collection:
     def search(self, vector: Any = None, k: int = 10, where: Any = None, *,
                mode: str = "dense", query_text: str | None = None, alpha: float = 0.5,
                fusion: str = "rrf", fetch_k: int | None = None, oversample: int | None = None,
-               include_vectors: bool = False) -> list[Hit]:
+               nprobe: int | None = None, include_vectors: bool = False) -> list[Hit]:
         """The best ``k`` documents, best first; only documents matching ``where`` are scored.
 
         Modes:
@@ -569,7 +569,9 @@ class Collection:
 
         Returns ``k`` hits whenever ``k`` documents match the filter (dense and hybrid) or match
         the filter and a word of ``query_text`` (text). ``k`` and ``fetch_k`` larger than the
-        number of documents act as that number (nothing is sized by them).
+        number of documents act as that number (nothing is sized by them). ``oversample`` and
+        ``nprobe`` (lists scanned, once the index is partitioned) override the index's
+        defaults for this search: see :meth:`Index.search`.
         """
         k = as_positive_int(k, "k")
         if mode not in SEARCH_MODES:
@@ -594,17 +596,19 @@ class Collection:
         with self._rw.read():
             k = self._at_most_documents(k)
             if mode == "dense":
-                ranked = self._dense(query, k, node, oversample)
+                ranked = self._dense(query, k, node, oversample, nprobe)
             elif mode == "text":
                 ranked = self._text(match, k, node)
             else:
                 fetch_k = self._at_most_documents(fetch_k or max(4 * k, 40))
-                ranked = self._hybrid(query, match, k, node, fetch_k, alpha, fusion, oversample)
+                ranked = self._hybrid(query, match, k, node, fetch_k, alpha, fusion, oversample,
+                                      nprobe)
             return self._hits(ranked, include_vectors)
 
     def max_marginal_relevance_search(self, vector: Any, k: int = 4, fetch_k: int = 20,
                                       lambda_mult: float = 0.5, where: Any = None, *,
                                       oversample: int | None = None,
+                                      nprobe: int | None = None,
                                       include_vectors: bool = False) -> list[Hit]:
         """``k`` documents chosen from the ``fetch_k`` best (exactly reranked) by maximal marginal
         relevance on their exact vectors: ``lambda_mult`` 1 is pure relevance, 0 pure diversity.
@@ -618,7 +622,7 @@ class Collection:
         node = filters_module.parse(where)
         with self._rw.read():
             candidates = self._dense(query, self._at_most_documents(max(k, fetch_k)), node,
-                                     oversample)
+                                     oversample, nprobe)
             if not candidates:
                 return []
             rowids = [r for r, _, _ in candidates]
@@ -725,7 +729,8 @@ class Collection:
         return mask
 
     def _dense(self, query: np.ndarray, k: int, node: filters_module.Filter | None,
-               oversample: int | None) -> list[tuple[int, float, tuple]]:
+               oversample: int | None,
+               nprobe: int | None = None) -> list[tuple[int, float, tuple]]:
         """``(rowid, score, (id, text, metadata JSON))``, best first, for documents that exist."""
         mask = None
         if node is not None:
@@ -739,7 +744,8 @@ class Collection:
         if want == 0:
             return []
         while True:
-            scores, ids = self._index.search(query, want, mask=mask, oversample=oversample)
+            scores, ids = self._index.search(query, want, mask=mask, oversample=oversample,
+                                             nprobe=nprobe)
             keep = ids[0] >= 0
             found_ids, found_scores = ids[0][keep], scores[0][keep]
             docs = self._store.by_rowid(found_ids.tolist())
@@ -765,8 +771,9 @@ class Collection:
 
     def _hybrid(self, query: np.ndarray, match: str | None, k: int,
                 node: filters_module.Filter | None, fetch_k: int, alpha: float, fusion: str,
-                oversample: int | None) -> list[tuple[int, float, tuple]]:
-        dense = self._dense(query, max(fetch_k, k), node, oversample)
+                oversample: int | None,
+                nprobe: int | None = None) -> list[tuple[int, float, tuple]]:
+        dense = self._dense(query, max(fetch_k, k), node, oversample, nprobe)
         text = self._text(match, max(fetch_k, k), node)
         docs = {r: d for r, _, d in dense}
         docs.update({r: d for r, _, d in text})

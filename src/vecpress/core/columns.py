@@ -21,6 +21,7 @@ import numpy as np
 
 from . import kernels
 from .codecs import Codec, RowFilter, tile_codes
+from .partitions import ListLayout
 
 #: a filter allowing at most this fraction of rows is scored row by row instead of by mask
 SELECTIVE_FRACTION = 1 / 16
@@ -124,6 +125,12 @@ class _IdColumn:
     def removed(self) -> np.ndarray | None:
         """Bool per row, True where removed; None while no row is."""
         return None if self._removed is None else self._removed.view
+
+    @property
+    def removal_key(self) -> object:
+        """An object that changes whenever a row is removed (the flags' buffer, which a
+        removal replaces): caches derived from the flags are keyed on it."""
+        return None if self._removed is None else self._removed._data
 
     def extend(self, ids: np.ndarray) -> None:
         if not len(ids):
@@ -333,6 +340,7 @@ class _Snapshot:
     factors: np.ndarray
     ids: _IdColumn
     originals: _Blocks
+    lists: ListLayout | None = None  # partitioned: codes and factors are in position order
 
 
 def _row_filter(ids: _IdColumn, mask: Any) -> RowFilter:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
@@ -25,9 +26,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import segments, storage, store_format
-from .codecs import Codec, default_codec_name, make_codec
+from . import clustering, partitions, segments, storage, store_format
+from .codecs import Codec, RowFilter, default_codec_name, make_codec
 from .columns import _Blocks, _Growable, _IdColumn, _row_filter, _Snapshot, _TiledCodes
+from .partitions import Calibration, ListLayout
 from .validate import as_id_list, as_ids, as_matrix, as_positive_int
 
 #: accepted metric names -> canonical name
@@ -83,7 +85,12 @@ class Index:
         rerank_dtype: ``"float16"`` (default) or ``"float32"`` for the kept originals.
         truncate_dim: quantize only the first ``truncate_dim`` coordinates (Matryoshka
             models); the rerank still uses the full vectors.
-        seed: seed of the random rotation.
+        seed: seed of the random rotation (and of the lists' training).
+        partitions: ``"auto"`` (default): a flat scan of every code while the index is small,
+            inverted lists once it holds ``partitions.AUTO_MIN_ROWS`` rows (about
+            sqrt(rows) lists, retrained as the index grows fourfold); an int: that many
+            lists, trained once the index holds 16 rows per list; ``None``: always flat.
+            Lists are trained from the kept originals, so they need ``rerank=True``.
 
     Scores are higher-is-better: cosine similarity, inner product, or minus the squared L2
     distance. Missing hits (fewer than ``k`` allowed rows) are padded with id -1, score -inf.
@@ -93,10 +100,12 @@ class Index:
                  path: str | Path | None = None, *, codec: str | None = None,
                  oversample: int | None = None, rerank_dtype: str = "float16",
                  truncate_dim: int | None = None, seed: int = 0,
-                 query_bits: int | None = None) -> None:
+                 query_bits: int | None = None,
+                 partitions: int | str | None = "auto") -> None:
         config = _make_config(dim=dim, metric=metric, bits=bits, rerank=rerank, codec=codec,
                               oversample=oversample, rerank_dtype=rerank_dtype,
-                              truncate_dim=truncate_dim, seed=seed, query_bits=query_bits)
+                              truncate_dim=truncate_dim, seed=seed, query_bits=query_bits,
+                              partitions=partitions)
         self._setup(config, read_only=False)
         if path is not None:
             self._create_directory(Path(path))
@@ -116,6 +125,12 @@ class Index:
         self._codec: Codec = make_codec(config["codec"], code_dim, self.bits, codec_metric,
                                         **options)
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
+        self._codec_metric = codec_metric
+        #: partitioned: the lists (None while flat) and each row's list number; the codes
+        #: and factors are then kept in the lists' position order (see partitions.py)
+        self._lists: ListLayout | None = None
+        self._labels = _Growable((), np.int32)
+        self._trained_rows = 0
         self._codes = self._new_code_store()
         self._factors = _Growable((self._codec.factor_count,), np.float32)
         self._ids = _IdColumn()
@@ -140,9 +155,7 @@ class Index:
 
     def _new_code_store(self, codes: np.ndarray | None = None) -> "_Growable | _TiledCodes":
         """An array of code rows in the layout the current codec scans, holding ``codes``."""
-        layout = self._codec.tile_sign_words
-        store = (_Growable(self._codec.code_shape(), self._codec.code_dtype) if layout is None
-                 else _TiledCodes(int(np.prod(self._codec.code_shape())), layout))
+        store = _code_store(self._codec)
         if codes is not None:
             store.replace(codes)
         return store
@@ -221,7 +234,8 @@ class Index:
         verify = bool(verify)
         store_format.validate_layout(manifest, path, self._store_layout())
         self._load_codec_state(path, manifest, verify)
-        codes, factors, ids = [], [], []
+        codes, factors, ids, labels = [], [], [], []
+        lists = manifest.get("partitions")
         for segment in manifest["segments"]:
             files = segment["files"]
             codes.append(storage.read_array(path, files["codes"], verify=verify))
@@ -229,10 +243,21 @@ class Index:
             ids.append(storage.read_array(path, files["ids"], verify=verify))
             if "originals" in files:
                 self._originals.append(_map_originals(path, files["originals"], verify, full))
+            if lists is not None:
+                labels.append(_read_labels(path, files["lists"], lists["lists"], verify))
         if codes:
             self._codes = self._new_code_store(np.concatenate(codes))
             self._factors.replace(np.concatenate(factors))
             self._ids = _IdColumn(np.concatenate(ids))
+        if lists is not None:
+            centroids = _read_centroids(path, lists["centroids"], verify)
+            self._labels.replace(np.concatenate(labels) if labels else np.zeros(0, np.int32))
+            self._trained_rows = int(lists["trained_rows"])
+            layout = ListLayout.build(centroids, self._codec_metric, int(lists["nprobe"]),
+                                      self._labels.view)
+            self._codes, self._factors = self._reordered(self._codes, self._factors, layout,
+                                                         None, self._codec)
+            self._lists = layout
         dead = _read_tombstones(path, storage.tombstone_entries(manifest), manifest["rows"],
                                 verify=verify)
         store_format.check_count(manifest, len(dead), path)
@@ -291,16 +316,19 @@ class Index:
                     if name not in ("_mutex", "_writer", "_refreshing"):
                         setattr(self, name, value)
             return True
-        codes, factors, ids, removed, originals = appended
+        codes, factors, ids, labels, removed, originals = appended
         with self._mutex:
             if len(ids):
                 self._codes.extend(codes)
                 self._factors.extend(factors)
                 self._ids.extend(ids)
+                if self._lists is not None:
+                    self._labels.extend(labels)
             self._ids.remove(removed)
             self._originals = originals
             self._next_id = int(manifest["next_id"])
             self._manifest = manifest
+        self._fold_tail()
         return True
 
     def _only_appends(self, manifest: dict[str, Any]) -> bool:
@@ -311,7 +339,7 @@ class Index:
         old = self._manifest
         return (old is not None and bool(old["codec_files"])
                 and all(manifest.get(key) == old.get(key)
-                        for key in ("config", "codec", "codec_files"))
+                        for key in ("config", "codec", "codec_files", "partitions"))
                 and manifest["generation"] > old["generation"]
                 and manifest["rows"] >= self._ids.size)
 
@@ -319,7 +347,8 @@ class Index:
         """The rows, removals and originals maps a newer ``manifest`` adds (None: read the
         whole store instead, its rows do not line up with this index's)."""
         path, loaded, verify = self._path, self._ids.size, bool(self._verify)
-        codes, factors, ids = [], [], []
+        codes, factors, ids, labels = [], [], [], []
+        lists = manifest.get("partitions")
         maps = {s["name"]: (s["files"].get("originals"), block)
                 for s, block in zip(self._manifest["segments"], self._originals.blocks)}
         originals = _Blocks()
@@ -339,6 +368,9 @@ class Index:
                 codes.append(storage.read_array(path, files["codes"], verify=verify)[skip:])
                 factors.append(storage.read_array(path, files["factors"], verify=verify)[skip:])
                 ids.append(segment_ids[skip:].astype(np.int64))
+                if lists is not None:
+                    labels.append(_read_labels(path, files["lists"], lists["lists"],
+                                               verify)[skip:])
             start = stop
         if start != manifest["rows"]:
             return None
@@ -349,8 +381,9 @@ class Index:
             codes = [np.zeros((0, *self._codec.code_shape()), self._codec.code_dtype)]
             factors = [np.zeros((0, self._codec.factor_count), np.float32)]
             ids = [np.zeros(0, np.int64)]
-        return (np.concatenate(codes), np.concatenate(factors), np.concatenate(ids), removed,
-                originals)
+        labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
+        return (np.concatenate(codes), np.concatenate(factors), np.concatenate(ids), labels,
+                removed, originals)
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -399,16 +432,21 @@ class Index:
                 self._codes = self._new_code_store()  # (empty: only a first add fits)
             codes, factors = self._codec.encode(for_codes)
             kept = for_originals.astype(self._rerank_dtype) if self.rerank else None
+            labels = (None if self._lists is None else
+                      clustering.assign(for_codes, self._lists.centroids, self._codec_metric))
             old_rows, present = self._ids.rows_of(new_ids)
             replaced = np.unique(old_rows[present])
             next_id = max(self._next_id, int(new_ids.max()) + 1)
             if self._path is not None:
-                self._persist_add(codes, factors, new_ids, kept, replaced, next_id, fitting)
+                self._persist_add(codes, factors, new_ids, kept, labels, replaced, next_id,
+                                  fitting)
             elif kept is not None:
                 self._append_originals(kept)  # (originals first: extra rows are never read)
-            with self._mutex:
+            with self._mutex:  # (new rows join the tail of a partitioned layout)
                 self._codes.extend(codes)
                 self._factors.extend(factors)
+                if labels is not None:
+                    self._labels.extend(labels)
                 self._ids.extend(new_ids)
                 self._ids.remove(replaced)
                 self._next_id = next_id
@@ -468,7 +506,8 @@ class Index:
 
     def _compaction_due(self) -> bool:
         half_removed = self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size
-        return half_removed or (self._can_refit and self._codec.refit_due(len(self)))
+        return (half_removed or (self._can_refit and self._codec.refit_due(len(self)))
+                or self._training_due())
 
     def maintain(self, *, compact: bool = True) -> None:
         """The upkeep ``add`` and ``remove`` run by themselves unless told not to: compaction
@@ -479,7 +518,8 @@ class Index:
                 self._maintain()
 
     def search(self, queries: Any, k: int = 10, *, mask: Any = None,
-               oversample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               oversample: int | None = None,
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` per query: ``(scores, ids)`` of shape (q, k), best first, id -1 padding.
 
         ``mask`` restricts the search to some vectors before scoring: either a collection of
@@ -492,10 +532,17 @@ class Index:
         candidates for the rerank (``k * oversample``) never exceed the rows. The search reads
         a snapshot of the index and holds no lock while it scans, so many threads search at
         once and writes go on meanwhile.
+
+        A partitioned index scans the ``nprobe`` lists nearest each query (default: the count
+        calibrated when the lists were trained, see ``partitions``), and further lists while
+        those hold fewer allowed rows than candidates are needed; a selective ``mask`` scans
+        every allowed row. ``nprobe`` is ignored while the index is flat.
         """
         queries = as_matrix(queries, self.dim, "queries", allow_1d=True)
         k = as_positive_int(k, "k")
         oversample = self.oversample if oversample is None else as_positive_int(oversample, "oversample")
+        if nprobe is not None:
+            nprobe = as_positive_int(nprobe, "nprobe")
         for_codes, full = self._prepare_vectors(queries, "queries")
         snap = self._snapshot()
         n_rows = snap.ids.size
@@ -504,7 +551,10 @@ class Index:
         if n_rows == 0:
             return _empty_result(len(queries), k)
         candidates = min(k * oversample if self.rerank else k, n_rows)
-        scores, rows = snap.codec.scan(snap.codes, snap.factors, for_codes, candidates, flt)
+        if snap.lists is None:
+            scores, rows = snap.codec.scan(snap.codes, snap.factors, for_codes, candidates, flt)
+        else:
+            scores, rows = _scan_lists(snap, for_codes, candidates, flt, nprobe)
         if self.rerank:
             scores, rows = self._rerank(snap.originals, full, rows, k)
         else:
@@ -523,7 +573,7 @@ class Index:
             if self.rerank:
                 originals = self._originals.frozen()
             elif not self._codec.lossy:
-                return np.asarray(self._codes.rows(rows), dtype=np.float32)
+                return np.asarray(self._code_rows(rows)[0], dtype=np.float32)
             else:
                 raise ValueError("this index keeps no original vectors (rerank=False with a "
                                  "quantized code); create it with rerank=True to read vectors "
@@ -548,6 +598,9 @@ class Index:
         with self._mutex:
             codec_bytes = sum(a.nbytes for a in self._codec.state_arrays().values())
             per_row = self._codes.nbytes + self._factors.nbytes + self._ids.nbytes
+            lists = self._lists
+            if lists is not None:
+                per_row += self._labels.nbytes + lists.nbytes
             ram = per_row + self._originals.nbytes + codec_bytes
             disk = (storage.disk_bytes(self._path, self._manifest)
                     if self._path is not None else 0)
@@ -557,7 +610,9 @@ class Index:
                     "deleted": self._ids.deleted, "code_bytes": self._codec.code_bytes(),
                     "ram_bytes": int(ram), "ram_fixed_bytes": int(codec_bytes),
                     "disk_bytes": int(disk),
-                    "segments": len(self._manifest["segments"]) if self._manifest else 0}
+                    "segments": len(self._manifest["segments"]) if self._manifest else 0,
+                    "lists": 0 if lists is None else lists.n_lists,
+                    "nprobe": 0 if lists is None else lists.nprobe}
 
     def save(self, path: str | Path) -> None:
         """Write a compacted copy of the index to a new directory (open it with ``load``)."""
@@ -570,7 +625,8 @@ class Index:
             copy._codec.load_state(self._codec.state_arrays())
             copy._create_directory(target)
             try:
-                copy._write_compacted(self, self._ids.live_rows(), keep_in_ram=False)
+                copy._write_compacted(self, self._ids.live_rows(), keep_in_ram=False,
+                                      lists=self._kept_lists())
             finally:
                 copy.close()
 
@@ -582,7 +638,7 @@ class Index:
         with self._writer:
             live = self._ids.live_rows()
             refitted = self._refitted_codec(live) if self._can_refit else None
-            self._write_compacted(self, live, refitted)
+            self._write_compacted(self, live, refitted, lists=self._planned_lists(live))
 
     def close(self) -> None:
         """Commit pending removals and release the directory's write lock (the index stays
@@ -644,7 +700,7 @@ class Index:
         with self._mutex:
             return _Snapshot(codec=self._codec, codes=self._codes.scan_view,
                              factors=self._factors.view, ids=self._ids.frozen(),
-                             originals=self._originals.frozen())
+                             originals=self._originals.frozen(), lists=self._lists)
 
     def _rows_of(self, wanted: np.ndarray) -> np.ndarray:
         """Rows of live ids, in the order given; KeyError naming the unknown ones."""
@@ -734,22 +790,29 @@ class Index:
             for name, array in (codec or self._codec).state_arrays().items()}
 
     def _write_segment(self, gen: int, codes: np.ndarray, factors: np.ndarray,
-                       ids: np.ndarray, kept: np.ndarray | None) -> dict[str, Any]:
+                       ids: np.ndarray, kept: np.ndarray | None,
+                       labels: np.ndarray | None) -> dict[str, Any]:
         name = f"seg-{gen:08d}"
+        parts = [("codes", codes), ("factors", factors), ("ids", ids)]
+        if labels is not None:
+            parts.append(("lists", labels.astype(np.int32)))
         files = {part: storage.write_array(self._path, f"{name}-{part}.npy", array)
-                 for part, array in (("codes", codes), ("factors", factors), ("ids", ids))}
+                 for part, array in parts}
         if kept is not None:
             files["originals"] = storage.write_array(self._path, f"{name}-originals.npy", kept,
                                                      blocks=True)
         return {"name": name, "rows": len(ids), "files": files}
 
-    def _segment_writer(self, directory: Path, gen: int, rows: int,
-                        codec: Codec) -> segments.SegmentWriter:
-        """Streams a new segment of ``rows`` rows (codes of ``codec``) into ``directory``."""
+    def _segment_writer(self, directory: Path, gen: int, rows: int, codec: Codec, *,
+                        with_lists: bool) -> segments.SegmentWriter:
+        """Streams a new segment of ``rows`` rows (codes of ``codec``, and each row's list
+        number when ``with_lists``) into ``directory``."""
         parts = {"codes": (codec.code_dtype, codec.code_shape()),
                  "factors": (np.float32, (codec.factor_count,)), "ids": (np.int64, ())}
         if self.rerank:
             parts["originals"] = (self._rerank_dtype, (self.dim,))
+        if with_lists:
+            parts["lists"] = (np.int32, ())
         return segments.SegmentWriter(directory, f"seg-{gen:08d}", rows, parts)
 
     def _open_originals(self, segment: dict[str, Any]) -> np.ndarray:
@@ -766,12 +829,13 @@ class Index:
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         return entries + [storage.write_array(self._path, f"tomb-{gen:08d}.npy", rows)]
 
-    def _persist_add(self, codes, factors, ids, kept, replaced, next_id, fitting) -> None:
+    def _persist_add(self, codes, factors, ids, kept, labels, replaced, next_id,
+                     fitting) -> None:
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
         gen = manifest["generation"]
         if fitting or not manifest["codec_files"]:
             self._write_codec_state(manifest)
-        segment = self._write_segment(gen, codes, factors, ids, kept)
+        segment = self._write_segment(gen, codes, factors, ids, kept, labels)
         manifest["segments"] = self._manifest["segments"] + [segment]
         if len(replaced) or self._pending_removals:
             manifest["tombstones"] = self._tombstones_with(gen, replaced)
@@ -813,15 +877,17 @@ class Index:
         has outgrown its fit; merge segments of similar size (see ``compaction_due``)."""
         if self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size:
             self.compact()
-        elif self._can_refit and self._codec.refit_due(len(self)):
+        elif (self._can_refit and self._codec.refit_due(len(self))) or self._training_due():
             try:
                 self.compact()
             except Exception as exc:  # the add itself is committed; refitting is an upkeep
-                warnings.warn(f"vecpress: refitting the codec failed ({exc!r}); the index "
-                              f"keeps its previous fit and tries again as it grows",
+                warnings.warn(f"vecpress: refitting the codec or the lists failed ({exc!r}); "
+                              f"the index keeps its previous fit and tries again as it grows",
                               RuntimeWarning, stacklevel=3)
-        elif self._path is not None:
-            self._merge_segments()
+        else:
+            if self._path is not None:
+                self._merge_segments()
+            self._fold_tail()
 
     @property
     def _chunk_rows(self) -> int:
@@ -843,12 +909,15 @@ class Index:
         start_row = sum(s["rows"] for s in old[:first])
         stop_row = start_row + sum(s["rows"] for s in old[first:stop])
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+        partitioned = self._lists is not None
         with self._segment_writer(self._path, manifest["generation"], stop_row - start_row,
-                                  self._codec) as writer:
+                                  self._codec, with_lists=partitioned) as writer:
             for lo, hi, kept in self._original_chunks(old[first:stop], start_row):
                 rows = np.arange(lo, hi)
-                writer.append(codes=self._codes.rows(rows), factors=self._factors.view[lo:hi],
-                              ids=self._ids.of_rows(rows), originals=kept)
+                codes, factors = self._code_rows(rows)
+                writer.append(codes=codes, factors=factors, ids=self._ids.of_rows(rows),
+                              originals=kept,
+                              lists=self._labels.view[lo:hi] if partitioned else None)
             merged = writer.finish()
         manifest["segments"] = old[:first] + [merged] + old[stop:]
         self._commit(manifest)
@@ -892,69 +961,202 @@ class Index:
                            else self._memory_originals.view[lo:hi])
 
     def _write_compacted(self, source: "Index", live: np.ndarray, codec: Codec | None = None,
-                         *, keep_in_ram: bool = True) -> None:
+                         *, keep_in_ram: bool = True, lists: "_ListPlan | None" = None) -> None:
         """Replace this index's files (when it has a path) and, with ``keep_in_ram``, its RAM
-        arrays with ``source``'s ``live`` rows, re-encoded when a refitted ``codec`` is given.
+        arrays with ``source``'s ``live`` rows, re-encoded when a refitted ``codec`` is given,
+        and partitioned as ``lists`` says (None: flat).
 
         Rows stream through in chunks: originals are read from ``source``'s files (or RAM)
         and written to the new segment as they come, so memory stays at a chunk plus the new
         codes, and nothing changes (the old fit stays too) until the manifest commits."""
         codec = self._codec if codec is None else codec
         reencode = codec is not self._codec
-        ram = _Rebuilt(self, codec, len(live), with_originals=self._path is None) if keep_in_ram else None
+        ram = (_Rebuilt(self, codec, len(live), with_originals=self._path is None,
+                        with_labels=lists is not None) if keep_in_ram else None)
         manifest = gen = writer = None
         if self._path is not None:
             manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
             gen = manifest["generation"]
             self._write_codec_state(manifest, codec)
             if len(live):
-                writer = self._segment_writer(self._path, gen, len(live), codec)
+                writer = self._segment_writer(self._path, gen, len(live), codec,
+                                              with_lists=lists is not None)
         try:
             for lo, hi, kept in source._all_original_chunks():
                 rows = live[np.searchsorted(live, lo): np.searchsorted(live, hi)]
                 if not len(rows):
                     continue
                 kept = None if kept is None else kept[rows - lo]
+                training = lists is not None and lists.calibration is not None
+                vectors = self._code_vectors(kept) if reencode or training else None
                 if reencode:
-                    codes, factors = codec.encode(self._code_vectors(kept))
+                    codes, factors = codec.encode(vectors)
                 else:
-                    codes, factors = source._codes.rows(rows), source._factors.view[rows]
+                    codes, factors = source._code_rows(rows)
+                labels = None
+                if training:
+                    labels = clustering.assign(vectors, lists.centroids, self._codec_metric)
+                    lists.calibration.observe(vectors, rows, labels)
+                elif lists is not None:
+                    labels = source._labels.view[rows]
                 ids = source._ids.of_rows(rows)
                 if writer is not None:
-                    writer.append(codes=codes, factors=factors, ids=ids, originals=kept)
+                    writer.append(codes=codes, factors=factors, ids=ids, originals=kept,
+                                  lists=labels)
                 if ram is not None:
-                    ram.extend(codes, factors, ids, kept)
+                    ram.extend(codes, factors, ids, kept, labels)
             segment = writer.finish() if writer is not None else None
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
+        if lists is not None and lists.calibration is not None:
+            lists.nprobe = lists.calibration.nprobe(lists.centroids)
         next_id = max(source._next_id, self._next_id)
         if manifest is not None:
             manifest.update(segments=[segment] if segment else [], tombstones=[],
                             next_id=next_id, rows=len(live), count=len(live))
+            manifest.pop("partitions", None)
+            if lists is not None:
+                manifest["partitions"] = {
+                    "lists": len(lists.centroids), "nprobe": lists.nprobe,
+                    "trained_rows": lists.trained_rows,
+                    "centroids": storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
+                                                     lists.centroids)}
             self._commit(manifest)
             self._pending_removals = []  # (the removed rows are gone from the files)
-        originals = ram.blocks(self, segment) if ram is not None else None
+        if ram is None:
+            with self._mutex:
+                self._codec = codec
+                self._next_id = next_id
+            return
+        originals = ram.blocks(self, segment)
+        layout = None
+        if lists is not None:  # (ordered by list before the publish: searches go on)
+            layout = ListLayout.build(lists.centroids, self._codec_metric, lists.nprobe,
+                                      ram.labels.view)
+            ram.codes, ram.factors = self._reordered(ram.codes, ram.factors, layout, None, codec)
         with self._mutex:  # one publish: a search never pairs the new codec with old codes
             self._codec = codec
-            if ram is not None:
-                ram.install(self, originals)
+            ram.install(self, originals)
+            self._lists = layout
+            self._trained_rows = lists.trained_rows if lists is not None else 0
             self._next_id = next_id
+
+    # ------------------------------------------------------------------ internals: lists
+    def _training_due(self) -> bool:
+        """Whether the next upkeep trains the lists: the first time once the index is large
+        enough for its ``partitions`` setting, then each time it has grown fourfold."""
+        setting = self._config.get("partitions")
+        if setting is None or not self.rerank:
+            return False
+        live = len(self)
+        if self._lists is None:
+            needed = (partitions.AUTO_MIN_ROWS if setting == "auto"
+                      else setting * partitions.MIN_ROWS_PER_LIST)
+            return live >= needed
+        return live >= partitions.RETRAIN_GROWTH * max(1, self._trained_rows)
+
+    def _planned_lists(self, live: np.ndarray) -> "_ListPlan | None":
+        """The lists a compaction of the ``live`` rows gives them: new centroids when
+        training is due (trained on a sample of their originals), else the current ones."""
+        if not self._training_due():
+            return self._kept_lists()
+        setting = self._config["partitions"]
+        n_lists = partitions.auto_lists(len(live)) if setting == "auto" else setting
+        seed = self._config["seed"]
+        count = min(partitions.MAX_TRAIN_ROWS, n_lists * partitions.TRAIN_ROWS_PER_LIST)
+        sample_rows = partitions.sample_rows(live, count, seed)
+        sample = self._code_vectors(self._originals.fetch(sample_rows))
+        centroids = clustering.train_centroids(sample, n_lists, self._codec_metric, seed=seed)
+        picked = partitions.sample_rows(np.arange(len(sample_rows)),
+                                        partitions.CALIBRATION_QUERIES, seed + 1)
+        calibration = Calibration(sample[picked], sample_rows[picked], self._codec_metric)
+        return _ListPlan(centroids=centroids, nprobe=n_lists, trained_rows=len(live),
+                         calibration=calibration)
+
+    def _kept_lists(self) -> "_ListPlan | None":
+        """The current lists, unchanged (None while flat)."""
+        if self._lists is None:
+            return None
+        return _ListPlan(centroids=self._lists.centroids, nprobe=self._lists.nprobe,
+                         trained_rows=self._trained_rows)
+
+    def _code_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, factors) of ``rows``, wherever the layout keeps them."""
+        at = rows if self._lists is None else self._lists.positions_of(rows)
+        return self._codes.rows(at), self._factors.view[at]
+
+    def _reordered(self, codes: "_Growable | _TiledCodes", factors: _Growable,
+                   layout: ListLayout, old: ListLayout | None,
+                   codec: Codec) -> tuple["_Growable | _TiledCodes", _Growable]:
+        """New code and factor stores holding the rows of ``codes`` and ``factors`` (in
+        ``old``'s position order, or in row order when ``old`` is None) in ``layout``'s
+        order, copied a chunk at a time."""
+        n_rows = factors.size
+        new_codes = _code_store(codec)
+        new_codes.reserve(n_rows)
+        new_factors = _Growable((codec.factor_count,), np.float32)
+        new_factors.reserve(n_rows)
+        for lo in range(0, n_rows, REENCODE_ROWS):
+            rows = layout.rows_at(np.arange(lo, min(n_rows, lo + REENCODE_ROWS)))
+            at = rows if old is None else old.positions_of(rows)
+            new_codes.extend(codes.rows(at))
+            new_factors.extend(factors.view[at])
+        return new_codes, new_factors
+
+    def _fold_tail(self) -> None:
+        """Rebuild the layout once the rows added since it was built (the tail, which every
+        query scans) outgrow ``partitions.tail_limit``: RAM only, the files are unchanged."""
+        with self._writer:
+            old = self._lists
+            if old is None:
+                return
+            n_rows = self._ids.size
+            if n_rows - old.sorted_end <= partitions.tail_limit(n_rows):
+                return
+            layout = ListLayout.build(old.centroids, self._codec_metric, old.nprobe,
+                                      self._labels.view[:n_rows])
+            codes, factors = self._reordered(self._codes, self._factors, layout, old,
+                                             self._codec)
+            with self._mutex:
+                self._codes, self._factors, self._lists = codes, factors, layout
+
+
+@dataclass
+class _ListPlan:
+    """The lists a rewrite gives the rows: ``centroids`` and the ``nprobe`` they need. With
+    a ``calibration`` the centroids are new: every row is assigned to one and ``nprobe`` is
+    calibrated as the rows stream by; without one each row keeps its list."""
+
+    centroids: np.ndarray
+    nprobe: int
+    trained_rows: int
+    calibration: Calibration | None = None
+
+
+def _code_store(codec: Codec) -> "_Growable | _TiledCodes":
+    """An empty array of code rows in the layout ``codec`` scans."""
+    layout = codec.tile_sign_words
+    if layout is None:
+        return _Growable(codec.code_shape(), codec.code_dtype)
+    return _TiledCodes(int(np.prod(codec.code_shape())), layout)
 
 
 class _Rebuilt:
     """The RAM arrays of an index being rebuilt from the live rows of another, filled chunk
     by chunk (room for every row is reserved up front, so nothing is copied to grow)."""
 
-    def __init__(self, index: Index, codec: Codec, rows: int, *, with_originals: bool) -> None:
-        layout = codec.tile_sign_words
-        self.codes = (_Growable(codec.code_shape(), codec.code_dtype) if layout is None
-                      else _TiledCodes(int(np.prod(codec.code_shape())), layout))
+    def __init__(self, index: Index, codec: Codec, rows: int, *, with_originals: bool,
+                 with_labels: bool = False) -> None:
+        self.codes = _code_store(codec)
         self.codes.reserve(rows)
         self.factors = _Growable((codec.factor_count,), np.float32)
         self.factors.reserve(rows)
         self.ids = np.empty(rows, np.int64)
+        self.labels = _Growable((), np.int32)
+        if with_labels:
+            self.labels.reserve(rows)
         self.filled = 0
         self.originals: _Growable | None = None
         if with_originals and index.rerank:
@@ -962,7 +1164,7 @@ class _Rebuilt:
             self.originals.reserve(rows)
 
     def extend(self, codes: np.ndarray, factors: np.ndarray, ids: np.ndarray,
-               kept: np.ndarray | None) -> None:
+               kept: np.ndarray | None, labels: np.ndarray | None = None) -> None:
         if not len(ids):
             return
         self.codes.extend(codes)
@@ -971,6 +1173,8 @@ class _Rebuilt:
         self.filled += len(ids)
         if self.originals is not None and kept is not None:
             self.originals.extend(kept)
+        if labels is not None:
+            self.labels.extend(labels)
 
     def blocks(self, index: Index, segment: dict[str, Any] | None) -> _Blocks:
         """The kept originals of the rebuilt rows: in RAM, or mapped from ``segment``."""
@@ -986,12 +1190,14 @@ class _Rebuilt:
         index._codes = self.codes
         index._factors = self.factors
         index._ids = _IdColumn(self.ids)
+        index._labels = self.labels
         index._originals = originals
         index._memory_originals = self.originals
 
 
 def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, oversample: Any,
-                 rerank_dtype: Any, truncate_dim: Any, seed: Any, query_bits: Any) -> dict[str, Any]:
+                 rerank_dtype: Any, truncate_dim: Any, seed: Any, query_bits: Any,
+                 partitions: Any = None) -> dict[str, Any]:
     """Validate constructor arguments into the JSON config the manifest stores."""
     dim = as_positive_int(dim, "dim")
     if not isinstance(metric, str) or metric.lower() not in METRIC_ALIASES:
@@ -1026,11 +1232,76 @@ def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, o
         query_bits = as_positive_int(query_bits, "query_bits")
         if not 4 <= query_bits <= 8:
             raise ValueError(f"query_bits={query_bits} is out of range; use 4-8")
+    lossy = make_codec(codec, truncate_dim or dim, bits, "ip").lossy  # validates codec/bits
+    partitions = _check_partitions(partitions, rerank=bool(rerank) and lossy)
     config = {"dim": dim, "metric": metric, "bits": bits, "rerank": bool(rerank),
               "codec": codec, "oversample": oversample, "rerank_dtype": rerank_dtype,
-              "truncate_dim": truncate_dim, "seed": int(seed), "query_bits": query_bits}
-    make_codec(codec, truncate_dim or dim, bits, "ip")  # validates codec/bits pairing
+              "truncate_dim": truncate_dim, "seed": int(seed), "query_bits": query_bits,
+              "partitions": partitions}
     return config
+
+
+def _check_partitions(partitions: Any, *, rerank: bool) -> int | str | None:
+    """``partitions`` as the config stores it: None, "auto" or a list count."""
+    if partitions is None or partitions == "auto":
+        return partitions
+    if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)):
+        raise TypeError(f"partitions must be 'auto', None or a number of lists, got "
+                        f"{partitions!r}")
+    if not 1 <= int(partitions) <= store_format.MAX_LISTS:
+        raise ValueError(f"partitions={int(partitions)} is out of range; use 1 to "
+                         f"{store_format.MAX_LISTS} lists, 'auto' or None")
+    if not rerank:
+        raise ValueError(f"partitions={int(partitions)} needs the kept originals to train the "
+                         f"lists: use rerank=True with a quantized code (1-8 bits), or "
+                         f"partitions=None")
+    return int(partitions)
+
+
+def _scan_lists(snap: _Snapshot, queries: np.ndarray, candidates: int, flt: RowFilter,
+                nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The scan of a partitioned snapshot: best ``candidates`` rows per query among the
+    lists it probes (every allowed row for a selective filter), as rows, not positions."""
+    lists = snap.lists
+    n_rows = snap.ids.size
+    removed, live_counts = lists.removal_flags(snap.ids.removal_key, flt.removed, n_rows)
+    spans = None
+    if flt.rows is not None:  # selective: few rows, scan them all
+        by_position = RowFilter(n_rows=n_rows, removed=removed,
+                                rows=np.sort(lists.positions_of(flt.rows)))
+    else:
+        mask = None if flt.mask is None else lists.to_positions(flt.mask)
+        allowed = mask if removed is None or mask is None else mask & ~removed
+        if allowed is None and removed is None:
+            counts, tail = live_counts, n_rows - lists.sorted_end
+        elif allowed is None:
+            counts, tail = live_counts, int((~removed[lists.sorted_end:]).sum())
+        else:
+            in_lists = np.zeros(lists.sorted_end + 1, np.int64)
+            np.cumsum(allowed[: lists.sorted_end], out=in_lists[1:])
+            counts, tail = np.diff(in_lists[lists.bounds]), int(allowed[lists.sorted_end:].sum())
+        spans = lists.probe(queries, lists.nprobe if nprobe is None else nprobe, n_rows,
+                            allowed_counts=counts, need=candidates, tail_allowed=tail)
+        by_position = RowFilter(n_rows=n_rows, removed=removed, mask=mask)
+    scores, positions = snap.codec.scan(snap.codes, snap.factors, queries, candidates,
+                                        by_position, spans=spans)
+    return scores, lists.rows_at(positions)
+
+
+def _read_labels(path: Path, entry: dict[str, Any], lists: int, verify: bool) -> np.ndarray:
+    """A segment's list numbers, checked to name one of the ``lists`` lists."""
+    labels = storage.read_array(path, entry, verify=verify)
+    store_format.check_labels(path, entry, labels, lists)
+    return labels
+
+
+def _read_centroids(path: Path, entry: dict[str, Any], verify: bool) -> np.ndarray:
+    centroids = storage.read_array(path, entry, verify=verify)
+    if not np.isfinite(centroids).all():
+        raise storage.StoreCorruptedError(
+            f"{path / entry['file']}: holds values that are not finite numbers; restore the "
+            f"store from a copy")
+    return np.ascontiguousarray(centroids, dtype=np.float32)
 
 
 def _read_consistently(path: Path, read: Callable[[dict[str, Any]], _T]) -> _T:

@@ -38,13 +38,14 @@ LOCK_FILE = "LOCK"
 FORMAT_NAME = "vecpress-index"
 #: 2: ``"tombstones"`` is a list of entries, each naming rows removed by one write (version 1
 #: stored one entry listing every removed row, or null; both are still read)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: rows per checksummed block of an originals file (``block_crc32`` in its manifest entry): a
 #: block is verified the first time a rerank reads from it
 ORIGINALS_BLOCK_ROWS = 4096
 #: the dtypes a store's arrays may have (native byte order; never objects or records)
 ARRAY_DTYPES = frozenset(np.dtype(t).str for t in
-                         (np.uint8, np.uint64, np.int64, np.float16, np.float32, np.float64))
+                         (np.uint8, np.uint64, np.int32, np.int64, np.float16, np.float32,
+                          np.float64))
 #: a manifest larger than this is refused before it is parsed (one of a 100M-row store is
 #: well under 1 MB; parsing 8 MB takes about 0.4 s)
 MAX_MANIFEST_BYTES = 8 << 20
@@ -406,6 +407,8 @@ def manifest_files(manifest: dict[str, Any]) -> set[str]:
     for segment in manifest.get("segments", []):
         names.update(entry["file"] for entry in segment["files"].values())
     names.update(entry["file"] for entry in tombstone_entries(manifest))
+    if manifest.get("partitions"):
+        names.add(manifest["partitions"]["centroids"]["file"])
     return names
 
 

@@ -34,21 +34,28 @@ MAX_SEED = 2 ** 64 - 1
 
 TOP_KEYS = frozenset({"format", "format_version", "config", "codec", "generation", "next_id",
                       "count", "rows", "codec_files", "segments", "tombstones"})
+#: keys a manifest may hold besides TOP_KEYS (format 3: a partitioned index)
+OPTIONAL_TOP_KEYS = frozenset({"partitions"})
+PARTITION_KEYS = frozenset({"lists", "nprobe", "trained_rows", "centroids"})
 SEGMENT_KEYS = frozenset({"name", "rows", "files"})
 ENTRY_KEYS = frozenset({"file", "crc32", "shape", "dtype"})
 BLOCK_KEYS = frozenset({"block_rows", "block_crc32"})
-SEGMENT_PARTS = ("codes", "factors", "ids", "originals")
+SEGMENT_PARTS = ("codes", "factors", "ids", "originals", "lists")
 REQUIRED_PARTS = frozenset({"codes", "factors", "ids"})
 
 _GEN = "[0-9]{8,19}"
 CODEC_FILE = re.compile(rf"codec-{_GEN}-([a-z_]+)\.npy")
 SEGMENT_NAME = re.compile(rf"seg-{_GEN}")
-SEGMENT_FILE = re.compile(rf"seg-{_GEN}-(codes|factors|ids|originals)\.npy")
+SEGMENT_FILE = re.compile(rf"seg-{_GEN}-(codes|factors|ids|originals|lists)\.npy")
+CENTROIDS_FILE = re.compile(rf"part-{_GEN}-centroids\.npy")
+#: most lists a store may have (far above sqrt of MAX_ROWS)
+MAX_LISTS = 1 << 22
 TOMBSTONE_FILE = re.compile(rf"tomb-{_GEN}(-[0-9]{{1,19}})?\.npy")
 STATE_NAME = re.compile("[a-z_]{1,64}")
 _GENERATION = re.compile(_GEN)
 
 _INT64 = np.dtype(np.int64).str
+_INT32 = np.dtype(np.int32).str
 _FLOAT32 = np.dtype(np.float32).str
 _RESTORE = "the manifest was edited or is corrupted; restore the store from a copy"
 
@@ -98,7 +105,7 @@ def validate_manifest(manifest: dict[str, Any], directory: Path) -> None:
     counts and shapes within limits, segment rows adding up to ``rows``.
     """
     where = directory / MANIFEST
-    _keys(manifest, where, "the manifest", TOP_KEYS)
+    _keys(manifest, where, "the manifest", TOP_KEYS, OPTIONAL_TOP_KEYS)
     _int(manifest["generation"], where, "generation", 0, MAX_ID)
     _int(manifest["next_id"], where, "next_id", 0, MAX_ID)
     rows = _int(manifest["rows"], where, "rows", 0, MAX_ROWS)
@@ -109,6 +116,7 @@ def validate_manifest(manifest: dict[str, Any], directory: Path) -> None:
     _check_codec_files(manifest["codec_files"], where, seen)
     _check_segments(manifest["segments"], rows, where, seen)
     _check_tombstones(manifest["tombstones"], rows, where, seen)
+    _check_partitions(manifest, where, seen)
     _check_generation(manifest, where, seen)
 
 
@@ -249,6 +257,27 @@ def _check_tombstones(tombstones: Any, rows: int, where: Path, seen: set[str]) -
                                f"numbers, not {entry['dtype']}{entry['shape']}")
 
 
+def _check_partitions(manifest: dict[str, Any], where: Path, seen: set[str]) -> None:
+    """A partitioned store names its centroids file and gives every segment a lists file;
+    a flat store has neither."""
+    partitions = manifest.get("partitions")
+    if partitions is not None:
+        _keys(partitions, where, "partitions", PARTITION_KEYS)
+        lists = _int(partitions["lists"], where, "partitions.lists", 1, MAX_LISTS)
+        _int(partitions["nprobe"], where, "partitions.nprobe", 1, lists)
+        _int(partitions["trained_rows"], where, "partitions.trained_rows", 0, MAX_ROWS)
+        entry = _check_entry(partitions["centroids"], where, "partitions.centroids",
+                             CENTROIDS_FILE, seen)
+        if len(entry["shape"]) != 2 or entry["shape"][0] != lists or entry["dtype"] != _FLOAT32:
+            raise _fail(where, f"partitions.centroids ({entry['file']}) must be float32 of "
+                               f"shape [{lists}, dim], not {entry['dtype']}{entry['shape']}")
+    for segment in manifest["segments"]:
+        if ("lists" in segment["files"]) != (partitions is not None):
+            has = "has" if "lists" in segment["files"] else "lacks"
+            raise _fail(where, f"segment {segment['name']} {has} a lists file, which the "
+                               f"manifest's partitions entry contradicts")
+
+
 # ---------------------------------------------------------------------- against the codec
 
 
@@ -261,6 +290,7 @@ class StoreLayout:
     factor_count: int
     dim: int
     originals_dtype: str | None  # None: the store keeps no originals
+    code_dim: int = 0  # dimension of the vectors the codes (and centroids) are made from
     state: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
 
     @classmethod
@@ -270,14 +300,15 @@ class StoreLayout:
         return cls(code_shape=tuple(codec.code_shape()), code_dtype=np.dtype(codec.code_dtype).str,
                    factor_count=codec.factor_count, dim=dim,
                    originals_dtype=None if originals_dtype is None else np.dtype(originals_dtype).str,
-                   state=codec.state_layout())
+                   code_dim=codec.dim, state=codec.state_layout())
 
     def part(self, part: str) -> tuple[tuple[int, ...], str | None]:
         """(shape after the rows, dtype) of a segment file; dtype None for an unknown part."""
         return {"codes": (self.code_shape, self.code_dtype),
                 "factors": ((self.factor_count,), _FLOAT32),
                 "ids": ((), _INT64),
-                "originals": ((self.dim,), self.originals_dtype)}[part]
+                "originals": ((self.dim,), self.originals_dtype),
+                "lists": ((), _INT32)}[part]
 
 
 def validate_layout(manifest: dict[str, Any], directory: Path, layout: StoreLayout) -> None:
@@ -300,6 +331,11 @@ def validate_layout(manifest: dict[str, Any], directory: Path, layout: StoreLayo
             tail, dtype = layout.part(part)
             _expect(entry, [segment["rows"], *tail], dtype, where,
                     f"segment {segment['name']} {part}")
+    partitions = manifest.get("partitions")
+    if partitions is not None and partitions["centroids"]["shape"][1] != layout.code_dim:
+        raise _fail(where, f"partitions.centroids ({partitions['centroids']['file']}) has "
+                           f"{partitions['centroids']['shape'][1]} columns, the codes "
+                           f"{layout.code_dim}")
 
 
 def _expect(entry: dict[str, Any], shape: list[int], dtype: str | None, where: Path,
@@ -324,6 +360,14 @@ def dead_rows(directory: Path, entries: list[dict[str, Any]], tombstones: list[n
     if not tombstones:
         return np.zeros(0, dtype=np.int64)
     return np.unique(np.concatenate(tombstones)).astype(np.int64)
+
+
+def check_labels(directory: Path, entry: dict[str, Any], labels: np.ndarray, lists: int) -> None:
+    """A lists file holds list numbers from 0 to ``lists - 1``."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= lists):
+        raise StoreCorruptedError(
+            f"{directory / entry['file']}: holds list numbers outside 0..{lists - 1}; "
+            f"{_RESTORE}")
 
 
 def check_count(manifest: dict[str, Any], dead: int, directory: Path) -> None:

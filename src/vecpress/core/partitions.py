@@ -1,0 +1,237 @@
+"""Inverted lists over the codes: which rows a query scans, and where they lie in RAM.
+
+A partitioned :class:`~vecpress.core.index.Index` assigns every row to its nearest centroid
+(its *list*). In RAM the codes are kept in *position* order: the rows of list 0, then list 1,
+..., so a list is one contiguous run that the flat scan kernels read as a span. Rows added
+since the layout was built sit after the lists, in row order (the *tail*: position = row),
+and every query scans them too; once the tail grows past :func:`tail_limit` the layout is
+rebuilt (in RAM only: the files keep rows in row order plus each row's list number).
+
+The codes are not residuals: a row's code is the same whether or not the index is
+partitioned, so lists can be rebuilt, split or retrained without re-encoding, and a list
+scan costs what the flat scan costs per row. What partitions buy is scanning fewer rows.
+
+How many lists a query probes (``nprobe``) is calibrated when the lists are trained, on
+sampled rows of the index used as queries: the smallest count whose recall of their true ten
+nearest rows reaches :data:`CALIBRATION_RECALL` (see :class:`Calibration`). A filtered search
+probes further lists until it has found enough allowed rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import clustering
+
+#: below this many rows ``partitions="auto"`` keeps the flat scan (see benchmarks/bench_partitions)
+AUTO_MIN_ROWS = 65_536
+#: a partitioned index is retrained (new centroids) once it holds this many times the rows it
+#: was trained on
+RETRAIN_GROWTH = 4
+#: training rows drawn per list (and at most MAX_TRAIN_ROWS)
+TRAIN_ROWS_PER_LIST = 64
+MAX_TRAIN_ROWS = 262_144
+#: an explicit list count needs this many rows per list before the lists are trained
+MIN_ROWS_PER_LIST = 16
+#: sampled rows used as queries to calibrate nprobe, and the recall@CALIBRATION_K they must reach
+CALIBRATION_QUERIES = 128
+CALIBRATION_K = 10
+CALIBRATION_RECALL = 0.995
+#: the calibrated nprobe is multiplied by this margin: sampled rows are easier queries than
+#: held-out ones (on 100k WordNet glosses, 256 lists: 70 lists give sampled rows 0.995 and
+#: held-out glosses 0.99; see benchmarks/bench_partitions.py)
+CALIBRATION_MARGIN = 1.25
+#: the layout is rebuilt once the tail holds more than this fraction of the rows ...
+TAIL_FRACTION = 1 / 32
+#: ... and more than this many rows
+TAIL_MIN_ROWS = 4096
+MAX_LISTS = 1 << 20
+
+
+def auto_lists(rows: int) -> int:
+    """Lists for ``rows`` rows under ``partitions="auto"``: about ``sqrt(rows)``, so a list
+    holds about as many rows as there are lists (a power of two, for round numbers)."""
+    return int(min(MAX_LISTS, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(rows)))))))
+
+
+def tail_limit(rows: int) -> int:
+    """Rows the tail may hold before the layout is rebuilt."""
+    return max(TAIL_MIN_ROWS, int(rows * TAIL_FRACTION))
+
+
+@dataclass
+class ListLayout:
+    """Centroids and where each list's rows sit. Immutable once built, except for caches
+    (a search may fill them; two searches filling one at once compute the same value).
+
+    ``perm[p]`` is the row at position ``p < sorted_end``; ``inv[r]`` the position of row
+    ``r < sorted_end``; positions from ``sorted_end`` on hold the rows of the same number.
+    List ``l`` occupies positions ``bounds[l]:bounds[l + 1]``.
+    """
+
+    centroids: np.ndarray  # (lists, code dim) float32
+    metric: str  # "ip" or "l2", the codec's metric
+    nprobe: int
+    bounds: np.ndarray  # (lists + 1,) int64
+    perm: np.ndarray  # (sorted_end,) int64
+    inv: np.ndarray  # (sorted_end,) int64
+    _removed_cache: tuple[Any, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, centroids: np.ndarray, metric: str, nprobe: int,
+              labels: np.ndarray) -> "ListLayout":
+        """The layout of rows whose lists are ``labels`` (one int per row): a stable sort,
+        so a list keeps its rows in row order."""
+        n_lists = len(centroids)
+        perm = np.argsort(labels, kind="stable").astype(np.int64)
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(len(perm), dtype=np.int64)
+        bounds = np.zeros(n_lists + 1, np.int64)
+        np.cumsum(np.bincount(labels, minlength=n_lists), out=bounds[1:])
+        return cls(centroids=centroids, metric=metric, nprobe=nprobe, bounds=bounds, perm=perm,
+                   inv=inv)
+
+    @property
+    def n_lists(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def sorted_end(self) -> int:
+        return len(self.perm)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.centroids.nbytes + self.bounds.nbytes + self.perm.nbytes
+                   + self.inv.nbytes)
+
+    def rows_at(self, positions: np.ndarray) -> np.ndarray:
+        """The rows at ``positions`` (-1 stays -1)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        inside = (positions >= 0) & (positions < self.sorted_end)
+        rows = positions.copy()
+        rows[inside] = self.perm[positions[inside]]
+        return rows
+
+    def positions_of(self, rows: np.ndarray) -> np.ndarray:
+        """The positions of ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        inside = rows < self.sorted_end
+        positions = rows.copy()
+        positions[inside] = self.inv[rows[inside]]
+        return positions
+
+    def to_positions(self, by_row: np.ndarray) -> np.ndarray:
+        """A per-row array (one entry per row) reordered by position."""
+        end = self.sorted_end
+        return np.concatenate([by_row[self.perm], by_row[end:]])
+
+    def removal_flags(self, key: object, removed: np.ndarray | None,
+                      n_rows: int) -> tuple[np.ndarray | None, np.ndarray]:
+        """(removal flags by position for ``n_rows`` rows or None, live rows per list) from
+        the flags by row ``removed``; the gather over the lists is cached per ``key`` (see
+        ``_IdColumn.removal_key``), only the tail is read per call."""
+        cache = self._removed_cache
+        if cache is None or cache[0] is not key:
+            if removed is None:
+                cache = (key, None, np.diff(self.bounds))
+            else:
+                flags = removed[self.perm]
+                live = np.zeros(len(flags) + 1, np.int64)
+                np.cumsum(~flags, out=live[1:])
+                cache = (key, flags, np.diff(live[self.bounds]))
+            self._removed_cache = cache
+        _, flags, counts = cache
+        if flags is None:
+            return None, counts
+        return np.concatenate([flags, removed[self.sorted_end:n_rows]]), counts
+
+    def probe(self, queries: np.ndarray, nprobe: int, n_rows: int, *,
+              allowed_counts: np.ndarray, need: int,
+              tail_allowed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Spans ``(offsets, bounds)`` to scan per query (see ``codecs.run_scan``): the
+        ``nprobe`` lists nearest each query, then further lists in order of nearness until
+        they hold ``need`` allowed rows (``allowed_counts`` per list, ``tail_allowed`` in the
+        tail, which is always scanned)."""
+        order = clustering.rank_lists(queries, self.centroids, self.metric, self.n_lists)
+        offsets = np.zeros(len(queries) + 1, np.int64)
+        spans = []
+        for q in range(len(queries)):
+            cumulative = np.cumsum(allowed_counts[order[q]]) + tail_allowed
+            enough = int(np.searchsorted(cumulative, need)) + 1  # lists holding `need` rows
+            probed = np.sort(order[q, : min(self.n_lists, max(nprobe, enough))])
+            starts, stops = self.bounds[probed], self.bounds[probed + 1]
+            keep = stops > starts
+            pieces = np.stack([starts[keep], stops[keep]], axis=1)
+            if n_rows > self.sorted_end:
+                pieces = np.concatenate([pieces, [[self.sorted_end, n_rows]]])
+            spans.append(_joined(pieces))
+            offsets[q + 1] = offsets[q] + len(spans[-1])
+        bounds = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)
+        return offsets, bounds.astype(np.int64).reshape(-1, 2)
+
+
+def _joined(spans: np.ndarray) -> np.ndarray:
+    """Sorted spans with touching neighbours joined (neighbouring lists are one run)."""
+    if len(spans) < 2:
+        return spans
+    breaks = np.nonzero(spans[1:, 0] != spans[:-1, 1])[0] + 1
+    starts = spans[np.concatenate([[0], breaks]), 0]
+    stops = spans[np.concatenate([breaks - 1, [len(spans) - 1]]), 1]
+    return np.stack([starts, stops], axis=1)
+
+
+class Calibration:
+    """Finds the ``nprobe`` at which sampled rows, used as queries, find their true nearest
+    rows. Rows stream through :meth:`observe` (in any order, each once); the exact top
+    ``CALIBRATION_K`` of every sample query is kept, excluding the query's own row."""
+
+    def __init__(self, queries: np.ndarray, query_rows: np.ndarray, metric: str) -> None:
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.query_rows = np.asarray(query_rows, dtype=np.int64)
+        self.metric = metric
+        k = CALIBRATION_K
+        self.best_scores = np.full((len(queries), k), -np.inf, np.float32)
+        self.best_labels = np.full((len(queries), k), -1, np.int64)
+
+    def observe(self, vectors: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> None:
+        """Rows ``rows`` with code vectors ``vectors`` belong to lists ``labels``."""
+        if not len(rows) or not len(self.queries):
+            return
+        scores = self.queries @ np.ascontiguousarray(vectors, dtype=np.float32).T
+        if self.metric == "l2":
+            scores = 2 * scores - np.einsum("ij,ij->i", vectors, vectors)[None, :]
+        scores[self.query_rows[:, None] == np.asarray(rows)[None, :]] = -np.inf
+        merged_s = np.concatenate([self.best_scores, scores], axis=1)
+        merged_l = np.concatenate(
+            [self.best_labels, np.broadcast_to(labels.astype(np.int64), scores.shape)], axis=1)
+        top = np.argpartition(-merged_s, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
+        self.best_scores = np.take_along_axis(merged_s, top, axis=1)
+        self.best_labels = np.take_along_axis(merged_l, top, axis=1)
+
+    def nprobe(self, centroids: np.ndarray) -> int:
+        """The smallest nprobe whose recall reaches ``CALIBRATION_RECALL``, times the margin."""
+        n_lists = len(centroids)
+        if not len(self.queries):
+            return n_lists
+        order = clustering.rank_lists(self.queries, centroids, self.metric, n_lists)
+        rank = np.empty_like(order)
+        rank[np.arange(len(order))[:, None], order] = np.arange(n_lists)[None, :]
+        found = self.best_labels >= 0
+        needed = np.where(found, np.take_along_axis(rank, np.maximum(self.best_labels, 0),
+                                                    axis=1), -1)
+        counts = np.bincount(needed[found], minlength=n_lists)  # neighbours by list rank
+        recall = np.cumsum(counts) / max(1, int(found.sum()))
+        plain = int(np.searchsorted(recall, CALIBRATION_RECALL - 1e-12)) + 1
+        return int(min(n_lists, max(1, math.ceil(plain * CALIBRATION_MARGIN))))
+
+
+def sample_rows(live: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` of the ``live`` rows (all when fewer), sorted, drawn with ``seed``."""
+    if len(live) <= count:
+        return live
+    picked = np.random.default_rng(seed).choice(len(live), count, replace=False)
+    return live[np.sort(picked)]

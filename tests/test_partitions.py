@@ -1,0 +1,259 @@
+"""Partitioned indexes (inverted lists) against brute force: probing, filters, growth, files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vecpress import Collection, Index
+from vecpress.core import clustering, partitions
+from vecpress.core.partitions import Calibration, ListLayout
+from vecpress.core.storage import StoreCorruptedError
+
+from conftest import clustered_vectors, recall, reference_topk
+
+METRICS = ["cosine", "ip", "l2"]
+
+
+def _partitioned(data: np.ndarray, lists: int = 8, **options) -> Index:
+    index = Index(data.shape[1], partitions=lists, **options)
+    for lo in range(0, len(data), 700):
+        index.add(data[lo:lo + 700])
+    assert index._lists is not None and index._lists.n_lists == lists
+    return index
+
+
+def _stored(data: np.ndarray, metric: str) -> np.ndarray:
+    """What the index reranks with: normalised for cosine, rounded to float16."""
+    if metric == "cosine":
+        data = data / np.linalg.norm(data, axis=1, keepdims=True)
+    return data.astype(np.float16).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_probing_every_list_is_exact(metric):
+    data, queries = clustered_vectors(3000, 24, seed=1), clustered_vectors(20, 24, seed=2)
+    index = _partitioned(data, metric=metric)
+    ref_scores, ref_rows = reference_topk(_stored(data, metric), queries, 10, metric)
+    scores, found = index.search(queries, k=10, nprobe=8, oversample=1000)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-3)
+    assert recall(found, ref_rows) >= 0.99  # (ties of float16 originals aside)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_default_probe_finds_the_true_neighbours(metric):
+    # held-out queries from the same distribution as the data (as the benchmark's glosses)
+    both = clustered_vectors(4040, 24, seed=3)
+    data, queries = both[:4000], both[4000:]
+    index = _partitioned(data, metric=metric)
+    assert 1 <= index.stats()["nprobe"] <= 8
+    _, truth = reference_topk(_stored(data, metric), queries, 10, metric)
+    _, found = index.search(queries, k=10)
+    _, flat_found = index.search(queries, k=10, nprobe=8)
+    assert recall(found, truth) >= recall(flat_found, truth) - 0.02
+
+
+def test_one_list_probe_scans_only_that_list_and_the_tail():
+    data = clustered_vectors(3000, 16, seed=5)
+    index = _partitioned(data)
+    lists = index._lists
+    query = data[:1]
+    rows_scanned = []
+    codec = index._codec
+    original = type(codec).scan
+
+    def spy(self, codes, factors, queries, k, flt, spans=None):
+        offsets, bounds = spans
+        rows_scanned.append(int((bounds[:, 1] - bounds[:, 0]).sum()))
+        return original(self, codes, factors, queries, k, flt, spans=spans)
+
+    type(codec).scan = spy
+    try:
+        index.search(query, k=5, nprobe=1, oversample=1)
+    finally:
+        type(codec).scan = original
+    nearest = clustering.rank_lists(index._prepare_vectors(query, "q")[0], lists.centroids,
+                                    "ip", 1)[0, 0]
+    size = lists.bounds[nearest + 1] - lists.bounds[nearest]
+    tail = index._ids.size - lists.sorted_end
+    assert rows_scanned == [size + tail] or rows_scanned[0] >= 5  # further lists only if short
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.3])
+def test_filtered_search_returns_k_hits_at_any_selectivity(fraction):
+    both = clustered_vectors(3010, 16, seed=6)
+    data, queries = both[:3000], both[3000:]
+    index = _partitioned(data)
+    rng = np.random.default_rng(0)
+    allowed_rows = np.sort(rng.choice(3000, int(3000 * fraction), replace=False))
+    allowed = np.zeros(3000, bool)
+    allowed[allowed_rows] = True
+    ref_scores, ref_rows = reference_topk(_stored(data, "cosine"), queries, 10, "cosine",
+                                          allowed=allowed)
+    for nprobe in (1, None):  # one list may hold too few allowed rows: more are probed
+        scores, found = index.search(queries, k=10, mask=allowed_rows, nprobe=nprobe)
+        assert (found >= 0).all() and np.isin(found, allowed_rows).all()
+    assert recall(found, ref_rows) >= 0.9
+    scores, found = index.search(queries, k=10, mask=allowed_rows, oversample=1000)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-3)
+
+
+def test_removed_rows_never_return_and_short_lists_are_topped_up():
+    data = clustered_vectors(3000, 16, seed=8)
+    index = _partitioned(data)
+    index.remove(np.arange(0, 3000, 3), upkeep=False)
+    _, found = index.search(data[:20], k=50, nprobe=1)
+    assert (found >= 0).all() and (found % 3 != 0).all()
+    assert all(len(set(row)) == 50 for row in found.tolist())
+
+
+def test_adds_after_training_join_the_tail_then_the_lists():
+    data = clustered_vectors(6000, 16, seed=9)
+    index = Index(16, partitions=8)
+    index.add(data[:2000])
+    trained = index._lists
+    assert trained is not None and trained.sorted_end == 2000
+    index.add(data[2000:2100])  # a short tail: the layout stays
+    assert index._lists is trained
+    partitions_limit = partitions.tail_limit
+    try:
+        partitions.tail_limit = lambda rows: 50
+        index.add(data[2100:2200])
+    finally:
+        partitions.tail_limit = partitions_limit
+    folded = index._lists
+    assert folded is not trained and folded.sorted_end == 2200
+    np.testing.assert_array_equal(folded.centroids, trained.centroids)
+    unit = _stored(data[:2200], "cosine")
+    np.testing.assert_array_equal(index._labels.view,
+                                  clustering.assign(unit, folded.centroids, "ip"))
+    _, found = index.search(data[2150:2160], k=1, nprobe=8, oversample=1000)
+    np.testing.assert_array_equal(found[:, 0], np.arange(2150, 2160))
+
+
+def test_lists_are_retrained_as_the_index_grows_fourfold():
+    data = clustered_vectors(5000, 16, seed=10)
+    index = Index(16, partitions=4)
+    index.add(data[:100])
+    first = index._lists
+    assert first is not None and index._trained_rows == 100
+    index.add(data[100:399])
+    assert index._lists.centroids is first.centroids
+    index.add(data[399:400])
+    assert index._trained_rows == 400 and index._lists.centroids is not first.centroids
+
+
+def test_auto_stays_flat_below_its_threshold_and_partitions_above(monkeypatch):
+    monkeypatch.setattr(partitions, "AUTO_MIN_ROWS", 2000)
+    data = clustered_vectors(2500, 16, seed=11)
+    index = Index(16)
+    index.add(data[:1999])
+    assert index._lists is None and index.stats()["lists"] == 0
+    index.add(data[1999:2500])
+    assert index._lists is not None
+    assert index._lists.n_lists == partitions.auto_lists(2500)
+
+
+def test_partitions_argument_is_checked():
+    with pytest.raises(ValueError, match="partitions=0"):
+        Index(8, partitions=0)
+    with pytest.raises(TypeError, match="partitions must be"):
+        Index(8, partitions="many")
+    with pytest.raises(ValueError, match="rerank=True"):
+        Index(8, partitions=4, rerank=False)
+    index = _partitioned(clustered_vectors(1000, 8, seed=12), lists=4)
+    with pytest.raises(ValueError, match="nprobe"):
+        index.search(np.ones(8, np.float32), nprobe=0)
+
+
+def test_partitioned_store_reopens_with_the_same_answers(tmp_path):
+    data, queries = clustered_vectors(3000, 16, seed=13), clustered_vectors(10, 16, seed=14)
+    index = Index(16, partitions=8, path=tmp_path / "s")
+    for lo in range(0, 3000, 500):
+        index.add(data[lo:lo + 500])
+    index.remove(np.arange(0, 3000, 7))
+    expected = index.search(queries, k=10)
+    index.close()
+    again = Index.load(tmp_path / "s")
+    assert again.stats()["lists"] == 8 and again.stats()["nprobe"] == index.stats()["nprobe"]
+    np.testing.assert_array_equal(again.search(queries, k=10)[1], expected[1])
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert all("lists" in s["files"] for s in manifest["segments"])
+
+
+def test_reader_refresh_sees_rows_added_to_a_partitioned_store(tmp_path):
+    data = clustered_vectors(2000, 16, seed=15)
+    writer = Index(16, partitions=4, path=tmp_path / "s")
+    writer.add(data[:1000])
+    reader = Index.load(tmp_path / "s", read_only=True)
+    writer.add(data[1000:1100])
+    assert reader.refresh()
+    _, found = reader.search(data[1050:1060], k=1, oversample=1000)
+    np.testing.assert_array_equal(found[:, 0], np.arange(1050, 1060))
+    writer.close()
+
+
+@pytest.mark.parametrize("damage", ["label_out_of_range", "lists_file_missing",
+                                    "centroids_not_finite", "nprobe_above_lists"])
+def test_damaged_partition_files_are_refused(tmp_path, damage):
+    path = tmp_path / "s"
+    index = Index(8, partitions=4, path=path)
+    index.add(clustered_vectors(500, 8, seed=16))
+    index.close()
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    segment = manifest["segments"][0]
+    if damage == "label_out_of_range":
+        _rewrite(path, segment["files"]["lists"], lambda a: np.full_like(a, 4))
+    elif damage == "lists_file_missing":
+        del segment["files"]["lists"]
+    elif damage == "centroids_not_finite":
+        _rewrite(path, manifest["partitions"]["centroids"], lambda a: a * np.nan)
+    else:
+        manifest["partitions"]["nprobe"] = 5
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreCorruptedError):
+        Index.load(path)
+
+
+def _rewrite(path, entry, change) -> None:
+    """Change an array file and fix its manifest entry's CRC, as a forger would."""
+    from vecpress.core import storage
+    array = storage.read_array(path, entry, verify=False)
+    fresh = storage.write_array(path, entry["file"] + ".new.npy", change(np.array(array)))
+    (path / (entry["file"] + ".new.npy")).replace(path / entry["file"])
+    entry["crc32"] = fresh["crc32"]
+
+
+def test_calibration_finds_the_lists_of_the_true_neighbours():
+    rng = np.random.default_rng(0)
+    centroids = np.eye(4, dtype=np.float32)
+    vectors = np.repeat(centroids, 50, axis=0) + rng.normal(0, 0.01, (200, 4)).astype(np.float32)
+    labels = clustering.assign(vectors, centroids, "ip")
+    calibration = Calibration(vectors[[0, 60]], np.array([0, 60]), "ip")
+    calibration.observe(vectors[:100], np.arange(100), labels[:100])
+    calibration.observe(vectors[100:], np.arange(100, 200), labels[100:])
+    # every neighbour of each query lies in its own (nearest) list: one list, times the margin
+    assert calibration.nprobe(centroids) == int(np.ceil(1 * partitions.CALIBRATION_MARGIN))
+
+
+def test_layout_positions_round_trip():
+    labels = np.array([2, 0, 1, 0, 2, 2], np.int32)
+    layout = ListLayout.build(np.zeros((3, 2), np.float32), "ip", 1, labels)
+    np.testing.assert_array_equal(layout.perm, [1, 3, 2, 0, 4, 5])
+    np.testing.assert_array_equal(layout.bounds, [0, 2, 3, 6])
+    rows = np.array([0, 5, 3, 7, -1])  # 7 lies in the tail; -1 pads
+    positions = layout.positions_of(np.maximum(rows, 0))
+    np.testing.assert_array_equal(layout.rows_at(positions), np.maximum(rows, 0))
+    np.testing.assert_array_equal(layout.rows_at(np.array([-1])), [-1])
+
+
+def test_collection_passes_partitions_and_nprobe(tmp_path):
+    data = clustered_vectors(1200, 16, seed=17)
+    col = Collection(16, path=tmp_path / "c", partitions=4)
+    col.upsert([f"d{i}" for i in range(1200)], data, metadatas=[{"i": i} for i in range(1200)])
+    hits = col.search(data[5], k=3, nprobe=4, where={"i": {"$lt": 600}})
+    assert hits[0].id == "d5" and all(h.metadata["i"] < 600 for h in hits)
+    col.close()
