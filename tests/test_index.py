@@ -524,7 +524,7 @@ def test_failed_refit_keeps_the_old_fit_and_files(tmp_path, monkeypatch):
         return real_encode(self, vectors)
 
     monkeypatch.setattr(SegmentCodec, "encode", failing)
-    with pytest.warns(RuntimeWarning, match="refitting the codec failed"):
+    with pytest.warns(RuntimeWarning, match="refitting the codec or the lists failed"):
         new_ids = index.add(data[200:])  # 1200 rows >= 4 x 200: the refit runs and fails
     monkeypatch.setattr(SegmentCodec, "encode", real_encode)
     assert index._codec.fit_rows == fit_rows and len(index) == 1200  # the add itself stands

@@ -36,9 +36,11 @@ SENTINEL = b"sentinel: must never change\n"
 # ---------------------------------------------------------------------- helpers
 
 
-def make_store(path: Path, n: int = 300, dim: int = DIM, remove: int = 10) -> Path:
-    """A persistent store of ``n`` vectors in two segments, ``remove`` of them removed."""
-    with Index(dim, bits=4, path=path) as index:
+def make_store(path: Path, n: int = 300, dim: int = DIM, remove: int = 10,
+               partitions: int | None = None) -> Path:
+    """A persistent store of ``n`` vectors in two segments, ``remove`` of them removed
+    (partitioned into ``partitions`` lists when given: a centroids file and lists files)."""
+    with Index(dim, bits=4, path=path, partitions=partitions) as index:
         first = int(n * 0.8)
         index.add(random_vectors(first, dim, seed=1))
         index.add(random_vectors(n - first, dim, seed=2))
@@ -526,6 +528,15 @@ def base_store(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def partitioned_store(tmp_path_factory) -> Path:
+    path = make_store(tmp_path_factory.mktemp("fuzz") / "lists", n=300, remove=12,
+                      partitions=4)
+    assert "partitions" in read_manifest(path)
+    Index.load(path, read_only=True).search(QUERIES, k=5)
+    return path
+
+
 def _leaves(value, prefix=()):
     """Every path (tuple of keys/indices) into a JSON value."""
     yield prefix
@@ -763,6 +774,13 @@ def _fuzz(base_store: Path, scratch: Path, examples: int) -> Counter:
 
 def test_fuzzed_stores_open_or_are_refused(base_store, tmp_path, record_property):
     outcomes = _fuzz(base_store, tmp_path, examples=250)
+    record_property("store_fuzz_outcomes", dict(outcomes))
+    assert outcomes["refused at open"] and outcomes["opened, searched and written"]
+
+
+def test_fuzzed_partitioned_stores_open_or_are_refused(partitioned_store, tmp_path,
+                                                       record_property):
+    outcomes = _fuzz(partitioned_store, tmp_path, examples=150)
     record_property("store_fuzz_outcomes", dict(outcomes))
     assert outcomes["refused at open"] and outcomes["opened, searched and written"]
 

@@ -1,0 +1,232 @@
+"""Partitioned search on real embeddings: recall@10 against latency, vecpress lists vs FAISS IVF.
+
+The corpus is the WordNet glosses embedded with all-MiniLM-L6-v2 (384-d, cosine): the first
+``--base`` of the seeded shuffle are indexed, 1,000 held-out glosses are the queries (the same
+split as every other benchmark here). For each method: recall@10 against the exact top-10,
+single-query latency p50 on one thread (``--latency-queries`` queries, one call each), build
+seconds, and RAM bytes per vector as the library accounts it.
+
+- ``vecpress flat``: ``partitions=None``, the scan of every code;
+- ``vecpress lists``: the default ``partitions="auto"`` (its lists and calibrated ``nprobe``),
+  then the same index at other ``nprobe`` values;
+- ``faiss IVF,RaBitQ4,RFlat``: FAISS's inverted lists over 4-bit RaBitQ codes with an exact
+  refine of 3x the candidates from float32 originals in RAM, at the same list count and the
+  same ``nprobe`` values;
+- ``faiss IVF,Flat``: float32 lists, the recall the partitioning alone allows at each nprobe.
+
+The crossover section times flat against lists on prefixes of the corpus (``--crossover``),
+which is how ``partitions.AUTO_MIN_ROWS`` was chosen.
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions                 # about 5 minutes
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --crossover 25000 50000 100000
+
+Writes ``benchmarks/results/partitions.md``, ``partitions.json`` and
+``partitions_latency_vs_recall.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if not __package__:  # run as `python benchmarks/bench_partitions.py`
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import numpy as np
+
+from benchmarks.common import RESULTS, machine, recall_at, set_threads, source_version
+from benchmarks.datasets import ground_truth, load_embeddings, release_model
+
+K = 10
+NPROBES = (4, 8, 16, 32, 64, 96, 128)
+ADD_BATCH = 10_000
+
+
+def _latency_ms(search, queries: np.ndarray) -> float:
+    """Median wall time of one single-query call, in ms (after two warm-up calls)."""
+    search(queries[:1])
+    search(queries[1:2])
+    times = []
+    for q in range(len(queries)):
+        start = time.perf_counter()
+        search(queries[q:q + 1])
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def _vecpress(base: np.ndarray, partitions: Any) -> tuple[Any, float]:
+    from vecpress import Index
+
+    index = Index(base.shape[1], partitions=partitions)
+    start = time.perf_counter()
+    for lo in range(0, len(base), ADD_BATCH):
+        index.add(base[lo:lo + ADD_BATCH])
+    return index, time.perf_counter() - start
+
+
+def _faiss(base: np.ndarray, description: str, lists: int) -> tuple[Any, float]:
+    import faiss
+
+    index = faiss.index_factory(base.shape[1], description.format(lists=lists),
+                                faiss.METRIC_INNER_PRODUCT)
+    start = time.perf_counter()
+    index.train(base)
+    index.add(base)
+    if "RFlat" in description:
+        index.k_factor = 3
+    return index, time.perf_counter() - start
+
+
+def _faiss_nprobe(index: Any, nprobe: int) -> None:
+    import faiss
+
+    faiss.extract_index_ivf(index).nprobe = nprobe
+
+
+def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+            latency_queries: int) -> list[dict[str, Any]]:
+    """Every method's rows (one per nprobe) on ``base``."""
+    import faiss
+
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    unit_queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    timed = unit_queries[:latency_queries]
+    rows = []
+
+    flat, seconds = _vecpress(base, None)
+    rows.append({"method": "vecpress flat (4-bit saq + rerank)", "lists": 0, "nprobe": "-",
+                 "recall@10": recall_at(flat.search(queries, K)[1], truth),
+                 "p50_ms": _latency_ms(lambda q: flat.search(q, K), timed),
+                 "build_s": seconds, "ram_b_per_vector": flat.stats()["ram_bytes"] / len(base)})
+    del flat
+
+    lists, seconds = _vecpress(base, "auto")
+    stats = lists.stats()
+    ram = stats["ram_bytes"] / len(base)
+    for nprobe in [None, *NPROBES]:
+        if nprobe is not None and nprobe > stats["lists"]:
+            continue
+        rows.append({"method": "vecpress lists (4-bit saq + rerank)", "lists": stats["lists"],
+                     "nprobe": f"{stats['nprobe']} (default)" if nprobe is None else nprobe,
+                     "recall@10": recall_at(lists.search(queries, K, nprobe=nprobe)[1], truth),
+                     "p50_ms": _latency_ms(lambda q: lists.search(q, K, nprobe=nprobe), timed),
+                     "build_s": seconds, "ram_b_per_vector": ram})
+    n_lists = max(1, stats["lists"])
+    del lists
+
+    for description, label in (("IVF{lists},RaBitQ4,RFlat", "faiss IVF,RaBitQ4,RFlat x3"),
+                               ("IVF{lists},Flat", "faiss IVF,Flat (float32)")):
+        index, seconds = _faiss(unit, description, n_lists)
+        path = RESULTS / "_partitions_faiss.index"
+        faiss.write_index(index, str(path))
+        ram = path.stat().st_size / len(base)
+        path.unlink()
+        for nprobe in NPROBES:
+            if nprobe > n_lists:
+                continue
+            _faiss_nprobe(index, nprobe)
+            found = index.search(unit_queries, K)[1]
+            rows.append({"method": label, "lists": n_lists, "nprobe": nprobe,
+                         "recall@10": recall_at(found, truth),
+                         "p50_ms": _latency_ms(lambda q: index.search(q, K), timed),
+                         "build_s": seconds, "ram_b_per_vector": ram})
+        del index
+    return rows
+
+
+def crossover(base: np.ndarray, queries: np.ndarray, sizes: list[int],
+              latency_queries: int) -> list[dict[str, Any]]:
+    """Flat against lists (default nprobe) on the first ``n`` rows, for each size."""
+    out = []
+    for n in sizes:
+        part = base[:n]
+        truth = ground_truth(part, queries, K, "cosine")[1]
+        row = {"n": n}
+        for name, setting in (("flat", None), ("lists", max(16, int(np.sqrt(n))))):
+            index, _ = _vecpress(part, setting)
+            row[f"{name}_recall@10"] = recall_at(index.search(queries, K)[1], truth)
+            row[f"{name}_p50_ms"] = _latency_ms(lambda q: index.search(q, K),
+                                                queries[:latency_queries])
+            if name == "lists":
+                row["nprobe"] = f"{index.stats()['nprobe']}/{index.stats()['lists']}"
+        out.append(row)
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], cross: list[dict[str, Any]], header: str) -> str:
+    lines = [header, "",
+             "| method | lists | nprobe | recall@10 | p50 ms (1 thread) | build s | RAM B/vector |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['lists'] or '-'} | {r['nprobe']} | "
+                     f"{r['recall@10']:.4f} | {r['p50_ms']:.2f} | {r['build_s']:.1f} | "
+                     f"{r['ram_b_per_vector']:.1f} |")
+    if cross:
+        lines += ["", "Crossover: flat scan against lists at the calibrated nprobe, on "
+                  "prefixes of the corpus (sqrt(n) lists).", "",
+                  "| n | flat recall@10 | flat p50 ms | lists nprobe | lists recall@10 | "
+                  "lists p50 ms |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for c in cross:
+            lines.append(f"| {c['n']:,} | {c['flat_recall@10']:.4f} | {c['flat_p50_ms']:.2f} | "
+                         f"{c['nprobe']} | {c['lists_recall@10']:.4f} | {c['lists_p50_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        items = [r for r in rows if r["method"] == method]
+        ax.plot([r["recall@10"] for r in items], [r["p50_ms"] for r in items], marker="o",
+                label=method, linestyle="-" if method.startswith("vecpress") else "--")
+        for r in items:
+            ax.annotate(str(r["nprobe"]).split(" ")[0], (r["recall@10"], r["p50_ms"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_yscale("log")
+    ax.set_xlabel("recall@10 vs exact")
+    ax.set_ylabel("single-query latency p50, 1 thread (ms, log scale)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--crossover", type=int, nargs="*", default=[])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    set_threads(1)
+    base, queries, _, _ = load_embeddings(args.base, args.queries)
+    release_model()
+    truth = ground_truth(base, queries, K, "cosine")[1]
+    header = (f"WordNet glosses, all-MiniLM-L6-v2 (384-d, cosine), {args.base:,} indexed, "
+              f"{args.queries:,} held-out glosses as queries, k={K}, 1 thread; vecpress: "
+              f"{source_version()}; {machine()}")
+    rows = measure(base, queries, truth, args.latency_queries)
+    cross = crossover(base, queries, args.crossover, args.latency_queries)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "partitions.md").write_text(markdown(rows, cross, header))
+    (args.out / "partitions.json").write_text(json.dumps(
+        {"header": header, "rows": rows, "crossover": cross}, indent=1))
+    plot(rows, header[:110] + "...", args.out / "partitions_latency_vs_recall.png")
+    print(markdown(rows, cross, header))
+
+
+if __name__ == "__main__":
+    main()
