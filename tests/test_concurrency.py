@@ -28,6 +28,7 @@ import pytest
 
 from conftest import clustered_vectors
 from vecpress import Collection, Index
+from vecpress.core import partitions
 
 REPO = Path(__file__).resolve().parent.parent
 DIM = 32
@@ -254,9 +255,15 @@ def _assert_exact_serially(observe: Callable[[np.random.Generator], Observation]
     check_observations([observe(rng) for _ in range(20)], log, true_scores, allowed_rows)
 
 
-def test_index_searches_from_8_threads_match_a_version_while_a_writer_changes_it(tmp_path, pool):
+@pytest.mark.parametrize("lists", [None, 8])
+def test_index_searches_from_8_threads_match_a_version_while_a_writer_changes_it(
+        tmp_path, pool, monkeypatch, lists):
+    """Flat, and partitioned into 8 lists whose layout is rebuilt every 64 added rows (all
+    lists probed, so every search must be exact on some version)."""
     vectors, queries, true_scores = pool
-    index = Index(dim=DIM, bits=4, path=tmp_path / "index")
+    monkeypatch.setattr(partitions, "TAIL_MIN_ROWS", 64)
+    monkeypatch.setattr(partitions, "TAIL_FRACTION", 0.0)
+    index = Index(dim=DIM, bits=4, path=tmp_path / "index", partitions=lists)
     index.add(vectors[:INITIAL_ROWS], ids=np.arange(INITIAL_ROWS))
     live = np.zeros(len(vectors), dtype=np.bool_)
     live[:INITIAL_ROWS] = True
@@ -265,16 +272,19 @@ def test_index_searches_from_8_threads_match_a_version_while_a_writer_changes_it
     def observe(rng: np.random.Generator) -> Observation:
         rows = rng.choice(len(queries), int(rng.choice([1, 1, 4])), replace=False)
         first = log.oldest_current()
-        scores, ids = index.search(queries[rows], k=K, oversample=OVERSAMPLE)
+        scores, ids = index.search(queries[rows], k=K, oversample=OVERSAMPLE, nprobe=8)
         return Observation(first, log.newest_started(), rows, scores, ids)
 
     _assert_exact_serially(observe, log, true_scores)
+    layouts = index._lists
     writer = Writer(live, log, add=lambda rows: index.add(vectors[rows], ids=rows),
                     remove=index.remove)
     observations = run_with_writer(writer, observe)
     check_observations(observations, log, true_scores)
     assert sorted(index.ids.tolist()) == np.nonzero(writer.live)[0].tolist()
     assert len(log) == writer.steps + 1
+    if lists:
+        assert index._lists is not layouts  # the layout was rebuilt under the readers
     index.close()
 
 
