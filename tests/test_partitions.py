@@ -257,3 +257,21 @@ def test_collection_passes_partitions_and_nprobe(tmp_path):
     hits = col.search(data[5], k=3, nprobe=4, where={"i": {"$lt": 600}})
     assert hits[0].id == "d5" and all(h.metadata["i"] < 600 for h in hits)
     col.close()
+
+
+def test_training_keeps_every_row_and_its_number(tmp_path):
+    """Lists are trained beside the rows, not by a compaction: removed rows stay (flagged),
+    no row is renumbered, so a Collection's cached row masks stay valid and searches go on."""
+    data = clustered_vectors(200, 16, seed=18)
+    index = Index(16, partitions=4, path=tmp_path / "s")
+    index.add(data[:60])
+    index.remove([3, 5])
+    before = index.row_ids
+    assert index._lists is None and not index.compaction_due
+    index.add(data[60:70])  # 68 live rows >= 4 lists x 16: trains
+    assert index._lists is not None and index._ids.size == 70
+    np.testing.assert_array_equal(index.row_ids[:60], before)
+    index.close()
+    again = Index.load(tmp_path / "s")
+    np.testing.assert_array_equal(again.row_ids[:60], before)
+    np.testing.assert_array_equal(again._labels.view, index._labels.view)

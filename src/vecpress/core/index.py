@@ -506,8 +506,7 @@ class Index:
 
     def _compaction_due(self) -> bool:
         half_removed = self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size
-        return (half_removed or (self._can_refit and self._codec.refit_due(len(self)))
-                or self._training_due())
+        return half_removed or (self._can_refit and self._codec.refit_due(len(self)))
 
     def maintain(self, *, compact: bool = True) -> None:
         """The upkeep ``add`` and ``remove`` run by themselves unless told not to: compaction
@@ -877,17 +876,25 @@ class Index:
         has outgrown its fit; merge segments of similar size (see ``compaction_due``)."""
         if self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size:
             self.compact()
-        elif (self._can_refit and self._codec.refit_due(len(self))) or self._training_due():
-            try:
-                self.compact()
-            except Exception as exc:  # the add itself is committed; refitting is an upkeep
-                warnings.warn(f"vecpress: refitting the codec or the lists failed ({exc!r}); "
-                              f"the index keeps its previous fit and tries again as it grows",
-                              RuntimeWarning, stacklevel=3)
+        elif self._can_refit and self._codec.refit_due(len(self)):
+            self._upkeep_step(self.compact)
         else:
             if self._path is not None:
                 self._merge_segments()
-            self._fold_tail()
+            if self._training_due():
+                self._upkeep_step(self._train_lists)
+            else:
+                self._fold_tail()
+
+    def _upkeep_step(self, step: Callable[[], None]) -> None:
+        """Run a refit or a training: the write that triggered it is committed already, so a
+        failure is a warning and the index keeps its previous state, retried as it grows."""
+        try:
+            step()
+        except Exception as exc:
+            warnings.warn(f"vecpress: refitting the codec or the lists failed ({exc!r}); "
+                          f"the index keeps its previous fit and tries again as it grows",
+                          RuntimeWarning, stacklevel=4)
 
     @property
     def _chunk_rows(self) -> int:
@@ -1074,6 +1081,58 @@ class Index:
         calibration = Calibration(sample[picked], sample_rows[picked], self._codec_metric)
         return _ListPlan(centroids=centroids, nprobe=n_lists, trained_rows=len(live),
                          calibration=calibration)
+
+    def _train_lists(self) -> None:
+        """Train new lists (the first time, or after fourfold growth) without renumbering a
+        row: every row's originals stream through once to get its list (and to calibrate
+        nprobe), each segment gets a new lists file and the manifest commits; then the codes
+        are reordered in RAM and published at once. Codes and originals are not rewritten,
+        so searches (and a Collection's cached filter masks) are unaffected."""
+        live = self._ids.live_rows()
+        plan = self._planned_lists(live)
+        n_rows = self._ids.size
+        labels = np.empty(n_rows, np.int32)
+        removed = self._ids.removed
+        for lo, hi, kept in self._all_original_chunks():
+            vectors = self._code_vectors(kept)
+            labels[lo:hi] = clustering.assign(vectors, plan.centroids, self._codec_metric)
+            alive = np.arange(lo, hi) if removed is None else np.nonzero(~removed[lo:hi])[0] + lo
+            plan.calibration.observe(vectors[alive - lo], alive, labels[alive])
+        plan.nprobe = plan.calibration.nprobe(plan.centroids)
+        if self._path is not None:
+            self._persist_lists(plan, labels)
+        layout = ListLayout.build(plan.centroids, self._codec_metric, plan.nprobe, labels)
+        codes, factors = self._reordered(self._codes, self._factors, layout, self._lists,
+                                         self._codec)
+        relabelled = _Growable((), np.int32)
+        relabelled.replace(labels)
+        with self._mutex:
+            self._codes, self._factors, self._labels = codes, factors, relabelled
+            self._lists, self._trained_rows = layout, plan.trained_rows
+
+    def _persist_lists(self, plan: "_ListPlan", labels: np.ndarray) -> None:
+        """Commit new centroids and a new lists file for every segment (nothing else)."""
+        manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+        gen = manifest["generation"]
+        new_segments, start = [], 0
+        for number, segment in enumerate(self._manifest["segments"]):
+            stop = start + segment["rows"]
+            files = dict(segment["files"])
+            files["lists"] = storage.write_array(self._path, f"seg-{gen:08d}-lists-{number}.npy",
+                                                 labels[start:stop])
+            new_segments.append(dict(segment, files=files))
+            start = stop
+        manifest["segments"] = new_segments
+        manifest["partitions"] = {
+            "lists": len(plan.centroids), "nprobe": plan.nprobe,
+            "trained_rows": plan.trained_rows,
+            "centroids": storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
+                                             plan.centroids)}
+        if self._pending_removals:
+            manifest["tombstones"] = self._tombstones_with(gen, np.zeros(0, np.int64))
+            manifest["count"] = len(self)
+        self._commit(manifest)
+        self._pending_removals = []
 
     def _kept_lists(self) -> "_ListPlan | None":
         """The current lists, unchanged (None while flat)."""

@@ -46,7 +46,8 @@ REQUIRED_PARTS = frozenset({"codes", "factors", "ids"})
 _GEN = "[0-9]{8,19}"
 CODEC_FILE = re.compile(rf"codec-{_GEN}-([a-z_]+)\.npy")
 SEGMENT_NAME = re.compile(rf"seg-{_GEN}")
-SEGMENT_FILE = re.compile(rf"seg-{_GEN}-(codes|factors|ids|originals|lists)\.npy")
+#: (a lists file may carry a second number: a retraining rewrites every segment's lists at once)
+SEGMENT_FILE = re.compile(rf"seg-{_GEN}-(codes|factors|ids|originals|lists)(?:-[0-9]{{1,19}})?\.npy")
 CENTROIDS_FILE = re.compile(rf"part-{_GEN}-centroids\.npy")
 #: most lists a store may have (far above sqrt of MAX_ROWS)
 MAX_LISTS = 1 << 22
