@@ -1,0 +1,83 @@
+"""Pieces every scan shares: the bounded top-k heap, candidate rows and the turn of an
+estimated inner product into a score.
+
+Each code family has an inline score function, a serial ``*_task`` that scans the candidate
+items of the spans ``spans[span_lo:span_hi]`` (rows ``[start, stop)`` of an int64 (m, 2)
+array, sorted, not overlapping) for query ``q`` into one bounded heap, and a ``*_parallel``
+driver that runs ``n_queries * n_chunks`` tasks, task ``t = q * n_chunks + c`` scanning the
+spans ``span_offsets[t]:span_offsets[t + 1]`` into heap ``out_scores[q, c]``. A flat scan is
+one span ``[0, n_items)``; a partitioned one scans a query's lists, which lie contiguous. One
+query over many rows uses several chunks (both cores); a batch uses one chunk per query. Small
+scans call the task directly: waking a thread pool costs more than they do, and far more when
+the cores are busy (an embedding model in the same process). An item is a row itself (skipping
+removed rows and rows outside ``mask``) or, for selective filters, an index into the explicit
+``rows`` list.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_NO_ROW = -1
+
+
+@njit(inline="always")
+def _heap_offer(heap_scores, heap_rows, size, score, row):
+    """Offer (score, row) to a min-heap of the best scores; returns the new size."""
+    capacity = heap_scores.shape[0]
+    if size < capacity:
+        pos = size
+        size += 1
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            if heap_scores[parent] <= score:
+                break
+            heap_scores[pos] = heap_scores[parent]
+            heap_rows[pos] = heap_rows[parent]
+            pos = parent
+        heap_scores[pos] = score
+        heap_rows[pos] = row
+        return size
+    if score <= heap_scores[0]:
+        return size
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            break
+        child = left
+        right = left + 1
+        if right < size and heap_scores[right] < heap_scores[left]:
+            child = right
+        if heap_scores[child] >= score:
+            break
+        heap_scores[pos] = heap_scores[child]
+        heap_rows[pos] = heap_rows[child]
+        pos = child
+    heap_scores[pos] = score
+    heap_rows[pos] = row
+    return size
+
+
+@njit(inline="always")
+def _heap_init(heap_scores, heap_rows):
+    for i in range(heap_scores.shape[0]):
+        heap_scores[i] = -np.inf
+        heap_rows[i] = _NO_ROW
+
+
+@njit(inline="always")
+def _row_at(i, rows, use_rows):
+    if use_rows:
+        return rows[i]
+    return i
+
+
+@njit(inline="always")
+def _finish(ip, factors, row, metric_l2, l2_col, q_const):
+    """Turn an estimated inner product with the residual into a higher-is-better score (for L2
+    the squared residual norm is in column ``l2_col`` of the factors)."""
+    if metric_l2:
+        return -(factors[row, l2_col] + q_const - 2.0 * ip)
+    return ip + q_const

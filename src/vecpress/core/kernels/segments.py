@@ -1,0 +1,466 @@
+"""Segment codes (the default ``saq`` codec): the tiled in-RAM layout, the encoder, packing
+and the pruned scan."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .heap import _finish, _heap_init, _heap_offer, _row_at
+from .intrinsics import _VECTORISE, _prefetch, popcount64
+
+# --------------------------------------------------------------------------- segment codes
+#
+# Segment codes (``SegmentCodec``): the rotated vector is cut into segments of whole 64-bit
+# words, segment ``s`` gets ``seg_bits[s]`` bits per coordinate (0 = not coded) and its own
+# scale. Plane ``b`` (bit ``b`` of the levels) of segment ``s`` is ``words_s`` words long and
+# starts at word ``plane_at[s, b]`` of the row. The layout puts every segment's top plane (its
+# sign plane) first: the first ``n_sign`` words of a row are its 1-bit code.
+# ``seg_starts`` (S + 1) holds the segments' first dimensions (multiples of 64).
+#
+# In RAM the rows are stored in tiles of ``TILE_ROWS`` rows (``write_tiles``): a tile holds
+# word 0 of its rows' sign planes side by side, then word 1, ... then the rest of each row.
+# The 1-bit pass then reads each sign word of 256 rows as one run, which the compiler turns
+# into vector instructions (vpopcntq on AVX-512): twice as fast as row by row.
+
+#: rows per tile of the in-RAM layout of segment codes
+TILE_ROWS = 256
+_TILE_SHIFT = 8
+_TILE_MASK = TILE_ROWS - 1
+
+
+@njit(cache=True, nogil=True)
+def write_tiles(tiles, start, codes, n_sign):
+    """Store code rows (n, width) as rows ``start..`` of ``tiles`` (n_tiles, TILE_ROWS * width):
+    within a tile, word ``i < n_sign`` of lane ``l`` is at ``i * TILE_ROWS + l``, and the other
+    words of lane ``l`` follow each other from ``n_sign * TILE_ROWS + l * (width - n_sign)``."""
+    width = codes.shape[1]
+    rest = width - n_sign
+    for j in range(codes.shape[0]):
+        row = start + j
+        tile = row >> _TILE_SHIFT
+        lane = row & _TILE_MASK
+        for i in range(n_sign):
+            tiles[tile, (i << _TILE_SHIFT) + lane] = codes[j, i]
+        base = (n_sign << _TILE_SHIFT) + lane * rest
+        for i in range(rest):
+            tiles[tile, base + i] = codes[j, n_sign + i]
+
+
+@njit(cache=True, nogil=True)
+def read_tiles(tiles, rows, n_sign, width):
+    """Code rows (len(rows), width) back from the tiled layout of :func:`write_tiles`."""
+    out = np.empty((rows.shape[0], width), dtype=tiles.dtype)
+    for j in range(rows.shape[0]):
+        for i in range(width):
+            out[j, i] = _code_word(tiles, rows[j], i, n_sign, width)
+    return out
+
+
+@njit(inline="always")
+def _code_word(tiles, row, i, n_sign, width):
+    """Word ``i`` of code row ``row`` in the tiled layout."""
+    tile = row >> _TILE_SHIFT
+    lane = row & _TILE_MASK
+    if i < n_sign:
+        return tiles[tile, (i << _TILE_SHIFT) + lane]
+    return tiles[tile, (n_sign << _TILE_SHIFT) + lane * (width - n_sign) + (i - n_sign)]
+
+
+@njit(inline="always", fastmath=_VECTORISE)
+def _level(value, inv_scale, mid, top):
+    """The level of ``value`` on a grid of ``1 / inv_scale`` steps centred on ``mid``,
+    clipped to [0, top]."""
+    return min(max(np.floor(value * inv_scale + mid + 0.5), 0.0), top)
+
+
+#: rows per task of the segment encoder (each task reuses one row of levels)
+_ENCODE_BLOCK = 64
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_VECTORISE)
+def encode_segments(rows, seg_starts, seg_bits, n_scales, plane_at, row_words):
+    """Segment codes of rotated rows: per row and segment, levels that point as closely as
+    possible along the row's segment, packed straight into bit planes.
+
+    As :func:`fit_levels`, but each segment has its own bit count and scale, the best of
+    ``n_scales`` candidates (the outermost level at 100% down to 40% of the segment's peak),
+    chosen by the cosine before any level is written. Returns the codes (n, row_words) uint64
+    (see :func:`pack_segments`) and per (row, segment): ``<x_s, r_s>``, ``|r_s|^2`` and
+    ``<x1_s, r_s>`` where ``x1 = +-1/2`` by the level's top bit (the segment's sign plane).
+    No (n, dim) array of levels is made: at 100k rows it was 38 MB of fresh memory.
+    """
+    n, dim = rows.shape
+    n_seg = seg_bits.shape[0]
+    codes = np.zeros((n, row_words), dtype=np.uint64)
+    x_dot = np.zeros((n, n_seg), dtype=np.float64)
+    r_sq = np.zeros((n, n_seg), dtype=np.float64)
+    sign_dot = np.zeros((n, n_seg), dtype=np.float64)
+    for block in prange((n + _ENCODE_BLOCK - 1) // _ENCODE_BLOCK):
+        levels = np.zeros(dim, dtype=np.uint8)
+        for r in range(block * _ENCODE_BLOCK, min(n, (block + 1) * _ENCODE_BLOCK)):
+            row = rows[r]
+            for s in range(n_seg):
+                lo, hi, bits = seg_starts[s], seg_starts[s + 1], seg_bits[s]
+                sq = 0.0
+                peak = 0.0
+                for i in range(lo, hi):
+                    v = float(row[i])
+                    sq += v * v
+                    peak = max(peak, abs(v))
+                r_sq[r, s] = sq
+                levels[lo:hi] = 0
+                if bits == 0 or peak == 0.0:
+                    continue
+                top = float((1 << bits) - 1)
+                mid = top / 2.0
+                best_cos = -2.0
+                best_scale = mid / peak
+                for c in range(n_scales if bits > 1 else 1):
+                    scale = mid / (peak * (1.0 - 0.6 * c / max(n_scales - 1, 1)))  # inverse step
+                    ip = 0.0
+                    xx = 0.0
+                    for i in range(lo, hi):
+                        x = _level(row[i], scale, mid, top) - mid
+                        ip += x * row[i]
+                        xx += x * x
+                    cos = ip / np.sqrt(xx) if xx > 0 else -1.0
+                    if cos > best_cos:
+                        best_cos = cos
+                        best_scale = scale
+                half = 1 << (bits - 1)
+                ip = 0.0
+                signs = 0.0
+                for i in range(lo, hi):
+                    level = _level(row[i], best_scale, mid, top)
+                    levels[i] = np.uint8(level)
+                    ip += (level - mid) * row[i]
+                    signs += row[i] if level >= half else -row[i]
+                x_dot[r, s] = ip
+                sign_dot[r, s] = 0.5 * signs
+            _pack_segment_row(levels, seg_starts, seg_bits, plane_at, codes[r])
+    return codes, x_dot, r_sq, sign_dot
+
+
+@njit(inline="always")
+def _pack_segment_row(levels, seg_starts, seg_bits, plane_at, out):
+    """Pack one row of levels (dim,) into its segment bit planes ``out`` (row_words,)."""
+    one = np.uint64(1)
+    for s in range(seg_bits.shape[0]):
+        lo, hi = seg_starts[s], seg_starts[s + 1]
+        words = (hi - lo + 63) >> 6
+        for b in range(seg_bits[s]):
+            for w in range(words):
+                start = lo + (w << 6)
+                packed = np.uint64(0)
+                for i in range(start, min(start + 64, hi)):
+                    packed |= ((np.uint64(levels[i]) >> np.uint64(b)) & one) << np.uint64(i - start)
+                out[plane_at[s, b] + w] = packed
+
+
+@njit(cache=True, nogil=True)
+def pack_segments(levels, seg_starts, seg_bits, plane_at, row_words):
+    """Pack (n, dim) levels into (n, row_words) uint64 rows of segment bit planes."""
+    out = np.zeros((levels.shape[0], row_words), dtype=np.uint64)
+    for r in range(levels.shape[0]):
+        _pack_segment_row(levels[r], seg_starts, seg_bits, plane_at, out[r])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def unpack_segments(codes, seg_starts, seg_bits, plane_at, dim):
+    """Inverse of :func:`pack_segments` (uncoded segments read as level 0)."""
+    n = codes.shape[0]
+    out = np.zeros((n, dim), dtype=np.uint8)
+    for r in range(n):
+        for s in range(seg_bits.shape[0]):
+            lo, hi = seg_starts[s], seg_starts[s + 1]
+            for i in range(lo, hi):
+                w = (i - lo) >> 6
+                shift = np.uint64((i - lo) & 63)
+                value = 0
+                for b in range(seg_bits[s]):
+                    if (codes[r, plane_at[s, b] + w] >> shift) & np.uint64(1):
+                        value |= 1 << b
+                out[r, i] = value
+    return out
+
+
+#: 2**(e - 25) for the exponent field e of a float16 (e = 0: subnormal scale 2**-24)
+_HALF_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 32)])
+
+
+@njit(inline="always")
+def _half_ratio(halves, row, s):
+    """Segment ``s``'s factor ratio: a non-negative float16, read from the uint16 view of the
+    factor columns (after column 0, which is the float32 sign-plane factor)."""
+    h = halves[row, 2 + s]
+    exponent = (h >> np.uint16(10)) & np.uint16(31)
+    mantissa = np.uint32(h & np.uint16(1023)) | (np.uint32(exponent != 0) << np.uint32(10))
+    return np.float64(mantissa) * _HALF_SCALE[exponent]
+
+
+@njit(inline="always")
+def _plane_dot8(cw, query, w):
+    """sum_j popcount(cw & query[w, j]) << j for an 8-bit query (unrolled)."""
+    return (popcount64(cw & query[w, 0])
+            + (popcount64(cw & query[w, 1]) << np.uint64(1))
+            + (popcount64(cw & query[w, 2]) << np.uint64(2))
+            + (popcount64(cw & query[w, 3]) << np.uint64(3))
+            + (popcount64(cw & query[w, 4]) << np.uint64(4))
+            + (popcount64(cw & query[w, 5]) << np.uint64(5))
+            + (popcount64(cw & query[w, 6]) << np.uint64(6))
+            + (popcount64(cw & query[w, 7]) << np.uint64(7)))
+
+
+@njit(inline="always")
+def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
+                   seg_bits, plane_at, seg_mid, n_sign, width):
+    """Estimated <r, q> of one row (tiled layout): per segment, factor * <level - mid, q'>."""
+    total = 0.0
+    eight = query.shape[1] == 8
+    for s in range(seg_bits.shape[0]):
+        bits = seg_bits[s]
+        if bits == 0:
+            continue
+        first = seg_starts[s] >> 6
+        words = (seg_starts[s + 1] - seg_starts[s] + 63) >> 6
+        acc = np.uint64(0)
+        level_sum = np.uint64(0)
+        for b in range(bits):
+            base = plane_at[s, b]
+            shift = np.uint64(b)
+            for w in range(words):
+                cw = _code_word(codes, row, base + w, n_sign, width)
+                level_sum += popcount64(cw) << shift
+                if eight:
+                    acc += _plane_dot8(cw, query, first + w) << shift
+                else:
+                    for j in range(query.shape[1]):
+                        acc += popcount64(cw & query[first + w, j]) << np.uint64(b + j)
+        # (through int64: converting a uint64 to float takes several instructions on x86)
+        dot = (step * np.float64(np.int64(acc)) + low * np.float64(np.int64(level_sum))
+               - seg_mid[s] * seg_sums[s])
+        total += _half_ratio(halves, row, s) * dot
+    return np.float64(factors[row, 0]) * total
+
+
+@njit(inline="always")
+def _sign_dot(cw, sign_query, i):
+    """sum_j popcount(cw & sign_query[i, j]) << j for the 4-bit sign-pass query."""
+    return (popcount64(cw & sign_query[i, 0])
+            + (popcount64(cw & sign_query[i, 1]) << np.uint64(1))
+            + (popcount64(cw & sign_query[i, 2]) << np.uint64(2))
+            + (popcount64(cw & sign_query[i, 3]) << np.uint64(3)))
+
+
+#: tiles ahead of the 1-bit pass whose sign words and factors are prefetched: at 1M rows (out
+#: of cache) 1 and 2 took the pass from 6.4 to 5.0 / 4.8 ms; in cache it changes nothing
+_PREFETCH_TILES = 2
+
+
+@njit(inline="always")
+def _prefetch_tile(codes, factors, tile, n_sign):
+    """Prefetch the sign words and factors of ``tile`` (if it exists)."""
+    if tile >= codes.shape[0]:
+        return
+    for at in range(0, n_sign << _TILE_SHIFT, 8):  # 8 words: one 64-byte line
+        _prefetch(codes, tile, at)
+    first = tile << _TILE_SHIFT
+    last = min(first + TILE_ROWS, factors.shape[0]) - 1
+    step = max(1, 64 // (4 * factors.shape[1]))  # rows per line of float32 factors
+    for row in range(first, last + 1, step):
+        _prefetch(factors, row, 0)
+
+
+@njit(inline="always")
+def _tile_sign_sums(codes, tile, sign_query, acc, ones):
+    """Sign-plane sums of all TILE_ROWS lanes of ``tile``: ``acc`` (query-weighted) and
+    ``ones`` (set bits). One run of 256 words per sign word: a vectorised loop."""
+    for lane in range(TILE_ROWS):
+        acc[lane] = 0
+        ones[lane] = 0
+    for i in range(sign_query.shape[0]):
+        at = i << _TILE_SHIFT
+        for lane in range(TILE_ROWS):
+            cw = codes[tile, at + lane]
+            ones[lane] += popcount64(cw)
+            acc[lane] += _sign_dot(cw, sign_query, i)
+
+
+@njit(inline="always")
+def _sign_estimates(codes, factors, rows, use_rows, start, count, sign_query, sign_step,
+                    sign_low, sign_sum, acc, ones, out):
+    """1-bit estimates of <r, q> for ``count`` candidates from ``start`` (within one tile
+    unless ``use_rows``) from their sign planes (the top plane of each coded segment)
+    against the 4-bit query ``sign_query`` (words, 4) that was weighted by each segment's
+    typical scale."""
+    n_sign = sign_query.shape[0]
+    if use_rows:
+        width = codes.shape[1] >> _TILE_SHIFT
+        for j in range(count):
+            row = rows[start + j]
+            acc[j] = 0
+            ones[j] = 0
+            for i in range(n_sign):
+                cw = _code_word(codes, row, i, n_sign, width)
+                ones[j] += popcount64(cw)
+                acc[j] += _sign_dot(cw, sign_query, i)
+        first = 0
+    else:
+        tile = start >> _TILE_SHIFT
+        _prefetch_tile(codes, factors, tile + _PREFETCH_TILES, n_sign)
+        _tile_sign_sums(codes, tile, sign_query, acc, ones)
+        first = start & _TILE_MASK
+    for j in range(count):
+        row = _row_at(start + j, rows, use_rows)
+        out[j] = np.float64(factors[row, 0]) * (
+            sign_step * np.float64(np.int64(acc[first + j]))
+            + sign_low * np.float64(np.int64(ones[first + j])) - 0.5 * sign_sum)
+
+
+#: rows whose sign-plane upper bounds one segment scan holds at a time (see scan_segments_task)
+_WINDOW = 65_536
+#: rows scored first, per wanted candidate: with 2 the heap starts near its final state (on
+#: the benchmark, in a numpy simulation, 1 / 2 / 4 / 8 scored 1083 / 413 / 395 / 435 rows)
+_SEEDS_PER_HIT = 2
+
+
+@njit(cache=True, nogil=True)
+def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
+                       spans, span_lo, span_hi, q, halves, qplanes, q_step, q_low, q_seg_sums,
+                       q_const, seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
+                       sign_planes, sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
+    """Segment codes in tiles (see :func:`write_tiles`) against query ``q`` of (q, words,
+    query_bits) planes.
+
+    Without ``prune`` every allowed row gets the full estimate. With it, every row is first
+    bounded from above by its sign planes (a 1-bit code whose factor is column 0, scanned
+    against a 4-bit query weighted by the segments' scales, plus ``q_bound[q]`` standard
+    errors), and only rows whose bound beats the heap are scored in full. Early in a scan the
+    heap is weak, so while it is not full the rows go by windows of ``_WINDOW``: the whole
+    window is bounded, the ``2 K`` rows with the highest bounds are scored first, which fills
+    the heap with near-final scores, and then the window's other rows that still beat it.
+    (Scoring every row that beats the heap as it stands scored about twice as many rows on
+    the benchmark; later windows do exactly that, as the heap is then near-final.) A window
+    runs across spans: scanning 32 lists of 1,024 rows then seeds from all of them at once,
+    as a flat scan of the same rows would, rather than from the first list alone.
+    """
+    _heap_init(heap_s, heap_r)
+    size = 0
+    capacity = heap_s.shape[0]
+    query = qplanes[q]
+    step, low, const = q_step[q], q_low[q], q_const[q]
+    seg_sums = q_seg_sums[q]
+    n_sign = sign_planes.shape[1]
+    width = codes.shape[1] >> _TILE_SHIFT
+    if not prune:
+        for span in range(span_lo, span_hi):
+            for item in range(spans[span, 0], spans[span, 1]):
+                row = _row_at(item, rows, use_rows)
+                if check_removed and removed[row]:
+                    continue
+                if check_mask and not mask[row]:
+                    continue
+                ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                                    seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
+                size = _heap_offer(heap_s, heap_r, size,
+                                   _finish(ip, factors, row, metric_l2, l2_col, const), row)
+        return
+    sign_query = sign_planes[q]
+    bound = q_bound[q]
+    total = 0
+    for span in range(span_lo, span_hi):
+        total += spans[span, 1] - spans[span, 0]
+    upper = np.empty(min(_WINDOW, total), dtype=np.float64)
+    items = np.empty(upper.shape[0], dtype=np.int64)  # the item at each place of the window
+    n_seeds = _SEEDS_PER_HIT * capacity
+    seed_s = np.empty(n_seeds, dtype=np.float32)
+    seed_r = np.empty(n_seeds, dtype=np.int64)
+    acc = np.empty(TILE_ROWS, dtype=np.uint64)
+    ones = np.empty(TILE_ROWS, dtype=np.uint64)
+    estimates = np.empty(TILE_ROWS, dtype=np.float64)
+    span = span_lo
+    item = spans[span_lo, 0] if span_lo < span_hi else 0
+    while span < span_hi:
+        # a window: the next _WINDOW items, across as many spans as it takes. Until the heap is
+        # full, bound the whole window first and seed the heap with the best bounds; once it
+        # is full, score a row as soon as its bound beats the heap
+        seeding = size < capacity
+        _heap_init(seed_s, seed_r)
+        seeds = 0
+        filled = 0
+        while filled < _WINDOW and span < span_hi:
+            end = min(spans[span, 1], item + _WINDOW - filled)
+            block = item
+            while block < end:
+                count = min(end, (block | _TILE_MASK) + 1) - block  # up to the end of the tile
+                _sign_estimates(codes, factors, rows, use_rows, block, count, sign_query,
+                                sign_step[q], sign_low[q], sign_sum[q], acc, ones, estimates)
+                for j in range(count):
+                    at = filled + block - item + j
+                    row = _row_at(block + j, rows, use_rows)
+                    upper[at] = -np.inf
+                    # (two plain ifs: a helper function here slows the whole scan ten-fold)
+                    if check_removed and removed[row]:
+                        continue
+                    if check_mask and not mask[row]:
+                        continue
+                    margin = abs(np.float64(factors[row, 0])) * bound
+                    ub = _finish(estimates[j] + margin, factors, row, metric_l2, l2_col, const)
+                    if seeding:
+                        upper[at] = ub
+                        items[at] = block + j
+                        # (a heap's root is its minimum only once it is full)
+                        if seeds < n_seeds or ub > seed_s[0]:
+                            seeds = _heap_offer(seed_s, seed_r, seeds, ub, at)
+                    elif ub > heap_s[0]:
+                        ip = _segment_score(codes, factors, halves, row, query, step, low,
+                                            seg_sums, seg_starts, seg_bits, plane_at, seg_mid,
+                                            n_sign, width)
+                        size = _heap_offer(heap_s, heap_r, size,
+                                           _finish(ip, factors, row, metric_l2, l2_col, const),
+                                           row)
+                block += count
+            filled += end - item
+            item = end
+            if item >= spans[span, 1]:
+                span += 1
+                if span < span_hi:
+                    item = spans[span, 0]
+        if not seeding:
+            continue
+        # the seeds in full: the heap is then close to final
+        for i in range(seeds):
+            at = seed_r[i]
+            row = _row_at(items[at], rows, use_rows)
+            upper[at] = -np.inf
+            ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                                seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
+            size = _heap_offer(heap_s, heap_r, size,
+                               _finish(ip, factors, row, metric_l2, l2_col, const), row)
+        # the window's other rows whose bound beats the heap
+        for at in range(filled):
+            if upper[at] == -np.inf or (size == capacity and upper[at] <= heap_s[0]):
+                continue
+            row = _row_at(items[at], rows, use_rows)
+            ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                                seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
+            size = _heap_offer(heap_s, heap_r, size,
+                               _finish(ip, factors, row, metric_l2, l2_col, const), row)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def scan_segments_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
+                           spans, span_offsets, halves, qplanes, q_step, q_low, q_seg_sums,
+                           q_const, seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col,
+                           prune, sign_planes, sign_step, sign_low, sign_sum, q_bound, out_scores,
+                           out_rows):
+    n_queries, n_chunks, _ = out_scores.shape
+    for task in prange(n_queries * n_chunks):
+        q, chunk = task // n_chunks, task % n_chunks
+        scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
+                           spans, span_offsets[task], span_offsets[task + 1], q, halves, qplanes,
+                           q_step, q_low, q_seg_sums, q_const, seg_starts, seg_bits, plane_at,
+                           seg_mid, metric_l2, l2_col, prune, sign_planes, sign_step, sign_low,
+                           sign_sum, q_bound, out_scores[q, chunk], out_rows[q, chunk])
