@@ -175,10 +175,14 @@ def test_partitioned_store_reopens_with_the_same_answers(tmp_path):
         index.add(data[lo:lo + 500])
     index.remove(np.arange(0, 3000, 7))
     expected = index.search(queries, k=10)
+    exhaustive = index.search(queries, k=10, oversample=1000)
     index.close()
     again = Index.load(tmp_path / "s")
     assert again.stats()["lists"] == 8 and again.stats()["nprobe"] == index.stats()["nprobe"]
-    np.testing.assert_array_equal(again.search(queries, k=10)[1], expected[1])
+    np.testing.assert_array_equal(again.search(queries, k=10, oversample=1000)[1], exhaustive[1])
+    # the reopened layout has no tail: the scan order differs, and with it which rows the
+    # 1-bit bound prunes, so an approximate search may differ in a rare candidate
+    assert recall(again.search(queries, k=10)[1], expected[1]) >= 0.95
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert all("lists" in s["files"] for s in manifest["segments"])
 
