@@ -27,7 +27,9 @@ Writes ``benchmarks/results/partitions.md``, ``partitions.json`` and
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,9 +63,14 @@ def _latency_ms(search, queries: np.ndarray) -> float:
 
 
 def _vecpress(base: np.ndarray, partitions: Any) -> tuple[Any, float]:
+    """An index on disk (its originals memory-mapped, RAM holds the codes) built by batches."""
+    import tempfile
+
     from vecpress import Index
 
-    index = Index(base.shape[1], partitions=partitions)
+    folder = tempfile.mkdtemp(prefix="vecpress-bench-partitions-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    index = Index(base.shape[1], partitions=partitions, path=Path(folder) / "store")
     start = time.perf_counter()
     for lo in range(0, len(base), ADD_BATCH):
         index.add(base[lo:lo + ADD_BATCH])
