@@ -47,6 +47,17 @@ def reference_topk(data: np.ndarray, queries: np.ndarray, k: int, metric: str,
     return np.take_along_axis(scores, order, axis=1), order
 
 
+def rounding_bound(codec, codes: np.ndarray, factors: np.ndarray, step: float) -> np.ndarray:
+    """Largest change of each row's estimate (``rabitq``, ``saq``) when the query moves by half
+    a quantization step per dimension."""
+    x_abs = np.abs(codec.decode_levels(codes)).astype(np.float64)
+    if codec.name == "rabitq":
+        return np.abs(factors[:, 0]) * x_abs.sum(axis=1) * step / 2
+    seg_factor, _ = codec.decode_factors(factors)
+    per_seg = np.add.reduceat(x_abs, codec.seg_starts[:-1], axis=1)
+    return (np.abs(seg_factor) * per_seg).sum(axis=1) * step / 2
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     hits = sum(len(set(f[f >= 0]) & set(t)) for f, t in zip(found, truth))
     return hits / truth.size

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from vecpress.core import kernels
 from vecpress.core.codecs import RaBitQCodec, RowFilter, SegmentCodec, allocate_bits, make_codec
 
-from conftest import clustered_vectors, random_vectors, reference_scores
+from conftest import clustered_vectors, random_vectors, reference_scores, rounding_bound
 
 
 @settings(max_examples=40, deadline=None)
@@ -36,8 +36,9 @@ def test_plane_scan_popcount_matches_integer_dot_product(words):
     heap_r = np.empty((1, 1, len(words)), np.int64)
     none = np.zeros(1, np.int64)
     one, zero = np.ones(1), np.zeros(1)
+    spans, offsets = np.array([[0, len(words)]], np.int64), np.array([0, 1], np.int64)
     kernels.scan_planes_parallel(codes, factors, none, False, np.zeros(1, np.bool_), False,
-                                 none, False, len(words), query, one, zero, zero, zero, 0.0,
+                                 none, False, spans, offsets, query, one, zero, zero, zero, 0.0,
                                  False, -1, zero, heap_s, heap_r)
     expected = [bin(w & 0xF0F0F0F0F0F0F0F0).count("1") for w in words]
     got = dict(zip(heap_r.ravel().tolist(), heap_s.ravel().tolist()))
@@ -76,16 +77,6 @@ def _codec_and_data(name: str, bits: int, metric: str, seed: int):
     return codec, data, _anisotropic(5, 192, 100 + seed)
 
 
-def _rounding_bound(codec, codes, factors, step):
-    """Largest change of each row's estimate when the query moves by half a step per dim."""
-    x_abs = np.abs(codec.decode_levels(codes)).astype(np.float64)
-    if codec.name == "rabitq":
-        return np.abs(factors[:, 0]) * x_abs.sum(axis=1) * step / 2
-    seg_factor, _ = codec.decode_factors(factors)
-    per_seg = np.add.reduceat(x_abs, codec.seg_starts[:-1], axis=1)
-    return (np.abs(seg_factor) * per_seg).sum(axis=1) * step / 2
-
-
 @pytest.mark.parametrize("name", ["rabitq", "saq"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
@@ -97,7 +88,7 @@ def test_kernel_scan_agrees_with_numpy_estimator(bits, metric, name):
     reference = codec.estimate(codes, factors, queries)
     steps = codec.query_step(queries)
     for q in range(len(queries)):
-        bound = _rounding_bound(codec, codes, factors, steps[q])
+        bound = rounding_bound(codec, codes, factors, steps[q])
         factor = 2 if metric == "l2" else 1
         diff = np.abs(scores[q] - reference[q, rows[q]])
         assert (diff <= factor * bound[rows[q]] + 1e-3 * np.abs(reference[q, rows[q]]) + 1e-4).all()

@@ -44,13 +44,21 @@ _EMPTY_BOOL = np.zeros(1, dtype=np.bool_)
 _EMPTY_ROWS = np.zeros(1, dtype=np.int64)
 
 
+#: which items each query scans: ``(offsets, bounds)``, query ``i`` scanning the rows
+#: ``[start, stop)`` of ``bounds[offsets[i]:offsets[i + 1]]`` (see :func:`run_scan`)
+Spans = tuple[np.ndarray, np.ndarray]
+
+
 def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter,
-             n_queries: int, k: int, *query_args: Any) -> tuple[np.ndarray, np.ndarray]:
+             n_queries: int, k: int, *query_args: Any,
+             spans: Spans | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run the scan of a code family (see ``kernels.SCANS``); best ``k`` per query.
 
-    Small scans run on the calling thread. Otherwise a single query is split in chunks that
-    the threads take one at a time (so a thread that lost its core delays one chunk, not a
-    half), and a batch of queries runs one query per task.
+    Every query scans all items, or with ``spans`` only its own runs of rows (the lists of a
+    partitioned index), all into one heap. Small scans run on the calling thread. Otherwise a
+    single query is split in chunks of about equal row count that the threads take one at a
+    time (so a thread that lost its core delays one chunk, not a half), and a batch of
+    queries runs one query per task.
     """
     task, parallel = kernels.SCANS[family]
     check_removed = flt.removed is not None
@@ -59,20 +67,90 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
     mask = flt.mask if check_mask else _EMPTY_BOOL
     use_rows = flt.rows is not None
     rows = flt.rows if use_rows else _EMPTY_ROWS
-    n_items = len(rows) if use_rows else flt.n_rows
+    if spans is None:
+        n_items = len(rows) if use_rows else flt.n_rows
+        offsets = np.arange(n_queries + 1, dtype=np.int64)
+        bounds = np.tile(np.array([[0, n_items]], dtype=np.int64), (n_queries, 1))
+        work = n_items * n_queries
+    else:
+        offsets, bounds = checked_spans(spans, n_queries, flt)
+        work = int((bounds[:, 1] - bounds[:, 0]).sum())
     minimum = PARALLEL_MIN_ROWS_ONE_QUERY if n_queries == 1 else PARALLEL_MIN_ROWS
-    serial = _thread_count() == 1 or n_items * n_queries < minimum
-    chunks = 1 if serial or n_queries > 1 else _chunk_count(n_items)
+    serial = _thread_count() == 1 or work < minimum
+    chunks = 1
+    if not serial and n_queries == 1:
+        chunks = _chunk_count(work)
+        offsets, bounds = _split_spans(bounds, chunks)
     out_s = np.empty((n_queries, chunks, k), np.float32)
     out_r = np.empty((n_queries, chunks, k), np.int64)
     common = (codes, factors, removed, check_removed, mask, check_mask, rows, use_rows)
     if serial:
         for q in range(n_queries):
-            task(*common, 0, n_items, q, *query_args, out_s[q, 0], out_r[q, 0])
+            task(*common, bounds, offsets[q], offsets[q + 1], q, *query_args, out_s[q, 0],
+                 out_r[q, 0])
     else:
         with parallel_section(), parallel_chunksize(1):
-            parallel(*common, n_items, *query_args, out_s, out_r)
+            parallel(*common, bounds, offsets, *query_args, out_s, out_r)
     return _sort_heaps(out_s, out_r, k)
+
+
+def checked_spans(spans: Spans, n_queries: int, flt: RowFilter) -> Spans:
+    """``spans`` as contiguous int64 ``(offsets, bounds)``; ``ValueError`` unless there are
+    ``n_queries`` runs of spans within ``[0, flt.n_rows)``, each sorted and not overlapping,
+    and the filter does not list rows (spans are code rows, not positions in a list)."""
+    if flt.rows is not None:
+        raise ValueError("spans= cannot be combined with a row filter that lists its rows "
+                         "(RowFilter.rows); pass a mask instead")
+    if not isinstance(spans, tuple) or len(spans) != 2:
+        raise ValueError("spans must be a tuple (offsets, bounds)")
+    offsets, bounds = (np.asarray(a) for a in spans)
+    for name, array, ndim in (("offsets", offsets, 1), ("bounds", bounds, 2)):
+        if array.dtype.kind not in "iu" or array.ndim != ndim:
+            raise ValueError(f"spans' {name} must be a {ndim}-d integer array, got "
+                             f"{array.dtype}{list(array.shape)}")
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+    if bounds.shape[1] != 2:
+        raise ValueError(f"spans' bounds must have shape (m, 2), got {list(bounds.shape)}")
+    m = len(bounds)
+    if (len(offsets) != n_queries + 1 or offsets[0] != 0 or offsets[-1] != m
+            or (np.diff(offsets) < 0).any()):
+        raise ValueError(f"spans' offsets must rise from 0 to len(bounds)={m} in "
+                         f"n_queries + 1 = {n_queries + 1} steps")
+    if m and ((bounds[:, 0] < 0).any() or (bounds[:, 1] < bounds[:, 0]).any()
+              or (bounds[:, 1] > flt.n_rows).any()):
+        raise ValueError(f"spans' bounds must be [start, stop) with "
+                         f"0 <= start <= stop <= n_rows={flt.n_rows}")
+    first = np.zeros(m, dtype=bool)
+    first[offsets[:-1][offsets[:-1] < m]] = True
+    if m > 1 and ((bounds[1:, 0] < bounds[:-1, 1]) & ~first[1:]).any():
+        raise ValueError("spans' bounds of one query must be sorted and must not overlap")
+    return offsets, bounds
+
+
+def _split_spans(bounds: np.ndarray, n_chunks: int) -> Spans:
+    """One query's spans cut into ``n_chunks`` runs of about equal row count (some may be
+    empty), at tile boundaries: ``(offsets, bounds)`` with one run per chunk."""
+    lengths = bounds[:, 1] - bounds[:, 0]
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    tile = kernels.TILE_ROWS
+    size = max(tile, -(-(-(-total // n_chunks)) // tile) * tile)
+    targets = np.arange(size, total, size, dtype=np.int64)  # chunk starts, in rows scanned
+    span = np.searchsorted(ends, targets, side="right")
+    at = bounds[span, 0] + targets - (ends[span] - lengths[span])
+    cuts = np.unique(np.minimum(-(-at // tile) * tile, bounds[span, 1]))
+    # a cut strictly inside a span splits it (spans do not overlap, so sorting the starts and
+    # the stops apart keeps each piece's ends together)
+    holder = np.searchsorted(bounds[:, 0], cuts, side="right") - 1
+    inner = cuts[(cuts > bounds[holder, 0]) & (cuts < bounds[holder, 1])]
+    starts = np.sort(np.concatenate([bounds[:, 0], inner]))
+    stops = np.sort(np.concatenate([bounds[:, 1], inner]))
+    keep = stops > starts
+    pieces = np.stack([starts[keep], stops[keep]], axis=1)
+    chunk = np.searchsorted(cuts, pieces[:, 0], side="right")
+    offsets = np.searchsorted(chunk, np.arange(n_chunks + 1), side="left").astype(np.int64)
+    return offsets, np.ascontiguousarray(pieces, dtype=np.int64)
 
 
 def _thread_count() -> int:
@@ -163,9 +241,10 @@ class Codec:
         return tile_codes(codes, self.tile_sign_words)
 
     def scan(self, codes: np.ndarray, factors: np.ndarray, queries: np.ndarray, k: int,
-             flt: RowFilter) -> tuple[np.ndarray, np.ndarray]:
+             flt: RowFilter, spans: Spans | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` rows per query by estimated score: (q, k) scores and rows, -1 padded.
-        ``codes`` are in the layout of :meth:`scan_layout`."""
+        ``codes`` are in the layout of :meth:`scan_layout`. With ``spans`` (see
+        :func:`run_scan`) query ``i`` considers only the rows of its spans."""
         raise NotImplementedError
 
 
@@ -340,7 +419,7 @@ class RaBitQCodec(Codec):
         """Bit planes (q, words, query_bits) of queries quantized to ``query_bits``."""
         return _quantize_query(rotated, self.query_bits, self.words)
 
-    def scan(self, codes, factors, queries, k, flt):
+    def scan(self, codes, factors, queries, k, flt, spans=None):
         rotated, const = _rotated_queries(self, queries)
         q_sum = rotated.sum(axis=1, dtype=np.float64)
         const = np.asarray(const, dtype=np.float64)
@@ -349,7 +428,7 @@ class RaBitQCodec(Codec):
         return run_scan("planes", codes, factors, flt, len(queries), k,
                         quantized["planes"], quantized["step"], quantized["low"], q_sum, const,
                         self.level_mid, l2, self.factor_count - 1 if self.prunes else -1,
-                        self._prune_bound(rotated, quantized["step"]))
+                        self._prune_bound(rotated, quantized["step"]), spans=spans)
 
     def _prune_bound(self, rotated: np.ndarray, step: np.ndarray) -> np.ndarray:
         """Per query, the top-plane estimate's error bound divided by the row's factor.
@@ -679,7 +758,7 @@ class SegmentCodec(Codec):
         return np.where(np.repeat(self.seg_bits > 0, np.diff(self.seg_starts)),
                         levels - mids, 0.0).astype(np.float32)
 
-    def scan(self, codes, factors, queries, k, flt):
+    def scan(self, codes, factors, queries, k, flt, spans=None):
         if codes.ndim != 2 or codes.shape[1] != kernels.TILE_ROWS * self.bits * self.words:
             raise ValueError(f"codes of shape {codes.shape} are not in the tiled layout this "
                              f"codec scans; pass codec.scan_layout(codes)")
@@ -704,7 +783,8 @@ class SegmentCodec(Codec):
                         np.asarray(const, dtype=np.float64), self.seg_starts, self.seg_bits,
                         self.plane_at, self.seg_mid, self.metric == "l2", self.l2_col, prune,
                         sign_planes, signs["step"], signs["low"],
-                        weighted.sum(axis=1, dtype=np.float64), bound.astype(np.float64))
+                        weighted.sum(axis=1, dtype=np.float64), bound.astype(np.float64),
+                        spans=spans)
 
     def query_step(self, queries: np.ndarray) -> np.ndarray:
         """Quantization step of each query."""
@@ -879,13 +959,13 @@ class ByteCodec(Codec):
             factors[:, 1] = np.einsum("ij,ij->i", vectors, vectors)
         return np.ascontiguousarray(codes), factors
 
-    def scan(self, codes, factors, queries, k, flt):
+    def scan(self, codes, factors, queries, k, flt, spans=None):
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         l2 = self.metric == "l2"
         const = (np.einsum("ij,ij->i", queries, queries) if l2
                  else np.zeros(len(queries))).astype(np.float64)
         return run_scan("bytes", codes, factors, flt, len(queries), k, self.table,
-                        queries, const, l2)
+                        queries, const, l2, spans=spans)
 
     def decode(self, codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
         return self.table[codes] * factors[:, :1]
@@ -946,8 +1026,10 @@ class ExactCodec(Codec):
             scores = -(factors[rows, 0][None, :] + q_sq - 2 * scores)
         return scores
 
-    def scan(self, codes, factors, queries, k, flt):
+    def scan(self, codes, factors, queries, k, flt, spans=None):
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if spans is not None:
+            return self._scan_spans(codes, factors, queries, k, flt, spans)
         if flt.rows is not None:
             scores = self.score_rows(codes, factors, queries, flt.rows)
             return _top_of_block(scores, flt.rows, k)
@@ -970,6 +1052,36 @@ class ExactCodec(Codec):
             best_s = np.pad(best_s, ((0, 0), (0, pad)), constant_values=-np.inf)
             best_r = np.pad(best_r, ((0, 0), (0, pad)), constant_values=-1)
         return best_s, best_r
+
+    def _scan_spans(self, codes, factors, queries, k, flt, spans):
+        """:meth:`scan` of each query over the allowed rows of its own spans, by blocks of
+        at most ``BLOCK`` rows."""
+        offsets, bounds = checked_spans(spans, len(queries), flt)
+        out_s = np.full((len(queries), k), -np.inf, np.float32)
+        out_r = np.full((len(queries), k), -1, np.int64)
+        for q in range(len(queries)):
+            rows = _span_rows(bounds[offsets[q]:offsets[q + 1]])
+            if flt.removed is not None:
+                rows = rows[~flt.removed[rows]]
+            if flt.mask is not None:
+                rows = rows[flt.mask[rows]]
+            if not len(rows):
+                continue
+            tops = [_top_of_block(self.score_rows(codes, factors, queries[q:q + 1], block),
+                                  block, k)
+                    for block in np.split(rows, range(self.BLOCK, len(rows), self.BLOCK))]
+            best_s, best_r = _sort_heaps(np.concatenate([t[0] for t in tops], axis=1)[:, None],
+                                         np.concatenate([t[1] for t in tops], axis=1)[:, None], k)
+            out_s[q, :best_s.shape[1]] = best_s[0]
+            out_r[q, :best_r.shape[1]] = best_r[0]
+        return out_s, out_r
+
+
+def _span_rows(bounds: np.ndarray) -> np.ndarray:
+    """The rows of spans (m, 2), in order, as one int64 array."""
+    lengths = bounds[:, 1] - bounds[:, 0]
+    shift = bounds[:, 0] - (np.cumsum(lengths) - lengths)  # row minus position, per span
+    return np.repeat(shift, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def _top_of_block(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -1013,4 +1125,5 @@ def make_codec(name: str, dim: int, bits: int, metric: str, **options: Any) -> C
 
 
 __all__ = ["CODECS", "Codec", "RowFilter", "make_codec", "default_codec_name", "random_rotation",
+           "Spans", "run_scan", "checked_spans",
            "RaBitQCodec", "SegmentCodec", "allocate_bits", "ByteCodec", "Int8Codec", "Float8Codec", "ExactCodec"]

@@ -16,14 +16,13 @@ configure_threading_layer()  # before any parallel kernel runs (see parallel.py)
 
 # (imported after the threading layer is chosen)
 from .bytes import scan_bytes_parallel, scan_bytes_task  # noqa: E402
-from .heap import TILE_ROWS  # noqa: E402
 from .intrinsics import popcount64  # noqa: E402
 from .planes import (  # noqa: E402
     fit_levels, orthonormal_rows, pack_planes, pack_planes_parallel, scan_planes_parallel,
     scan_planes_task, unpack_planes)
 from .segments import (  # noqa: E402
-    encode_segments, pack_segments, read_tiles, scan_segments_parallel, scan_segments_task,
-    unpack_segments, write_tiles)
+    TILE_ROWS, encode_segments, pack_segments, read_tiles, scan_segments_parallel,
+    scan_segments_task, unpack_segments, write_tiles)
 
 #: serial task and parallel driver of each code family
 SCANS = {

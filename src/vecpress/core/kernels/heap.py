@@ -1,14 +1,17 @@
-"""Pieces every scan shares: the bounded top-k heap, candidate rows, chunk bounds and the
-turn of an estimated inner product into a score.
+"""Pieces every scan shares: the bounded top-k heap, candidate rows and the turn of an
+estimated inner product into a score.
 
 Each code family has an inline score function, a serial ``*_task`` that scans the candidate
-items [start, stop) for query ``q`` into one bounded heap, and a ``*_parallel`` driver that
-runs ``n_queries * n_chunks`` tasks, task (q, c) filling heap ``out_scores[q, c]``. One query
-over many rows uses several chunks (both cores); a batch uses one chunk per query. Small scans
-call the task directly: waking a thread pool costs more than they do, and far more when the
-cores are busy (an embedding model in the same process). Candidates are either all rows
-``0..n_items`` (skipping removed rows and rows outside ``mask``) or, for selective filters,
-the explicit ``rows`` list.
+items of the spans ``spans[span_lo:span_hi]`` (rows ``[start, stop)`` of an int64 (m, 2)
+array, sorted, not overlapping) for query ``q`` into one bounded heap, and a ``*_parallel``
+driver that runs ``n_queries * n_chunks`` tasks, task ``t = q * n_chunks + c`` scanning the
+spans ``span_offsets[t]:span_offsets[t + 1]`` into heap ``out_scores[q, c]``. A flat scan is
+one span ``[0, n_items)``; a partitioned one scans a query's lists, which lie contiguous. One
+query over many rows uses several chunks (both cores); a batch uses one chunk per query. Small
+scans call the task directly: waking a thread pool costs more than they do, and far more when
+the cores are busy (an embedding model in the same process). An item is a row itself (skipping
+removed rows and rows outside ``mask``) or, for selective filters, an index into the explicit
+``rows`` list.
 """
 
 from __future__ import annotations
@@ -17,10 +20,6 @@ import numpy as np
 from numba import njit
 
 _NO_ROW = -1
-#: rows per tile of the in-RAM layout of segment codes
-TILE_ROWS = 256
-_TILE_SHIFT = 8
-_TILE_MASK = TILE_ROWS - 1
 
 
 @njit(inline="always")
@@ -73,14 +72,6 @@ def _row_at(i, rows, use_rows):
     if use_rows:
         return rows[i]
     return i
-
-
-@njit(inline="always")
-def _chunk_bounds(chunk, n_chunks, n_items):
-    """Items of ``chunk``: an even share, in whole tiles of TILE_ROWS (see segment codes)."""
-    size = (((n_items + n_chunks - 1) // n_chunks + _TILE_MASK) >> _TILE_SHIFT) << _TILE_SHIFT
-    start = min(n_items, chunk * size)
-    return start, min(n_items, start + size)
 
 
 @njit(inline="always")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .heap import _chunk_bounds, _finish, _heap_init, _heap_offer, _row_at
+from .heap import _finish, _heap_init, _heap_offer, _row_at
 from .intrinsics import popcount64
 
 # --------------------------------------------------------------------------- bit packing
@@ -283,8 +283,8 @@ def _full_estimates(codes, factors, rows, use_rows, start, count, query, step, l
 
 @njit(cache=True, nogil=True)
 def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
-                     start, stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
-                     prune_col, q_bound, heap_s, heap_r):
+                     spans, span_lo, span_hi, q, qplanes, q_step, q_low, q_sum, q_const,
+                     level_mid, metric_l2, prune_col, q_bound, heap_s, heap_r):
     """Bit-plane codes (n, bits, words) against query ``q`` of (q, words, query_bits) planes.
 
     With ``prune_col >= 0`` (multi-bit codes), each row is first estimated from its top bit
@@ -307,40 +307,41 @@ def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, r
     low4 = low + step * (scale4 - 1.0) / 2.0
     bound = q_bound[q]
     estimates = np.empty(_BLOCK, dtype=np.float64)
-    for block in range(start, stop, _BLOCK):
-        count = min(_BLOCK, stop - block)
-        pruning = prune_col >= 0 and size == capacity
-        if pruning:
-            _top_plane_estimates(codes, factors, rows, use_rows, block, count, query4, step4,
-                                 low4, total, prune_col, bound, estimates)
-        else:
-            _full_estimates(codes, factors, rows, use_rows, block, count, query, step, low,
-                            level_mid, total, estimates)
-        for j in range(count):
-            row = _row_at(block + j, rows, use_rows)
-            # (two plain ifs: a helper function here slows the whole scan ten-fold)
-            if check_removed and removed[row]:
-                continue
-            if check_mask and not mask[row]:
-                continue
-            ip = estimates[j]
+    for span in range(span_lo, span_hi):
+        for block in range(spans[span, 0], spans[span, 1], _BLOCK):
+            count = min(_BLOCK, spans[span, 1] - block)
+            pruning = prune_col >= 0 and size == capacity
             if pruning:
-                if _finish(ip, factors, row, metric_l2, 1, const) <= heap_s[0]:
+                _top_plane_estimates(codes, factors, rows, use_rows, block, count, query4, step4,
+                                     low4, total, prune_col, bound, estimates)
+            else:
+                _full_estimates(codes, factors, rows, use_rows, block, count, query, step, low,
+                                level_mid, total, estimates)
+            for j in range(count):
+                row = _row_at(block + j, rows, use_rows)
+                # (two plain ifs: a helper function here slows the whole scan ten-fold)
+                if check_removed and removed[row]:
                     continue
-                ip = factors[row, 0] * _plane_score(codes, row, query, step, low, level_mid,
-                                                    total)
-            size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, 1,
-                                                             const), row)
+                if check_mask and not mask[row]:
+                    continue
+                ip = estimates[j]
+                if pruning:
+                    if _finish(ip, factors, row, metric_l2, 1, const) <= heap_s[0]:
+                        continue
+                    ip = factors[row, 0] * _plane_score(codes, row, query, step, low, level_mid,
+                                                        total)
+                size = _heap_offer(heap_s, heap_r, size, _finish(ip, factors, row, metric_l2, 1,
+                                                                 const), row)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def scan_planes_parallel(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
-                         n_items, qplanes, q_step, q_low, q_sum, q_const, level_mid, metric_l2,
-                         prune_col, q_bound, out_scores, out_rows):
+                         spans, span_offsets, qplanes, q_step, q_low, q_sum, q_const, level_mid,
+                         metric_l2, prune_col, q_bound, out_scores, out_rows):
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
-        start, stop = _chunk_bounds(chunk, n_chunks, n_items)
         scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
-                         start, stop, q, qplanes, q_step, q_low, q_sum, q_const, level_mid,
-                         metric_l2, prune_col, q_bound, out_scores[q, chunk], out_rows[q, chunk])
+                         spans, span_offsets[task], span_offsets[task + 1], q, qplanes, q_step,
+                         q_low, q_sum, q_const, level_mid, metric_l2, prune_col, q_bound,
+                         out_scores[q, chunk], out_rows[q, chunk])
