@@ -3,9 +3,9 @@
 Plain module-level functions on arrays, compiled once with ``cache=True``. They never raise on
 user data and know nothing of documents or files: the Python layers validate before calling.
 One module per family: ``planes`` (bit-plane codes, ``rabitq``), ``segments`` (segment codes
-in tiles, ``saq``), ``bytes`` (``int8``/``fp8``), with the shared top-k heap in ``heap`` and
-the LLVM intrinsics in ``intrinsics``. This package re-exports the names the codecs and the
-column store use.
+in tiles, ``saq``), ``bytes`` (``int8``/``fp8``), with the shared top-k heap in ``heap``, the
+LLVM intrinsics in ``intrinsics`` and the k-means loops in ``kmeans``. This package re-exports
+the names the codecs, the column store and the clustering use.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ configure_threading_layer()  # before any parallel kernel runs (see parallel.py)
 # (imported after the threading layer is chosen)
 from .bytes import scan_bytes_parallel, scan_bytes_task  # noqa: E402
 from .intrinsics import popcount64  # noqa: E402
+from .kmeans import cluster_sums, lower_nearest, nearest_of_scores, seed_gains  # noqa: E402
 from .planes import (  # noqa: E402
     fit_levels, orthonormal_rows, pack_planes, pack_planes_parallel, scan_planes_parallel,
     scan_planes_task, unpack_planes)
@@ -31,8 +32,9 @@ SCANS = {
     "segments": (scan_segments_task, scan_segments_parallel),
 }
 
-__all__ = ["SCANS", "TILE_ROWS", "encode_segments", "fit_levels", "orthonormal_rows",
-           "pack_planes", "pack_planes_parallel", "pack_segments", "popcount64", "read_tiles",
+__all__ = ["SCANS", "TILE_ROWS", "cluster_sums", "encode_segments", "fit_levels",
+           "lower_nearest", "nearest_of_scores", "orthonormal_rows", "pack_planes",
+           "pack_planes_parallel", "pack_segments", "popcount64", "read_tiles", "seed_gains",
            "scan_bytes_parallel", "scan_bytes_task", "scan_planes_parallel", "scan_planes_task",
            "scan_segments_parallel", "scan_segments_task", "unpack_planes", "unpack_segments",
            "write_tiles"]
