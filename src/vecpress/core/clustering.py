@@ -36,9 +36,8 @@ def train_centroids(sample: np.ndarray, n_lists: int, metric: str, *, seed: int 
     """``n_lists`` centroids (n_lists, dim) float32 of the rows of ``sample`` (n, dim).
 
     Starts from ``n_lists`` rows drawn with ``seed`` k-means++-style (see :func:`_seeds`),
-    then ``iterations`` rounds of:
-    assign each row to its nearest centroid, move each centroid to the mean of its rows (and
-    back onto the unit sphere for ``"ip"``). A centroid left without rows takes half of the
+    then ``iterations`` rounds of: assign each row to its nearest centroid, move each centroid
+    to the mean of its rows (and back onto the unit sphere for ``"ip"``). A centroid left without rows takes half of the
     largest cluster: that cluster's centroid is nudged apart into two. The same arguments give
     the same centroids.
     """
@@ -50,16 +49,15 @@ def train_centroids(sample: np.ndarray, n_lists: int, metric: str, *, seed: int 
     if n_lists > len(rows):
         raise ValueError(f"n_lists={n_lists} exceeds the number of sample rows ({len(rows)})")
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if not np.isfinite(rows).all():
-        raise ValueError("sample holds NaN or infinity")
+    for start in range(0, len(rows), _BLOCK_ROWS):
+        _float_block(rows, start, _BLOCK_ROWS, "sample")  # NaN or infinity: a ValueError
     rng = np.random.default_rng(seed)
     centroids = rows[_seeds(rows, n_lists, rng)]
     if metric == "ip":
         centroids = _on_sphere(centroids, centroids)
     labels = np.empty(len(rows), dtype=np.int32)
-    best = np.empty(len(rows), dtype=np.float32)
     for _ in range(iterations):
-        _nearest(rows, centroids, _shift(centroids, metric), labels, best, "sample")
+        _nearest(rows, centroids, _shift(centroids, metric), labels, "sample")
         sums = np.zeros(centroids.shape, dtype=np.float64)
         counts = np.zeros(n_lists, dtype=np.int64)
         kernels.cluster_sums(rows, labels, sums, counts)
@@ -79,8 +77,7 @@ def assign(vectors: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarra
     rows = _checked_rows(vectors, "vectors")
     centroids = _checked_centroids(centroids, rows.shape[1])
     labels = np.empty(len(rows), dtype=np.int32)
-    best = np.empty(len(rows), dtype=np.float32)
-    _nearest(rows, centroids, _shift(centroids, metric), labels, best, "vectors")
+    _nearest(rows, centroids, _shift(centroids, metric), labels, "vectors")
     return labels
 
 
@@ -176,15 +173,16 @@ def _gains(rows: np.ndarray, sq_norms: np.ndarray, candidates: np.ndarray,
 
 
 def _nearest(rows: np.ndarray, centroids: np.ndarray, shift: np.ndarray, labels: np.ndarray,
-             best: np.ndarray, name: str) -> None:
-    """Fill ``labels`` and ``best`` (see ``kernels.nearest_of_scores``), block by block."""
+             name: str) -> None:
+    """Fill ``labels`` (see ``kernels.nearest_of_scores``), block by block."""
     step = _block_rows(len(centroids))
     scores = np.empty((min(step, len(rows)), len(centroids)), dtype=np.float32)
+    best = np.empty(len(scores), dtype=np.float32)
     for start in range(0, len(rows), step):
         block = _float_block(rows, start, step, name)
         out = scores[:len(block)]
         np.matmul(block, centroids.T, out=out)
-        kernels.nearest_of_scores(out, shift, labels, best, start)
+        kernels.nearest_of_scores(out, shift, labels[start:start + len(block)], best)
 
 
 def _block_rows(n_lists: int) -> int:

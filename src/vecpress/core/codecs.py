@@ -1125,4 +1125,5 @@ def make_codec(name: str, dim: int, bits: int, metric: str, **options: Any) -> C
 
 
 __all__ = ["CODECS", "Codec", "RowFilter", "make_codec", "default_codec_name", "random_rotation",
-           "Spans", "run_scan", "checked_spans", "RaBitQCodec", "SegmentCodec", "allocate_bits", "ByteCodec", "Int8Codec", "Float8Codec", "ExactCodec"]
+           "Spans", "run_scan", "checked_spans",
+           "RaBitQCodec", "SegmentCodec", "allocate_bits", "ByteCodec", "Int8Codec", "Float8Codec", "ExactCodec"]

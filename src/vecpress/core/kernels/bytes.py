@@ -9,6 +9,7 @@ from numba import njit, prange
 from .heap import _finish, _heap_init, _heap_offer, _row_at
 from .intrinsics import _VECTORISE
 
+
 @njit(cache=True, nogil=True, fastmath=_VECTORISE)
 def scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                     spans, span_lo, span_hi, q, table, queries, q_const, metric_l2, heap_s,

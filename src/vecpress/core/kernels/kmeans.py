@@ -12,10 +12,10 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def nearest_of_scores(scores, shift, labels, best, first):
+def nearest_of_scores(scores, shift, labels, best):
     """For each row ``i`` of ``scores`` (rows, n_lists) of inner products, the list ``c`` with
-    the largest ``scores[i, c] - shift[c]`` (the lowest number on ties), written to
-    ``labels[first + i]`` and that value to ``best[first + i]``."""
+    the largest ``scores[i, c] - shift[c]`` (the lowest number on ties) into ``labels[i]``,
+    and that value into ``best[i]``."""
     n_lists = scores.shape[1]
     for i in range(scores.shape[0]):
         top = 0
@@ -25,8 +25,8 @@ def nearest_of_scores(scores, shift, labels, best, first):
             if value > top_score:
                 top_score = value
                 top = c
-        labels[first + i] = top
-        best[first + i] = top_score
+        labels[i] = top
+        best[i] = top_score
 
 
 @njit(cache=True, nogil=True)
