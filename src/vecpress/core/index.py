@@ -15,6 +15,7 @@ publish each new state at once.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import warnings
@@ -28,7 +29,7 @@ import numpy as np
 from . import segments, storage, store_format
 from .codecs import Codec, default_codec_name, make_codec
 from .columns import _Blocks, _Growable, _IdColumn, _row_filter, _Snapshot, _TiledCodes
-from .validate import as_id_list, as_ids, as_matrix, as_positive_int
+from .validate import as_durability, as_id_list, as_ids, as_matrix, as_positive_int
 
 #: accepted metric names -> canonical name
 METRIC_ALIASES = {"cosine": "cosine", "cos": "cosine", "ip": "ip", "dot": "ip",
@@ -73,8 +74,8 @@ class Index:
         bits: bits per dimension of the in-RAM code: 1-8 quantized, 16 float16, 32 float32.
         rerank: keep the original vectors (on disk when ``path`` is set) and re-score the
             ``k * oversample`` best candidates exactly. Ignored for exact codes (16/32 bits).
-        path: a directory to persist to; every returned ``add``/``remove`` is durable there.
-            ``None`` keeps everything in memory (``save`` writes a copy).
+        path: a directory to persist to; every returned ``add``/``remove`` is committed there
+            (see ``durability``). ``None`` keeps everything in memory (``save`` writes a copy).
         codec: ``"saq"`` (default for 1-8 bits: PCA, bits spent by variance, a scale per
             segment; refitted from the kept originals as the index grows), ``"rabitq"`` (plain
             RaBitQ-family codes, data-oblivious, 8-12 bytes less per vector), ``"int8"`` or
@@ -84,6 +85,16 @@ class Index:
         truncate_dim: quantize only the first ``truncate_dim`` coordinates (Matryoshka
             models); the rerank still uses the full vectors.
         seed: seed of the random rotation.
+        durability: what a returned write on disk survives. ``"full"`` (default): its files,
+            the manifest and the directory are fsynced, so it survives a power loss.
+            ``"process"``: written to the OS without fsyncs (a one-row add then costs well
+            under a millisecond instead of several fsyncs): it survives the process being
+            killed at any moment; after a power loss or OS crash the store opens at an
+            earlier commit, or is refused with ``StoreCorruptedError`` if the manifest reached
+            the disk before the files it names (checksums catch it, never a half-written
+            store). ``close()`` fsyncs the committed state. Merges and compactions follow
+            the same setting. A setting of this open, not of the files: a store may be opened
+            either way.
 
     Scores are higher-is-better: cosine similarity, inner product, or minus the squared L2
     distance. Missing hits (fewer than ``k`` allowed rows) are padded with id -1, score -inf.
@@ -93,11 +104,13 @@ class Index:
                  path: str | Path | None = None, *, codec: str | None = None,
                  oversample: int | None = None, rerank_dtype: str = "float16",
                  truncate_dim: int | None = None, seed: int = 0,
-                 query_bits: int | None = None) -> None:
+                 query_bits: int | None = None, durability: str = "full") -> None:
         config = _make_config(dim=dim, metric=metric, bits=bits, rerank=rerank, codec=codec,
                               oversample=oversample, rerank_dtype=rerank_dtype,
                               truncate_dim=truncate_dim, seed=seed, query_bits=query_bits)
+        durability = as_durability(durability)
         self._setup(config, read_only=False)
+        self._sync = durability == "full"
         if path is not None:
             self._create_directory(Path(path))
 
@@ -126,6 +139,8 @@ class Index:
         self._manifest: dict[str, Any] | None = None
         self._lock_file: storage.DirectoryLock | None = None
         self._read_only = read_only
+        #: fsync every write (durability="full"); False: written to the OS only ("process")
+        self._sync = True
         # Writers take _writer for the whole write (encoding, files, upkeep) and _mutex only to
         # publish the new in-memory state; a search takes _mutex just long enough to take a
         # snapshot (_Snapshot), so it never waits for an encode, an fsync or a merge.
@@ -133,8 +148,11 @@ class Index:
         self._verify: bool | str = True
         #: rows removed with durable=False, committed with the next manifest
         self._pending_removals: list[np.ndarray] = []
-        #: (when replaced, file names) of recently replaced manifests, kept for readers
+        #: (when, file names) per recent commit: the files it dropped, kept a while for
+        #: readers of the manifest it replaced
         self._superseded: list[tuple[float, set[str]]] = []
+        #: when the directory was last swept for files no manifest names (see _commit)
+        self._swept = time.monotonic()
         self._mutex = threading.RLock()
         self._refreshing = threading.Lock()  # one refresh at a time; searches go on meanwhile
 
@@ -165,7 +183,7 @@ class Index:
 
     @classmethod
     def load(cls, path: str | Path, *, read_only: bool = False,
-             verify: bool | str = True) -> "Index":
+             verify: bool | str = True, durability: str = "full") -> "Index":
         """Open a store written by an index with a ``path`` or by :meth:`save`.
 
         ``read_only=True`` takes no write lock, so a second process may search a store that
@@ -175,7 +193,8 @@ class Index:
         checks the CRC32 of every file read into RAM and the size of the memory-mapped
         originals, whose blocks of rows are CRC-checked the first time a search or ``get``
         reads them; ``verify="full"`` reads the originals for their CRC32 at once (slower: the
-        whole store), ``verify=False`` checks sizes only.
+        whole store), ``verify=False`` checks sizes only. ``durability`` is as for
+        :class:`Index` (this open's writes; nothing about it is stored).
 
         The directory is untrusted input: its manifest, file names, shapes and sizes are
         checked before anything is allocated, links and special files are refused, and any
@@ -183,6 +202,7 @@ class Index:
         """
         if verify not in (True, False, "full"):
             raise ValueError(f"verify={verify!r}; use True, False or 'full'")
+        durability = as_durability(durability)
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"path={str(path)!r} is not a directory holding a vecpress index")
@@ -194,6 +214,7 @@ class Index:
                 self = cls._from_manifest(path, storage.read_manifest(path), verify)
                 self._lock_file = lock
                 self._read_only = False
+                self._sync = durability == "full"
                 storage.remove_unreferenced(path, self._manifest)
         except BaseException:
             if lock is not None:
@@ -585,13 +606,17 @@ class Index:
             self._write_compacted(self, live, refitted)
 
     def close(self) -> None:
-        """Commit pending removals and release the directory's write lock (the index stays
-        searchable in memory)."""
+        """Commit pending removals, make the committed state durable (with
+        ``durability="process"``, whose writes were not fsynced) and release the directory's
+        write lock (the index stays searchable in memory)."""
         if self._lock_file is not None:
             with self._writer:
                 if self._pending_removals:
                     self._persist_removal(np.zeros(0, np.int64))
-            self._remove_replaced_files()
+                if not self._sync:
+                    storage.sync_files(self._path, [*storage.manifest_files(self._manifest),
+                                                    storage.MANIFEST])
+            self._remove_replaced_files(sweep=True)
             self._lock_file.release()
             self._lock_file = None
             self._read_only = True
@@ -699,23 +724,35 @@ class Index:
 
     def _commit(self, manifest: dict[str, Any]) -> None:
         manifest["format_version"] = storage.FORMAT_VERSION  # (a store of format 1 moves up)
-        storage.write_manifest(self._path, manifest)
+        storage.write_manifest(self._path, manifest, sync=self._sync)
         previous, self._manifest = self._manifest, manifest
         if previous is not None:
-            self._superseded.append((time.monotonic(), storage.manifest_files(previous)))
+            dropped = storage.manifest_files(previous) - storage.manifest_files(manifest)
+            self._superseded.append((time.monotonic(), dropped))
         self._remove_replaced_files()
 
-    def _remove_replaced_files(self) -> None:
+    def _remove_replaced_files(self, *, sweep: bool = False) -> None:
         """Delete files no manifest names any more, except those of the manifest replaced
         last and of any replaced less than ``RETAIN_SECONDS`` ago: a reader may have read
         that manifest a moment before and be opening its files (it would start again from
-        the newest manifest, see ``load``, but most never need to)."""
+        the newest manifest, see ``load``, but most never need to).
+
+        The files a commit dropped are deleted by name once they expire, so a commit costs
+        no directory listing; leftovers of failed writes (named by no manifest) are swept
+        by listing the directory at most once per ``RETAIN_SECONDS``, or when ``sweep``."""
         now, retain = time.monotonic(), self._retain_seconds()
-        self._superseded = [(when, names) for n, (when, names) in enumerate(self._superseded)
-                            if n == len(self._superseded) - 1 or now - when < retain]
-        keep = storage.manifest_files(self._manifest).union(
-            *(names for _, names in self._superseded))
-        storage.remove_files_except(self._path, keep)
+        last = len(self._superseded) - 1
+        kept = []
+        for n, (when, names) in enumerate(self._superseded):
+            if n == last or now - when < retain:
+                kept.append((when, names))
+            else:
+                storage.remove_files(self._path, names)
+        self._superseded = kept
+        if sweep or now - self._swept >= RETAIN_SECONDS:
+            self._swept = now
+            keep = storage.manifest_files(self._manifest).union(*(names for _, names in kept))
+            storage.remove_files_except(self._path, keep)
 
     def _retain_seconds(self) -> float:
         """How long replaced files are kept: ``RETAIN_SECONDS`` plus the time a reader needs
@@ -724,23 +761,25 @@ class Index:
         entries = [*manifest["codec_files"].values(), *storage.tombstone_entries(manifest)]
         for segment in manifest["segments"]:
             entries += [e for part, e in segment["files"].items() if part != "originals"]
-        loaded = sum(np.dtype(e["dtype"]).itemsize * int(np.prod(e["shape"])) for e in entries)
+        loaded = sum(np.dtype(e["dtype"]).itemsize * math.prod(e["shape"]) for e in entries)
         return RETAIN_SECONDS + loaded / READER_BYTES_PER_SECOND
 
     def _write_codec_state(self, manifest: dict[str, Any], codec: Codec | None = None) -> None:
         gen = manifest["generation"]
         manifest["codec_files"] = {
-            name: storage.write_array(self._path, f"codec-{gen:08d}-{name}.npy", array)
+            name: storage.write_array(self._path, f"codec-{gen:08d}-{name}.npy", array,
+                                      sync=self._sync)
             for name, array in (codec or self._codec).state_arrays().items()}
 
     def _write_segment(self, gen: int, codes: np.ndarray, factors: np.ndarray,
                        ids: np.ndarray, kept: np.ndarray | None) -> dict[str, Any]:
         name = f"seg-{gen:08d}"
-        files = {part: storage.write_array(self._path, f"{name}-{part}.npy", array)
+        files = {part: storage.write_array(self._path, f"{name}-{part}.npy", array,
+                                           sync=self._sync)
                  for part, array in (("codes", codes), ("factors", factors), ("ids", ids))}
         if kept is not None:
             files["originals"] = storage.write_array(self._path, f"{name}-originals.npy", kept,
-                                                     blocks=True)
+                                                     blocks=True, sync=self._sync)
         return {"name": name, "rows": len(ids), "files": files}
 
     def _segment_writer(self, directory: Path, gen: int, rows: int,
@@ -750,7 +789,7 @@ class Index:
                  "factors": (np.float32, (codec.factor_count,)), "ids": (np.int64, ())}
         if self.rerank:
             parts["originals"] = (self._rerank_dtype, (self.dim,))
-        return segments.SegmentWriter(directory, f"seg-{gen:08d}", rows, parts)
+        return segments.SegmentWriter(directory, f"seg-{gen:08d}", rows, parts, sync=self._sync)
 
     def _open_originals(self, segment: dict[str, Any]) -> np.ndarray:
         return storage.read_array(self._path, segment["files"]["originals"], mmap=True,
@@ -764,7 +803,8 @@ class Index:
         if len(entries) >= MAX_TOMBSTONE_FILES:
             entries, rows = [], np.union1d(self._ids.removed_rows(), rows)
         rows = np.unique(np.asarray(rows, dtype=np.int64))
-        return entries + [storage.write_array(self._path, f"tomb-{gen:08d}.npy", rows)]
+        return entries + [storage.write_array(self._path, f"tomb-{gen:08d}.npy", rows,
+                                              sync=self._sync)]
 
     def _persist_add(self, codes, factors, ids, kept, replaced, next_id, fitting) -> None:
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)

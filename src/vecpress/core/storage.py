@@ -28,7 +28,7 @@ import os
 import stat
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -87,6 +87,21 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_files(directory: Path, names: Iterable[str]) -> None:
+    """fsync the files ``names`` of ``directory`` (those that exist), then the directory: what
+    was written without fsyncs (``sync=False``) becomes durable."""
+    for name in names:
+        try:
+            fd = open_regular_file(directory / name)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(directory)
 
 
 # ---------------------------------------------------------------------- opening files
@@ -174,15 +189,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def write_array(directory: Path, name: str, array: np.ndarray, *,
-                blocks: bool = False) -> dict[str, Any]:
-    """Write ``array`` to ``directory/name`` durably; returns its manifest entry (with a CRC32
-    per block of rows when ``blocks``, see :func:`block_checksums`). A link or leftover file
-    at that name is replaced, never written through."""
+                blocks: bool = False, sync: bool = True) -> dict[str, Any]:
+    """Write ``array`` to ``directory/name`` (fsynced unless ``sync=False``); returns its
+    manifest entry (with a CRC32 per block of rows when ``blocks``, see
+    :func:`block_checksums`). A link or leftover file at that name is replaced, never written
+    through."""
     array = np.ascontiguousarray(array)
     with os.fdopen(create_new_file(directory / name), "wb") as handle:
         np.save(handle, array, allow_pickle=False)
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
     entry = {"file": name, "crc32": checksum(array), "shape": list(array.shape),
              "dtype": array.dtype.str}
     if blocks:
@@ -332,15 +349,20 @@ class CheckedRows:
 # ---------------------------------------------------------------------- manifest
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace the manifest (the commit point of every write)."""
+def write_manifest(directory: Path, manifest: dict[str, Any], *, sync: bool = True) -> None:
+    """Atomically replace the manifest (the commit point of every write). ``sync=False``
+    skips the fsyncs (of the file and of the directory): the rename is still atomic for
+    other processes, but after a power loss the old manifest may be back."""
     temporary = directory / (MANIFEST + ".tmp")
-    with os.fdopen(create_new_file(temporary), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=1, sort_keys=True)
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))  # (C encoder: fast)
+    with os.fdopen(create_new_file(temporary), "wb") as handle:
+        handle.write(text.encode("utf-8"))
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
     os.replace(temporary, directory / MANIFEST)  # replaces a link there, never follows it
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -414,6 +436,15 @@ def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> None:
     remove_files_except(directory, manifest_files(manifest))
 
 
+def remove_files(directory: Path, names: Iterable[str]) -> None:
+    """Delete the files ``names`` of ``directory`` (those already gone are skipped)."""
+    for name in names:
+        try:
+            os.unlink(directory / name)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+
+
 def remove_files_except(directory: Path, keep: set[str]) -> None:
     """Delete the ``.npy`` files not named in ``keep``, and a leftover temporary manifest."""
     for path in directory.iterdir():
@@ -482,14 +513,15 @@ class ArrayWriter:
     The header is written for the final ``shape`` up front; :meth:`append` adds rows (the
     trailing dimensions and dtype of ``shape``/``dtype``) and keeps the CRC32 running, and the
     per-block CRC32s of :func:`block_checksums` when ``blocks``. :meth:`finish` checks that every
-    row came, fsyncs, and returns the manifest entry :func:`write_array` would have returned
+    row came, fsyncs (unless ``sync=False``), and returns the manifest entry :func:`write_array` would have returned
     for the whole array (the file is byte-for-byte what it would have written, too).
     :meth:`abort` (or leaving a ``with`` block by an exception) deletes the partial file.
     """
 
     def __init__(self, directory: Path, name: str, dtype: Any, shape: tuple[int, ...], *,
-                 blocks: bool = False) -> None:
+                 blocks: bool = False, sync: bool = True) -> None:
         self.path = directory / name
+        self.sync = sync
         self.name = name
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(n) for n in shape)
@@ -531,13 +563,15 @@ class ArrayWriter:
                 self._block_crc, self._block_filled = 0, 0
 
     def finish(self) -> dict[str, Any]:
-        """Make the file durable; returns its manifest entry (as :func:`write_array` does)."""
+        """Complete the file (fsynced unless the writer was made with ``sync=False``); returns
+        its manifest entry (as :func:`write_array` does)."""
         if self.rows != self.shape[0]:
             self.abort()
             raise ValueError(f"{self.path}: {self.rows} rows were written of the {self.shape[0]} "
                              f"its header announces; the file was deleted")
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self.sync:
+            os.fsync(self._handle.fileno())
         self._handle.close()
         entry = {"file": self.name, "crc32": self._crc,
                  "shape": list(self.shape), "dtype": self.dtype.str}
