@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import segments, storage, store_format
+from . import rowlog, segments, storage, store_format
 from .codecs import Codec, default_codec_name, make_codec
 from .columns import _Blocks, _Growable, _IdColumn, _row_filter, _Snapshot, _TiledCodes
 from .validate import as_durability, as_id_list, as_ids, as_matrix, as_positive_int
@@ -153,6 +153,15 @@ class Index:
         self._superseded: list[tuple[float, set[str]]] = []
         #: when the directory was last swept for files no manifest names (see _commit)
         self._swept = time.monotonic()
+        # The row log (see rowlog): rows past the manifest's, in the log file it names.
+        #: rows in the log (loaded or appended); in RAM the last rows of the index
+        self._log_rows = 0
+        #: bytes of the log read or written so far (a reader's refresh reads on from there)
+        self._log_offset = 0
+        #: their kept originals (the last block of _originals)
+        self._log_originals: _Growable | None = None
+        #: this writer's open log (None: the next small add starts one)
+        self._log: rowlog.LogWriter | None = None
         self._mutex = threading.RLock()
         self._refreshing = threading.Lock()  # one refresh at a time; searches go on meanwhile
 
@@ -262,6 +271,48 @@ class Index:
                                manifest, path)
         self._next_id = int(manifest["next_id"])
         self._manifest = manifest
+        if manifest.get("log"):
+            self._read_log()
+
+    def _read_log(self) -> bool:
+        """Replay the log's records past ``_log_offset`` (each add, with the rows it
+        replaced); returns whether there were any."""
+        rows, self._log_offset = rowlog.read_log(self._path, self._manifest["log"]["file"],
+                                                 self._store_layout(), self._log_offset)
+        start = 0
+        for count in rows.counts:
+            part = slice(start, start + count)
+            old_rows, present = self._ids.rows_of(rows.ids[part])
+            replaced = np.unique(old_rows[present])
+            kept = None if rows.originals is None else rows.originals[part]
+            self._publish_log_rows(rows.codes[part], rows.factors[part], rows.ids[part], kept,
+                                   replaced)
+            start += count
+        return bool(rows.counts)
+
+    def _publish_log_rows(self, codes: np.ndarray, factors: np.ndarray, ids: np.ndarray,
+                          kept: np.ndarray | None, replaced: np.ndarray) -> None:
+        """Make rows of the log part of the index (their originals first)."""
+        if kept is not None:
+            originals = _Blocks()  # the segments' blocks, then the log's grown block
+            blocks = self._originals.blocks
+            for block in blocks if self._log_originals is None else blocks[:-1]:
+                originals.append(block)
+            if self._log_originals is None:
+                self._log_originals = _Growable(kept.shape[1:], kept.dtype)
+            self._log_originals.extend(kept)  # (a search's snapshot keeps its shorter view)
+            originals.append(self._log_originals.view)
+        with self._mutex:
+            if kept is not None:
+                self._originals = originals
+            self._codes.extend(codes)
+            self._factors.extend(factors)
+            self._ids.extend(ids)
+            self._ids.remove(replaced)
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._log_rows += len(ids)
+        if len(replaced):  # tombstoned when the log is folded into a segment
+            self._pending_removals.append(replaced)
 
     def _store_layout(self) -> "store_format.StoreLayout":
         """The shapes and dtypes this index's codec and config give each segment file."""
@@ -298,8 +349,8 @@ class Index:
             return _read_consistently(self._path, self._catch_up)
 
     def _catch_up(self, manifest: dict[str, Any]) -> bool:
-        if manifest == self._manifest:
-            return False
+        if manifest == self._manifest:  # the same commit; its log may have grown
+            return bool(manifest.get("log")) and self._read_log()
         store_format.validate_manifest(manifest, self._path)
         appended = None
         if self._only_appends(manifest):  # same codec: its layout checks the new files too
@@ -320,8 +371,12 @@ class Index:
                 self._ids.extend(ids)
             self._ids.remove(removed)
             self._originals = originals
-            self._next_id = int(manifest["next_id"])
+            self._next_id = max(self._next_id, int(manifest["next_id"]))
             self._manifest = manifest
+        # (the rows of this index's log, if any, are in the new segments: see _only_appends)
+        self._log_rows, self._log_offset, self._log_originals = 0, 0, None
+        if manifest.get("log"):
+            self._read_log()
         return True
 
     def _only_appends(self, manifest: dict[str, Any]) -> bool:
@@ -329,7 +384,7 @@ class Index:
 
         Only a compaction (or refit) rewrites rows, and it always writes new codec files; a
         merge copies rows verbatim into a new segment file."""
-        old = self._manifest
+        old = self._manifest  # (rows of its log count in self._ids.size)
         return (old is not None and bool(old["codec_files"])
                 and all(manifest.get(key) == old.get(key)
                         for key in ("config", "codec", "codec_files"))
@@ -423,16 +478,19 @@ class Index:
             old_rows, present = self._ids.rows_of(new_ids)
             replaced = np.unique(old_rows[present])
             next_id = max(self._next_id, int(new_ids.max()) + 1)
-            if self._path is not None:
-                self._persist_add(codes, factors, new_ids, kept, replaced, next_id, fitting)
-            elif kept is not None:
-                self._append_originals(kept)  # (originals first: extra rows are never read)
-            with self._mutex:
-                self._codes.extend(codes)
-                self._factors.extend(factors)
-                self._ids.extend(new_ids)
-                self._ids.remove(replaced)
-                self._next_id = next_id
+            if self._path is not None and self._log_takes(len(new_ids), fitting):
+                self._append_log(codes, factors, new_ids, kept, replaced)
+            else:
+                if self._path is not None:
+                    self._persist_add(codes, factors, new_ids, kept, replaced, next_id, fitting)
+                elif kept is not None:
+                    self._append_originals(kept)  # (originals first: extra rows are never read)
+                with self._mutex:
+                    self._codes.extend(codes)
+                    self._factors.extend(factors)
+                    self._ids.extend(new_ids)
+                    self._ids.remove(replaced)
+                    self._next_id = next_id
             if upkeep:
                 self._maintain()
         return new_ids
@@ -468,6 +526,7 @@ class Index:
 
     def _persist_removal(self, rows: np.ndarray) -> None:
         """Commit tombstones for ``rows`` (and for removals still pending)."""
+        self._fold_log()
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
         manifest["tombstones"] = self._tombstones_with(manifest["generation"], rows)
         manifest["count"] = len(self) - len(rows)  # (rows: live until the caller removes them)
@@ -611,6 +670,7 @@ class Index:
         write lock (the index stays searchable in memory)."""
         if self._lock_file is not None:
             with self._writer:
+                self._fold_log(drop_empty=True)
                 if self._pending_removals:
                     self._persist_removal(np.zeros(0, np.int64))
                 if not self._sync:
@@ -723,7 +783,9 @@ class Index:
                 "tombstones": []}
 
     def _commit(self, manifest: dict[str, Any]) -> None:
-        manifest["format_version"] = storage.FORMAT_VERSION  # (a store of format 1 moves up)
+        # (a store of format 1 moves up; one naming a row log is refused by older versions)
+        manifest["format_version"] = (storage.LOG_FORMAT_VERSION if manifest.get("log")
+                                      else storage.FORMAT_VERSION)
         storage.write_manifest(self._path, manifest, sync=self._sync)
         previous, self._manifest = self._manifest, manifest
         if previous is not None:
@@ -807,6 +869,7 @@ class Index:
                                               sync=self._sync)]
 
     def _persist_add(self, codes, factors, ids, kept, replaced, next_id, fitting) -> None:
+        self._fold_log()
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
         gen = manifest["generation"]
         if fitting or not manifest["codec_files"]:
@@ -823,6 +886,69 @@ class Index:
             block = self._open_originals(segment)
             with self._mutex:  # (extra rows of originals are never read by a search)
                 self._originals.append(block)
+
+    # ------------------------------------------------------------------ internals: row log
+    def _log_takes(self, rows: int, fitting: bool) -> bool:
+        """Whether an add of ``rows`` rows goes to the row log: small adds without fsyncs
+        (``durability="process"``) once the codec's state is committed."""
+        return (not self._sync and not fitting and rows <= rowlog.LOG_ADD_ROWS
+                and bool(self._manifest["codec_files"] or not self._codec.state_arrays()))
+
+    def _append_log(self, codes: np.ndarray, factors: np.ndarray, ids: np.ndarray,
+                    kept: np.ndarray | None, replaced: np.ndarray) -> None:
+        """Append an add to the row log (starting a new one first when there is none of this
+        writer's, or it is full), then publish its rows."""
+        record = rowlog.encode_record(ids, codes, factors, kept, self._store_layout())
+        log = self._log
+        if (log is None or log.broken or self._log_rows + len(ids) > rowlog.LOG_MAX_ROWS
+                or log.size + len(record) > rowlog.LOG_MAX_BYTES):
+            self._fold_log(new_log=True)
+        self._log.append(record)
+        self._log_offset = self._log.size
+        self._publish_log_rows(codes, factors, ids, kept, replaced)
+
+    def _fold_log(self, *, new_log: bool = False, drop_empty: bool = False) -> None:
+        """Commit the row log's rows as a segment and the rows they replaced (with any other
+        pending removals) as tombstones; the commit names a new empty log when ``new_log``,
+        else none. Without rows in the log it commits only to start a log (``new_log``) or
+        to drop an empty one (``drop_empty``)."""
+        named = bool(self._manifest.get("log"))
+        if not (self._log_rows or new_log or (drop_empty and named)):
+            return
+        manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+        gen = manifest["generation"]
+        manifest.pop("log", None)
+        segment = writer = None
+        if self._log_rows:
+            first = self._manifest["rows"]
+            rows = np.arange(first, self._ids.size)
+            kept = None if self._log_originals is None else self._log_originals.view
+            segment = self._write_segment(gen, self._codes.rows(rows), self._factors.view[first:],
+                                          self._ids.of_rows(rows), kept)
+            manifest["segments"] = manifest["segments"] + [segment]
+            if self._pending_removals:
+                manifest["tombstones"] = self._tombstones_with(gen, np.zeros(0, np.int64))
+            manifest.update(rows=self._ids.size, count=len(self), next_id=self._next_id)
+        if new_log:
+            writer = rowlog.LogWriter(self._path, f"log-{gen:08d}.log")
+            manifest["log"] = {"file": writer.name}
+        try:
+            self._commit(manifest)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if segment is not None:
+            self._pending_removals = []
+            if self._log_originals is not None:
+                originals = _Blocks()
+                for block in self._originals.blocks[:-1] + [self._open_originals(segment)]:
+                    originals.append(block)
+                with self._mutex:  # (the same rows, now mapped from the segment)
+                    self._originals = originals
+        if self._log is not None:
+            self._log.close()
+        self._log, self._log_rows, self._log_offset, self._log_originals = writer, 0, 0, None
 
     @property
     def _can_refit(self) -> bool:
@@ -924,6 +1050,10 @@ class Index:
         """Every row's originals in order, a chunk at a time (from RAM in memory)."""
         if self._path is not None:
             yield from self._original_chunks(self._manifest["segments"], 0)
+            if self._log_rows:  # (a read-only index being saved: its log rows are in RAM)
+                lo = self._manifest["rows"]
+                yield lo, lo + self._log_rows, (None if self._log_originals is None
+                                                else self._log_originals.view)
             return
         step = self._chunk_rows
         for lo in range(0, self._ids.size, step):
@@ -944,6 +1074,7 @@ class Index:
         ram = _Rebuilt(self, codec, len(live), with_originals=self._path is None) if keep_in_ram else None
         manifest = gen = writer = None
         if self._path is not None:
+            self._fold_log()  # (rows keep their numbers; the log's are then in a segment)
             manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
             gen = manifest["generation"]
             self._write_codec_state(manifest, codec)

@@ -39,6 +39,9 @@ FORMAT_NAME = "vecpress-index"
 #: 2: ``"tombstones"`` is a list of entries, each naming rows removed by one write (version 1
 #: stored one entry listing every removed row, or null; both are still read)
 FORMAT_VERSION = 2
+#: the version of a manifest that names a row log (``"log"``, see :mod:`vecpress.core.rowlog`):
+#: older versions, which would not read the log, refuse it; one without a log stays version 2
+LOG_FORMAT_VERSION = 3
 #: rows per checksummed block of an originals file (``block_crc32`` in its manifest entry): a
 #: block is verified the first time a rerank reads from it
 ORIGINALS_BLOCK_ROWS = 4096
@@ -390,10 +393,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise StoreCorruptedError(f"{path}: format_version {version!r} is not a positive "
                                   f"integer; the manifest is corrupted")
-    if version > FORMAT_VERSION:
+    if version > LOG_FORMAT_VERSION:
         raise StoreCorruptedError(
             f"{path}: format version {version!r} is newer than this vecpress supports "
-            f"({FORMAT_VERSION}); upgrade vecpress to open it")
+            f"({LOG_FORMAT_VERSION}); upgrade vecpress to open it")
     return manifest
 
 
@@ -428,6 +431,8 @@ def manifest_files(manifest: dict[str, Any]) -> set[str]:
     for segment in manifest.get("segments", []):
         names.update(entry["file"] for entry in segment["files"].values())
     names.update(entry["file"] for entry in tombstone_entries(manifest))
+    if manifest.get("log"):
+        names.add(manifest["log"]["file"])
     return names
 
 
@@ -446,9 +451,11 @@ def remove_files(directory: Path, names: Iterable[str]) -> None:
 
 
 def remove_files_except(directory: Path, keep: set[str]) -> None:
-    """Delete the ``.npy`` files not named in ``keep``, and a leftover temporary manifest."""
+    """Delete the ``.npy`` and ``.log`` files not named in ``keep``, and a leftover temporary
+    manifest."""
     for path in directory.iterdir():
-        if (path.suffix == ".npy" and path.name not in keep) or path.name == MANIFEST + ".tmp":
+        if ((path.suffix in (".npy", ".log") and path.name not in keep)
+                or path.name == MANIFEST + ".tmp"):
             try:
                 path.unlink()
             except (FileNotFoundError, IsADirectoryError):

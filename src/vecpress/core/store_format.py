@@ -34,6 +34,9 @@ MAX_SEED = 2 ** 64 - 1
 
 TOP_KEYS = frozenset({"format", "format_version", "config", "codec", "generation", "next_id",
                       "count", "rows", "codec_files", "segments", "tombstones"})
+#: optional top-level keys (format 3: ``"log"``, the row log of ``durability="process"``)
+OPTIONAL_TOP_KEYS = frozenset({"log"})
+LOG_KEYS = frozenset({"file"})
 SEGMENT_KEYS = frozenset({"name", "rows", "files"})
 ENTRY_KEYS = frozenset({"file", "crc32", "shape", "dtype"})
 BLOCK_KEYS = frozenset({"block_rows", "block_crc32"})
@@ -45,6 +48,7 @@ CODEC_FILE = re.compile(rf"codec-{_GEN}-([a-z_]+)\.npy")
 SEGMENT_NAME = re.compile(rf"seg-{_GEN}")
 SEGMENT_FILE = re.compile(rf"seg-{_GEN}-(codes|factors|ids|originals)\.npy")
 TOMBSTONE_FILE = re.compile(rf"tomb-{_GEN}(-[0-9]{{1,19}})?\.npy")
+LOG_FILE = re.compile(rf"log-{_GEN}\.log")
 STATE_NAME = re.compile("[a-z_]{1,64}")
 _GENERATION = re.compile(_GEN)
 
@@ -98,7 +102,7 @@ def validate_manifest(manifest: dict[str, Any], directory: Path) -> None:
     counts and shapes within limits, segment rows adding up to ``rows``.
     """
     where = directory / MANIFEST
-    _keys(manifest, where, "the manifest", TOP_KEYS)
+    _keys(manifest, where, "the manifest", TOP_KEYS, OPTIONAL_TOP_KEYS)
     _int(manifest["generation"], where, "generation", 0, MAX_ID)
     _int(manifest["next_id"], where, "next_id", 0, MAX_ID)
     rows = _int(manifest["rows"], where, "rows", 0, MAX_ROWS)
@@ -109,7 +113,20 @@ def validate_manifest(manifest: dict[str, Any], directory: Path) -> None:
     _check_codec_files(manifest["codec_files"], where, seen)
     _check_segments(manifest["segments"], rows, where, seen)
     _check_tombstones(manifest["tombstones"], rows, where, seen)
+    if "log" in manifest:
+        _check_log(manifest["log"], where, seen)
     _check_generation(manifest, where, seen)
+
+
+def _check_log(log: Any, where: Path, seen: set[str]) -> None:
+    _keys(log, where, "log", LOG_KEYS)
+    file = log["file"]
+    if not isinstance(file, str) or not LOG_FILE.fullmatch(file):
+        raise _fail(where, f"log.file {_short(file)} is not a file name this store writes "
+                           f"(expected {LOG_FILE.pattern})")
+    if file in seen:
+        raise _fail(where, f"log ({file}) is listed twice; each file belongs to one entry")
+    seen.add(file)
 
 
 def _check_generation(manifest: dict[str, Any], where: Path, files: set[str]) -> None:
