@@ -112,6 +112,9 @@ def _id_list(values: Iterable[Any]) -> str:
 MAX_READERS = 32
 #: reader connections kept open between reads; extras are closed when given back
 MAX_IDLE_READERS = 8
+#: WAL pages between automatic checkpoints with ``sync=False`` (SQLite's default is 1,000,
+#: about every hundred one-document upserts; each checkpoint fsyncs the WAL and the database)
+NORMAL_SYNC_CHECKPOINT_PAGES = 10_000
 #: SQLite's primary result code for "unable to open" (the low byte of an extended code)
 _SQLITE_CANTOPEN = 14
 
@@ -187,6 +190,8 @@ class DocStore:
             self._writer = self._connect(str(self._file))
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+            if not sync:  # (a checkpoint fsyncs: rarer, so that few small writes wait for one)
+                self._writer.execute(f"PRAGMA wal_autocheckpoint={NORMAL_SYNC_CHECKPOINT_PAGES}")
         self._sync = sync
 
     # ------------------------------------------------------------------ connections

@@ -375,6 +375,7 @@ class Index:
             self._manifest = manifest
         # (the rows of this index's log, if any, are in the new segments: see _only_appends)
         self._log_rows, self._log_offset, self._log_originals = 0, 0, None
+        self._pending_removals = []  # (what the log's replacements removed is in tombstones)
         if manifest.get("log"):
             self._read_log()
         return True
