@@ -837,6 +837,15 @@ def test_log_records_that_fail_their_checks_end_the_log_there(tmp_path):
     assert len(Index.load(path, read_only=True)) == 301
 
 
-def test_a_manifest_naming_a_log_is_refused_by_versions_that_cannot_read_it(tmp_path):
+def test_a_manifest_naming_a_log_has_a_version_older_releases_refuse(tmp_path):
     path = make_logged_store(tmp_path / "s")
-    assert read_manifest(path)["format_version"] == storage.LOG_FORMAT_VERSION > storage.FORMAT_VERSION
+    version = read_manifest(path)["format_version"]
+    assert version == storage.LOG_FORMAT_VERSION > storage.FORMAT_VERSION
+
+
+def test_a_log_without_a_fitted_codec_is_refused(tmp_path):
+    path = make_logged_store(tmp_path / "s")
+    manifest = read_manifest(path)
+    manifest.update(codec_files={}, segments=[], tombstones=[], rows=0, count=0)
+    write_manifest(path, manifest)
+    refused(path, "names a row log but no fitted codec state")

@@ -169,9 +169,10 @@ class Collection:
             cannot see when another process writes.
         durability: what a returned write survives. ``"full"`` (default): the Index's files
             and manifest are fsynced and SQLite commits with ``synchronous=FULL``, so it
-            survives a power loss. ``"process"``: nothing is fsynced (SQLite
-            ``synchronous=NORMAL``, the Index written without fsyncs), so a one-document
-            upsert costs well under a millisecond; it survives the process being killed at
+            survives a power loss. ``"process"``: no write waits for an fsync (SQLite
+            ``synchronous=NORMAL`` fsyncs only at its WAL checkpoints; small adds go to the
+            Index's row log, see :mod:`vecpress.core.rowlog`), so a one-document upsert
+            costs well under a millisecond; it survives the process being killed at
             any moment, and after a power loss or OS crash the collection opens at an earlier
             commit (the last writes lost) or its index is refused with
             ``StoreCorruptedError`` (checksums catch files that did not reach the disk).
@@ -420,9 +421,9 @@ class Collection:
         """Insert or replace documents; returns their ids (new uuid4 hex ids when ``ids`` is None).
 
         Everything is validated before anything is written; when the call returns the
-        documents are committed (for a persistent collection: durable as ``durability`` says). Metadata is JSON data (a dict of
-        str, int, float, bool, None, lists and dicts) nested at most
-        :data:`~vecpress.core.validate.MAX_NESTING` (32) levels deep.
+        documents are committed (for a persistent collection: durable as ``durability``
+        says). Metadata is JSON data (a dict of str, int, float, bool, None, lists and dicts)
+        nested at most :data:`~vecpress.core.validate.MAX_NESTING` (32) levels deep.
         """
         matrix = as_matrix(vectors, self.dim, "vectors")
         n = len(matrix)

@@ -4,7 +4,8 @@
 A file database runs in WAL mode with ``synchronous=FULL``, so a committed transaction survives
 a crash and readers never block the writer; with ``sync=False`` (a collection's
 ``durability="process"``) ``synchronous=NORMAL``: a commit is not fsynced, so it survives the
-process being killed but may be rolled back by a power loss (the database stays consistent). Metadata is stored as JSON text (returned as is) and, through triggers, as one ``fields`` row
+process being killed but may be rolled back by a power loss (the database stays consistent).
+Metadata is stored as JSON text (returned as is) and, through triggers, as one ``fields`` row
 per top-level key and list element, indexed for filters (:mod:`vecpress.core.filters`). A
 document's row is never updated: a new version is a new row. Every statement is
 parameterised; id lists travel

@@ -87,9 +87,10 @@ class Index:
         seed: seed of the random rotation.
         durability: what a returned write on disk survives. ``"full"`` (default): its files,
             the manifest and the directory are fsynced, so it survives a power loss.
-            ``"process"``: written to the OS without fsyncs (a one-row add then costs well
-            under a millisecond instead of several fsyncs): it survives the process being
-            killed at any moment; after a power loss or OS crash the store opens at an
+            ``"process"``: written to the OS without fsyncs, and an add of a few rows is
+            appended to a row log instead of writing a segment and a manifest (see
+            :mod:`vecpress.core.rowlog`; a one-row add then costs well under a millisecond
+            instead of several fsyncs): it survives the process being killed at any moment; after a power loss or OS crash the store opens at an
             earlier commit, or is refused with ``StoreCorruptedError`` if the manifest reached
             the disk before the files it names (checksums catch it, never a half-written
             store). ``close()`` fsyncs the committed state. Merges and compactions follow
@@ -277,6 +278,10 @@ class Index:
     def _read_log(self) -> bool:
         """Replay the log's records past ``_log_offset`` (each add, with the rows it
         replaced); returns whether there were any."""
+        if not self._codec.fitted:  # (a writer starts a log only once the fit is committed)
+            raise storage.StoreCorruptedError(
+                f"{self._path / storage.MANIFEST}: names a row log but no fitted codec state "
+                f"(codec_files is incomplete); restore the store from a copy")
         rows, self._log_offset = rowlog.read_log(self._path, self._manifest["log"]["file"],
                                                  self._store_layout(), self._log_offset)
         start = 0

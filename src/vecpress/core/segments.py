@@ -82,7 +82,8 @@ class SegmentWriter:
     """The files of one new segment, written part by part in chunks (see ``ArrayWriter``).
 
     ``parts`` maps a part name (``codes``, ``factors``, ``ids``, ``originals``) to its dtype and
-    trailing shape; originals also get per-block CRC32s; ``sync=False`` skips the fsyncs. ``finish`` returns the segment's
+    trailing shape; originals also get per-block CRC32s; ``sync=False`` skips the fsyncs.
+    ``finish`` returns the segment's
     manifest entry; leaving a ``with`` block by an exception deletes every partial file.
     """
 

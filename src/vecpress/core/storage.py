@@ -6,7 +6,10 @@ atomically renamed over the old one, and the directory is fsynced. A crash at an
 either the old manifest or the new one, each naming complete files. Files that no manifest names
 are leftovers of an interrupted write and are removed when the store is next opened for writing;
 the files a commit replaced are removed by a later commit (``Index`` keeps them a little longer
-for readers that have just read the replaced manifest). Large files are written in chunks by
+for readers that have just read the replaced manifest). With ``sync=False`` (an index's
+``durability="process"``) nothing is fsynced: the rename still makes a commit atomic for other
+processes and for ``kill -9``, and after a power loss the checksums refuse a manifest whose
+files did not reach the disk. Large files are written in chunks by
 :class:`ArrayWriter` and read back in chunks by :class:`RowReader`, so that copying a file never
 holds it whole in memory.
 
@@ -520,7 +523,8 @@ class ArrayWriter:
     The header is written for the final ``shape`` up front; :meth:`append` adds rows (the
     trailing dimensions and dtype of ``shape``/``dtype``) and keeps the CRC32 running, and the
     per-block CRC32s of :func:`block_checksums` when ``blocks``. :meth:`finish` checks that every
-    row came, fsyncs (unless ``sync=False``), and returns the manifest entry :func:`write_array` would have returned
+    row came, fsyncs (unless ``sync=False``), and returns the manifest entry
+    :func:`write_array` would have returned
     for the whole array (the file is byte-for-byte what it would have written, too).
     :meth:`abort` (or leaving a ``with`` block by an exception) deletes the partial file.
     """
