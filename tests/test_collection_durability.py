@@ -457,3 +457,69 @@ def test_process_durability_skips_fsyncs_and_sqlite_full_sync(tmp_path, monkeypa
     assert calls  # close makes everything durable
     with Collection.open(tmp_path / "fast", read_only=True) as reader:
         assert len(reader) == 1098
+
+
+FOLLOWER = textwrap.dedent("""
+    import json, os, sys, time
+    import numpy as np
+    from vecpress import Collection
+    path, stop = sys.argv[1], sys.argv[2]
+    col = Collection.open(path, read_only=True)
+    errors, refreshes = [], 0
+    rng = np.random.default_rng(0)
+    while not os.path.exists(stop):
+        try:
+            col.refresh()
+            refreshes += 1
+            for hit in col.search(rng.standard_normal(8), k=5):
+                assert hit.text == hit.id + " " + str(hit.metadata["v"]), hit
+        except Exception as exc:
+            errors.append(repr(exc))
+    col.refresh()
+    docs = col.get(include_vectors=True)
+    print(json.dumps({"errors": errors[:5], "refreshes": refreshes,
+                      "docs": {h.id: [h.text, h.vector.tolist()] for h in docs},
+                      "index_rows": len(col.index)}))
+""")
+
+
+def test_a_reader_process_follows_a_process_durability_writer(tmp_path, monkeypatch):
+    """One-document upserts (new and replacing) and deletes through the row log, folded every
+    40 rows, while another process refreshes and searches: no reader error, and after the
+    last write the reader holds exactly the writer's documents and vectors."""
+    from vecpress.core import rowlog
+
+    monkeypatch.setattr(rowlog, "LOG_MAX_ROWS", 40)
+    path, stop = tmp_path / "store", tmp_path / "stop"
+    rng = np.random.default_rng(5)
+    col = Collection(8, path=path, bits=32, durability="process")
+    model = {f"d{i}": (0, rng.standard_normal(8).astype(np.float32)) for i in range(30)}
+    col.upsert(list(model), np.stack([v for _, v in model.values()]),
+               texts=[f"{i} 0" for i in model], metadatas=[{"v": 0}] * len(model))
+    reader = subprocess.Popen([sys.executable, "-c", FOLLOWER, str(path), str(stop)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for step in range(1, 301):
+            doc = f"d{int(rng.integers(0, 60))}"
+            if step % 17 == 0 and doc in model:
+                col.delete(ids=[doc])
+                del model[doc]
+                continue
+            vector = rng.standard_normal(8).astype(np.float32)
+            col.upsert([doc], vector[None], texts=[f"{doc} {step}"], metadatas=[{"v": step}])
+            model[doc] = (step, vector)
+            if step % 50 == 0:
+                time.sleep(0.2)  # (let the reader catch up now and then)
+    finally:
+        stop.touch()
+        out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    result = json.loads(out)
+    assert result["errors"] == [] and result["refreshes"] > 1
+    assert sorted(result["docs"]) == sorted(model)
+    for doc, (text, vector) in result["docs"].items():
+        step, expected = model[doc]
+        assert text == f"{doc} {step}"
+        np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-6)
+    assert result["index_rows"] >= len(model)  # (replaced vectors' tombstones may be pending)
+    col.close()
