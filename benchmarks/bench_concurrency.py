@@ -15,8 +15,9 @@ Sections (``--sections``, all by default):
   gap between wake-ups during each query), median and max over the queries, beside the same
   figure for an idle ``asyncio.sleep`` (target: at most 5 ms).
 - ``latency``: median and p99 of a one-document ``Collection.upsert`` and of ``Collection.get``
-  of one id, and of ``Index.add`` / ``Index.get`` of one explicit id, in memory and on disk, at
-  the base size (real vectors) and 1M (synthetic; ``--latency-sizes``). Target: 1 ms at 1M.
+  of one id, and of ``Index.add`` / ``Index.get`` of one explicit id, in memory and on disk
+  (default ``durability="full"``, then the same stores reopened with ``durability="process"``),
+  at the base size (real vectors) and 1M (synthetic; ``--latency-sizes``). Target: 1 ms at 1M.
 - ``rss``: peak RSS (``VmHWM``) and ``RssAnon`` in fresh processes: building a 480k-row on-disk
   index in 100k batches, a 20k-row add into it, ``compact()`` of the resulting 500k index with
   a fifth of its rows removed; with ``--build-10m``, building 10M x 384 synthetic vectors on
@@ -358,34 +359,40 @@ def measure_point_ops(n: int, base: np.ndarray | None, workdir: Path, ops: int,
     rng = np.random.default_rng(n)
     data = "real" if base_is_real and base is not None and len(base) == n else "synthetic"
     rows = []
-    for where in ("memory", "disk"):
+    # the disk stores are built once (default durability="full"), then reopened with
+    # durability="process" for its rows
+    for run, where in enumerate(("memory", "disk", "disk, durability=process")):
         built = time.perf_counter()
-        collection = Collection(dim=384, path=workdir / f"points-{n}" if where == "disk"
-                                else None)
-        index = Index(384, path=workdir / f"points-{n}-index" if where == "disk" else None)
-        start = 0
-        for chunk in vector_chunks(n, base):
-            ids = [f"d{i}" for i in range(start, start + len(chunk))]
-            collection.upsert(ids, chunk, texts=[f"document {i}" for i in ids],
-                              metadatas=[{"i": i} for i in range(start, start + len(chunk))])
-            index.add(chunk, ids=np.arange(start, start + len(chunk)))
-            start += len(chunk)
+        if run == 2:
+            collection = Collection.open(workdir / f"points-{n}", durability="process")
+            index = Index.load(workdir / f"points-{n}-index", durability="process")
+        else:
+            collection = Collection(dim=384, path=workdir / f"points-{n}" if run else None)
+            index = Index(384, path=workdir / f"points-{n}-index" if run else None)
+            start = 0
+            for chunk in vector_chunks(n, base):
+                ids = [f"d{i}" for i in range(start, start + len(chunk))]
+                collection.upsert(ids, chunk, texts=[f"document {i}" for i in ids],
+                                  metadatas=[{"i": i} for i in range(start, start + len(chunk))])
+                index.add(chunk, ids=np.arange(start, start + len(chunk)))
+                start += len(chunk)
         built = time.perf_counter() - built
         new = rng.standard_normal((ops + 2, 384)).astype(np.float32)
         olds = rng.integers(0, n, ops + 2)
+        fresh = run * (ops + 2)  # (each run adds ids the store does not hold yet)
         figures = {
             "Collection.upsert (1 new doc)": [
-                lambda i=i: collection.upsert([f"new{i}"], new[i:i + 1], texts=["new"])
+                lambda i=i: collection.upsert([f"new{fresh + i}"], new[i:i + 1], texts=["new"])
                 for i in range(ops + 2)],
             "Collection.get (1 id)": [lambda i=i: collection.get([f"d{i}"]) for i in olds],
             "Index.add (1 explicit id)": [
-                lambda i=i: index.add(new[i:i + 1], ids=[n + i]) for i in range(ops + 2)],
+                lambda i=i: index.add(new[i:i + 1], ids=[n + fresh + i]) for i in range(ops + 2)],
             "Index.get (1 id)": [lambda i=i: index.get([int(i)]) for i in olds],
         }
         for op, calls in figures.items():
             rows.append({"n": n, "data": data, "store": where, "op": op, "ops": ops,
                          "build_s": built, **timed(calls)})
-            print(f"  {n:>9,} {where:<6} {op:<32} p50 {rows[-1]['p50_ms']:.3f} ms  p99 "
+            print(f"  {n:>9,} {where:<24} {op:<32} p50 {rows[-1]['p50_ms']:.3f} ms  p99 "
                   f"{rows[-1]['p99_ms']:.3f} ms", flush=True)
         collection.close()
         index.close()

@@ -68,7 +68,7 @@ def test_concurrency_benchmark_tiny_run_writes_every_section(tmp_path):
     assert all(0 < row["stall_p50_ms"] <= row["stall_max_ms"] for row in report["stall"])
 
     operations = {(row["store"], row["op"]) for row in report["latency"]}
-    assert len(operations) == len(report["latency"]) == 8
+    assert len(operations) == len(report["latency"]) == 12  # 4 ops x memory, disk, process
     assert all(0 < row["p50_ms"] <= row["p99_ms"] for row in report["latency"])
 
     assert [row["operation"].split()[0] for row in report["rss"]] == ["build", "add", "compact()"]

@@ -28,6 +28,18 @@ DIM = 5
 POOL = [f"id{i}" for i in range(12)]
 
 
+def abandon(col: Collection) -> None:
+    """Leave a writer as ``kill -9`` would between two calls: SQLite has committed, the Index
+    is neither closed (no fold of its row log, no fsync) nor told anything; only the locks are
+    released so that this process may open the store again."""
+    col._index._lock_file.release()
+    col._index._lock_file = None
+    col._index._read_only = True
+    col._store.close()
+    col._release_lock()
+    col._read_only = True
+
+
 class CollectionModel(RuleBasedStateMachine):
     """Upsert / delete by id / delete by filter / clear / reopen against ``dict[id, doc]``."""
 
@@ -36,11 +48,13 @@ class CollectionModel(RuleBasedStateMachine):
         self.directory = Path(tempfile.mkdtemp(prefix="vecpress-col-"))
         self.model: dict[str, tuple[np.ndarray, str, dict]] = {}
 
-    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]))
-    def create(self, persistent, metric):
+    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]),
+                durability=st.sampled_from(["full", "process"]))
+    def create(self, persistent, metric, durability):
         self.path = self.directory / "store" if persistent else None
         self.metric = metric
-        self.col = Collection(DIM, path=self.path, bits=32, metric=metric)
+        self.durability = durability
+        self.col = Collection(DIM, path=self.path, bits=32, metric=metric, durability=durability)
 
     @rule(data=st.data(), n=st.integers(1, 4))
     def upsert(self, data, n):
@@ -78,7 +92,13 @@ class CollectionModel(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.col.close()
-        self.col = Collection.open(self.path)
+        self.col = Collection.open(self.path, durability=self.durability)
+
+    @precondition(lambda self: self.path is not None)
+    @rule()
+    def crash_and_reopen(self):
+        abandon(self.col)
+        self.col = Collection.open(self.path, durability=self.durability)
 
     @rule(query=st.lists(st.integers(-9, 9), min_size=DIM, max_size=DIM), k=st.integers(1, 6),
           g=st.one_of(st.none(), st.integers(0, 2)))
@@ -120,11 +140,13 @@ class DefaultCodecCollectionModel(CollectionModel):
     Searches scan every row's code before the exact rerank (``oversample`` past the row count),
     so they still equal brute force; vectors are small integers, which float16 holds exactly."""
 
-    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]))
-    def create(self, persistent, metric):
+    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]),
+                durability=st.sampled_from(["full", "process"]))
+    def create(self, persistent, metric, durability):
         self.path = self.directory / "store" if persistent else None
         self.metric = metric
-        self.col = Collection(DIM, path=self.path, metric=metric)
+        self.durability = durability
+        self.col = Collection(DIM, path=self.path, metric=metric, durability=durability)
         self.seed = 0
 
     @rule(n=st.integers(300, 1200), start=st.integers(0, 1000))
@@ -175,7 +197,7 @@ WRITER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_collection_durability import operation
 
-    col = Collection(16, path={path!r}, bits=4)
+    col = Collection(16, path={path!r}, bits=4, durability={durability!r})
     for step in range(10**6):
         kind, ids, vectors, metas = operation(step)
         if kind == "upsert":
@@ -215,10 +237,12 @@ def model_after(last_step: int) -> dict[str, int]:
     return state
 
 
-def kill_writer_after(path: Path, acks_wanted: int, extra_delay: float) -> int:
+def kill_writer_after(path: Path, acks_wanted: int, extra_delay: float,
+                      durability: str = "full") -> int:
     """Run the writer, SIGKILL it once ``acks_wanted`` writes returned (plus a delay); returns the
     last acknowledged step."""
-    script = WRITER.format(tests=str(Path(__file__).parent), path=str(path))
+    script = WRITER.format(tests=str(Path(__file__).parent), path=str(path),
+                           durability=durability)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     last = -1
@@ -258,6 +282,17 @@ def check_store(path: Path, last_ack: int) -> None:
 def test_kill_9_during_writes(tmp_path, acks, delay):
     path = tmp_path / "store"
     last = kill_writer_after(path, acks, delay)
+    check_store(path, last)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("acks, delay", [(3, 0.0), (40, 0.004), (130, 0.011), (260, 0.023)])
+def test_kill_9_during_writes_with_process_durability(tmp_path, acks, delay):
+    """Writes that returned without any fsync (SQLite synchronous=NORMAL, small adds in the
+    Index's row log) are all there after kill -9; the write in flight is whole or absent. The
+    later kills come after the row log has been folded into segments at least once."""
+    path = tmp_path / "store"
+    last = kill_writer_after(path, acks, delay, durability="process")
     check_store(path, last)
 
 
@@ -382,3 +417,109 @@ def test_replaced_vectors_whose_tombstones_were_pending_are_gone_after_a_crash(t
         hits = col.search(np.ones(8), k=2)
         assert sorted(h.id for h in hits) == ["d3", "d7"]
         assert all(abs(h.score - 1.0) < 1e-3 for h in hits)
+
+
+# ---------------------------------------------------------------------- durability
+
+
+def test_durability_is_validated_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=r"durability='sometimes' is unknown; use 'full'"):
+        Collection(8, path=tmp_path / "c", durability="sometimes")
+    assert not (tmp_path / "c").exists()
+    Collection(8, path=tmp_path / "c").close()
+    with pytest.raises(ValueError, match="durability"):
+        Collection.open(tmp_path / "c", durability=None)
+    Collection.open(tmp_path / "c").close()
+
+
+def test_process_durability_skips_fsyncs_and_sqlite_full_sync(tmp_path, monkeypatch):
+    import os
+
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    rng = np.random.default_rng(0)
+    with Collection(8, path=tmp_path / "full") as col:
+        assert col._store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        col.upsert([f"d{i}" for i in range(1100)], rng.standard_normal((1100, 8)))
+        before = len(calls)
+        col.upsert(["one"], rng.standard_normal((1, 8)))
+        assert len(calls) - before >= 5
+    calls.clear()
+    col = Collection(8, path=tmp_path / "fast", durability="process")
+    assert col._store._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    col.upsert([f"d{i}" for i in range(1100)], rng.standard_normal((1100, 8)))
+    for i in range(200):
+        col.upsert([f"d{i % 150}"], rng.standard_normal((1, 8)), texts=[f"t{i}"])
+    col.delete(ids=["d1", "d2"])
+    assert calls == []
+    col.close()
+    assert calls  # close makes everything durable
+    with Collection.open(tmp_path / "fast", read_only=True) as reader:
+        assert len(reader) == 1098
+
+
+FOLLOWER = textwrap.dedent("""
+    import json, os, sys, time
+    import numpy as np
+    from vecpress import Collection
+    path, stop = sys.argv[1], sys.argv[2]
+    col = Collection.open(path, read_only=True)
+    errors, refreshes = [], 0
+    rng = np.random.default_rng(0)
+    while not os.path.exists(stop):
+        try:
+            col.refresh()
+            refreshes += 1
+            for hit in col.search(rng.standard_normal(8), k=5):
+                assert hit.text == hit.id + " " + str(hit.metadata["v"]), hit
+        except Exception as exc:
+            errors.append(repr(exc))
+    col.refresh()
+    docs = col.get(include_vectors=True)
+    print(json.dumps({"errors": errors[:5], "refreshes": refreshes,
+                      "docs": {h.id: [h.text, h.vector.tolist()] for h in docs},
+                      "index_rows": len(col.index)}))
+""")
+
+
+def test_a_reader_process_follows_a_process_durability_writer(tmp_path, monkeypatch):
+    """One-document upserts (new and replacing) and deletes through the row log, folded every
+    40 rows, while another process refreshes and searches: no reader error, and after the
+    last write the reader holds exactly the writer's documents and vectors."""
+    from vecpress.core import rowlog
+
+    monkeypatch.setattr(rowlog, "LOG_MAX_ROWS", 40)
+    path, stop = tmp_path / "store", tmp_path / "stop"
+    rng = np.random.default_rng(5)
+    col = Collection(8, path=path, bits=32, durability="process")
+    model = {f"d{i}": (0, rng.standard_normal(8).astype(np.float32)) for i in range(30)}
+    col.upsert(list(model), np.stack([v for _, v in model.values()]),
+               texts=[f"{i} 0" for i in model], metadatas=[{"v": 0}] * len(model))
+    reader = subprocess.Popen([sys.executable, "-c", FOLLOWER, str(path), str(stop)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for step in range(1, 301):
+            doc = f"d{int(rng.integers(0, 60))}"
+            if step % 17 == 0 and doc in model:
+                col.delete(ids=[doc])
+                del model[doc]
+                continue
+            vector = rng.standard_normal(8).astype(np.float32)
+            col.upsert([doc], vector[None], texts=[f"{doc} {step}"], metadatas=[{"v": step}])
+            model[doc] = (step, vector)
+            if step % 50 == 0:
+                time.sleep(0.2)  # (let the reader catch up now and then)
+    finally:
+        stop.touch()
+        out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    result = json.loads(out)
+    assert result["errors"] == [] and result["refreshes"] > 1
+    assert sorted(result["docs"]) == sorted(model)
+    for doc, (text, vector) in result["docs"].items():
+        step, expected = model[doc]
+        assert text == f"{doc} {step}"
+        np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-6)
+    assert result["index_rows"] >= len(model)  # (replaced vectors' tombstones may be pending)
+    col.close()

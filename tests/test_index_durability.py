@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,14 @@ from vecpress import Index
 DIM = 6
 
 
+def abandon(index: Index) -> None:
+    """Leave a writer as ``kill -9`` would between two calls: no close (no fold of the row
+    log, no fsync), only its lock released so that this process may open the store again."""
+    index._lock_file.release()
+    index._lock_file = None
+    index._read_only = True
+
+
 class IndexModel(RuleBasedStateMachine):
     """Random add / replace / remove / compact / reopen against ``dict[id, vector]``.
 
@@ -34,10 +43,12 @@ class IndexModel(RuleBasedStateMachine):
         self.directory = Path(tempfile.mkdtemp(prefix="vecpress-model-"))
         self.model: dict[int, np.ndarray] = {}
 
-    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]))
-    def create(self, persistent, metric):
+    @initialize(persistent=st.booleans(), metric=st.sampled_from(["ip", "l2"]),
+                durability=st.sampled_from(["full", "process"]))
+    def create(self, persistent, metric, durability):
         self.path = self.directory / "store" if persistent else None
-        self.index = Index(DIM, metric=metric, bits=32, path=self.path)
+        self.durability = durability
+        self.index = Index(DIM, metric=metric, bits=32, path=self.path, durability=durability)
         self.metric = metric
 
     vectors = st.lists(st.lists(st.integers(-20, 20), min_size=DIM, max_size=DIM),
@@ -79,7 +90,22 @@ class IndexModel(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.index.close()
-        self.index = Index.load(self.path)
+        self.index = Index.load(self.path, durability=self.durability)
+
+    @precondition(lambda self: self.path is not None)
+    @rule()
+    def crash_and_reopen(self):
+        abandon(self.index)
+        self.index = Index.load(self.path, durability=self.durability)
+
+    @precondition(lambda self: self.path is not None)
+    @rule()
+    def reader_sees_the_same(self):
+        reader = Index.load(self.path, read_only=True)
+        assert sorted(reader.ids.tolist()) == sorted(self.model)
+        if self.model:
+            ids = np.array(sorted(self.model))
+            np.testing.assert_array_equal(reader.get(ids), self.index.get(ids))
 
     @invariant()
     def same_contents(self):
@@ -142,10 +168,13 @@ class DefaultCodecModel(RuleBasedStateMachine):
     #: the index's ``partitions`` setting ("auto" stays flat at these sizes)
     PARTITIONS: int | str | None = "auto"
 
-    @initialize(persistent=st.booleans(), metric=st.sampled_from(["cosine", "ip", "l2"]))
-    def create(self, persistent, metric):
+    @initialize(persistent=st.booleans(), metric=st.sampled_from(["cosine", "ip", "l2"]),
+                durability=st.sampled_from(["full", "process"]))
+    def create(self, persistent, metric, durability):
         self.path = self.directory / "store" if persistent else None
-        self.index = Index(16, metric=metric, path=self.path, partitions=self.PARTITIONS)
+        self.durability = durability
+        self.index = Index(16, metric=metric, path=self.path, durability=durability,
+                           partitions=self.PARTITIONS)
         self.metric = metric
 
     def _batch(self, n: int) -> np.ndarray:
@@ -191,7 +220,13 @@ class DefaultCodecModel(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.index.close()
-        self.index = Index.load(self.path)
+        self.index = Index.load(self.path, durability=self.durability)
+
+    @precondition(lambda self: self.path is not None)
+    @rule()
+    def crash_and_reopen(self):
+        abandon(self.index)
+        self.index = Index.load(self.path, durability=self.durability)
 
     @invariant()
     def exhaustive_search_is_exact(self):
@@ -257,7 +292,7 @@ WRITER = textwrap.dedent("""
     import numpy as np
     from vecpress import Index
     path, dim = sys.argv[1], 16
-    index = Index(dim, bits=4, path=path)
+    index = Index(dim, bits=4, path=path, durability=sys.argv[2])
     rng = np.random.default_rng(0)
     step = 0
     while True:
@@ -293,11 +328,13 @@ def _calls_through(step: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.4, 0.9, 1.7])
-def test_kill_9_during_writes_leaves_every_completed_call(tmp_path, delay):
+@pytest.mark.parametrize("durability, delay", [("full", 0.4), ("full", 0.9), ("full", 1.7),
+                                               ("process", 0.2), ("process", 0.9),
+                                               ("process", 1.7)])
+def test_kill_9_during_writes_leaves_every_completed_call(tmp_path, durability, delay):
     path = tmp_path / "store"
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path), durability],
+                               stdout=subprocess.PIPE, text=True)
     completed = -1
     deadline = time.monotonic() + 60
     while completed < 3 and time.monotonic() < deadline:
@@ -350,3 +387,133 @@ def test_second_process_loads_kernels_from_numba_cache():
                          text=True).stdout.split()
     hits, misses = int(out[0]), int(out[1])
     assert hits >= 2 and misses == 0
+
+
+# ---------------------------------------------------------------------- durability="process"
+
+
+def test_durability_is_validated_before_anything_is_written(tmp_path):
+    for bad in ("fsync", "FULL", None, True, 1):
+        with pytest.raises(ValueError, match=r"durability=.*'full'.*'process'"):
+            Index(4, path=tmp_path / "new", durability=bad)
+        assert not (tmp_path / "new").exists()
+    Index(4, path=tmp_path / "store").close()
+    with pytest.raises(ValueError, match="durability"):
+        Index.load(tmp_path / "store", durability="os")
+    Index.load(tmp_path / "store").close()  # (the failed open took no lock)
+
+
+def _count_fsyncs(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    return calls
+
+
+@pytest.mark.parametrize("bits", [4, 32])
+def test_full_durability_fsyncs_every_write_and_process_none_until_close(tmp_path, monkeypatch,
+                                                                         bits):
+    rng = np.random.default_rng(0)
+    calls = _count_fsyncs(monkeypatch)
+    full = Index(8, bits=bits, path=tmp_path / "full")
+    full.add(rng.standard_normal((1100, 8)))
+    before = len(calls)
+    full.add(rng.standard_normal((1, 8)))
+    assert len(calls) - before >= 5  # four segment files and the manifest (+ the directory)
+    full.close()
+
+    calls.clear()
+    fast = Index(8, bits=bits, path=tmp_path / "fast", durability="process")
+    fast.add(rng.standard_normal((1100, 8)))
+    for _ in range(300):
+        fast.add(rng.standard_normal((1, 8)))
+    fast.remove([3, 5])
+    fast.maintain()
+    assert calls == []
+    fast.close()  # makes the committed state durable
+    assert calls
+
+
+def test_process_durability_appends_small_adds_to_the_row_log(tmp_path):
+    rng = np.random.default_rng(1)
+    index = Index(8, path=tmp_path / "s", durability="process")
+    index.add(rng.standard_normal((2000, 8)))
+    segments = index.stats()["segments"]
+    for _ in range(50):
+        index.add(rng.standard_normal((1, 8)))
+    logs = [p.name for p in (tmp_path / "s").iterdir() if p.suffix == ".log"]
+    assert len(logs) == 1 and index.stats()["segments"] == segments
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["log"] == {"file": logs[0]} and manifest["format_version"] == 3
+    index.close()  # folds the log: a closed store has none and keeps format 2
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert "log" not in manifest and manifest["format_version"] == 2
+    assert len(Index.load(tmp_path / "s", read_only=True)) == 2050
+    Index.load(tmp_path / "s").close()  # a writer's open removes files of older manifests
+    assert not [p for p in (tmp_path / "s").iterdir() if p.suffix == ".log"]
+
+
+def test_row_log_replays_replacements_and_keeps_a_prefix_of_a_torn_tail(tmp_path):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "s"
+    index = Index(8, bits=32, metric="ip", path=path, durability="process")
+    index.add(rng.standard_normal((100, 8)), ids=np.arange(100))
+    vectors = rng.standard_normal((20, 8)).astype(np.float32)
+    for i in range(20):  # replace ids 0..19 one by one, through the log
+        index.add(vectors[i:i + 1], ids=[i])
+    index.add(rng.standard_normal((3, 8)), ids=[200, 201, 202])
+    abandon(index)
+    reopened = Index.load(path, durability="process")
+    assert sorted(reopened.ids.tolist()) == list(range(100)) + [200, 201, 202]
+    np.testing.assert_array_equal(reopened.get(np.arange(20)), vectors)
+    abandon(reopened)
+
+    log = next(p for p in path.iterdir() if p.suffix == ".log")
+    with open(log, "r+b") as handle:  # the last record cut short, as by kill -9 mid-write
+        handle.truncate(log.stat().st_size - 5)
+    after = Index.load(path, durability="process")
+    assert sorted(after.ids.tolist()) == list(range(100))  # the 3-row add is gone, whole
+    np.testing.assert_array_equal(after.get(np.arange(20)), vectors)
+    after.add(np.ones((1, 8)), ids=[300])  # a new log: nothing is appended after torn bytes
+    after.close()
+    final = Index.load(path, read_only=True)
+    assert sorted(final.ids.tolist()) == list(range(100)) + [300]
+
+
+def test_reader_refresh_reads_the_row_log_as_it_grows(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "s"
+    writer = Index(8, path=path, durability="process")
+    writer.add(rng.standard_normal((1500, 8)))
+    reader = Index.load(path, read_only=True)
+    for step in range(3):
+        for _ in range(40):
+            writer.add(rng.standard_normal((2, 8)))
+        writer.remove(writer.ids[:3])  # a commit: folds the log into a segment
+        for _ in range(5):
+            writer.add(rng.standard_normal((1, 8)))
+        assert reader.refresh()
+        assert sorted(reader.ids.tolist()) == sorted(writer.ids.tolist())
+        queries = rng.standard_normal((4, 8))
+        np.testing.assert_array_equal(reader.search(queries, k=5)[1],
+                                      writer.search(queries, k=5)[1])
+    assert not reader.refresh()
+    writer.close()
+
+
+def test_a_record_with_a_valid_checksum_but_bad_ids_is_refused(tmp_path):
+    from vecpress.core import rowlog, storage
+
+    path = tmp_path / "s"
+    index = Index(8, bits=32, path=path, durability="process")
+    index.add(np.ones((10, 8)))
+    index.add(np.ones((1, 8)))
+    layout = index._store_layout()
+    abandon(index)
+    log = next(p for p in path.iterdir() if p.suffix == ".log")
+    record = rowlog.encode_record(np.array([-4]), np.ones((1, 8), np.float32),
+                                  np.zeros((1, 0), np.float32), None, layout)
+    with open(log, "ab") as handle:
+        handle.write(record)
+    with pytest.raises(storage.StoreCorruptedError, match="negative or repeated ids"):
+        Index.load(path)

@@ -7,6 +7,7 @@ naming the file and the rule.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -589,15 +590,15 @@ def _apply_json(manifest: dict, op) -> None:
     try:
         parent = _get(manifest, path[:-1])
         key = path[-1]
-        if kind == "set":
-            parent[key] = arg
+        if kind == "set":  # (a copy: hypothesis hands the same {} or [] to every example)
+            parent[key] = copy.deepcopy(arg)
         elif kind == "delta" and isinstance(parent[key], int):
             parent[key] += arg
         elif kind == "delete":
             parent.pop(key) if isinstance(parent, dict) else parent.pop(key)
         elif kind == "add_key" and isinstance(parent[key], dict):
-            parent[key]["unexpected"] = arg
-    except (KeyError, IndexError, TypeError):
+            parent[key]["unexpected"] = copy.deepcopy(arg)
+    except (KeyError, IndexError, TypeError, AttributeError):
         pass  # an earlier edit removed the place: nothing to do
 
 
@@ -789,3 +790,81 @@ def test_fuzzed_partitioned_stores_open_or_are_refused(partitioned_store, tmp_pa
 def test_fuzzed_stores_open_or_are_refused_long(base_store, tmp_path, record_property):
     outcomes = _fuzz(base_store, tmp_path, examples=3000)
     record_property("store_fuzz_outcomes", dict(outcomes))
+
+
+# ---------------------------------------------------------------------- the row log
+
+
+def make_logged_store(path: Path) -> Path:
+    """A store left with rows in its row log (durability="process", not closed)."""
+    index = Index(DIM, path=path, durability="process")
+    index.add(random_vectors(300, DIM))
+    for i in range(5):
+        index.add(random_vectors(1, DIM, seed=100 + i))
+    index._lock_file.release()  # as after kill -9: the log is not folded
+    index._lock_file = None
+    index._read_only = True
+    return path
+
+
+def log_of(path: Path) -> Path:
+    return path / read_manifest(path)["log"]["file"]
+
+
+@pytest.mark.parametrize("name", ["../log-00000002.log", "log-00000002.npy", "log-2.log", ""])
+def test_log_names_outside_the_store_pattern_are_refused(tmp_path, name):
+    path = make_logged_store(tmp_path / "s")
+    manifest = read_manifest(path)
+    manifest["log"] = {"file": name}
+    write_manifest(path, manifest)
+    refused(path, "log.file .* is not a file name this store writes")
+
+
+def test_log_that_is_a_link_a_fifo_missing_or_oversized_is_refused(tmp_path):
+    path = make_logged_store(tmp_path / "s")
+    log = log_of(path)
+    assert len(Index.load(path, read_only=True)) == 305
+    saved = log.read_bytes()
+    log.unlink()
+    refused(path, "file is missing")
+    (tmp_path / "elsewhere.log").write_bytes(saved)
+    log.symlink_to(tmp_path / "elsewhere.log")
+    refused(path, "is a symbolic link")
+    log.unlink()
+    os.mkfifo(log)
+    refused(path, "is a FIFO")
+    log.unlink()
+    with open(log, "wb") as handle:
+        handle.write(saved)
+        handle.truncate(64 << 20)  # sparse: cheap
+    refused(path, "more than the .* a row log may have")
+
+
+def test_log_records_that_fail_their_checks_end_the_log_there(tmp_path):
+    """A flipped bit or a record header that does not fit the codec's rows is where the log
+    ends (as a write cut short would): the store opens with the records before it."""
+    path = make_logged_store(tmp_path / "s")
+    log = log_of(path)
+    data = bytearray(log.read_bytes())
+    record = len(data) // 5
+    data[2 * record + 40] ^= 0x10  # inside the third record's payload
+    log.write_bytes(bytes(data))
+    assert len(Index.load(path, read_only=True)) == 302
+    data[2 * record + 40] ^= 0x10
+    struct.pack_into("<I", data, record + 4, 2)  # the second record claims two rows
+    log.write_bytes(bytes(data))
+    assert len(Index.load(path, read_only=True)) == 301
+
+
+def test_a_manifest_naming_a_log_has_a_version_older_releases_refuse(tmp_path):
+    path = make_logged_store(tmp_path / "s")
+    version = read_manifest(path)["format_version"]
+    assert version == storage.EXTENDED_FORMAT_VERSION > storage.FORMAT_VERSION
+
+
+def test_a_log_without_a_fitted_codec_is_refused(tmp_path):
+    path = make_logged_store(tmp_path / "s")
+    manifest = read_manifest(path)
+    manifest.update(codec_files={}, segments=[], tombstones=[], rows=0, count=0)
+    write_manifest(path, manifest)
+    refused(path, "names a row log but no fitted codec state")

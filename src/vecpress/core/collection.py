@@ -44,7 +44,7 @@ from . import filters as filters_module
 from . import storage
 from .docstore import DB_FILE, DocStore, fts_query
 from .index import METRIC_ALIASES, Index
-from .validate import MAX_NESTING, as_matrix, as_positive_int
+from .validate import MAX_NESTING, as_durability, as_matrix, as_positive_int
 
 FORMAT_NAME = "vecpress-collection"
 FORMAT_VERSION = 1
@@ -167,6 +167,16 @@ class Collection:
         filter_cache_size: how many filters' matching row sets to keep until the next write
             (a repeated filter then costs nothing). Off for ``read_only`` collections, which
             cannot see when another process writes.
+        durability: what a returned write survives. ``"full"`` (default): the Index's files
+            and manifest are fsynced and SQLite commits with ``synchronous=FULL``, so it
+            survives a power loss. ``"process"``: no write waits for an fsync (SQLite
+            ``synchronous=NORMAL`` fsyncs only at its WAL checkpoints; small adds go to the
+            Index's row log, see :mod:`vecpress.core.rowlog`), so a one-document upsert
+            costs well under a millisecond; it survives the process being killed at
+            any moment, and after a power loss or OS crash the collection opens at an earlier
+            commit (the last writes lost) or its index is refused with
+            ``StoreCorruptedError`` (checksums catch files that did not reach the disk).
+            ``close()`` makes everything durable. A setting of this open, not stored.
         **index_options: passed to :class:`Index` (``rerank``, ``codec``, ``oversample``,
             ``rerank_dtype``, ``truncate_dim``, ``seed``, ``query_bits``, ``partitions``).
 
@@ -177,7 +187,7 @@ class Collection:
     def __init__(self, dim: int | None = None, path: str | Path | None = None,
                  bits: int | None = None, metric: str | None = None, *,
                  read_only: bool = False, filter_cache_size: int = 64,
-                 **index_options: Any) -> None:
+                 durability: str = "full", **index_options: Any) -> None:
         unknown = set(index_options) - set(INDEX_OPTIONS)
         if unknown:
             raise TypeError(f"unknown Collection arguments {sorted(unknown)}; index options "
@@ -186,6 +196,7 @@ class Collection:
                 or filter_cache_size < 0:
             raise ValueError(f"filter_cache_size must be a non-negative integer, got "
                              f"{filter_cache_size!r}")
+        self._durability = as_durability(durability)
         self._rw = _ReadWriteLock()
         # Writes take _writing (one at a time) for their whole length, and _rw's write side
         # only around the SQLite commit and the Index's tombstones (and compactions): an
@@ -241,11 +252,12 @@ class Collection:
         try:
             # SQLite first: a crash before the Index directory exists leaves an empty collection
             # that the next open completes (see _open)
-            self._store = DocStore(self._path)
+            self._store = DocStore(self._path, sync=self._durability == "full")
             self._store.create(meta)
             if self._path is not None:
                 index = Index(given["dim"], metric=metric, bits=bits,
-                              path=self._path / INDEX_DIR, **options)
+                              path=self._path / INDEX_DIR, durability=self._durability,
+                              **options)
         except BaseException:
             if hasattr(self, "_store"):
                 self._store.close()
@@ -264,15 +276,18 @@ class Collection:
         if not read_only:
             self._lock = storage.DirectoryLock(path)
         try:
-            self._store = DocStore(path, read_only=read_only)
+            self._store = DocStore(path, read_only=read_only,
+                                   sync=self._durability == "full")
             self._meta = self._checked_meta(given)
             index_path = path / INDEX_DIR
             if (index_path / storage.MANIFEST).exists():
-                self._index = Index.load(index_path, read_only=read_only)
+                self._index = Index.load(index_path, read_only=read_only,
+                                         durability=self._durability)
             elif self._store.count() == 0 and not read_only:
                 # a crash while creating: SQLite was written, the Index directory was not
                 self._index = Index(self._meta["dim"], metric=self._meta["metric"],
                                     bits=self._meta["bits"], path=index_path,
+                                    durability=self._durability,
                                     **self._meta["index_options"])
             else:
                 raise storage.StoreCorruptedError(
@@ -406,9 +421,9 @@ class Collection:
         """Insert or replace documents; returns their ids (new uuid4 hex ids when ``ids`` is None).
 
         Everything is validated before anything is written; when the call returns the
-        documents are durable (for a persistent collection). Metadata is JSON data (a dict of
-        str, int, float, bool, None, lists and dicts) nested at most
-        :data:`~vecpress.core.validate.MAX_NESTING` (32) levels deep.
+        documents are committed (for a persistent collection: durable as ``durability``
+        says). Metadata is JSON data (a dict of str, int, float, bool, None, lists and dicts)
+        nested at most :data:`~vecpress.core.validate.MAX_NESTING` (32) levels deep.
         """
         matrix = as_matrix(vectors, self.dim, "vectors")
         n = len(matrix)

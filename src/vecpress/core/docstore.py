@@ -2,7 +2,10 @@
 
 ``docs.rowid`` is the int64 id of the document's vector in the :class:`~vecpress.core.index.Index`.
 A file database runs in WAL mode with ``synchronous=FULL``, so a committed transaction survives
-a crash and readers never block the writer. Metadata is stored as JSON text (returned as is) and, through triggers, as one ``fields`` row
+a crash and readers never block the writer; with ``sync=False`` (a collection's
+``durability="process"``) ``synchronous=NORMAL``: a commit is not fsynced, so it survives the
+process being killed but may be rolled back by a power loss (the database stays consistent).
+Metadata is stored as JSON text (returned as is) and, through triggers, as one ``fields`` row
 per top-level key and list element, indexed for filters (:mod:`vecpress.core.filters`). A
 document's row is never updated: a new version is a new row. Every statement is
 parameterised; id lists travel
@@ -35,6 +38,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .filters import LOWER_FUNCTION, lower, sorted_unique
+from .storage import sync_files
 
 DB_FILE = "docs.sqlite"
 
@@ -109,6 +113,9 @@ def _id_list(values: Iterable[Any]) -> str:
 MAX_READERS = 32
 #: reader connections kept open between reads; extras are closed when given back
 MAX_IDLE_READERS = 8
+#: WAL pages between automatic checkpoints with ``sync=False`` (SQLite's default is 1,000,
+#: about every hundred one-document upserts; each checkpoint fsyncs the WAL and the database)
+NORMAL_SYNC_CHECKPOINT_PAGES = 10_000
 #: SQLite's primary result code for "unable to open" (the low byte of an extended code)
 _SQLITE_CANTOPEN = 14
 
@@ -163,7 +170,8 @@ class _ReaderPool:
 class DocStore:
     """The ``docs`` table and its FTS5 index, in ``<directory>/docs.sqlite`` or in memory."""
 
-    def __init__(self, directory: Path | None, *, read_only: bool = False) -> None:
+    def __init__(self, directory: Path | None, *, read_only: bool = False,
+                 sync: bool = True) -> None:
         self.read_only = read_only
         #: opened with ``immutable=1`` (read-only filesystem; see the module docstring)
         self.immutable = False
@@ -182,7 +190,10 @@ class DocStore:
         else:
             self._writer = self._connect(str(self._file))
             self._writer.execute("PRAGMA journal_mode=WAL")
-            self._writer.execute("PRAGMA synchronous=FULL")
+            self._writer.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+            if not sync:  # (a checkpoint fsyncs: rarer, so that few small writes wait for one)
+                self._writer.execute(f"PRAGMA wal_autocheckpoint={NORMAL_SYNC_CHECKPOINT_PAGES}")
+        self._sync = sync
 
     # ------------------------------------------------------------------ connections
     @staticmethod
@@ -264,10 +275,15 @@ class DocStore:
             conn.execute("COMMIT")
 
     def close(self) -> None:
+        """Close every connection; a writer opened with ``sync=False`` fsyncs the database
+        and its WAL file first (a reader in another process may keep the WAL from being
+        checkpointed into the database on close)."""
         self._closed = True
         self._readers.close()
         if self._writer is not None:
             self._writer.close()
+            if self._file is not None and not self._sync:
+                sync_files(self._file.parent, [self._file.name, f"{self._file.name}-wal"])
 
     # ------------------------------------------------------------------ schema and meta
     def has_schema(self) -> bool:

@@ -15,6 +15,7 @@ publish each new state at once.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import warnings
@@ -26,11 +27,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import clustering, partitions, segments, storage, store_format
+from . import clustering, partitions, rowlog, segments, storage, store_format
 from .codecs import Codec, RowFilter, default_codec_name, make_codec
 from .columns import _Blocks, _Growable, _IdColumn, _row_filter, _Snapshot, _TiledCodes
 from .partitions import Calibration, ListLayout
-from .validate import as_id_list, as_ids, as_matrix, as_positive_int
+from .validate import as_durability, as_id_list, as_ids, as_matrix, as_positive_int
 
 #: accepted metric names -> canonical name
 METRIC_ALIASES = {"cosine": "cosine", "cos": "cosine", "ip": "ip", "dot": "ip",
@@ -75,8 +76,8 @@ class Index:
         bits: bits per dimension of the in-RAM code: 1-8 quantized, 16 float16, 32 float32.
         rerank: keep the original vectors (on disk when ``path`` is set) and re-score the
             ``k * oversample`` best candidates exactly. Ignored for exact codes (16/32 bits).
-        path: a directory to persist to; every returned ``add``/``remove`` is durable there.
-            ``None`` keeps everything in memory (``save`` writes a copy).
+        path: a directory to persist to; every returned ``add``/``remove`` is committed there
+            (see ``durability``). ``None`` keeps everything in memory (``save`` writes a copy).
         codec: ``"saq"`` (default for 1-8 bits: PCA, bits spent by variance, a scale per
             segment; refitted from the kept originals as the index grows), ``"rabitq"`` (plain
             RaBitQ-family codes, data-oblivious, 8-12 bytes less per vector), ``"int8"`` or
@@ -91,6 +92,17 @@ class Index:
             sqrt(rows) lists, retrained as the index grows fourfold); an int: that many
             lists, trained once the index holds 16 rows per list; ``None``: always flat.
             Lists are trained from the kept originals, so they need ``rerank=True``.
+        durability: what a returned write on disk survives. ``"full"`` (default): its files,
+            the manifest and the directory are fsynced, so it survives a power loss.
+            ``"process"``: written to the OS without fsyncs, and an add of a few rows is
+            appended to a row log instead of writing a segment and a manifest (see
+            :mod:`vecpress.core.rowlog`; a one-row add then costs well under a millisecond
+            instead of several fsyncs): it survives the process being killed at any moment;
+            after a power loss or OS crash the store opens at an earlier commit, or is refused with ``StoreCorruptedError`` if the manifest reached
+            the disk before the files it names (checksums catch it, never a half-written
+            store). ``close()`` fsyncs the committed state. Merges and compactions follow
+            the same setting. A setting of this open, not of the files: a store may be opened
+            either way.
 
     Scores are higher-is-better: cosine similarity, inner product, or minus the squared L2
     distance. Missing hits (fewer than ``k`` allowed rows) are padded with id -1, score -inf.
@@ -101,12 +113,14 @@ class Index:
                  oversample: int | None = None, rerank_dtype: str = "float16",
                  truncate_dim: int | None = None, seed: int = 0,
                  query_bits: int | None = None,
-                 partitions: int | str | None = "auto") -> None:
+                 partitions: int | str | None = "auto", durability: str = "full") -> None:
         config = _make_config(dim=dim, metric=metric, bits=bits, rerank=rerank, codec=codec,
                               oversample=oversample, rerank_dtype=rerank_dtype,
                               truncate_dim=truncate_dim, seed=seed, query_bits=query_bits,
                               partitions=partitions)
+        durability = as_durability(durability)
         self._setup(config, read_only=False)
+        self._sync = durability == "full"
         if path is not None:
             self._create_directory(Path(path))
 
@@ -141,6 +155,8 @@ class Index:
         self._manifest: dict[str, Any] | None = None
         self._lock_file: storage.DirectoryLock | None = None
         self._read_only = read_only
+        #: fsync every write (durability="full"); False: written to the OS only ("process")
+        self._sync = True
         # Writers take _writer for the whole write (encoding, files, upkeep) and _mutex only to
         # publish the new in-memory state; a search takes _mutex just long enough to take a
         # snapshot (_Snapshot), so it never waits for an encode, an fsync or a merge.
@@ -148,8 +164,20 @@ class Index:
         self._verify: bool | str = True
         #: rows removed with durable=False, committed with the next manifest
         self._pending_removals: list[np.ndarray] = []
-        #: (when replaced, file names) of recently replaced manifests, kept for readers
+        #: (when, file names) per recent commit: the files it dropped, kept a while for
+        #: readers of the manifest it replaced
         self._superseded: list[tuple[float, set[str]]] = []
+        #: when the directory was last swept for files no manifest names (see _commit)
+        self._swept = time.monotonic()
+        # The row log (see rowlog): rows past the manifest's, in the log file it names.
+        #: rows in the log (loaded or appended); in RAM the last rows of the index
+        self._log_rows = 0
+        #: bytes of the log read or written so far (a reader's refresh reads on from there)
+        self._log_offset = 0
+        #: their kept originals (the last block of _originals)
+        self._log_originals: _Growable | None = None
+        #: this writer's open log (None: the next small add starts one)
+        self._log: rowlog.LogWriter | None = None
         self._mutex = threading.RLock()
         self._refreshing = threading.Lock()  # one refresh at a time; searches go on meanwhile
 
@@ -178,7 +206,7 @@ class Index:
 
     @classmethod
     def load(cls, path: str | Path, *, read_only: bool = False,
-             verify: bool | str = True) -> "Index":
+             verify: bool | str = True, durability: str = "full") -> "Index":
         """Open a store written by an index with a ``path`` or by :meth:`save`.
 
         ``read_only=True`` takes no write lock, so a second process may search a store that
@@ -188,7 +216,8 @@ class Index:
         checks the CRC32 of every file read into RAM and the size of the memory-mapped
         originals, whose blocks of rows are CRC-checked the first time a search or ``get``
         reads them; ``verify="full"`` reads the originals for their CRC32 at once (slower: the
-        whole store), ``verify=False`` checks sizes only.
+        whole store), ``verify=False`` checks sizes only. ``durability`` is as for
+        :class:`Index` (this open's writes; nothing about it is stored).
 
         The directory is untrusted input: its manifest, file names, shapes and sizes are
         checked before anything is allocated, links and special files are refused, and any
@@ -196,6 +225,7 @@ class Index:
         """
         if verify not in (True, False, "full"):
             raise ValueError(f"verify={verify!r}; use True, False or 'full'")
+        durability = as_durability(durability)
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"path={str(path)!r} is not a directory holding a vecpress index")
@@ -207,6 +237,7 @@ class Index:
                 self = cls._from_manifest(path, storage.read_manifest(path), verify)
                 self._lock_file = lock
                 self._read_only = False
+                self._sync = durability == "full"
                 storage.remove_unreferenced(path, self._manifest)
         except BaseException:
             if lock is not None:
@@ -266,6 +297,59 @@ class Index:
                                manifest, path)
         self._next_id = int(manifest["next_id"])
         self._manifest = manifest
+        if manifest.get("log"):
+            self._read_log()
+
+    def _read_log(self) -> bool:
+        """Replay the log's records past ``_log_offset`` (each add, with the rows it
+        replaced); returns whether there were any."""
+        if not self._codec.fitted:  # (a writer starts a log only once the fit is committed)
+            raise storage.StoreCorruptedError(
+                f"{self._path / storage.MANIFEST}: names a row log but no fitted codec state "
+                f"(codec_files is incomplete); restore the store from a copy")
+        rows, self._log_offset = rowlog.read_log(self._path, self._manifest["log"]["file"],
+                                                 self._store_layout(), self._log_offset)
+        start = 0
+        for count in rows.counts:
+            part = slice(start, start + count)
+            old_rows, present = self._ids.rows_of(rows.ids[part])
+            replaced = np.unique(old_rows[present])
+            kept = None if rows.originals is None else rows.originals[part]
+            self._publish_log_rows(rows.codes[part], rows.factors[part], rows.ids[part], kept,
+                                   replaced)
+            start += count
+        return bool(rows.counts)
+
+    def _publish_log_rows(self, codes: np.ndarray, factors: np.ndarray, ids: np.ndarray,
+                          kept: np.ndarray | None, replaced: np.ndarray,
+                          labels: np.ndarray | None = None) -> None:
+        """Make rows of the log part of the index (their originals first); in a partitioned
+        index they join the tail, their lists assigned from their originals when replayed."""
+        if self._lists is not None and labels is None:
+            labels = clustering.assign(self._code_vectors(kept), self._lists.centroids,
+                                       self._codec_metric)
+        if kept is not None:
+            originals = _Blocks()  # the segments' blocks, then the log's grown block
+            blocks = self._originals.blocks
+            for block in blocks if self._log_originals is None else blocks[:-1]:
+                originals.append(block)
+            if self._log_originals is None:
+                self._log_originals = _Growable(kept.shape[1:], kept.dtype)
+            self._log_originals.extend(kept)  # (a search's snapshot keeps its shorter view)
+            originals.append(self._log_originals.view)
+        with self._mutex:
+            if kept is not None:
+                self._originals = originals
+            self._codes.extend(codes)
+            self._factors.extend(factors)
+            if labels is not None:
+                self._labels.extend(labels)
+            self._ids.extend(ids)
+            self._ids.remove(replaced)
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._log_rows += len(ids)
+        if len(replaced):  # tombstoned when the log is folded into a segment
+            self._pending_removals.append(replaced)
 
     def _store_layout(self) -> "store_format.StoreLayout":
         """The shapes and dtypes this index's codec and config give each segment file."""
@@ -302,8 +386,8 @@ class Index:
             return _read_consistently(self._path, self._catch_up)
 
     def _catch_up(self, manifest: dict[str, Any]) -> bool:
-        if manifest == self._manifest:
-            return False
+        if manifest == self._manifest:  # the same commit; its log may have grown
+            return bool(manifest.get("log")) and self._read_log()
         store_format.validate_manifest(manifest, self._path)
         appended = None
         if self._only_appends(manifest):  # same codec: its layout checks the new files too
@@ -326,8 +410,13 @@ class Index:
                     self._labels.extend(labels)
             self._ids.remove(removed)
             self._originals = originals
-            self._next_id = int(manifest["next_id"])
+            self._next_id = max(self._next_id, int(manifest["next_id"]))
             self._manifest = manifest
+        # (the rows of this index's log, if any, are in the new segments: see _only_appends)
+        self._log_rows, self._log_offset, self._log_originals = 0, 0, None
+        self._pending_removals = []  # (what the log's replacements removed is in tombstones)
+        if manifest.get("log"):
+            self._read_log()
         self._fold_tail()
         return True
 
@@ -336,7 +425,7 @@ class Index:
 
         Only a compaction (or refit) rewrites rows, and it always writes new codec files; a
         merge copies rows verbatim into a new segment file."""
-        old = self._manifest
+        old = self._manifest  # (rows of its log count in self._ids.size)
         return (old is not None and bool(old["codec_files"])
                 and all(manifest.get(key) == old.get(key)
                         for key in ("config", "codec", "codec_files", "partitions"))
@@ -437,19 +526,22 @@ class Index:
             old_rows, present = self._ids.rows_of(new_ids)
             replaced = np.unique(old_rows[present])
             next_id = max(self._next_id, int(new_ids.max()) + 1)
-            if self._path is not None:
-                self._persist_add(codes, factors, new_ids, kept, labels, replaced, next_id,
-                                  fitting)
-            elif kept is not None:
-                self._append_originals(kept)  # (originals first: extra rows are never read)
-            with self._mutex:  # (new rows join the tail of a partitioned layout)
-                self._codes.extend(codes)
-                self._factors.extend(factors)
-                if labels is not None:
-                    self._labels.extend(labels)
-                self._ids.extend(new_ids)
-                self._ids.remove(replaced)
-                self._next_id = next_id
+            if self._path is not None and self._log_takes(len(new_ids), fitting):
+                self._append_log(codes, factors, new_ids, kept, replaced, labels)
+            else:
+                if self._path is not None:
+                    self._persist_add(codes, factors, new_ids, kept, labels, replaced, next_id,
+                                      fitting)
+                elif kept is not None:
+                    self._append_originals(kept)  # (originals first: extra rows are never read)
+                with self._mutex:  # (new rows join the tail of a partitioned layout)
+                    self._codes.extend(codes)
+                    self._factors.extend(factors)
+                    if labels is not None:
+                        self._labels.extend(labels)
+                    self._ids.extend(new_ids)
+                    self._ids.remove(replaced)
+                    self._next_id = next_id
             if upkeep:
                 self._maintain()
         return new_ids
@@ -485,6 +577,7 @@ class Index:
 
     def _persist_removal(self, rows: np.ndarray) -> None:
         """Commit tombstones for ``rows`` (and for removals still pending)."""
+        self._fold_log()
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
         manifest["tombstones"] = self._tombstones_with(manifest["generation"], rows)
         manifest["count"] = len(self) - len(rows)  # (rows: live until the caller removes them)
@@ -640,13 +733,18 @@ class Index:
             self._write_compacted(self, live, refitted, lists=self._planned_lists(live))
 
     def close(self) -> None:
-        """Commit pending removals and release the directory's write lock (the index stays
-        searchable in memory)."""
+        """Commit pending removals, make the committed state durable (with
+        ``durability="process"``, whose writes were not fsynced) and release the directory's
+        write lock (the index stays searchable in memory)."""
         if self._lock_file is not None:
             with self._writer:
+                self._fold_log(drop_empty=True)
                 if self._pending_removals:
                     self._persist_removal(np.zeros(0, np.int64))
-            self._remove_replaced_files()
+                if not self._sync:
+                    storage.sync_files(self._path, [*storage.manifest_files(self._manifest),
+                                                    storage.MANIFEST])
+            self._remove_replaced_files(sweep=True)
             self._lock_file.release()
             self._lock_file = None
             self._read_only = True
@@ -753,24 +851,39 @@ class Index:
                 "tombstones": []}
 
     def _commit(self, manifest: dict[str, Any]) -> None:
-        manifest["format_version"] = storage.FORMAT_VERSION  # (a store of format 1 moves up)
-        storage.write_manifest(self._path, manifest)
+        # (a store of format 1 moves up; one naming a row log is refused by older versions)
+        extended = manifest.get("log") or manifest.get("partitions")
+        manifest["format_version"] = (storage.EXTENDED_FORMAT_VERSION if extended
+                                      else storage.FORMAT_VERSION)
+        storage.write_manifest(self._path, manifest, sync=self._sync)
         previous, self._manifest = self._manifest, manifest
         if previous is not None:
-            self._superseded.append((time.monotonic(), storage.manifest_files(previous)))
+            dropped = storage.manifest_files(previous) - storage.manifest_files(manifest)
+            self._superseded.append((time.monotonic(), dropped))
         self._remove_replaced_files()
 
-    def _remove_replaced_files(self) -> None:
+    def _remove_replaced_files(self, *, sweep: bool = False) -> None:
         """Delete files no manifest names any more, except those of the manifest replaced
         last and of any replaced less than ``RETAIN_SECONDS`` ago: a reader may have read
         that manifest a moment before and be opening its files (it would start again from
-        the newest manifest, see ``load``, but most never need to)."""
+        the newest manifest, see ``load``, but most never need to).
+
+        The files a commit dropped are deleted by name once they expire, so a commit costs
+        no directory listing; leftovers of failed writes (named by no manifest) are swept
+        by listing the directory at most once per ``RETAIN_SECONDS``, or when ``sweep``."""
         now, retain = time.monotonic(), self._retain_seconds()
-        self._superseded = [(when, names) for n, (when, names) in enumerate(self._superseded)
-                            if n == len(self._superseded) - 1 or now - when < retain]
-        keep = storage.manifest_files(self._manifest).union(
-            *(names for _, names in self._superseded))
-        storage.remove_files_except(self._path, keep)
+        last = len(self._superseded) - 1
+        kept = []
+        for n, (when, names) in enumerate(self._superseded):
+            if n == last or now - when < retain:
+                kept.append((when, names))
+            else:
+                storage.remove_files(self._path, names)
+        self._superseded = kept
+        if sweep or now - self._swept >= RETAIN_SECONDS:
+            self._swept = now
+            keep = storage.manifest_files(self._manifest).union(*(names for _, names in kept))
+            storage.remove_files_except(self._path, keep)
 
     def _retain_seconds(self) -> float:
         """How long replaced files are kept: ``RETAIN_SECONDS`` plus the time a reader needs
@@ -779,13 +892,14 @@ class Index:
         entries = [*manifest["codec_files"].values(), *storage.tombstone_entries(manifest)]
         for segment in manifest["segments"]:
             entries += [e for part, e in segment["files"].items() if part != "originals"]
-        loaded = sum(np.dtype(e["dtype"]).itemsize * int(np.prod(e["shape"])) for e in entries)
+        loaded = sum(np.dtype(e["dtype"]).itemsize * math.prod(e["shape"]) for e in entries)
         return RETAIN_SECONDS + loaded / READER_BYTES_PER_SECOND
 
     def _write_codec_state(self, manifest: dict[str, Any], codec: Codec | None = None) -> None:
         gen = manifest["generation"]
         manifest["codec_files"] = {
-            name: storage.write_array(self._path, f"codec-{gen:08d}-{name}.npy", array)
+            name: storage.write_array(self._path, f"codec-{gen:08d}-{name}.npy", array,
+                                      sync=self._sync)
             for name, array in (codec or self._codec).state_arrays().items()}
 
     def _write_segment(self, gen: int, codes: np.ndarray, factors: np.ndarray,
@@ -795,11 +909,12 @@ class Index:
         parts = [("codes", codes), ("factors", factors), ("ids", ids)]
         if labels is not None:
             parts.append(("lists", labels.astype(np.int32)))
-        files = {part: storage.write_array(self._path, f"{name}-{part}.npy", array)
+        files = {part: storage.write_array(self._path, f"{name}-{part}.npy", array,
+                                           sync=self._sync)
                  for part, array in parts}
         if kept is not None:
             files["originals"] = storage.write_array(self._path, f"{name}-originals.npy", kept,
-                                                     blocks=True)
+                                                     blocks=True, sync=self._sync)
         return {"name": name, "rows": len(ids), "files": files}
 
     def _segment_writer(self, directory: Path, gen: int, rows: int, codec: Codec, *,
@@ -812,7 +927,7 @@ class Index:
             parts["originals"] = (self._rerank_dtype, (self.dim,))
         if with_lists:
             parts["lists"] = (np.int32, ())
-        return segments.SegmentWriter(directory, f"seg-{gen:08d}", rows, parts)
+        return segments.SegmentWriter(directory, f"seg-{gen:08d}", rows, parts, sync=self._sync)
 
     def _open_originals(self, segment: dict[str, Any]) -> np.ndarray:
         return storage.read_array(self._path, segment["files"]["originals"], mmap=True,
@@ -826,10 +941,12 @@ class Index:
         if len(entries) >= MAX_TOMBSTONE_FILES:
             entries, rows = [], np.union1d(self._ids.removed_rows(), rows)
         rows = np.unique(np.asarray(rows, dtype=np.int64))
-        return entries + [storage.write_array(self._path, f"tomb-{gen:08d}.npy", rows)]
+        return entries + [storage.write_array(self._path, f"tomb-{gen:08d}.npy", rows,
+                                              sync=self._sync)]
 
     def _persist_add(self, codes, factors, ids, kept, labels, replaced, next_id,
                      fitting) -> None:
+        self._fold_log()
         manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
         gen = manifest["generation"]
         if fitting or not manifest["codec_files"]:
@@ -846,6 +963,72 @@ class Index:
             block = self._open_originals(segment)
             with self._mutex:  # (extra rows of originals are never read by a search)
                 self._originals.append(block)
+
+    # ------------------------------------------------------------------ internals: row log
+    def _log_takes(self, rows: int, fitting: bool) -> bool:
+        """Whether an add of ``rows`` rows goes to the row log: small adds without fsyncs
+        (``durability="process"``) once the codec's state is committed."""
+        return (not self._sync and not fitting and rows <= rowlog.LOG_ADD_ROWS
+                and bool(self._manifest["codec_files"] or not self._codec.state_arrays()))
+
+    def _append_log(self, codes: np.ndarray, factors: np.ndarray, ids: np.ndarray,
+                    kept: np.ndarray | None, replaced: np.ndarray,
+                    labels: np.ndarray | None) -> None:
+        """Append an add to the row log (starting a new one first when there is none of this
+        writer's, or it is full), then publish its rows."""
+        record = rowlog.encode_record(ids, codes, factors, kept, self._store_layout())
+        log = self._log
+        if (log is None or log.broken or self._log_rows + len(ids) > rowlog.LOG_MAX_ROWS
+                or log.size + len(record) > rowlog.LOG_MAX_BYTES):
+            self._fold_log(new_log=True)
+        self._log.append(record)
+        self._log_offset = self._log.size
+        self._publish_log_rows(codes, factors, ids, kept, replaced, labels)
+
+    def _fold_log(self, *, new_log: bool = False, drop_empty: bool = False) -> None:
+        """Commit the row log's rows as a segment and the rows they replaced (with any other
+        pending removals) as tombstones; the commit names a new empty log when ``new_log``,
+        else none. Without rows in the log it commits only to start a log (``new_log``) or
+        to drop an empty one (``drop_empty``)."""
+        named = bool(self._manifest.get("log"))
+        if not (self._log_rows or new_log or (drop_empty and named)):
+            return
+        manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+        gen = manifest["generation"]
+        manifest.pop("log", None)
+        segment = writer = None
+        if self._log_rows:
+            first = self._manifest["rows"]
+            rows = np.arange(first, self._ids.size)
+            kept = None if self._log_originals is None else self._log_originals.view
+            codes, factors = self._code_rows(rows)
+            labels = None if self._lists is None else self._labels.view[first:]
+            segment = self._write_segment(gen, codes, factors, self._ids.of_rows(rows), kept,
+                                          labels)
+            manifest["segments"] = manifest["segments"] + [segment]
+            if self._pending_removals:
+                manifest["tombstones"] = self._tombstones_with(gen, np.zeros(0, np.int64))
+            manifest.update(rows=self._ids.size, count=len(self), next_id=self._next_id)
+        if new_log:
+            writer = rowlog.LogWriter(self._path, f"log-{gen:08d}.log")
+            manifest["log"] = {"file": writer.name}
+        try:
+            self._commit(manifest)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if segment is not None:
+            self._pending_removals = []
+            if self._log_originals is not None:
+                originals = _Blocks()
+                for block in self._originals.blocks[:-1] + [self._open_originals(segment)]:
+                    originals.append(block)
+                with self._mutex:  # (the same rows, now mapped from the segment)
+                    self._originals = originals
+        if self._log is not None:
+            self._log.close()
+        self._log, self._log_rows, self._log_offset, self._log_originals = writer, 0, 0, None
 
     @property
     def _can_refit(self) -> bool:
@@ -960,6 +1143,10 @@ class Index:
         """Every row's originals in order, a chunk at a time (from RAM in memory)."""
         if self._path is not None:
             yield from self._original_chunks(self._manifest["segments"], 0)
+            if self._log_rows:  # (a read-only index being saved: its log rows are in RAM)
+                lo = self._manifest["rows"]
+                yield lo, lo + self._log_rows, (None if self._log_originals is None
+                                                else self._log_originals.view)
             return
         step = self._chunk_rows
         for lo in range(0, self._ids.size, step):
@@ -982,6 +1169,7 @@ class Index:
                         with_labels=lists is not None) if keep_in_ram else None)
         manifest = gen = writer = None
         if self._path is not None:
+            self._fold_log()  # (rows keep their numbers; the log's are then in a segment)
             manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
             gen = manifest["generation"]
             self._write_codec_state(manifest, codec)
@@ -1029,7 +1217,7 @@ class Index:
                     "lists": len(lists.centroids), "nprobe": lists.nprobe,
                     "trained_rows": lists.trained_rows,
                     "centroids": storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
-                                                     lists.centroids)}
+                                                     lists.centroids, sync=self._sync)}
             self._commit(manifest)
             self._pending_removals = []  # (the removed rows are gone from the files)
         if ram is None:
@@ -1119,7 +1307,7 @@ class Index:
             stop = start + segment["rows"]
             files = dict(segment["files"])
             files["lists"] = storage.write_array(self._path, f"seg-{gen:08d}-lists-{number}.npy",
-                                                 labels[start:stop])
+                                                 labels[start:stop], sync=self._sync)
             new_segments.append(dict(segment, files=files))
             start = stop
         manifest["segments"] = new_segments
@@ -1127,7 +1315,7 @@ class Index:
             "lists": len(plan.centroids), "nprobe": plan.nprobe,
             "trained_rows": plan.trained_rows,
             "centroids": storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
-                                             plan.centroids)}
+                                             plan.centroids, sync=self._sync)}
         if self._pending_removals:
             manifest["tombstones"] = self._tombstones_with(gen, np.zeros(0, np.int64))
             manifest["count"] = len(self)

@@ -82,12 +82,13 @@ class SegmentWriter:
     """The files of one new segment, written part by part in chunks (see ``ArrayWriter``).
 
     ``parts`` maps a part name (``codes``, ``factors``, ``ids``, ``originals``) to its dtype and
-    trailing shape; originals also get per-block CRC32s. ``finish`` returns the segment's
+    trailing shape; originals also get per-block CRC32s; ``sync=False`` skips the fsyncs.
+    ``finish`` returns the segment's
     manifest entry; leaving a ``with`` block by an exception deletes every partial file.
     """
 
     def __init__(self, directory: Path, name: str, rows: int,
-                 parts: dict[str, tuple[Any, tuple[int, ...]]]) -> None:
+                 parts: dict[str, tuple[Any, tuple[int, ...]]], *, sync: bool = True) -> None:
         self.name = name
         self.rows = rows
         self._writers: dict[str, storage.ArrayWriter] = {}
@@ -95,7 +96,7 @@ class SegmentWriter:
             for part, (dtype, tail) in parts.items():
                 self._writers[part] = storage.ArrayWriter(
                     directory, f"{name}-{part}.npy", dtype, (rows, *tail),
-                    blocks=part == "originals")
+                    blocks=part == "originals", sync=sync)
         except BaseException:
             self.abort()
             raise

@@ -6,7 +6,10 @@ atomically renamed over the old one, and the directory is fsynced. A crash at an
 either the old manifest or the new one, each naming complete files. Files that no manifest names
 are leftovers of an interrupted write and are removed when the store is next opened for writing;
 the files a commit replaced are removed by a later commit (``Index`` keeps them a little longer
-for readers that have just read the replaced manifest). Large files are written in chunks by
+for readers that have just read the replaced manifest). With ``sync=False`` (an index's
+``durability="process"``) nothing is fsynced: the rename still makes a commit atomic for other
+processes and for ``kill -9``, and after a power loss the checksums refuse a manifest whose
+files did not reach the disk. Large files are written in chunks by
 :class:`ArrayWriter` and read back in chunks by :class:`RowReader`, so that copying a file never
 holds it whole in memory.
 
@@ -28,7 +31,7 @@ import os
 import stat
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -38,7 +41,11 @@ LOCK_FILE = "LOCK"
 FORMAT_NAME = "vecpress-index"
 #: 2: ``"tombstones"`` is a list of entries, each naming rows removed by one write (version 1
 #: stored one entry listing every removed row, or null; both are still read)
-FORMAT_VERSION = 3
+FORMAT_VERSION = 2
+#: the version of a manifest that names a row log (``"log"``, see :mod:`vecpress.core.rowlog`)
+#: or partitions (``"partitions"``, see :mod:`vecpress.core.partitions`): older versions, which
+#: would miss the log's rows or the lists, refuse it; a store with neither stays version 2
+EXTENDED_FORMAT_VERSION = 3
 #: rows per checksummed block of an originals file (``block_crc32`` in its manifest entry): a
 #: block is verified the first time a rerank reads from it
 ORIGINALS_BLOCK_ROWS = 4096
@@ -88,6 +95,21 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_files(directory: Path, names: Iterable[str]) -> None:
+    """fsync the files ``names`` of ``directory`` (those that exist), then the directory: what
+    was written without fsyncs (``sync=False``) becomes durable."""
+    for name in names:
+        try:
+            fd = open_regular_file(directory / name)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(directory)
 
 
 # ---------------------------------------------------------------------- opening files
@@ -175,15 +197,17 @@ def _one_line(exc: BaseException) -> str:
 
 
 def write_array(directory: Path, name: str, array: np.ndarray, *,
-                blocks: bool = False) -> dict[str, Any]:
-    """Write ``array`` to ``directory/name`` durably; returns its manifest entry (with a CRC32
-    per block of rows when ``blocks``, see :func:`block_checksums`). A link or leftover file
-    at that name is replaced, never written through."""
+                blocks: bool = False, sync: bool = True) -> dict[str, Any]:
+    """Write ``array`` to ``directory/name`` (fsynced unless ``sync=False``); returns its
+    manifest entry (with a CRC32 per block of rows when ``blocks``, see
+    :func:`block_checksums`). A link or leftover file at that name is replaced, never written
+    through."""
     array = np.ascontiguousarray(array)
     with os.fdopen(create_new_file(directory / name), "wb") as handle:
         np.save(handle, array, allow_pickle=False)
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
     entry = {"file": name, "crc32": checksum(array), "shape": list(array.shape),
              "dtype": array.dtype.str}
     if blocks:
@@ -333,15 +357,20 @@ class CheckedRows:
 # ---------------------------------------------------------------------- manifest
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace the manifest (the commit point of every write)."""
+def write_manifest(directory: Path, manifest: dict[str, Any], *, sync: bool = True) -> None:
+    """Atomically replace the manifest (the commit point of every write). ``sync=False``
+    skips the fsyncs (of the file and of the directory): the rename is still atomic for
+    other processes, but after a power loss the old manifest may be back."""
     temporary = directory / (MANIFEST + ".tmp")
-    with os.fdopen(create_new_file(temporary), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=1, sort_keys=True)
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))  # (C encoder: fast)
+    with os.fdopen(create_new_file(temporary), "wb") as handle:
+        handle.write(text.encode("utf-8"))
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
     os.replace(temporary, directory / MANIFEST)  # replaces a link there, never follows it
-    fsync_dir(directory)
+    if sync:
+        fsync_dir(directory)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -369,10 +398,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise StoreCorruptedError(f"{path}: format_version {version!r} is not a positive "
                                   f"integer; the manifest is corrupted")
-    if version > FORMAT_VERSION:
+    if version > EXTENDED_FORMAT_VERSION:
         raise StoreCorruptedError(
             f"{path}: format version {version!r} is newer than this vecpress supports "
-            f"({FORMAT_VERSION}); upgrade vecpress to open it")
+            f"({EXTENDED_FORMAT_VERSION}); upgrade vecpress to open it")
     return manifest
 
 
@@ -409,6 +438,8 @@ def manifest_files(manifest: dict[str, Any]) -> set[str]:
     names.update(entry["file"] for entry in tombstone_entries(manifest))
     if manifest.get("partitions"):
         names.add(manifest["partitions"]["centroids"]["file"])
+    if manifest.get("log"):
+        names.add(manifest["log"]["file"])
     return names
 
 
@@ -417,10 +448,21 @@ def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> None:
     remove_files_except(directory, manifest_files(manifest))
 
 
+def remove_files(directory: Path, names: Iterable[str]) -> None:
+    """Delete the files ``names`` of ``directory`` (those already gone are skipped)."""
+    for name in names:
+        try:
+            os.unlink(directory / name)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+
+
 def remove_files_except(directory: Path, keep: set[str]) -> None:
-    """Delete the ``.npy`` files not named in ``keep``, and a leftover temporary manifest."""
+    """Delete the ``.npy`` and ``.log`` files not named in ``keep``, and a leftover temporary
+    manifest."""
     for path in directory.iterdir():
-        if (path.suffix == ".npy" and path.name not in keep) or path.name == MANIFEST + ".tmp":
+        if ((path.suffix in (".npy", ".log") and path.name not in keep)
+                or path.name == MANIFEST + ".tmp"):
             try:
                 path.unlink()
             except (FileNotFoundError, IsADirectoryError):
@@ -485,14 +527,16 @@ class ArrayWriter:
     The header is written for the final ``shape`` up front; :meth:`append` adds rows (the
     trailing dimensions and dtype of ``shape``/``dtype``) and keeps the CRC32 running, and the
     per-block CRC32s of :func:`block_checksums` when ``blocks``. :meth:`finish` checks that every
-    row came, fsyncs, and returns the manifest entry :func:`write_array` would have returned
+    row came, fsyncs (unless ``sync=False``), and returns the manifest entry
+    :func:`write_array` would have returned
     for the whole array (the file is byte-for-byte what it would have written, too).
     :meth:`abort` (or leaving a ``with`` block by an exception) deletes the partial file.
     """
 
     def __init__(self, directory: Path, name: str, dtype: Any, shape: tuple[int, ...], *,
-                 blocks: bool = False) -> None:
+                 blocks: bool = False, sync: bool = True) -> None:
         self.path = directory / name
+        self.sync = sync
         self.name = name
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(n) for n in shape)
@@ -534,13 +578,15 @@ class ArrayWriter:
                 self._block_crc, self._block_filled = 0, 0
 
     def finish(self) -> dict[str, Any]:
-        """Make the file durable; returns its manifest entry (as :func:`write_array` does)."""
+        """Complete the file (fsynced unless the writer was made with ``sync=False``); returns
+        its manifest entry (as :func:`write_array` does)."""
         if self.rows != self.shape[0]:
             self.abort()
             raise ValueError(f"{self.path}: {self.rows} rows were written of the {self.shape[0]} "
                              f"its header announces; the file was deleted")
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self.sync:
+            os.fsync(self._handle.fileno())
         self._handle.close()
         entry = {"file": self.name, "crc32": self._crc,
                  "shape": list(self.shape), "dtype": self.dtype.str}

@@ -34,8 +34,10 @@ MAX_SEED = 2 ** 64 - 1
 
 TOP_KEYS = frozenset({"format", "format_version", "config", "codec", "generation", "next_id",
                       "count", "rows", "codec_files", "segments", "tombstones"})
-#: keys a manifest may hold besides TOP_KEYS (format 3: a partitioned index)
-OPTIONAL_TOP_KEYS = frozenset({"partitions"})
+#: optional top-level keys (format 3: ``"log"``, the row log of ``durability="process"``;
+#: ``"partitions"``, the lists of a partitioned index)
+OPTIONAL_TOP_KEYS = frozenset({"log", "partitions"})
+LOG_KEYS = frozenset({"file"})
 PARTITION_KEYS = frozenset({"lists", "nprobe", "trained_rows", "centroids"})
 SEGMENT_KEYS = frozenset({"name", "rows", "files"})
 ENTRY_KEYS = frozenset({"file", "crc32", "shape", "dtype"})
@@ -52,6 +54,7 @@ CENTROIDS_FILE = re.compile(rf"part-{_GEN}-centroids\.npy")
 #: most lists a store may have (far above sqrt of MAX_ROWS)
 MAX_LISTS = 1 << 22
 TOMBSTONE_FILE = re.compile(rf"tomb-{_GEN}(-[0-9]{{1,19}})?\.npy")
+LOG_FILE = re.compile(rf"log-{_GEN}\.log")
 STATE_NAME = re.compile("[a-z_]{1,64}")
 _GENERATION = re.compile(_GEN)
 
@@ -118,7 +121,20 @@ def validate_manifest(manifest: dict[str, Any], directory: Path) -> None:
     _check_segments(manifest["segments"], rows, where, seen)
     _check_tombstones(manifest["tombstones"], rows, where, seen)
     _check_partitions(manifest, where, seen)
+    if "log" in manifest:
+        _check_log(manifest["log"], where, seen)
     _check_generation(manifest, where, seen)
+
+
+def _check_log(log: Any, where: Path, seen: set[str]) -> None:
+    _keys(log, where, "log", LOG_KEYS)
+    file = log["file"]
+    if not isinstance(file, str) or not LOG_FILE.fullmatch(file):
+        raise _fail(where, f"log.file {_short(file)} is not a file name this store writes "
+                           f"(expected {LOG_FILE.pattern})")
+    if file in seen:
+        raise _fail(where, f"log ({file}) is listed twice; each file belongs to one entry")
+    seen.add(file)
 
 
 def _check_generation(manifest: dict[str, Any], where: Path, files: set[str]) -> None:

@@ -90,3 +90,17 @@ def as_positive_int(value: Any, name: str) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be at least 1, got {value}")
     return int(value)
+
+
+#: ``durability=`` of a persistent store: what a write has reached when it returns
+DURABILITY_MODES = ("full", "process")
+
+
+def as_durability(value: Any) -> str:
+    """``"full"`` (every returned write is fsynced: it survives a power loss) or ``"process"``
+    (written to the OS, not fsynced: it survives the process being killed)."""
+    if not isinstance(value, str) or value not in DURABILITY_MODES:
+        raise ValueError(f"durability={value!r} is unknown; use 'full' (every returned write "
+                         f"is fsynced, survives a power loss) or 'process' (survives the "
+                         f"process being killed, not a power loss)")
+    return value
