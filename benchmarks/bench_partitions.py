@@ -193,7 +193,7 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for method in dict.fromkeys(r["method"] for r in rows):
-        items = [r for r in rows if r["method"] == method]
+        items = sorted((r for r in rows if r["method"] == method), key=lambda r: r["recall@10"])
         ax.plot([r["recall@10"] for r in items], [r["p50_ms"] for r in items], marker="o",
                 label=method, linestyle="-" if method.startswith("vecpress") else "--")
         for r in items:
@@ -217,7 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--crossover", type=int, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw the plot from the --out folder's partitions.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        saved = json.loads((args.out / "partitions.json").read_text())
+        plot(saved["rows"], saved["header"][:110] + "...",
+             args.out / "partitions_latency_vs_recall.png")
+        return
     set_threads(1)
     base, queries, _, _ = load_embeddings(args.base, args.queries)
     release_model()
