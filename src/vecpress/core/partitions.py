@@ -8,8 +8,10 @@ and every query scans them too; once the tail grows past :func:`tail_limit` the 
 rebuilt (in RAM only: the files keep rows in row order plus each row's list number).
 
 The codes are not residuals: a row's code is the same whether or not the index is
-partitioned, so lists can be rebuilt, split or retrained without re-encoding, and a list
-scan costs what the flat scan costs per row. What partitions buy is scanning fewer rows.
+partitioned, so lists can be rebuilt, split or retrained without re-encoding. What
+partitions buy is scanning fewer rows; each scanned row costs more than in a flat scan,
+because the rows of the nearest lists are all close to the query and their 1-bit bounds
+prune fewer of them (residual codes, as FAISS's IVF uses, would keep the bounds tight).
 
 How many lists a query probes (``nprobe``) is calibrated when the lists are trained, on
 sampled rows of the index used as queries: the smallest count whose recall of their true ten
