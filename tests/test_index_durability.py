@@ -292,7 +292,8 @@ WRITER = textwrap.dedent("""
     import numpy as np
     from vecpress import Index
     path, dim = sys.argv[1], 16
-    index = Index(dim, bits=4, path=path, durability=sys.argv[2])
+    lists = None if sys.argv[3] == "flat" else int(sys.argv[3])
+    index = Index(dim, bits=4, path=path, durability=sys.argv[2], partitions=lists)
     rng = np.random.default_rng(0)
     step = 0
     while True:
@@ -328,12 +329,14 @@ def _calls_through(step: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("durability, delay", [("full", 0.4), ("full", 0.9), ("full", 1.7),
-                                               ("process", 0.2), ("process", 0.9),
-                                               ("process", 1.7)])
-def test_kill_9_during_writes_leaves_every_completed_call(tmp_path, durability, delay):
+@pytest.mark.parametrize("durability, delay, lists", [
+    ("full", 0.4, "flat"), ("full", 0.9, "flat"), ("full", 1.7, "flat"),
+    ("process", 0.2, "flat"), ("process", 0.9, "flat"), ("process", 1.7, "flat"),
+    # 4 lists: trained at 64 rows, retrained at 256 and 1,024 (lists files rewritten)
+    ("full", 0.9, "4"), ("process", 1.7, "4")])
+def test_kill_9_during_writes_leaves_every_completed_call(tmp_path, durability, delay, lists):
     path = tmp_path / "store"
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path), durability],
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(path), durability, lists],
                                stdout=subprocess.PIPE, text=True)
     completed = -1
     deadline = time.monotonic() + 60
@@ -360,6 +363,8 @@ def test_kill_9_during_writes_leaves_every_completed_call(tmp_path, durability, 
     model = matched[0]
     for i, vector in model.items():
         np.testing.assert_allclose(contents[i], vector / np.linalg.norm(vector), atol=2e-3)
+    if lists != "flat":
+        assert index._lists is not None, "the writer never trained its lists"
     index.add(np.ones((1, 16), np.float32))  # and it accepts writes again
     leftovers = [p.name for p in path.iterdir() if p.suffix == ".tmp"]
     assert not leftovers
