@@ -81,8 +81,8 @@ class ListLayout:
     metric: str  # "ip" or "l2", the codec's metric
     nprobe: int
     bounds: np.ndarray  # (lists + 1,) int64
-    perm: np.ndarray  # (sorted_end,) int64
-    inv: np.ndarray  # (sorted_end,) int64
+    perm: np.ndarray  # (sorted_end,) int32 (int64 from 2**31 rows)
+    inv: np.ndarray  # (sorted_end,) like perm
     _removed_cache: tuple[Any, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
@@ -91,9 +91,10 @@ class ListLayout:
         """The layout of rows whose lists are ``labels`` (one int per row): a stable sort,
         so a list keeps its rows in row order."""
         n_lists = len(centroids)
-        perm = np.argsort(labels, kind="stable").astype(np.int64)
+        index_type = np.int32 if len(labels) < 2 ** 31 else np.int64  # (8 B a row, not 16)
+        perm = np.argsort(labels, kind="stable").astype(index_type)
         inv = np.empty_like(perm)
-        inv[perm] = np.arange(len(perm), dtype=np.int64)
+        inv[perm] = np.arange(len(perm), dtype=index_type)
         bounds = np.zeros(n_lists + 1, np.int64)
         np.cumsum(np.bincount(labels, minlength=n_lists), out=bounds[1:])
         return cls(centroids=centroids, metric=metric, nprobe=nprobe, bounds=bounds, perm=perm,
