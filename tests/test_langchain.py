@@ -725,3 +725,35 @@ def test_cross_encoder_reranker_needs_query_text(monkeypatch):
     store.add_texts(["a", "b"])
     with pytest.raises(ValueError, match="similarity_search"):
         store.similarity_search_by_vector([0.1] * 8, k=1)
+
+
+def test_nprobe_reaches_a_partitioned_index_and_is_checked():
+    """``nprobe`` passes through the search methods to the Collection: probing every list of
+    a partitioned store returns the exact neighbours, and a bad value names the argument."""
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    texts = [f"text {i}" for i in range(300)]
+    store = VecpressVectorStore(_TableEmbeddings(texts, vectors), dim=16, partitions=4)
+    store.add_texts(texts, ids=[str(i) for i in range(300)])
+    assert store.collection._index.stats()["lists"] == 4
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = [str(i) for i in np.argsort(-(unit @ unit[7]))[:5]]
+    found = store.similarity_search_by_vector(vectors[7].tolist(), k=5, nprobe=4,
+                                              oversample=1000)
+    assert [doc.id for doc in found] == expected
+    with pytest.raises(ValueError, match="nprobe"):
+        store.similarity_search("text 7", k=5, nprobe=0)
+    assert len(store.max_marginal_relevance_search("text 7", k=3, nprobe=4)) == 3
+
+
+class _TableEmbeddings(Embeddings):
+    """The given vector of each known text."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
+        self.table = dict(zip(texts, vectors))
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [self.table[t].tolist() for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.table[text].tolist()

@@ -797,3 +797,19 @@ def test_reranker_option_rescores_exactly(reranker):
 def test_embed_reranker_needs_the_embed_model():
     with pytest.raises(ValueError, match="embed_model"):
         VecpressVectorStore(dim=8, reranker="embed")
+
+
+def test_nprobe_reaches_a_partitioned_index_and_is_checked():
+    """``nprobe`` in the query kwargs reaches the Collection's search: probing every list of
+    a partitioned store is exact, and a bad value is refused naming it."""
+    store = VecpressVectorStore(partitions=4)
+    store.add([node.model_copy() for node in NODES])
+    assert store.client._index.stats()["lists"] == 4
+    query = VectorStoreQuery(query_embedding=QUERIES[0].tolist(), similarity_top_k=5)
+    found = run(store, query, nprobe=4, oversample=1000).ids
+    assert found == brute_force(QUERIES[0], 5, lambda node: True)
+    with pytest.raises(ValueError, match="nprobe"):
+        run(store, query, nprobe=0)
+    text = VectorStoreQuery(query_str="apple", similarity_top_k=5, mode=VectorStoreQueryMode.TEXT_SEARCH)
+    with pytest.raises(ValueError, match="nprobe applies to mode"):
+        run(store, text, nprobe=4)

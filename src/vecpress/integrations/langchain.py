@@ -356,7 +356,8 @@ class VecpressVectorStore(VectorStore):
 
     def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
         """The ``k`` documents closest to ``query``. Keyword arguments: ``filter`` (metadata
-        dict), ``oversample`` (rerank candidates per hit)."""
+        dict), ``oversample`` (rerank candidates per hit), ``nprobe`` (lists scanned, once
+        the index is partitioned)."""
         return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
 
     def similarity_search_with_score(self, query: str, k: int = 4,
@@ -381,16 +382,17 @@ class VecpressVectorStore(VectorStore):
         return self._search(self._given_vector(embedding), k, **options)
 
     def _search(self, vector: np.ndarray, k: int, where: Any, oversample: int | None,
-                query: str | None = None) -> list[tuple[Document, float]]:
+                nprobe: int | None, query: str | None = None) -> list[tuple[Document, float]]:
         if self._reranker is None:
-            hits = self._collection.search(vector, k, where=where, oversample=oversample)
+            hits = self._collection.search(vector, k, where=where, oversample=oversample,
+                                           nprobe=nprobe)
         else:
             if query is None and isinstance(self._reranker, CrossEncoderReranker):
                 raise ValueError("a cross-encoder reranker reads the question's text: use "
                                  "similarity_search(query) rather than a search by vector")
             hits = pipeline_search(self._collection, self._embedder, query or "", k,
                                    where=where, reranker=self._reranker, query_vector=vector,
-                                   oversample=oversample)
+                                   oversample=oversample, nprobe=nprobe)
         return [(_document(hit), hit.score) for hit in hits]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
@@ -415,9 +417,9 @@ class VecpressVectorStore(VectorStore):
         return self._mmr(self._given_vector(embedding), k, fetch_k, lambda_mult, **options)
 
     def _mmr(self, vector: np.ndarray, k: int, fetch_k: int, lambda_mult: float, where: Any,
-             oversample: int | None) -> list[Document]:
+             oversample: int | None, nprobe: int | None) -> list[Document]:
         hits = self._collection.max_marginal_relevance_search(
-            vector, k, fetch_k, lambda_mult, where=where, oversample=oversample)
+            vector, k, fetch_k, lambda_mult, where=where, oversample=oversample, nprobe=nprobe)
         return [_document(hit) for hit in hits]
 
     # ------------------------------------------------------------------ construction
@@ -568,9 +570,11 @@ def _where(filter: Any) -> Any:
 
 
 def _search_options(kwargs: dict[str, Any], method: str) -> dict[str, Any]:
-    """``where`` and ``oversample`` for the Collection, checked before the query is embedded."""
-    _no_extra(kwargs, method, ("filter", "oversample"))
-    return {"where": _where(kwargs.get("filter")), "oversample": kwargs.get("oversample")}
+    """``where``, ``oversample`` and ``nprobe`` for the Collection, checked before the query
+    is embedded."""
+    _no_extra(kwargs, method, ("filter", "oversample", "nprobe"))
+    return {"where": _where(kwargs.get("filter")), "oversample": kwargs.get("oversample"),
+            "nprobe": kwargs.get("nprobe")}
 
 
 def _no_extra(kwargs: dict[str, Any], method: str, allowed: Sequence[str]) -> None:

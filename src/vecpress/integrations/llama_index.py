@@ -73,7 +73,8 @@ _MODES = {
     VectorStoreQueryMode.HYBRID: "hybrid",
     VectorStoreQueryMode.MMR: "mmr",
 }
-_QUERY_KWARGS = {"mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor", "oversample"}
+_QUERY_KWARGS = {"mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor", "oversample",
+                 "nprobe"}
 #: nodes per Collection write in ``add`` (and per page when ``persist`` copies a store);
 #: large batches amortise the per-write cost of the index
 DEFAULT_BATCH_SIZE = 16_384
@@ -543,6 +544,7 @@ def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, 
         "mmr_prefetch_k": (kwargs.get("mmr_prefetch_k"), ("mmr",)),
         "mmr_prefetch_factor": (kwargs.get("mmr_prefetch_factor"), ("mmr",)),
         "oversample": (kwargs.get("oversample"), ("dense", "hybrid", "mmr")),
+        "nprobe": (kwargs.get("nprobe"), ("dense", "hybrid", "mmr")),
     }
     for name, (value, modes) in misplaced.items():
         if value is not None and mode not in modes:
@@ -558,6 +560,7 @@ def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, 
     if mode != "text":
         call["vector"] = query.query_embedding
         call["oversample"] = kwargs.get("oversample")
+        call["nprobe"] = kwargs.get("nprobe")
     if mode == "mmr":
         call["k"] = k
         call["lambda_mult"] = DEFAULT_MMR_THRESHOLD if mmr_threshold is None else mmr_threshold
