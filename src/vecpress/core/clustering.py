@@ -94,14 +94,27 @@ def rank_lists(queries: np.ndarray, centroids: np.ndarray, metric: str, n: int) 
     step = _block_rows(len(centroids))
     for start in range(0, len(queries), step):
         block = _float_block(queries, start, step, "queries")
-        scores = block @ centroids.T - shift[None, :]
-        if n < scores.shape[1]:
-            top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-        else:
-            top = np.broadcast_to(np.arange(n), scores.shape)
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[start:start + len(block)] = np.take_along_axis(top, order, axis=1)
+        out[start:start + len(block)] = ranked(block, centroids, shift, n)
     return out
+
+
+def centroid_shift(centroids: np.ndarray, metric: str) -> np.ndarray:
+    """What :func:`ranked` subtracts from each centroid's inner product (zeros for "ip",
+    half the squared norm for "l2"), computed once per set of centroids."""
+    _check_metric(metric)
+    return _shift(np.ascontiguousarray(centroids, dtype=np.float32), metric)
+
+
+def ranked(queries: np.ndarray, centroids: np.ndarray, shift: np.ndarray, n: int) -> np.ndarray:
+    """:func:`rank_lists` without its checks, for a search's few float32 queries against
+    centroids already checked (finite, float32) and their :func:`centroid_shift`."""
+    scores = queries @ centroids.T - shift[None, :]
+    if n < scores.shape[1]:
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    else:
+        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -281,4 +294,4 @@ def _checked_centroids(centroids: np.ndarray, dim: int) -> np.ndarray:
     return centroids
 
 
-__all__ = ["METRICS", "assign", "rank_lists", "train_centroids"]
+__all__ = ["METRICS", "assign", "centroid_shift", "rank_lists", "ranked", "train_centroids"]

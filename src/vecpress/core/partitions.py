@@ -84,6 +84,7 @@ class ListLayout:
     perm: np.ndarray  # (sorted_end,) int32 (int64 from 2**31 rows)
     inv: np.ndarray  # (sorted_end,) like perm
     _removed_cache: tuple[Any, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _shift: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, centroids: np.ndarray, metric: str, nprobe: int,
@@ -161,13 +162,23 @@ class ListLayout:
         ``nprobe`` lists nearest each query, then further lists in order of nearness until
         they hold ``need`` allowed rows (``allowed_counts`` per list, ``tail_allowed`` in the
         tail, which is always scanned)."""
-        order = clustering.rank_lists(queries, self.centroids, self.metric, self.n_lists)
+        if self._shift is None:
+            self._shift = clustering.centroid_shift(self.centroids, self.metric)
+        nprobe = min(nprobe, self.n_lists)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        nearest = clustering.ranked(queries, self.centroids, self._shift, nprobe)
         offsets = np.zeros(len(queries) + 1, np.int64)
         spans = []
         for q in range(len(queries)):
-            cumulative = np.cumsum(allowed_counts[order[q]]) + tail_allowed
-            enough = int(np.searchsorted(cumulative, need)) + 1  # lists holding `need` rows
-            probed = np.sort(order[q, : min(self.n_lists, max(nprobe, enough))])
+            probed = nearest[q]
+            if allowed_counts[probed].sum() + tail_allowed < need:
+                # too few allowed rows in the nearest lists: further lists, nearest first
+                order = clustering.ranked(queries[q:q + 1], self.centroids, self._shift,
+                                          self.n_lists)[0]
+                cumulative = np.cumsum(allowed_counts[order]) + tail_allowed
+                enough = int(np.searchsorted(cumulative, need)) + 1  # lists holding `need`
+                probed = order[: min(self.n_lists, max(nprobe, enough))]
+            probed = np.sort(probed)
             starts, stops = self.bounds[probed], self.bounds[probed + 1]
             keep = stops > starts
             pieces = np.stack([starts[keep], stops[keep]], axis=1)
