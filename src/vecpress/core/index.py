@@ -340,13 +340,8 @@ class Index:
         with self._mutex:
             if kept is not None:
                 self._originals = originals
-            self._codes.extend(codes)
-            self._factors.extend(factors)
-            if labels is not None:
-                self._labels.extend(labels)
-            self._ids.extend(ids)
-            self._ids.remove(replaced)
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._append_rows(codes, factors, labels, ids, replaced,
+                              max(self._next_id, int(ids.max()) + 1))
         self._log_rows += len(ids)
         if len(replaced):  # tombstoned when the log is folded into a segment
             self._pending_removals.append(replaced)
@@ -534,14 +529,8 @@ class Index:
                                       fitting)
                 elif kept is not None:
                     self._append_originals(kept)  # (originals first: extra rows are never read)
-                with self._mutex:  # (new rows join the tail of a partitioned layout)
-                    self._codes.extend(codes)
-                    self._factors.extend(factors)
-                    if labels is not None:
-                        self._labels.extend(labels)
-                    self._ids.extend(new_ids)
-                    self._ids.remove(replaced)
-                    self._next_id = next_id
+                with self._mutex:
+                    self._append_rows(codes, factors, labels, new_ids, replaced, next_id)
             if upkeep:
                 self._maintain()
         return new_ids
@@ -574,6 +563,18 @@ class Index:
             if upkeep:
                 self._maintain()
         return len(rows)
+
+    def _append_rows(self, codes: np.ndarray, factors: np.ndarray, labels: np.ndarray | None,
+                     ids: np.ndarray, replaced: np.ndarray, next_id: int) -> None:
+        """Publish added rows (the caller holds the publish mutex): a partitioned layout
+        takes them into its tail, each with its list number."""
+        self._codes.extend(codes)
+        self._factors.extend(factors)
+        if labels is not None:
+            self._labels.extend(labels)
+        self._ids.extend(ids)
+        self._ids.remove(replaced)
+        self._next_id = next_id
 
     def _persist_removal(self, rows: np.ndarray) -> None:
         """Commit tombstones for ``rows`` (and for removals still pending)."""

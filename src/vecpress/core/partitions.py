@@ -155,6 +155,12 @@ class ListLayout:
             return None, counts
         return np.concatenate([flags, removed[self.sorted_end:n_rows]]), counts
 
+    def _ranked(self, queries: np.ndarray, n: int) -> np.ndarray:
+        """The ``n`` nearest lists of each float32 query (the centroids' shift cached)."""
+        if self._shift is None:
+            self._shift = clustering.centroid_shift(self.centroids, self.metric)
+        return clustering.ranked(queries, self.centroids, self._shift, n)
+
     def probe(self, queries: np.ndarray, nprobe: int, n_rows: int, *,
               allowed_counts: np.ndarray, need: int,
               tail_allowed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,19 +168,16 @@ class ListLayout:
         ``nprobe`` lists nearest each query, then further lists in order of nearness until
         they hold ``need`` allowed rows (``allowed_counts`` per list, ``tail_allowed`` in the
         tail, which is always scanned)."""
-        if self._shift is None:
-            self._shift = clustering.centroid_shift(self.centroids, self.metric)
         nprobe = min(nprobe, self.n_lists)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        nearest = clustering.ranked(queries, self.centroids, self._shift, nprobe)
+        nearest = self._ranked(queries, nprobe)
         offsets = np.zeros(len(queries) + 1, np.int64)
         spans = []
         for q in range(len(queries)):
             probed = nearest[q]
             if allowed_counts[probed].sum() + tail_allowed < need:
                 # too few allowed rows in the nearest lists: further lists, nearest first
-                order = clustering.ranked(queries[q:q + 1], self.centroids, self._shift,
-                                          self.n_lists)[0]
+                order = self._ranked(queries[q:q + 1], self.n_lists)[0]
                 cumulative = np.cumsum(allowed_counts[order]) + tail_allowed
                 enough = int(np.searchsorted(cumulative, need)) + 1  # lists holding `need`
                 probed = order[: min(self.n_lists, max(nprobe, enough))]
