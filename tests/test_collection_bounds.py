@@ -69,7 +69,10 @@ def test_thousands_of_short_lived_threads_hold_a_bounded_number_of_handles(tmp_p
     assert not errors and not wrong
     assert open_fds() - baseline < 40
     # the pool keeps at most MAX_IDLE_READERS connections (two handles each: file and WAL)
-    assert open_fds() - baseline <= 2 * docstore.MAX_IDLE_READERS
+    assert len(col._store._readers._idle) <= docstore.MAX_IDLE_READERS
+    # ... plus a few handles SQLite keeps after a close while another connection holds a
+    # lock on the file (its unix VFS reuses them at the next open): 16-18 of 40 seen
+    assert open_fds() - baseline <= 2 * docstore.MAX_IDLE_READERS + 4
     writer.close()
     if read_only:
         col.close()

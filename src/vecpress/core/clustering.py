@@ -37,9 +37,9 @@ def train_centroids(sample: np.ndarray, n_lists: int, metric: str, *, seed: int 
 
     Starts from ``n_lists`` rows drawn with ``seed`` k-means++-style (see :func:`_seeds`),
     then ``iterations`` rounds of: assign each row to its nearest centroid, move each centroid
-    to the mean of its rows (and back onto the unit sphere for ``"ip"``). A centroid left without rows takes half of the
-    largest cluster: that cluster's centroid is nudged apart into two. The same arguments give
-    the same centroids.
+    to the mean of its rows (and back onto the unit sphere for ``"ip"``). A centroid left
+    without rows takes half of the largest cluster: that cluster's centroid is nudged apart
+    into two. The same arguments give the same centroids.
     """
     _check_metric(metric)
     rows = _checked_rows(sample, "sample")

@@ -98,11 +98,11 @@ class Index:
             appended to a row log instead of writing a segment and a manifest (see
             :mod:`vecpress.core.rowlog`; a one-row add then costs well under a millisecond
             instead of several fsyncs): it survives the process being killed at any moment;
-            after a power loss or OS crash the store opens at an earlier commit, or is refused with ``StoreCorruptedError`` if the manifest reached
-            the disk before the files it names (checksums catch it, never a half-written
-            store). ``close()`` fsyncs the committed state. Merges and compactions follow
-            the same setting. A setting of this open, not of the files: a store may be opened
-            either way.
+            after a power loss or OS crash the store opens at an earlier commit, or is
+            refused with ``StoreCorruptedError`` if the manifest reached the disk before the
+            files it names (checksums catch it, never a half-written store). ``close()``
+            fsyncs the committed state. Merges and compactions follow the same setting. A
+            setting of this open, not of the files: a store may be opened either way.
 
     Scores are higher-is-better: cosine similarity, inner product, or minus the squared L2
     distance. Missing hits (fewer than ``k`` allowed rows) are padded with id -1, score -inf.
