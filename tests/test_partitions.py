@@ -81,8 +81,10 @@ def test_one_list_probe_scans_only_that_list_and_the_tail():
     assert rows_scanned == [size + tail] or rows_scanned[0] >= 5  # further lists only if short
 
 
-@pytest.mark.parametrize("fraction", [0.01, 0.3])
+@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.05, 0.3, 0.5])
 def test_filtered_search_returns_k_hits_at_any_selectivity(fraction):
+    """min(k, matches) hits, every one allowed, whatever the selectivity: 0.1% and 1% are
+    scanned row by row, 5% to 50% by mask, probing further lists while they hold too few."""
     both = clustered_vectors(3010, 16, seed=6)
     data, queries = both[:3000], both[3000:]
     index = _partitioned(data)
@@ -90,14 +92,18 @@ def test_filtered_search_returns_k_hits_at_any_selectivity(fraction):
     allowed_rows = np.sort(rng.choice(3000, int(3000 * fraction), replace=False))
     allowed = np.zeros(3000, bool)
     allowed[allowed_rows] = True
-    ref_scores, ref_rows = reference_topk(_stored(data, "cosine"), queries, 10, "cosine",
+    k = 10
+    expected = min(k, len(allowed_rows))
+    ref_scores, ref_rows = reference_topk(_stored(data, "cosine"), queries, expected, "cosine",
                                           allowed=allowed)
     for nprobe in (1, None):  # one list may hold too few allowed rows: more are probed
-        scores, found = index.search(queries, k=10, mask=allowed_rows, nprobe=nprobe)
-        assert (found >= 0).all() and np.isin(found, allowed_rows).all()
-    assert recall(found, ref_rows) >= 0.9
-    scores, found = index.search(queries, k=10, mask=allowed_rows, oversample=1000)
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-3)
+        scores, found = index.search(queries, k=k, mask=allowed_rows, nprobe=nprobe)
+        hits = found[:, :expected]
+        assert (hits >= 0).all() and np.isin(hits, allowed_rows).all()
+        assert (found[:, expected:] == -1).all()
+    assert recall(hits, ref_rows) >= 0.9
+    scores, found = index.search(queries, k=k, mask=allowed_rows, oversample=1000)
+    np.testing.assert_allclose(scores[:, :expected], ref_scores, rtol=1e-4, atol=1e-3)
 
 
 def test_removed_rows_never_return_and_short_lists_are_topped_up():
