@@ -285,3 +285,23 @@ def test_training_keeps_every_row_and_its_number(tmp_path):
     again = Index.load(tmp_path / "s")
     np.testing.assert_array_equal(again.row_ids[:60], before)
     np.testing.assert_array_equal(again._labels.view, index._labels.view)
+
+
+def test_stats_and_the_cli_show_the_lists():
+    """Index.stats gives lists, nprobe and the spread of list sizes; `vecpress stats` says so."""
+    from vecpress.cli import format_stats, store_stats
+
+    data = clustered_vectors(1000, 16, seed=19)
+    col = Collection(16, partitions=4)
+    col.upsert([str(i) for i in range(1000)], data)
+    stats = col.stats()
+    sizes = np.diff(col._index._lists.bounds)
+    assert stats["lists"] == 4 and 1 <= stats["nprobe"] <= 4
+    assert stats["list_rows"] == {"min": int(sizes.min()), "median": int(np.median(sizes)),
+                                  "max": int(sizes.max())}
+    assert sum(sizes) == 1000
+    text = format_stats(store_stats(col))
+    assert f"4 inverted lists, {stats['nprobe']} probed per query" in text
+    flat = Collection(16, partitions=None)
+    flat.upsert(["a"], data[:1])
+    assert flat.stats()["lists"] == 0 and "flat scan" in format_stats(store_stats(flat))

@@ -211,6 +211,14 @@ def format_stats(info: dict[str, Any], path: Path | None = None) -> str:
         if info.get("db_bytes") is not None:
             rows.append(("disk, documents", f"{_size(info['db_bytes'])}, {info['db_disk_bytes_per_vector']:,.0f} B "
                                             "per document (text, metadata, full-text index)"))
+    if info.get("lists"):
+        spread = info.get("list_rows") or {}
+        rows.append(("search", f"{info['lists']:,} inverted lists, {info['nprobe']:,} probed per "
+                               f"query by default (calibrated); rows per list "
+                               f"{spread.get('min', 0):,} / {spread.get('median', 0):,} / "
+                               f"{spread.get('max', 0):,} (min / median / max)"))
+    elif count:
+        rows.append(("search", "flat scan of every code"))
     if info.get("deleted"):
         rows.append(("deleted rows", f"{_count(info['deleted'])} (space reclaimed by compaction)"))
     width = max(len(name) for name, _ in rows)

@@ -705,7 +705,8 @@ class Index:
                     "disk_bytes": int(disk),
                     "segments": len(self._manifest["segments"]) if self._manifest else 0,
                     "lists": 0 if lists is None else lists.n_lists,
-                    "nprobe": 0 if lists is None else lists.nprobe}
+                    "nprobe": 0 if lists is None else lists.nprobe,
+                    "list_rows": _spread(None if lists is None else np.diff(lists.bounds))}
 
     def save(self, path: str | Path) -> None:
         """Write a compacted copy of the index to a new directory (open it with ``load``)."""
@@ -1557,6 +1558,13 @@ def _scan_lists(snap: _Snapshot, queries: np.ndarray, candidates: int, flt: RowF
     scores, positions = snap.codec.scan(snap.codes, snap.factors, queries, candidates,
                                         by_position, spans=spans)
     return scores, lists.rows_at(positions)
+
+
+def _spread(sizes: np.ndarray | None) -> dict[str, int]:
+    """Smallest, median and largest of ``sizes`` (empty while flat)."""
+    if sizes is None or not len(sizes):
+        return {}
+    return {"min": int(sizes.min()), "median": int(np.median(sizes)), "max": int(sizes.max())}
 
 
 def _read_labels(path: Path, entry: dict[str, Any], lists: int, verify: bool) -> np.ndarray:
