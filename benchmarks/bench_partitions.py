@@ -12,7 +12,8 @@ seconds, and RAM bytes per vector as the library accounts it.
 - ``faiss IVF,RaBitQ4,RFlat``: FAISS's inverted lists over 4-bit RaBitQ codes with an exact
   refine of 3x the candidates from float32 originals in RAM, at the same list count and the
   same ``nprobe`` values;
-- ``faiss IVF,Flat``: float32 lists, the recall the partitioning alone allows at each nprobe.
+- ``faiss IVF,Flat``: float32 lists, the recall the partitioning alone allows at each nprobe;
+- ``hnswlib M=16``: a graph over float32 vectors, at several ``ef``.
 
 The crossover section times flat against lists on prefixes of the corpus (``--crossover``),
 which is how ``partitions.AUTO_MIN_ROWS`` was chosen.
@@ -47,6 +48,7 @@ from benchmarks.datasets import ground_truth, load_embeddings, release_model
 
 K = 10
 NPROBES = (4, 8, 16, 32, 64, 96, 128)
+HNSW_EFS = (16, 32, 64, 128)
 ADD_BATCH = 10_000
 
 
@@ -144,6 +146,26 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
                          "p50_ms": _latency_ms(lambda q: index.search(q, K), timed),
                          "build_s": seconds, "ram_b_per_vector": ram})
         del index
+
+    import hnswlib
+
+    graph = hnswlib.Index(space="ip", dim=base.shape[1])
+    graph.init_index(max_elements=len(base), M=16, ef_construction=128)
+    start = time.perf_counter()
+    graph.add_items(unit, np.arange(len(base)), num_threads=2)
+    seconds = time.perf_counter() - start
+    path = RESULTS / "_partitions_hnswlib.bin"
+    graph.save_index(str(path))
+    ram = path.stat().st_size / len(base)
+    path.unlink()
+    for ef in HNSW_EFS:
+        graph.set_ef(ef)
+        found = graph.knn_query(unit_queries, k=K, num_threads=1)[0]
+        rows.append({"method": "hnswlib M=16 (float32 graph)", "lists": 0, "nprobe": f"ef={ef}",
+                     "recall@10": recall_at(found, truth),
+                     "p50_ms": _latency_ms(lambda q: graph.knn_query(q, k=K, num_threads=1),
+                                           timed),
+                     "build_s": seconds, "ram_b_per_vector": ram})
     return rows
 
 
@@ -197,7 +219,8 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
         ax.plot([r["recall@10"] for r in items], [r["p50_ms"] for r in items], marker="o",
                 label=method, linestyle="-" if method.startswith("vecpress") else "--")
         for r in items:
-            ax.annotate(str(r["nprobe"]).split(" ")[0], (r["recall@10"], r["p50_ms"]),
+            ax.annotate(str(r["nprobe"]).split(" ")[0].replace("ef=", ""),
+                        (r["recall@10"], r["p50_ms"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_yscale("log")
     ax.set_xlabel("recall@10 vs exact")
