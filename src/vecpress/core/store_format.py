@@ -128,13 +128,20 @@ def validate_manifest(manifest: dict[str, Any], directory: Path) -> None:
 
 def _check_log(log: Any, where: Path, seen: set[str]) -> None:
     _keys(log, where, "log", LOG_KEYS)
-    file = log["file"]
-    if not isinstance(file, str) or not LOG_FILE.fullmatch(file):
-        raise _fail(where, f"log.file {_short(file)} is not a file name this store writes "
-                           f"(expected {LOG_FILE.pattern})")
+    _check_file_name(log, where, "log", LOG_FILE, seen)
+
+
+def _check_file_name(entry: dict[str, Any], where: Path, name: str, pattern: re.Pattern[str],
+                     seen: set[str]) -> str:
+    """``entry["file"]``: a name of the store's own ``pattern``, not listed before."""
+    file = entry["file"]
+    if not isinstance(file, str) or not pattern.fullmatch(file):
+        raise _fail(where, f"{name}.file {_short(file)} is not a file name this store writes "
+                           f"(expected {pattern.pattern})")
     if file in seen:
-        raise _fail(where, f"log ({file}) is listed twice; each file belongs to one entry")
+        raise _fail(where, f"{name} ({file}) is listed twice; each file belongs to one entry")
     seen.add(file)
+    return file
 
 
 def _check_generation(manifest: dict[str, Any], where: Path, files: set[str]) -> None:
@@ -176,14 +183,8 @@ def _check_entry(entry: Any, where: Path, name: str, pattern: re.Pattern[str],
     """One file entry: keys, a file name of the store's own pattern not seen before, a CRC32,
     a bounded shape, a store dtype, and block checksums matching the rows when present."""
     _keys(entry, where, name, ENTRY_KEYS, BLOCK_KEYS)
-    file = entry["file"]
-    if not isinstance(file, str) or not pattern.fullmatch(file):
-        raise _fail(where, f"{name}.file {_short(file)} is not a file name this store writes "
-                           f"(expected {pattern.pattern})")
+    file = _check_file_name(entry, where, name, pattern, seen)
     label = f"{name} ({file})"
-    if file in seen:
-        raise _fail(where, f"{label} is listed twice; each file belongs to one entry")
-    seen.add(file)
     _int(entry["crc32"], where, f"{label}.crc32", 0, 2 ** 32 - 1)
     shape = entry["shape"]
     if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
