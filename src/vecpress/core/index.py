@@ -1178,13 +1178,13 @@ class Index:
             if len(live):
                 writer = self._segment_writer(self._path, gen, len(live), codec,
                                               with_lists=lists is not None)
+        training = lists is not None and lists.calibration is not None
         try:
             for lo, hi, kept in source._all_original_chunks():
                 rows = live[np.searchsorted(live, lo): np.searchsorted(live, hi)]
                 if not len(rows):
                     continue
                 kept = None if kept is None else kept[rows - lo]
-                training = lists is not None and lists.calibration is not None
                 vectors = self._code_vectors(kept) if reencode or training else None
                 if reencode:
                     codes, factors = codec.encode(vectors)
@@ -1207,7 +1207,7 @@ class Index:
             if writer is not None:
                 writer.abort()
             raise
-        if lists is not None and lists.calibration is not None:
+        if training:
             lists.nprobe = lists.calibration.nprobe(lists.centroids)
         next_id = max(source._next_id, self._next_id)
         if manifest is not None:
@@ -1215,11 +1215,7 @@ class Index:
                             next_id=next_id, rows=len(live), count=len(live))
             manifest.pop("partitions", None)
             if lists is not None:
-                manifest["partitions"] = {
-                    "lists": len(lists.centroids), "nprobe": lists.nprobe,
-                    "trained_rows": lists.trained_rows,
-                    "centroids": storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
-                                                     lists.centroids, sync=self._sync)}
+                manifest["partitions"] = self._partitions_entry(gen, lists)
             self._commit(manifest)
             self._pending_removals = []  # (the removed rows are gone from the files)
         if ram is None:
@@ -1313,11 +1309,7 @@ class Index:
             new_segments.append(dict(segment, files=files))
             start = stop
         manifest["segments"] = new_segments
-        manifest["partitions"] = {
-            "lists": len(plan.centroids), "nprobe": plan.nprobe,
-            "trained_rows": plan.trained_rows,
-            "centroids": storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
-                                             plan.centroids, sync=self._sync)}
+        manifest["partitions"] = self._partitions_entry(gen, plan)
         if self._pending_removals:
             manifest["tombstones"] = self._tombstones_with(gen, np.zeros(0, np.int64))
             manifest["count"] = len(self)
@@ -1346,6 +1338,13 @@ class Index:
         if beyond < len(rows):
             out[beyond:] = self._originals.fetch(rows[beyond:])
         return out
+
+    def _partitions_entry(self, gen: int, plan: "_ListPlan") -> dict[str, Any]:
+        """The manifest's ``partitions`` entry for ``plan``, its centroids written first."""
+        centroids = storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
+                                        plan.centroids, sync=self._sync)
+        return {"lists": len(plan.centroids), "nprobe": plan.nprobe,
+                "trained_rows": plan.trained_rows, "centroids": centroids}
 
     def _kept_lists(self) -> "_ListPlan | None":
         """The current lists, unchanged (None while flat)."""

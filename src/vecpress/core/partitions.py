@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import clustering
+from .store_format import MAX_LISTS
 
 #: below this many rows ``partitions="auto"`` keeps the flat scan (see benchmarks/bench_partitions)
 AUTO_MIN_ROWS = 65_536
@@ -53,7 +54,6 @@ CALIBRATION_MARGIN = 1.1
 TAIL_FRACTION = 1 / 32
 #: ... and more than this many rows
 TAIL_MIN_ROWS = 4096
-MAX_LISTS = 1 << 20
 
 
 def auto_lists(rows: int) -> int:
