@@ -279,9 +279,9 @@ def test_parallel_and_serial_scans_agree(monkeypatch, name, bits, n_queries):
     mask = np.random.default_rng(0).random(3000) < 0.5
     results = []
     for threshold in (10**12, 0):  # serial, then parallel with several chunks
-        monkeypatch.setattr(codecs, "PARALLEL_MIN_ROWS", threshold)
-        monkeypatch.setattr(codecs, "PARALLEL_MIN_ROWS_ONE_QUERY", threshold)
-        monkeypatch.setattr(codecs, "_chunk_count", lambda n: 5)
+        monkeypatch.setattr(codecs.scanning, "PARALLEL_MIN_ROWS", threshold)
+        monkeypatch.setattr(codecs.scanning, "PARALLEL_MIN_ROWS_ONE_QUERY", threshold)
+        monkeypatch.setattr(codecs.scanning, "_chunk_count", lambda n: 5)
         results.append(codec.scan(codec.scan_layout(codes), factors, queries, 20, RowFilter(n_rows=3000, mask=mask)))
     np.testing.assert_array_equal(results[0][1], results[1][1])
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
@@ -370,6 +370,40 @@ def test_tiled_layout_round_trip_in_pieces(width, data):
     first = min(n, kernels.TILE_ROWS)
     sign_block = tiles[0, :n_sign * kernels.TILE_ROWS].reshape(n_sign, kernels.TILE_ROWS)
     np.testing.assert_array_equal(sign_block[:, :first], codes[:first, :n_sign].T)
+
+
+def _numpy_quantized(rotated, bits, dither=None):
+    """Reference for the query quantization kernel: levels by numpy, planes unpacked."""
+    low = rotated.min(axis=1)
+    top = (1 << bits) - 1
+    step = (rotated.max(axis=1) - low) / top
+    step[step == 0] = 1.0
+    scaled = (rotated - low[:, None]) / step[:, None]
+    levels = np.clip(np.rint(scaled) if dither is None else np.floor(scaled + dither), 0, top)
+    return levels.astype(np.uint8), step.astype(np.float64), low.astype(np.float64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 200), st.sampled_from([4, 6, 8]),
+       st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2 ** 31 - 1))
+def test_query_quantization_kernel_matches_numpy(n, dim, bits, dtype, dither, seed):
+    from vecpress.core.codecs import _quantize_query
+
+    rng = np.random.default_rng(seed)
+    rotated = (rng.standard_normal((n, dim)) * rng.choice([1e-3, 1.0, 50.0])).astype(dtype)
+    if dim > 3:
+        rotated[0, :3] = rotated[0, 3]  # ties
+    if n > 1:
+        rotated[1] = 0.25  # a constant row: step 1
+    offsets = rng.random(dim) if dither else None
+    words = (dim + 63) // 64
+    got = _quantize_query(rotated, bits, words, dither=offsets)
+    levels, step, low = _numpy_quantized(rotated, bits, offsets)
+    assert got["planes"].shape == (n, words, bits)
+    unpacked = kernels.unpack_planes(np.ascontiguousarray(got["planes"].transpose(0, 2, 1)), dim)
+    np.testing.assert_array_equal(unpacked, levels)
+    np.testing.assert_array_equal(got["step"], step)
+    np.testing.assert_array_equal(got["low"], low)
 
 
 def test_dithered_query_rounding_is_unbiased():

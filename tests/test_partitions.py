@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vecpress import Collection, Index
 from vecpress.core import clustering, partitions
@@ -258,6 +260,31 @@ def test_layout_positions_round_trip():
     positions = layout.positions_of(np.maximum(rows, 0))
     np.testing.assert_array_equal(layout.rows_at(positions), np.maximum(rows, 0))
     np.testing.assert_array_equal(layout.rows_at(np.array([-1])), [-1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=60), st.integers(0, 5),
+       st.integers(1, 8), st.integers(1, 4), st.integers(0, 2 ** 31 - 1))
+def test_probe_spans_are_each_querys_lists_in_row_order(labels, tail, nprobe, n_queries, seed):
+    """The spans planned for a batch are, for each query, its ``nprobe`` nearest lists by a
+    brute-force ranking, then the tail: the same rows, in row order, none twice."""
+    rng = np.random.default_rng(seed)
+    centroids = rng.standard_normal((8, 4)).astype(np.float32)
+    layout = ListLayout.build(centroids, "ip", nprobe, np.array(labels, np.int32))
+    n_rows = len(labels) + tail
+    queries = rng.standard_normal((n_queries, 4)).astype(np.float32)
+    offsets, bounds = layout.probe(queries, nprobe, n_rows, allowed_counts=np.diff(layout.bounds),
+                                   need=0, tail_allowed=tail)
+    assert offsets[0] == 0 and offsets[-1] == len(bounds) and len(offsets) == n_queries + 1
+    for q in range(n_queries):
+        nearest = np.argsort(-(centroids @ queries[q]), kind="stable")[:nprobe]
+        expected = [p for lst in sorted(nearest) for p in range(layout.bounds[lst],
+                                                                layout.bounds[lst + 1])]
+        expected += list(range(len(labels), n_rows))
+        runs = bounds[offsets[q]:offsets[q + 1]]
+        assert (runs[:, 1] > runs[:, 0]).all()
+        assert (runs[1:, 0] > runs[:-1, 1]).all()  # touching runs are joined
+        assert [p for start, stop in runs for p in range(start, stop)] == expected
 
 
 def test_collection_passes_partitions_and_nprobe(tmp_path):

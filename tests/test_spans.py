@@ -140,9 +140,9 @@ def test_span_scan_is_the_top_k_of_the_rows_in_its_spans(name, bits, dim, metric
             patch.setattr(type(codec), "PRUNE_EPSILON", 1e12)
         serial = codec.scan(codes, factors, queries, k, flt, spans=spans)
         _check_top_k(*serial, k, spans, flt, estimate, tolerance)
-        patch.setattr(codecs, "PARALLEL_MIN_ROWS", 0)
-        patch.setattr(codecs, "PARALLEL_MIN_ROWS_ONE_QUERY", 0)
-        patch.setattr(codecs, "_chunk_count", lambda n: 3)
+        patch.setattr(codecs.scanning, "PARALLEL_MIN_ROWS", 0)
+        patch.setattr(codecs.scanning, "PARALLEL_MIN_ROWS_ONE_QUERY", 0)
+        patch.setattr(codecs.scanning, "_chunk_count", lambda n: 3)
         _same_top(codec.scan(codes, factors, queries, k, flt, spans=spans), serial)
     # with pruning: still rows of the spans, scored right, and (almost) the same best rows
     pruned = codec.scan(codes, factors, queries, k, flt, spans=spans)
@@ -182,9 +182,9 @@ def test_pruned_span_scans_keep_the_best_candidates(name, bits, n_queries):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(type(codec), "PRUNE_EPSILON", 1e12)
         full = codec.scan(codes, factors, queries, 30, flt, spans=spans)
-        patch.setattr(codecs, "PARALLEL_MIN_ROWS", 0)
-        patch.setattr(codecs, "PARALLEL_MIN_ROWS_ONE_QUERY", 0)
-        patch.setattr(codecs, "_chunk_count", lambda n: 4)
+        patch.setattr(codecs.scanning, "PARALLEL_MIN_ROWS", 0)
+        patch.setattr(codecs.scanning, "PARALLEL_MIN_ROWS_ONE_QUERY", 0)
+        patch.setattr(codecs.scanning, "_chunk_count", lambda n: 4)
         _same_top(codec.scan(codes, factors, queries, 30, flt, spans=spans), full)
     overlap = np.mean([len(set(a) & set(b)) / 30 for a, b in zip(pruned[1], full[1])])
     assert overlap >= 0.98

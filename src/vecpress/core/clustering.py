@@ -108,13 +108,13 @@ def centroid_shift(centroids: np.ndarray, metric: str) -> np.ndarray:
 def ranked(queries: np.ndarray, centroids: np.ndarray, shift: np.ndarray, n: int) -> np.ndarray:
     """:func:`rank_lists` without its checks, for a search's few float32 queries against
     centroids already checked (finite, float32) and their :func:`centroid_shift`."""
-    scores = queries @ centroids.T - shift[None, :]
-    if n < scores.shape[1]:
-        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    else:
-        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1).astype(np.int32)
+    scores = queries @ centroids.T
+    scores -= shift
+    if 4 * n >= scores.shape[1]:  # most of the lists: one sort
+        return np.argsort(-scores, axis=1, kind="stable")[:, :n].astype(np.int32)
+    line = np.arange(len(scores))[:, None]
+    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    return top[line, np.argsort(-scores[line, top], axis=1, kind="stable")].astype(np.int32)
 
 
 # --------------------------------------------------------------------------- helpers

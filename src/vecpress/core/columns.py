@@ -13,6 +13,7 @@ Nothing here touches files or knows about documents.
 
 from __future__ import annotations
 
+import mmap
 from copy import copy
 from dataclasses import dataclass
 from typing import Any
@@ -327,7 +328,17 @@ class _Blocks:
     @property
     def nbytes(self) -> int:
         return int(sum(b.nbytes for b in self.blocks
-                       if isinstance(b, np.ndarray) and not isinstance(b, np.memmap)))
+                       if isinstance(b, np.ndarray) and not _file_mapped(b)))
+
+
+def _file_mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` views a memory-mapped file (its pages are the page cache's, not RAM
+    this process owns): a ``np.memmap`` or a view of one."""
+    while array is not None:
+        if isinstance(array, (np.memmap, mmap.mmap)):
+            return True
+        array = getattr(array, "base", None)
+    return False
 
 
 @dataclass(frozen=True)

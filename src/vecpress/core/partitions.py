@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import clustering
+from .codecs import PlannedSpans
 from .store_format import MAX_LISTS
 
 #: below this many rows ``partitions="auto"`` keeps the flat scan (see benchmarks/bench_partitions)
@@ -171,6 +172,8 @@ class ListLayout:
         nprobe = min(nprobe, self.n_lists)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         nearest = self._ranked(queries, nprobe)
+        if (allowed_counts[nearest].sum(axis=1) + tail_allowed >= need).all():
+            return self._spans_of(nearest, n_rows)
         offsets = np.zeros(len(queries) + 1, np.int64)
         spans = []
         for q in range(len(queries)):
@@ -190,7 +193,29 @@ class ListLayout:
             spans.append(_joined(pieces))
             offsets[q + 1] = offsets[q] + len(spans[-1])
         bounds = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)
-        return offsets, bounds.astype(np.int64).reshape(-1, 2)
+        return PlannedSpans((offsets, np.ascontiguousarray(bounds, np.int64).reshape(-1, 2)))
+
+    def _spans_of(self, probed: np.ndarray, n_rows: int) -> PlannedSpans:
+        """The spans of each query's ``probed`` lists (a (q, n) array) and the tail, all
+        queries at once: per query, its lists in row order, touching neighbours joined."""
+        n_queries = len(probed)
+        probed = np.sort(probed, axis=1)
+        starts = np.empty((n_queries, probed.shape[1] + 1), np.int64)
+        stops = np.empty_like(starts)
+        starts[:, :-1], stops[:, :-1] = self.bounds[probed], self.bounds[probed + 1]
+        starts[:, -1], stops[:, -1] = self.sorted_end, n_rows  # the tail (maybe empty)
+        keep = stops > starts
+        query = np.broadcast_to(np.arange(n_queries)[:, None], starts.shape)[keep]
+        starts, stops = starts[keep], stops[keep]
+        # a run begins at each query's first piece and wherever a piece does not touch the last
+        begins = np.ones(len(starts), dtype=bool)
+        begins[1:] = (query[1:] != query[:-1]) | (starts[1:] != stops[:-1])
+        ends = np.ones(len(starts), dtype=bool)  # a run ends where the next one begins
+        ends[:-1] = begins[1:]
+        bounds = np.stack([starts[begins], stops[ends]], axis=1)
+        offsets = np.zeros(n_queries + 1, np.int64)
+        np.cumsum(np.bincount(query[begins], minlength=n_queries), out=offsets[1:])
+        return PlannedSpans((offsets, bounds))
 
 
 def _joined(spans: np.ndarray) -> np.ndarray:

@@ -40,6 +40,44 @@ def pack_planes(levels, bits, words):
     return out
 
 
+@njit(cache=True, nogil=True)
+def quantize_planes(rotated, bits, words, dither, use_dither):
+    """Queries (q, dim) float32 quantized to ``bits`` levels between each row's minimum and
+    maximum and packed: ``(planes (q, words, bits) uint64, step (q,), low (q,))``, float32
+    arithmetic as numpy's on float32 rows. A level is the nearest one, or with
+    ``use_dither`` ``floor(scaled + dither)`` (``dither`` float64 per coordinate)."""
+    n, dim = rotated.shape
+    top = (1 << bits) - 1
+    planes = np.zeros((n, words, bits), dtype=np.uint64)
+    steps = np.empty(n, dtype=np.float64)
+    lows = np.empty(n, dtype=np.float64)
+    one = np.uint64(1)
+    for r in range(n):
+        low = rotated[r, 0]
+        high = rotated[r, 0]
+        for i in range(1, dim):
+            low = min(low, rotated[r, i])
+            high = max(high, rotated[r, i])
+        step = (high - low) / np.float32(top)
+        if step == 0:
+            step = np.float32(1.0)
+        for i in range(dim):
+            scaled = (rotated[r, i] - low) / step
+            if use_dither:
+                level = np.floor(np.float64(scaled) + dither[i])
+            else:
+                level = np.float64(np.rint(scaled))
+            level = min(max(level, 0.0), np.float64(top))
+            bits_of = np.uint64(level)
+            word = i >> 6
+            at = np.uint64(i & 63)
+            for b in range(bits):
+                planes[r, word, b] |= ((bits_of >> np.uint64(b)) & one) << at
+        steps[r] = step
+        lows[r] = low
+    return planes, steps, lows
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def pack_planes_parallel(levels, bits, words):
     """:func:`pack_planes` for large batches, rows spread over all threads."""
