@@ -4,13 +4,15 @@ Users choose ``bits`` and ``oversample`` on numbers from someone else's corpus; 
 them on theirs. Queries are stored vectors picked at random (each one's own row is left out of
 its answers), the reference is exact float32 search over the kept originals, and the store is
 searched through its public ``Index.search``: once with the code scan alone (``oversample=1``,
-what ``rerank=False`` would return) and once as configured (scan, then exact rerank).
+what ``rerank=False`` would return) and once as configured (scan, then exact rerank). A
+partitioned store is also searched at other ``nprobe`` values (a quarter, half and twice its
+calibrated one, and every list), so users see what the knob buys on their data.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,12 @@ class StoreBench:
     latency_ms_codes: float
     latency_ms_rerank: float
     ram_bytes_per_vector: float
+    #: partitioned stores: lists, the calibrated nprobe, list sizes (min, median, max) and
+    #: recall / latency (with the rerank) per nprobe tried; 0 and empty while flat
+    lists: int = 0
+    nprobe: int = 0
+    list_rows: dict[str, int] = field(default_factory=dict)
+    nprobe_sweep: list[dict[str, float]] = field(default_factory=list)
 
     def table(self) -> str:
         """A small Markdown table of the figures."""
@@ -50,7 +58,25 @@ class StoreBench:
             "",
             f"RAM: {self.ram_bytes_per_vector:.1f} bytes per vector (float32 vectors: "
             f"{4 * self.dim})",
+            *self._lists_table(),
         ])
+
+    def _lists_table(self) -> list[str]:
+        """The partitioning and the nprobe sweep (nothing for a flat store)."""
+        if not self.lists:
+            return ["", "Search: a flat scan of every code (the store is below the size where "
+                        "lists pay; see Index(partitions=...))"]
+        sizes = self.list_rows
+        lines = ["", f"Search: {self.lists:,} inverted lists of {sizes.get('min', 0):,} / "
+                     f"{sizes.get('median', 0):,} / {sizes.get('max', 0):,} rows (min / median "
+                     f"/ max); {self.nprobe:,} probed per query by default",
+                 "", "| nprobe | recall@k (with rerank) | median latency (ms) |",
+                 "| ---: | ---: | ---: |"]
+        for run in self.nprobe_sweep:
+            mark = " (default)" if run["nprobe"] == self.nprobe else ""
+            lines.append(f"| {int(run['nprobe']):,}{mark} | {run['recall']:.4f} | "
+                         f"{run['latency_ms']:.2f} |")
+        return lines
 
 
 def bench_index(index: Index, n_queries: int = 200, k: int = 10, seed: int = 0) -> StoreBench:
@@ -73,12 +99,27 @@ def bench_index(index: Index, n_queries: int = 200, k: int = 10, seed: int = 0) 
         found, latency = _search(index, queries, query_ids, k, oversample)
         runs[name] = (_recall(found, truth), latency)
     stats = index.stats()
+    sweep = []
+    for nprobe in _nprobe_values(stats["nprobe"], stats["lists"]):
+        found, latency = _search(index, queries, query_ids, k, index.oversample, nprobe)
+        sweep.append({"nprobe": nprobe, "recall": _recall(found, truth), "latency_ms": latency})
     return StoreBench(count=len(ids), dim=index.dim, queries=len(queries), k=k,
                       oversample=index.oversample,
                       recall_codes=runs["codes"][0], recall_rerank=runs["rerank"][0],
                       latency_ms_codes=runs["codes"][1], latency_ms_rerank=runs["rerank"][1],
                       ram_bytes_per_vector=(stats["ram_bytes"] - stats["ram_fixed_bytes"])
-                      / max(stats["count"], 1))
+                      / max(stats["count"], 1),
+                      lists=stats["lists"], nprobe=stats["nprobe"],
+                      list_rows=dict(stats["list_rows"]), nprobe_sweep=sweep)
+
+
+def _nprobe_values(nprobe: int, lists: int) -> list[int]:
+    """The nprobe values a partitioned store is tried at: a quarter, half, once and twice the
+    calibrated one, and every list (none while flat)."""
+    if not lists:
+        return []
+    return sorted({max(1, nprobe // 4), max(1, nprobe // 2), nprobe, min(2 * nprobe, lists),
+                   lists})
 
 
 def _exact_top(index: Index, ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray,
@@ -107,14 +148,14 @@ def _scores(metric: str, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray
 
 
 def _search(index: Index, queries: np.ndarray, query_ids: np.ndarray, k: int,
-            oversample: int) -> tuple[np.ndarray, float]:
+            oversample: int, nprobe: int | None = None) -> tuple[np.ndarray, float]:
     """Top ``k`` ids per query (own id left out) and the median latency of one query."""
-    index.search(queries[:1], k + 1, oversample=oversample)  # warm the compiled kernels
+    index.search(queries[:1], k + 1, oversample=oversample, nprobe=nprobe)  # warm the kernels
     found = np.empty((len(queries), k), dtype=np.int64)
     times = []
     for i, query in enumerate(queries):
         start = time.perf_counter()
-        _, hits = index.search(query[None], k + 1, oversample=oversample)
+        _, hits = index.search(query[None], k + 1, oversample=oversample, nprobe=nprobe)
         times.append(time.perf_counter() - start)
         found[i] = [h for h in hits[0] if h != query_ids[i]][:k]
     return found, float(np.median(times) * 1000)
