@@ -1,0 +1,83 @@
+"""One shard: the object a Ray actor holds, owning a :class:`~vecpress.Collection` directory.
+
+The class is plain Python (Ray wraps it with ``ray.remote`` when a store starts its actors), so
+``import vecpress.distributed`` needs no Ray. Its constructor creates the shard's collection or
+opens it as it is on disk: when Ray restarts a killed actor it runs the constructor again, and
+the collection reopens with every write it acknowledged (a write returns only once it is
+durable, see ``Collection(durability=...)``), having dropped what a crash left half-done.
+
+Every method is one Collection call (or two), so a shard filters before it scores and reranks
+its candidates exactly, as one collection does; the driver only merges.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.collection import Collection, Hit
+from ..core.docstore import fts_query
+
+
+class Shard:
+    """A Collection served by one actor (``settings``: dim, metric, bits, index_options)."""
+
+    def __init__(self, path: str, settings: dict[str, Any], durability: str) -> None:
+        self._collection = Collection(
+            settings["dim"], path=Path(path), bits=settings["bits"], metric=settings["metric"],
+            durability=durability, **settings["index_options"])
+
+    def pid(self) -> int:
+        """The process id of the actor (tests kill it)."""
+        return os.getpid()
+
+    def count(self, where: Any = None) -> int:
+        return self._collection.count(where)
+
+    def upsert(self, ids: list[str], vectors: np.ndarray, texts: list[str | None],
+               metadatas: list[dict | None]) -> int:
+        return len(self._collection.upsert(ids, vectors, texts, metadatas))
+
+    def delete(self, ids: list[str] | None, where: Any) -> int:
+        return self._collection.delete(ids=ids, where=where)
+
+    def clear(self) -> None:
+        self._collection.clear()
+
+    def get(self, ids: list[str] | None, where: Any, limit: int | None, offset: int,
+            include_vectors: bool) -> list[Hit]:
+        return self._collection.get(ids, where=where, limit=limit, offset=offset,
+                                    include_vectors=include_vectors)
+
+    def search(self, vector: Any, k: int, where: Any, options: dict[str, Any]) -> list[Hit]:
+        return self._collection.search(vector, k, where, **options)
+
+    def scores_of(self, ids: list[str], vector: np.ndarray | None,
+                  query_text: str | None) -> tuple[dict[str, float], dict[str, float]]:
+        """Exact dense scores and BM25 scores (this shard's statistics) of documents by id,
+        for the driver's weighted hybrid fusion: ``(dense, text)``; a document absent from
+        ``text`` does not match ``query_text``. Reads the Collection's internals the way its
+        own weighted fusion does, so both give the same numbers."""
+        collection = self._collection
+        rowids = collection._store.rowids_of(ids)  # noqa: SLF001 (one reader of internals)
+        by_row = {rowid: doc_id for doc_id, rowid in rowids.items()}
+        dense: dict[str, float] = {}
+        if vector is not None and by_row:
+            query = collection._query_vector(vector)  # noqa: SLF001
+            scores = collection._dense_scores(query[0], list(by_row), {})  # noqa: SLF001
+            dense = {by_row[r]: float(s) for r, s in scores.items()}
+        text: dict[str, float] = {}
+        match = None if query_text is None else fts_query(query_text)
+        if match is not None and by_row:
+            scores = collection._store.text_scores(match, list(by_row))  # noqa: SLF001
+            text = {by_row[r]: float(s) for r, s in scores.items()}
+        return dense, text
+
+    def stats(self) -> dict[str, Any]:
+        return self._collection.stats()
+
+    def close(self) -> None:
+        self._collection.close()
