@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..core.collection import Collection, Hit
-from ..core.docstore import fts_query
+from ..core import filters as filters_module
+from ..core.docstore import fts_phrases
 
 
 class Shard:
@@ -55,9 +56,33 @@ class Shard:
     def search(self, vector: Any, k: int, where: Any, options: dict[str, Any]) -> list[Hit]:
         return self._collection.search(vector, k, where, **options)
 
-    def scores_of(self, ids: list[str], vector: np.ndarray | None,
-                  query_text: str | None) -> tuple[dict[str, float], dict[str, float]]:
-        """Exact dense scores and BM25 scores (this shard's statistics) of documents by id,
+    def text_statistics(self, query_text: str) -> tuple[int, int, list[int]]:
+        """This shard's BM25 statistics for ``query_text``: ``(rows, tokens, [rows matching
+        each of its words])``; the driver sums them over the shards."""
+        return self._collection._store.text_statistics(fts_phrases(query_text))  # noqa: SLF001
+
+    def text_search(self, query_text: str, k: int, where: Any,
+                    corpus: tuple[int, int, list[int]], include_vectors: bool) -> list[Hit]:
+        """The best ``k`` matches of ``query_text`` scored by BM25 with the statistics of the
+        whole store (``corpus``), so that every shard scores as one collection would."""
+        collection = self._collection
+        phrases = fts_phrases(query_text)
+        allowed = self._allowed(where)
+        if not phrases or (allowed is not None and len(allowed) == 0):
+            return []
+        found = collection._store.text_search_with(phrases, k, allowed, corpus)  # noqa: SLF001
+        return collection._hits([(r, s, (i, t, m)) for r, s, i, t, m in found],  # noqa: SLF001
+                                include_vectors)
+
+    def _allowed(self, where: Any) -> np.ndarray | None:
+        node = filters_module.parse(where)
+        return None if node is None else self._collection._matching(node)  # noqa: SLF001
+
+    def scores_of(self, ids: list[str], vector: np.ndarray | None, query_text: str | None,
+                  corpus: tuple[int, int, list[int]] | None
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+        """Exact dense scores and BM25 scores (with the store's statistics ``corpus``, see
+        :meth:`text_search`) of documents by id,
         for the driver's weighted hybrid fusion: ``(dense, text)``; a document absent from
         ``text`` does not match ``query_text``. Reads the Collection's internals the way its
         own weighted fusion does, so both give the same numbers."""
@@ -70,10 +95,10 @@ class Shard:
             scores = collection._dense_scores(query[0], list(by_row), {})  # noqa: SLF001
             dense = {by_row[r]: float(s) for r, s in scores.items()}
         text: dict[str, float] = {}
-        match = None if query_text is None else fts_query(query_text)
-        if match is not None and by_row:
-            scores = collection._store.text_scores(match, list(by_row))  # noqa: SLF001
-            text = {by_row[r]: float(s) for r, s in scores.items()}
+        if query_text is not None and corpus is not None and by_row:
+            found = collection._store.text_search_with(  # noqa: SLF001
+                fts_phrases(query_text), len(by_row), np.array(sorted(by_row)), corpus)
+            text = {by_row[r]: float(s) for r, s, *_ in found}
         return dense, text
 
     def stats(self) -> dict[str, Any]:

@@ -11,8 +11,9 @@ top ``k`` restricted to that shard, so the dense result is the one a single Coll
 same documents returns, given the same candidates (always with exact codes ``bits=32``; with
 quantized codes each shard's scan finds its own candidates, and the benchmark measures both).
 MMR and hybrid fusion run in the driver over the merged candidates, with Collection's own
-functions. Text search merges BM25 scores computed with each shard's statistics: see the README
-section "Scale out on Ray" for how far that ranking is from one collection's.
+functions. Text search first sums every shard's BM25 statistics for the query's words (rows,
+tokens, rows matching each word), then each shard scores its matches with those sums, so a
+document gets the BM25 score it has in one collection holding every shard's documents.
 
 **Faults.** A call that meets a dead or restarting shard is sent again until ``timeout``
 seconds have passed (Ray restarts the actor from its directory, ``max_restarts``); every
@@ -40,6 +41,7 @@ from ..core import storage
 from ..core.collection import (FUSIONS, INDEX_OPTIONS, SEARCH_MODES, Collection, Hit,
                                _checked_id_list, _checked_ids, _checked_list, _checked_texts,
                                _metadata_json, fuse_rankings, maximal_marginal_relevance)
+from ..core.docstore import fts_phrases
 from ..core.index import METRIC_ALIASES
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
@@ -259,8 +261,8 @@ class ShardedCollection:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._call_all("close", [()] * len(self._actors))
+        try:  # a shard that is down has nothing unwritten: every write it took is durable
+            self._call("close", {s: () for s in range(len(self._actors))}, allow_partial=True)
         finally:
             self._stop_actors()
             self._release_lock()
@@ -410,26 +412,27 @@ class ShardedCollection:
             raise ValueError(f"mode={mode!r} needs query_text, a string")
         filters_module.parse(where)
         passes = {"oversample": oversample, "nprobe": nprobe, "include_vectors": include_vectors}
-        if mode != "hybrid":
-            options = {**passes, "mode": mode, "query_text": query_text}
-            return self._ranked(query, k, where, options, allow_partial)
+        if mode == "dense":
+            return self._ranked(query, k, where, passes, allow_partial)
+        corpus = self._corpus(query_text, allow_partial)
+        if mode == "text":
+            return self._text_ranked(query_text, k, where, corpus, include_vectors, allow_partial)
         pool = fetch_k or max(4 * k, 40)
-        dense = self._ranked(query, pool, where, {**passes, "mode": "dense"}, allow_partial)
-        text = self._ranked(None, pool, where, {**passes, "mode": "text",
-                                                "query_text": query_text}, allow_partial)
+        dense = self._ranked(query, pool, where, passes, allow_partial)
+        text = self._text_ranked(query_text, pool, where, corpus, include_vectors, allow_partial)
         hits = {hit.id: hit for hit in text}
         hits.update({hit.id: hit for hit in dense})
 
         def dense_scores(keys: list[str], known: dict[str, float]) -> dict[str, float]:
             scores = dict(known)
-            scores.update(self._scores_of([i for i in keys if i not in known], query, None)[0])
+            scores.update(self._scores_of([i for i in keys if i not in known], query)[0])
             floor = min(scores.values(), default=0.0)  # no kept vector: the lowest, as Collection
             return {i: scores.get(i, floor) for i in keys}
 
         fused = fuse_rankings(
             [(h.id, h.score) for h in dense], [(h.id, h.score) for h in text], k, alpha, fusion,
             dense_scores=dense_scores,
-            text_scores=lambda keys: self._scores_of(keys, None, query_text)[1])
+            text_scores=lambda keys: self._scores_of(keys, None, query_text, corpus)[1])
         result = [Hit(key, score, hits[key].text, hits[key].metadata, hits[key].vector)
                   for key, score in fused]
         if include_vectors and any(hit.vector is None for hit in result):
@@ -437,7 +440,8 @@ class ShardedCollection:
                                                            include_vectors=True)}
             for hit in result:
                 hit.vector = kept.get(hit.id) if hit.vector is None else hit.vector
-        return SearchResult(result, sorted(set(dense.missing_shards + text.missing_shards)))
+        missing = set(dense.missing_shards + text.missing_shards + corpus[3])
+        return SearchResult(result, sorted(missing))
 
     def max_marginal_relevance_search(self, vector: Any, k: int = 4, fetch_k: int = 20,
                                       lambda_mult: float = 0.5, where: Any = None, *,
@@ -492,17 +496,44 @@ class ShardedCollection:
 
     def _ranked(self, query: np.ndarray | None, k: int, where: Any, options: dict[str, Any],
                 allow_partial: bool) -> SearchResult:
-        """Every shard's best ``k`` merged on ``(score, id)``: the global best ``k``."""
+        """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``."""
         calls = {s: (query, k, where, options) for s in range(len(self._actors))}
-        answers = self._call("search", calls, allow_partial=allow_partial)
+        return self._merged(self._call("search", calls, allow_partial=allow_partial), k)
+
+    def _corpus(self, query_text: str, allow_partial: bool
+                ) -> tuple[int, int, list[int], list[str]]:
+        """The BM25 statistics of the whole store for ``query_text`` (each shard's summed),
+        and the shards that did not answer (``allow_partial``)."""
+        calls = {s: (query_text,) for s in range(len(self._actors))}
+        answers = self._call("text_statistics", calls, allow_partial=allow_partial)
+        words = len(fts_phrases(query_text))
+        rows = sum(a[0] for a in answers.values())
+        tokens = sum(a[1] for a in answers.values())
+        hits = [sum(a[2][i] for a in answers.values()) for i in range(words)]
+        return rows, tokens, hits, self._missing(answers)
+
+    def _text_ranked(self, query_text: str, k: int, where: Any,
+                     corpus: tuple[int, int, list[int], list[str]], include_vectors: bool,
+                     allow_partial: bool) -> SearchResult:
+        """Every shard's best ``k`` text hits, scored with the store's statistics, merged."""
+        calls = {s: (query_text, k, where, corpus[:3], include_vectors)
+                 for s in range(len(self._actors))}
+        return self._merged(self._call("text_search", calls, allow_partial=allow_partial), k)
+
+    def _merged(self, answers: dict[int, list[Hit]], k: int) -> SearchResult:
         hits = [hit for found in answers.values() for hit in found]
         hits.sort(key=lambda hit: (-hit.score, hit.id))
-        missing = [self._names[s] for s in range(len(self._actors)) if s not in answers]
-        return SearchResult(hits[:k], missing)
+        return SearchResult(hits[:k], self._missing(answers))
 
-    def _scores_of(self, ids: list[str], query: np.ndarray | None, query_text: str | None
+    def _missing(self, answers: dict[int, Any]) -> list[str]:
+        return [name for s, name in enumerate(self._names) if s not in answers]
+
+    def _scores_of(self, ids: list[str], query: np.ndarray | None,
+                   query_text: str | None = None,
+                   corpus: tuple[int, int, list[int], list[str]] | None = None
                    ) -> tuple[dict[str, float], dict[str, float]]:
-        calls = {s: ([ids[i] for i in positions], query, query_text)
+        statistics = None if corpus is None else corpus[:3]
+        calls = {s: ([ids[i] for i in positions], query, query_text, statistics)
                  for s, positions in enumerate(layout.route(ids, len(self._actors)))
                  if len(positions)}
         dense: dict[str, float] = {}
