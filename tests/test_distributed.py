@@ -354,6 +354,28 @@ def test_ingest_in_batches_and_from_many_threads(empty):
     single.close()
 
 
+class HashEmbedder:
+    """A deterministic stand-in for a model: a text's vector is seeded by its hash."""
+
+    dim = DIM
+
+    def embed_documents(self, texts, batch_size=None, progress=None):
+        return np.stack([np.random.default_rng(int.from_bytes(
+            hashlib.blake2b(t.encode(), digest_size=4).digest(), "big")).standard_normal(DIM)
+            for t in texts]).astype(np.float32)
+
+
+def test_add_texts_embeds_and_writes_in_batches(empty, capsys):
+    texts = [f"text number {i}" for i in range(230)]
+    ids = empty.add_texts(texts, HashEmbedder(), [{"i": i} for i in range(230)],
+                          [f"t{i}" for i in range(230)], write_batch=50, progress=True)
+    assert ids == [f"t{i}" for i in range(230)] and len(empty) == 230
+    assert "230/230" in capsys.readouterr().err  # one progress bar over the whole insert
+    vectors = HashEmbedder().embed_documents(texts[:3])
+    assert [empty.search(v, 1)[0].id for v in vectors] == ["t0", "t1", "t2"]
+    assert empty.get(["t7"])[0].metadata == {"i": 7}
+
+
 # ---------------------------------------------------------------------- faults
 
 
