@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -374,6 +375,30 @@ def test_add_texts_embeds_and_writes_in_batches(empty, capsys):
     vectors = HashEmbedder().embed_documents(texts[:3])
     assert [empty.search(v, 1)[0].id for v in vectors] == ["t0", "t1", "t2"]
     assert empty.get(["t7"])[0].metadata == {"i": 7}
+
+
+def make_hash_embedder() -> HashEmbedder:
+    return HashEmbedder()
+
+
+@pytest.mark.slow
+def test_ray_data_ingest_embeds_in_actors_and_routes_to_shards(empty):
+    data = pytest.importorskip("ray.data", reason="Ray Data needs ray[data] (pyarrow, pandas)")
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (tests is no package)
+    rows = [{"id": f"r{i}", "text": f"row {i} of the set", "topic": i % 3} for i in range(300)]
+    dataset = data.from_items(rows)
+    with pytest.raises(ValueError, match="metadata_columns\\[0\\]='colour'"):
+        empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["colour"])
+    written = empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["topic"],
+                                   embed_batch=64, write_batch=100, concurrency=2, num_cpus=0)
+    assert written == 300 and len(empty) == 300
+    assert empty.count({"topic": 1}) == 100
+    vectors = HashEmbedder().embed_documents([rows[42]["text"]])
+    hit = empty.search(vectors[0], 1)[0]
+    assert (hit.id, hit.text, hit.metadata) == ("r42", rows[42]["text"], {"topic": 0})
+    assert np.isclose(hit.score, 1.0, atol=1e-3)
 
 
 # ---------------------------------------------------------------------- faults

@@ -325,6 +325,17 @@ class ShardedCollection:
         return add_texts(self, embedder, texts, metadatas, ids, total=total,
                          write_batch=write_batch, progress=progress)
 
+    def ingest_dataset(self, dataset: Any, embedder_factory: Callable[[], Any] | None = None,
+                       **options: Any) -> int:
+        """Embed a ``ray.data.Dataset`` of texts in parallel Ray Data actors and upsert it, a
+        batch at a time; returns the rows written. See
+        :func:`vecpress.distributed.ingest.ingest_dataset` for the options (needs
+        ``ray[data]``)."""
+        from .ingest import ingest_dataset
+
+        self._check_open()
+        return ingest_dataset(self, dataset, embedder_factory, **options)
+
     def delete(self, ids: Sequence[str] | None = None, where: Any = None) -> int:
         """Delete documents by id, by filter, or both (as :meth:`Collection.delete`); returns
         the count (a retried shard call may count fewer: it deleted them the first time)."""
