@@ -10,7 +10,7 @@ on disk in a temporary directory. Reported per store:
 - latency: median and 99th percentile of one query, one at a time from the driver;
 - batch QPS: queries per second with 8 driver threads searching at once;
 - driver cost: per query, the sharded search's wall time minus the slowest shard's own time
-  for the same query (measured inside the actor): fan-out, Ray's transport and the merge;
+  in that same call (timed inside the actor): fan-out, Ray's transport and the merge;
 - recall@10 against the exact top-10, and how many queries return exactly the single
   Collection's top-10 (same ids, same order).
 
@@ -90,20 +90,15 @@ def batch_qps(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> float
         return len(queries) / (time.perf_counter() - start)
 
 
-def shard_times_ms(store: Any, queries: np.ndarray) -> np.ndarray:
-    """(queries, shards): each shard's own time for each query, measured inside its actor."""
+def sharded_latencies(store: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wall times of one-at-a-time searches and, for the same calls, each shard's own time
+    inside its actor: ``(wall ms (q,), shard ms (q, shards))``."""
     import ray
 
-    def timed(shard: Any, batch: np.ndarray) -> list[float]:
-        out = []
-        for query in batch:
-            start = time.perf_counter()
-            shard._collection.search(query, K)
-            out.append((time.perf_counter() - start) * 1000)
-        return out
-
-    answers = ray.get([actor.__ray_call__.remote(timed, queries) for actor in store._actors])
-    return np.array(answers).T
+    ray.get([actor.search_times.remote() for actor in store._actors])  # start afresh
+    wall = latencies(lambda q: store.search(q, K), queries)
+    shards = ray.get([actor.search_times.remote() for actor in store._actors])
+    return wall, np.array(shards).T
 
 
 def measure(name: str, store: Any, build_s: float, queries: np.ndarray, truth: np.ndarray,
@@ -114,13 +109,16 @@ def measure(name: str, store: Any, build_s: float, queries: np.ndarray, truth: n
     for query in queries[:20]:  # warm-up
         search(query)
     found = [search(q) for q in queries]
-    wall = latencies(search, queries)
+    sharded = hasattr(store, "_actors")
+    if sharded:
+        wall, shards = sharded_latencies(store, queries)
+    else:
+        wall = latencies(search, queries)
     row = {"store": name, "build_docs_per_s": n / build_s,
            "p50_ms": float(np.median(wall)), "p99_ms": float(np.percentile(wall, 99)),
            "qps_8_threads": batch_qps(search, queries),
            "recall@10": recall_at(np.array([[int(i) for i in f] for f in found]), truth, K)}
-    if hasattr(store, "_actors"):
-        shards = shard_times_ms(store, queries)
+    if sharded:
         slowest = shards.max(axis=1)
         row["slowest_shard_p50_ms"] = float(np.median(slowest))
         row["driver_p50_ms"] = float(np.median(wall - slowest))

@@ -13,6 +13,8 @@ its candidates exactly, as one collection does; the driver only merges.
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,10 @@ from ..core import filters as filters_module
 from ..core.docstore import fts_phrases
 
 
+#: how many search times a shard keeps for :meth:`Shard.search_times`
+SEARCH_TIMES_KEPT = 100_000
+
+
 class Shard:
     """A Collection served by one actor (``settings``: dim, metric, bits, index_options)."""
 
@@ -30,6 +36,9 @@ class Shard:
         self._collection = Collection(
             settings["dim"], path=Path(path), bits=settings["bits"], metric=settings["metric"],
             durability=durability, **settings["index_options"])
+        #: milliseconds of this shard's own work in its latest searches (the driver's cost is
+        #: a query's wall time minus its slowest shard's)
+        self._search_ms: deque[float] = deque(maxlen=SEARCH_TIMES_KEPT)
 
     def pid(self) -> int:
         """The process id of the actor (tests kill it)."""
@@ -54,7 +63,19 @@ class Shard:
                                     include_vectors=include_vectors)
 
     def search(self, vector: Any, k: int, where: Any, options: dict[str, Any]) -> list[Hit]:
-        return self._collection.search(vector, k, where, **options)
+        start = time.perf_counter()
+        try:
+            return self._collection.search(vector, k, where, **options)
+        finally:
+            self._search_ms.append((time.perf_counter() - start) * 1000)
+
+    def search_times(self) -> list[float]:
+        """Milliseconds of the searches since the last call (at most the latest
+        :data:`SEARCH_TIMES_KEPT`), oldest first; the record starts again empty."""
+        times = []
+        while self._search_ms:
+            times.append(self._search_ms.popleft())
+        return times
 
     def text_statistics(self, query_text: str) -> tuple[int, int, list[int]]:
         """This shard's BM25 statistics for ``query_text``: ``(rows, tokens, [rows matching
