@@ -19,7 +19,8 @@ on disk in a temporary directory. Reported per store:
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_distributed --quick         # 20k base, 100 queries
 
 Writes ``benchmarks/results/distributed.md`` and ``distributed.json`` (``distributed_quick.*``
-for --quick). Above the 117k glosses of the corpus, ``--base`` draws vectors around them
+for --quick, ``distributed_bits32.*`` for ``--bits 32``: exact codes, where every top-10 must
+equal the single Collection's). Above the 117k glosses of the corpus, ``--base`` draws vectors around them
 (a gloss plus Gaussian noise, renormalised): the same dimension and spread, not real texts.
 """
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.base, args.queries = 20_000, 100
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("" if args.bits == 4 else f"_bits{args.bits}")
     header = machine()
 
     import ray
