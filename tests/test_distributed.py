@@ -217,7 +217,7 @@ def test_reopen_keeps_documents_and_checks_settings(cluster, tmp_path):
 # ---------------------------------------------------------------------- same answers as one node
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2 ** 16), steps=st.lists(
     st.tuples(st.sampled_from(["upsert", "delete_ids", "delete_where"]), st.integers(1, 60)),
     min_size=1, max_size=5))
