@@ -30,7 +30,6 @@ upsert again completes it (upserts replace).
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -427,7 +426,8 @@ class ShardedCollection:
             return self._ranked(query, k, where, passes, allow_partial)
         corpus = self._corpus(query_text, allow_partial)
         if mode == "text":
-            return self._text_ranked(query_text, k, where, corpus, include_vectors, allow_partial)
+            text = self._text_ranked(query_text, k, where, corpus, include_vectors, allow_partial)
+            return SearchResult(text, sorted(set(text.missing_shards + corpus[3])))
         pool = fetch_k or max(4 * k, 40)
         dense = self._ranked(query, pool, where, passes, allow_partial)
         text = self._text_ranked(query_text, pool, where, corpus, include_vectors, allow_partial)
