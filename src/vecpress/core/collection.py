@@ -109,6 +109,38 @@ def maximal_marginal_relevance(query: np.ndarray, candidates: np.ndarray, k: int
     return chosen
 
 
+def fuse_rankings(dense: list[tuple[Any, float]], text: list[tuple[Any, float]], k: int,
+                  alpha: float, fusion: str, *, dense_scores: Any, text_scores: Any
+                  ) -> list[tuple[Any, float]]:
+    """The hybrid ranking: the best ``k`` ``(key, fused score)`` of two ranked lists of
+    ``(key, score)`` (best first), ties broken by key.
+
+    ``"rrf"`` scores ``alpha / (60 + dense rank) + (1 - alpha) / (60 + text rank)``;
+    ``"weighted"`` scores ``alpha * dense + (1 - alpha) * text`` over every candidate, with the
+    dense scores min-max scaled and BM25 divided by its maximum; it asks
+    ``dense_scores(keys, known)`` (a dict holding every key) and ``text_scores(keys)`` (a dict;
+    absent keys do not match) for the scores the two lists do not give. Keys are row ids in a
+    :class:`Collection`, string ids in a sharded one.
+    """
+    fused: dict[Any, float] = {}
+    if fusion == "rrf":
+        for weight, ranked in ((alpha, dense), (1.0 - alpha, text)):
+            for rank, (key, _) in enumerate(ranked, start=1):
+                fused[key] = fused.get(key, 0.0) + weight / (RRF_K + rank)
+    else:
+        keys = list(dict.fromkeys([key for key, _ in dense] + [key for key, _ in text]))
+        dense_of = dense_scores(keys, dict(dense))
+        text_of = text_scores(keys)
+        d = np.array([dense_of[key] for key in keys])
+        t = np.array([text_of.get(key, 0.0) for key in keys])
+        span = d.max() - d.min() if len(d) else 0.0
+        d = (d - d.min()) / span if span > 0 else np.ones_like(d)
+        t = t / t.max() if len(t) and t.max() > 0 else np.zeros_like(t)
+        fused = dict(zip(keys, (alpha * d + (1.0 - alpha) * t).tolist()))
+    order = sorted(fused, key=lambda key: (-fused[key], key))[:k]
+    return [(key, fused[key]) for key in order]
+
+
 class _ReadWriteLock:
     """Many readers or one writer; a waiting writer holds off new readers. Not re-entrant."""
 
@@ -792,23 +824,12 @@ class Collection:
         text = self._text(match, max(fetch_k, k), node)
         docs = {r: d for r, _, d in dense}
         docs.update({r: d for r, _, d in text})
-        fused: dict[int, float] = {}
-        if fusion == "rrf":
-            for weight, ranked in ((alpha, dense), (1.0 - alpha, text)):
-                for rank, (rowid, _, _) in enumerate(ranked, start=1):
-                    fused[rowid] = fused.get(rowid, 0.0) + weight / (RRF_K + rank)
-        else:
-            rowids = list(docs)
-            dense_scores = self._dense_scores(query[0], rowids, dict((r, s) for r, s, _ in dense))
-            text_scores = (self._store.text_scores(match, rowids) if match is not None else {})
-            d = np.array([dense_scores[r] for r in rowids])
-            t = np.array([text_scores.get(r, 0.0) for r in rowids])
-            span = d.max() - d.min() if len(d) else 0.0
-            d = (d - d.min()) / span if span > 0 else np.ones_like(d)
-            t = t / t.max() if len(t) and t.max() > 0 else np.zeros_like(t)
-            fused = dict(zip(rowids, (alpha * d + (1.0 - alpha) * t).tolist()))
-        order = sorted(fused, key=lambda r: (-fused[r], r))[:k]
-        return [(r, fused[r], docs[r]) for r in order]
+        fused = fuse_rankings(
+            [(r, s) for r, s, _ in dense], [(r, s) for r, s, _ in text], k, alpha, fusion,
+            dense_scores=lambda rowids, known: self._dense_scores(query[0], rowids, known),
+            text_scores=lambda rowids: (self._store.text_scores(match, rowids)
+                                        if match is not None else {}))
+        return [(r, score, docs[r]) for r, score in fused]
 
     def _dense_scores(self, query: np.ndarray, rowids: list[int],
                       known: dict[int, float]) -> dict[int, float]:

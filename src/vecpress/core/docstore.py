@@ -27,6 +27,7 @@ file are not seen (a warning says so), and a writer must not be using the direct
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -84,15 +85,16 @@ END;
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
-def fts_query(text: str) -> str | None:
-    """An FTS5 MATCH expression for free text: its words ORed (BM25 ranks the matches).
+def fts_phrases(text: str) -> list[str]:
+    """The FTS5 phrases of free text: each distinct word (lower-cased) as a quoted string, so
+    operators and punctuation in the text are plain words."""
+    tokens = dict.fromkeys(t.lower() for t in _TOKEN.findall(text))
+    return [f'"{t}"' for t in tokens]  # \w+ never holds a double quote
 
-    Each word is a quoted string, so operators and punctuation in the text are plain words.
-    """
-    tokens = list(dict.fromkeys(t.lower() for t in _TOKEN.findall(text)))
-    if not tokens:
-        return None
-    return " OR ".join(f'"{t}"' for t in tokens)  # \w+ never holds a double quote
+
+def fts_query(text: str) -> str | None:
+    """An FTS5 MATCH expression for free text: its words ORed (BM25 ranks the matches)."""
+    return " OR ".join(fts_phrases(text)) or None
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -107,6 +109,60 @@ def _statements(script: str) -> Iterator[str]:
 
 def _id_list(values: Iterable[Any]) -> str:
     return json.dumps([v.item() if isinstance(v, np.generic) else v for v in values])
+
+
+#: the constants of FTS5's ``bm25()`` (``fts5_aux.c``)
+BM25_K1 = 1.2
+BM25_B = 0.75
+#: FTS5 keeps the row count and the token total in this row of its ``_data`` table
+_FTS_AVERAGES_ROW = 1
+
+
+def _read_varint(blob: bytes, at: int) -> tuple[int, int]:
+    """SQLite's variable-length integer at ``at`` (as FTS5 writes its sizes): value, next."""
+    value = 0
+    for i in range(8):
+        if at + i >= len(blob):
+            raise ValueError("truncated varint")
+        byte = blob[at + i]
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, at + i + 1
+    if at + 8 >= len(blob):
+        raise ValueError("truncated varint")
+    return (value << 8) | blob[at + 8], at + 9
+
+
+def _first_varint(blob: Any) -> int:
+    """The token count of a row (the first varint of its ``_docsize`` blob; 0 if absent)."""
+    if not isinstance(blob, bytes) or not blob:
+        return 0
+    return _read_varint(blob, 0)[0]
+
+
+def _fts_totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """``(rows, tokens)`` of the full-text index, from FTS5's averages record."""
+    row = conn.execute("SELECT block FROM docs_fts_data WHERE id = ?",
+                       (_FTS_AVERAGES_ROW,)).fetchone()
+    if row is None or not isinstance(row[0], bytes) or not row[0]:
+        return 0, 0
+    try:
+        rows, at = _read_varint(row[0], 0)
+        tokens, _ = _read_varint(row[0], at)
+    except ValueError:
+        raise sqlite3.DatabaseError("the full-text index's averages record is damaged") from None
+    return rows, tokens
+
+
+def _bm25_idf(rows: int, matching: int) -> float:
+    """FTS5's IDF: ``log((N - n + 0.5) / (n + 0.5))``, and 1e-6 where that is not positive."""
+    idf = math.log((rows - matching + 0.5) / (matching + 0.5))
+    return idf if idf > 0.0 else 1e-6
+
+
+def _bm25_norm(length: np.ndarray, average: float) -> np.ndarray:
+    """BM25's length term ``k1 (1 - b + b |D| / avgdl)``."""
+    return BM25_K1 * (1.0 - BM25_B + BM25_B * length / average)
 
 
 #: reader connections open at once (more concurrent reads wait for one to be given back)
@@ -386,6 +442,74 @@ class DocStore:
                 "AND rowid IN (SELECT value FROM json_each(?))", (match, _id_list(rowids))
             ).fetchall()
         return {int(r): float(s) for r, s in rows}
+
+    def text_statistics(self, phrases: list[str]) -> tuple[int, int, list[int]]:
+        """BM25's corpus statistics: ``(rows, tokens, [rows matching each phrase])`` of the
+        full-text index (rows without text count, as in FTS5's own ``bm25()``)."""
+        with self._reading() as conn:
+            conn.execute("BEGIN")
+            try:
+                rows, tokens = _fts_totals(conn)
+                hits = [int(conn.execute("SELECT count(*) FROM docs_fts WHERE docs_fts MATCH ?",
+                                         (phrase,)).fetchone()[0]) for phrase in phrases]
+            finally:
+                conn.execute("COMMIT")
+        return rows, tokens, hits
+
+    def text_search_with(self, phrases: list[str], k: int, allowed: np.ndarray | None,
+                         corpus: tuple[int, int, list[int]]
+                         ) -> list[tuple[int, float, str, str | None, str]]:
+        """As :meth:`text_search` for the words ``phrases`` ORed, but scored by BM25 with the
+        corpus statistics ``corpus`` (``(rows, tokens, rows matching each phrase)``, say the
+        sums of :meth:`text_statistics` over the shards of a sharded collection) instead of
+        this database's own: with the statistics of the union, each document gets the score
+        it would have there.
+
+        FTS5 gives no phrase frequencies to Python, so they are recovered from this
+        database's own single-phrase ``bm25()``, whose formula (FTS5's ``fts5_aux.c``) is
+        inverted with its own statistics and the document's token count.
+        """
+        rows, tokens, hits = corpus
+        if rows <= 0 or tokens <= 0 or len(hits) != len(phrases):
+            return []
+        with self._reading() as conn:
+            conn.execute("BEGIN")  # one snapshot: the statistics agree with the scores
+            try:
+                local_rows, local_tokens = _fts_totals(conn)
+                found = [conn.execute(
+                    "SELECT rowid, -bm25(docs_fts) FROM docs_fts WHERE docs_fts MATCH ?",
+                    (phrase,)).fetchall() for phrase in phrases]
+                candidates = sorted({r for matches in found for r, _ in matches})
+                if allowed is not None:
+                    permitted = set(allowed.tolist())
+                    candidates = [r for r in candidates if r in permitted]
+                sizes = dict(conn.execute(
+                    "SELECT id, sz FROM docs_fts_docsize WHERE id IN "
+                    "(SELECT value FROM json_each(?))", (_id_list(candidates),)).fetchall())
+            finally:
+                conn.execute("COMMIT")
+        if not candidates or local_rows <= 0:
+            return []
+        position = {r: i for i, r in enumerate(candidates)}
+        length = np.array([_first_varint(sizes.get(r, b"")) for r in candidates], dtype=np.float64)
+        score = np.zeros(len(candidates))
+        local_norm = _bm25_norm(length, local_tokens / local_rows)
+        global_norm = _bm25_norm(length, tokens / rows)
+        for matches, phrase_rows in zip(found, hits):
+            if not matches:
+                continue
+            local_idf = _bm25_idf(local_rows, len(matches))
+            at = np.array([position.get(r, -1) for r, _ in matches])
+            keep = at >= 0
+            at = at[keep]
+            term = np.array([s for _, s in matches])[keep] / local_idf  # f (k1+1) / (f + norm)
+            freq = np.rint(term * local_norm[at] / (BM25_K1 + 1.0 - term))
+            score[at] += _bm25_idf(rows, phrase_rows) * freq * (BM25_K1 + 1.0) \
+                / (freq + global_norm[at])
+        order = sorted(range(len(candidates)), key=lambda i: (-score[i], candidates[i]))[:k]
+        best = [candidates[i] for i in order]
+        docs = self.by_rowid(best)
+        return [(r, float(score[position[r]]), *docs[r]) for r in best if r in docs]
 
     # ------------------------------------------------------------------ writes (in a transaction)
     @staticmethod

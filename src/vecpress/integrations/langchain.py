@@ -32,6 +32,7 @@ from ..core import filters as filters_module
 from ..core.collection import INDEX_OPTIONS, Collection, Hit, relevance_score
 from ..core.docstore import DB_FILE
 from ..core.index import Index
+from ..distributed.sharded import ShardedCollection
 from ..embeddings.rerankers import CrossEncoderReranker, Reranker, make_reranker
 from ..embeddings.wrappers import LangChainEmbedder, as_langchain_embeddings
 from ..pipeline import search as pipeline_search
@@ -82,6 +83,10 @@ class VecpressVectorStore(VectorStore):
             in memory.
         read_only: bool
             Open an existing store without the write lock (another process may write it).
+        collection: Collection | ShardedCollection | None
+            An open store to serve instead (for example a
+            :class:`~vecpress.distributed.ShardedCollection` on Ray); then give no path,
+            dimension or index options.
 
     Instantiate:
         .. code-block:: python
@@ -197,8 +202,14 @@ class VecpressVectorStore(VectorStore):
                  bits: int | None = None, metric: str | None = None,
                  rerank: bool | None = None, read_only: bool = False,
                  batch_size: int = DEFAULT_BATCH_SIZE, show_progress: bool | None = None,
-                 reranker: str | Reranker | None = None, **index_options: Any) -> None:
+                 reranker: str | Reranker | None = None,
+                 collection: Collection | ShardedCollection | None = None,
+                 **index_options: Any) -> None:
         native = not isinstance(embedding, Embeddings)  # a vecpress embedder knows dim, metric
+        if collection is not None:
+            _check_given_collection(collection, path=path, persist_directory=persist_directory,
+                                    dim=dim, bits=bits, metric=metric, rerank=rerank,
+                                    read_only=read_only, **index_options)
         self._embedding = _as_embeddings(embedding)
         if path is not None and persist_directory is not None and \
                 Path(path) != Path(persist_directory):
@@ -224,8 +235,10 @@ class VecpressVectorStore(VectorStore):
         self._embedder = LangChainEmbedder(self._embedding, batch_size=batch_size)
         self._reranker = make_reranker(reranker, embedder=self._embedder)
         self._create_lock = Lock()
-        self._collection: Collection | None = None
-        if self._path is not None and (self._path / DB_FILE).exists():
+        self._collection: Collection | ShardedCollection | None = collection
+        if collection is not None:
+            self._path = collection.path
+        elif self._path is not None and (self._path / DB_FILE).exists():
             self._collection = Collection(dim=dim, path=self._path, read_only=read_only,
                                           **self._options)
         elif read_only:
@@ -248,9 +261,9 @@ class VecpressVectorStore(VectorStore):
         return self._embedding
 
     @property
-    def collection(self) -> Collection | None:
-        """The underlying :class:`~vecpress.Collection` (``None`` until the first add when the
-        dimension was not given)."""
+    def collection(self) -> Collection | ShardedCollection | None:
+        """The underlying :class:`~vecpress.Collection` or sharded collection (``None`` until
+        the first add when the dimension was not given)."""
         return self._collection
 
     @property
@@ -455,6 +468,9 @@ class VecpressVectorStore(VectorStore):
         if source is None:
             raise ValueError("this store is empty and its dimension is unknown yet; add "
                              "documents before save_local, or create it with path=...")
+        if isinstance(source, ShardedCollection):
+            raise TypeError("a sharded store is saved as it goes in its own directory "
+                            f"({str(source.path)!r}); copy that directory while it is closed")
         _check_new_directory(target)
         source.save(target)
 
@@ -582,6 +598,17 @@ def _no_extra(kwargs: dict[str, Any], method: str, allowed: Sequence[str]) -> No
     if unknown:
         accepted = f"; it accepts {', '.join(allowed)}" if allowed else ""
         raise TypeError(f"{method}() got unexpected keyword arguments {unknown}{accepted}")
+
+
+def _check_given_collection(collection: Any, **others: Any) -> None:
+    """Refuse ``collection=`` that is not a store, or that comes with options of its own."""
+    if not isinstance(collection, (Collection, ShardedCollection)):
+        raise TypeError(f"collection must be a vecpress Collection or ShardedCollection, got "
+                        f"{type(collection).__name__}")
+    given = sorted(name for name, value in others.items() if value not in (None, False))
+    if given:
+        raise ValueError(f"collection=... is an open store: leave out {', '.join(given)} (they "
+                         f"are the store's own)")
 
 
 def _check_new_directory(path: Path | None) -> None:

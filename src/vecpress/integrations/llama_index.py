@@ -44,6 +44,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - depends on the enviro
 
 from ..core import filters as filters_module
 from ..core.collection import INDEX_OPTIONS, Collection, Hit
+from ..distributed.sharded import ShardedCollection
 from ..core.docstore import DB_FILE
 from ..core.index import METRIC_ALIASES
 from ..core.storage import StoreCorruptedError
@@ -161,7 +162,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
     hybrid_fusion: str = Field(default="rrf", description="rrf or weighted")
     index_options: Dict[str, Any] = Field(default_factory=dict)
 
-    _collection: Optional[Collection] = PrivateAttr(default=None)
+    _collection: Optional[Collection | ShardedCollection] = PrivateAttr(default=None)
     _embedder: Any = PrivateAttr(default=None)
     _reranker: Any = PrivateAttr(default=None)
     _create_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -176,7 +177,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
         read_only: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
         hybrid_fusion: str = "rrf",
-        collection: Collection | None = None,
+        collection: Collection | ShardedCollection | None = None,
         index_options: dict[str, Any] | None = None,
         reranker: Any = None,
         embed_model: Any = None,
@@ -192,9 +193,9 @@ class VecpressVectorStore(BasePydanticVectorStore):
             raise TypeError(f"unknown VecpressVectorStore arguments {sorted(unknown)}; index "
                             f"options are {', '.join(INDEX_OPTIONS)}")
         if collection is not None:
-            if not isinstance(collection, Collection):
-                raise TypeError(f"collection must be a vecpress Collection, got "
-                                f"{type(collection).__name__}")
+            if not isinstance(collection, (Collection, ShardedCollection)):
+                raise TypeError(f"collection must be a vecpress Collection or "
+                                f"ShardedCollection, got {type(collection).__name__}")
             if path is not None or dim is not None or bits is not None or metric is not None \
                     or options:
                 raise ValueError("pass either collection=... or path/dim/bits/metric/index "
@@ -231,7 +232,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
         return cls(**data)
 
     @property
-    def client(self) -> Collection | None:
+    def client(self) -> Collection | ShardedCollection | None:
         """The vecpress :class:`~vecpress.Collection` (``None`` until the first ``add`` when
         the store was created without ``dim``)."""
         return self._collection
@@ -355,6 +356,10 @@ class VecpressVectorStore(BasePydanticVectorStore):
         ``VecpressVectorStore(path="storage/default__vector_store.vecpress")``.
         """
         _check_local(fs)
+        if isinstance(self._collection, ShardedCollection):
+            raise TypeError("a sharded store is saved as it goes in its own directory "
+                            f"({str(self._collection.path)!r}); reopen it with "
+                            "ShardedCollection.open(path) instead of persisting it")
         pointer = Path(persist_path)
         pointer.parent.mkdir(parents=True, exist_ok=True)
         if self.path is not None and _lies_in(Path(self.path), pointer.parent):

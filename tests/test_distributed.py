@@ -1,0 +1,481 @@
+"""ShardedCollection on a local Ray cluster: the same answers as one Collection, routing, the
+root manifest as untrusted input, restarts after SIGKILL, and the framework adapters.
+
+One Ray cluster serves the module (started once, shut down at the end); most tests share one
+3-shard store and clear it first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'vecpress[ray]')")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vecpress import Collection  # noqa: E402
+from vecpress.core.storage import StoreCorruptedError  # noqa: E402
+from vecpress.distributed import ShardedCollection, ShardUnavailableError, shard_of  # noqa: E402
+from vecpress.distributed.layout import ROOT_MANIFEST, shard_name  # noqa: E402
+
+from conftest import clustered_vectors, reference_scores  # noqa: E402
+
+DIM = 16
+WORDS = [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sharded(cluster, tmp_path_factory):
+    store = ShardedCollection(DIM, tmp_path_factory.mktemp("sharded") / "store", shards=3,
+                              bits=32, timeout=60)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def empty(sharded):
+    sharded.clear()
+    return sharded
+
+
+def corpus(n: int, seed: int = 0):
+    """Vectors, ids, texts (Zipf-like words, lengths 1-30, some without text) and metadata."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    ids = [f"doc-{seed}-{i}" for i in range(n)]
+    weights = 1.0 / np.arange(1, len(WORDS) + 1)
+    # "pad" repeated i times gives every document its own length, so no two BM25 scores tie
+    texts = [" ".join([*rng.choice(WORDS, size=int(rng.integers(1, 30)), p=weights / weights.sum()),
+                       *["pad"] * i]) if i % 17 else None for i in range(n)]
+    metas = [{"group": int(i % 5), "year": 2000 + int(i % 23)} for i in range(n)]
+    return vectors, ids, texts, metas
+
+
+def fill(*stores, n: int = 600, seed: int = 0):
+    vectors, ids, texts, metas = corpus(n, seed)
+    for store in stores:
+        store.upsert(ids, vectors, texts, metas)
+    return vectors, ids, texts, metas
+
+
+def ranked(hits):
+    return [(h.id, h.score) for h in hits]
+
+
+def assert_same_hits(got, want) -> None:
+    """The same documents in the same order, with the same scores (up to float rounding:
+    the scores of a batch and of a single row may differ in the last bit)."""
+    assert [h.id for h in got] == [h.id for h in want]
+    assert np.allclose([h.score for h in got], [h.score for h in want], rtol=0, atol=1e-6)
+
+
+def assert_same_ranking(got, want, tol: float = 1e-9) -> None:
+    """The same scores in order, and the same documents wherever a score is not tied with the
+    last one kept (a tie at the cut may keep either document; ties order by id here and by
+    insertion in a Collection)."""
+    assert len(got) == len(want)
+    assert np.allclose([h.score for h in got], [h.score for h in want], rtol=0, atol=tol)
+    if not got:
+        return
+    cut = want[-1].score
+    assert {h.id for h in got if h.score > cut + tol} == {h.id for h in want if h.score > cut + tol}
+
+
+# ---------------------------------------------------------------------- routing and manifest
+
+
+def test_routing_is_blake2b_of_the_id_modulo_the_shards():
+    for doc_id in ["a", "doc-17", "ünïcode", "x" * 500]:
+        digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+        for shards in (1, 2, 3, 7, 1024):
+            assert shard_of(doc_id, shards) == int.from_bytes(digest, "big") % shards
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(cluster, tmp_path):
+    path = tmp_path / "store"
+    for kwargs, error, words in [
+        ({"shards": 0}, ValueError, "shards"), ({"shards": 5000}, ValueError, "shards"),
+        ({"shards": 2.5}, ValueError, "shards"), ({"bits": 9}, ValueError, "bits"),
+        ({"metric": "manhattan"}, ValueError, "metric"), ({"timeout": 0}, ValueError, "timeout"),
+        ({"max_restarts": -2}, ValueError, "max_restarts"), ({"colour": 1}, TypeError, "colour"),
+        ({"durability": "never"}, ValueError, "durability"),
+        ({"actor_options": "fast"}, TypeError, "actor_options"),
+    ]:
+        with pytest.raises(error, match=words):
+            ShardedCollection(DIM, path, **kwargs)
+        assert not path.exists()
+    with pytest.raises(TypeError, match="dim is required"):
+        ShardedCollection(path=path)
+    with pytest.raises(TypeError, match="path is required"):
+        ShardedCollection(DIM)
+    assert not path.exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="non-empty"):
+        ShardedCollection(DIM, tmp_path / "other")
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["file.txt"]
+
+
+def _write_manifest(root, manifest) -> None:
+    root.mkdir(exist_ok=True)
+    for i in range(len(manifest.get("shards", [])) if isinstance(manifest, dict) else 0):
+        (root / shard_name(i)).mkdir(exist_ok=True)
+    (root / ROOT_MANIFEST).write_text(json.dumps(manifest))
+
+
+GOOD = {"format": "vecpress-sharded", "format_version": 1, "shards": ["shard-0000", "shard-0001"],
+        "routing": {"hash": "blake2b-64", "rule": "hash mod shards"}, "dim": 8,
+        "metric": "cosine", "bits": 4, "index_options": {}}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"format": "something"}, "not a sharded"),
+    ({"format_version": 99}, "newer"),
+    ({"shards": ["../../etc", "shard-0001"]}, "named shard-0000"),
+    ({"shards": []}, "1 to"),
+    ({"shards": ["shard-0001", "shard-0000"]}, "in order"),
+    ({"routing": {"hash": "md5", "rule": "hash mod shards"}}, "routing"),
+    ({"dim": -3}, "dim"),
+    ({"dim": 10 ** 12}, "dim"),
+    ({"metric": "hamming"}, "metric"),
+    ({"bits": 9}, "settings are not valid"),
+    ({"index_options": {"exec": "rm -rf /"}}, "index_options"),
+    ({"extra": 1}, "keys"),
+])
+def test_crafted_root_manifests_are_refused(tmp_path, change, words):
+    root = tmp_path / "store"
+    _write_manifest(root, {**GOOD, **change})
+    with pytest.raises(StoreCorruptedError, match=words):
+        ShardedCollection.open(root)
+
+
+def test_damaged_root_files_are_refused(tmp_path):
+    root = tmp_path / "store"
+    _write_manifest(root, GOOD)
+    (root / ROOT_MANIFEST).write_text("{not json")
+    with pytest.raises(StoreCorruptedError, match="not valid JSON"):
+        ShardedCollection.open(root)
+    (root / ROOT_MANIFEST).write_text(" " * (1 << 17))
+    with pytest.raises(StoreCorruptedError, match="larger than"):
+        ShardedCollection.open(root)
+    (root / ROOT_MANIFEST).write_text(json.dumps(GOOD))
+    (root / "shard-0001").rmdir()
+    with pytest.raises(StoreCorruptedError, match="shard-0001.*missing"):
+        ShardedCollection.open(root)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", root / "shard-0001")
+    with pytest.raises(StoreCorruptedError, match="symbolic link"):
+        ShardedCollection.open(root)
+    os.unlink(root / "shard-0001")
+    (root / "shard-0001").mkdir()
+    os.replace(root / ROOT_MANIFEST, tmp_path / "real.json")
+    os.symlink(tmp_path / "real.json", root / ROOT_MANIFEST)
+    with pytest.raises(StoreCorruptedError, match="symbolic link"):
+        ShardedCollection.open(root)
+    with pytest.raises(FileNotFoundError, match="holds no sharded"):
+        ShardedCollection.open(tmp_path / "nothing")
+
+
+def test_reopen_keeps_documents_and_checks_settings(cluster, tmp_path):
+    path = tmp_path / "store"
+    vectors, ids, texts, metas = corpus(200, seed=3)
+    with ShardedCollection(DIM, path, shards=2, bits=8, durability="process") as store:
+        store.upsert(ids, vectors, texts, metas)
+        before = ranked(store.search(vectors[0], 10))
+    for kwargs, words in [({"shards": 3}, "shards=3"), ({"bits": 4}, "bits=4"),
+                          ({"dim": DIM + 1}, "dim=")]:
+        with pytest.raises(ValueError, match=words):
+            ShardedCollection.open(path, **kwargs)
+    with ShardedCollection.open(path, shards=2, metric="COSINE") as store:
+        assert len(store) == 200 and store.shards == ["shard-0000", "shard-0001"]
+        assert ranked(store.search(vectors[0], 10)) == before
+        assert [h.id for h in store.get(ids[:5])] == ids[:5]
+        with pytest.raises(RuntimeError, match="already open"):
+            ShardedCollection.open(path)
+
+
+# ---------------------------------------------------------------------- same answers as one node
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2 ** 16), steps=st.lists(
+    st.tuples(st.sampled_from(["upsert", "delete_ids", "delete_where"]), st.integers(1, 60)),
+    min_size=1, max_size=5))
+def test_dense_results_equal_one_collection_after_any_writes(empty, seed, steps):
+    empty.clear()  # (the fixture clears once per test, not per example)
+    rng = np.random.default_rng(seed)
+    single = Collection(DIM, bits=32)
+    pool = [f"id-{i}" for i in range(120)]
+    for op, size in steps:
+        if op == "upsert":
+            chosen = list(rng.choice(pool, size=min(size, len(pool)), replace=False))
+            vectors = rng.standard_normal((len(chosen), DIM)).astype(np.float32)
+            metas = [{"group": int(g)} for g in rng.integers(0, 4, len(chosen))]
+            for store in (empty, single):
+                store.upsert(chosen, vectors, metadatas=metas)
+        elif op == "delete_ids":
+            chosen = list(rng.choice(pool, size=size, replace=True))
+            assert empty.delete(chosen) == single.delete(chosen)
+        else:
+            where = {"group": int(size % 4)}
+            assert empty.delete(where=where) == single.delete(where=where)
+    assert len(empty) == len(single)
+    for where in (None, {"group": {"$in": [1, 2]}}, {"group": 3}):
+        query = rng.standard_normal(DIM)
+        for k in (1, 7, 200):
+            assert_same_hits(empty.search(query, k, where), single.search(query, k, where))
+    single.close()
+
+
+def test_filters_mmr_and_vectors_equal_one_collection(empty):
+    single = Collection(DIM, bits=32)
+    vectors, ids, _, _ = fill(empty, single)
+    query = vectors[11] + 0.1
+    where = {"$and": [{"group": {"$ne": 2}}, {"year": {"$gte": 2010}}]}
+    got = empty.search(query, 25, where, include_vectors=True)
+    want = single.search(query, 25, where, include_vectors=True)
+    assert_same_hits(got, want)
+    assert not got.partial
+    assert all(np.array_equal(a.vector, b.vector) for a, b in zip(got, want))
+    for lam in (0.0, 0.5, 1.0):
+        assert_same_hits(empty.max_marginal_relevance_search(query, 6, 30, lam, where),
+                         single.max_marginal_relevance_search(query, 6, 30, lam, where))
+    # and both agree with brute force
+    allowed = np.array([(m["group"] != 2 and m["year"] >= 2010) for m in corpus(600)[3]])
+    exact = reference_scores(vectors, query[None], "cosine")[0]
+    exact[~allowed] = -np.inf
+    best = np.argsort(-exact)[:25]
+    assert [h.id for h in got] == [ids[i] for i in best]
+    assert np.allclose([h.score for h in got], exact[best], atol=1e-5)
+    single.close()
+
+
+def test_quantized_shards_rerank_exactly(cluster, tmp_path):
+    data = clustered_vectors(3000, DIM, seed=5)
+    ids = [f"q{i}" for i in range(len(data))]
+    queries = clustered_vectors(20, DIM, seed=6)
+    with ShardedCollection(DIM, tmp_path / "q", shards=2, bits=4) as store:
+        store.upsert(ids, data)
+        exact = reference_scores(data, queries, "cosine")
+        recall = []
+        for q, query in enumerate(queries):
+            hits = store.search(query, 10)
+            rows = [int(h.id[1:]) for h in hits]
+            assert np.allclose([h.score for h in hits], exact[q, rows], atol=1e-3)  # float16
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            recall.append(len(set(rows) & set(np.argsort(-exact[q])[:10])) / 10)
+        assert np.mean(recall) >= 0.9
+
+
+def test_text_and_hybrid_rank_as_one_collection(empty):
+    single = Collection(DIM, bits=32)
+    vectors, ids, _, _ = fill(empty, single)
+    empty.delete(ids[:40])
+    single.delete(ids[:40])
+    query = vectors[7]
+    for text in ["w0 w1", "w33", "w2 w5 w39 nothing", "zzz"]:
+        for where in (None, {"group": 2}):
+            assert_same_ranking(empty.search(query, 15, where, mode="text", query_text=text),
+                                single.search(query, 15, where, mode="text", query_text=text))
+            for fusion in ("rrf", "weighted"):
+                got = empty.search(query, 10, where, mode="hybrid", query_text=text,
+                                   fusion=fusion, alpha=0.3, fetch_k=600)
+                want = single.search(query, 10, where, mode="hybrid", query_text=text,
+                                     fusion=fusion, alpha=0.3, fetch_k=600)
+                assert_same_ranking(got, want, tol=1e-7)
+    single.close()
+
+
+def test_get_delete_count_and_stats(empty):
+    vectors, ids, texts, metas = fill(empty, n=300)
+    assert len(empty) == 300 and empty.count({"group": 1}) == 60
+    got = empty.get([ids[5], "absent", ids[2], ids[5]], include_vectors=True)
+    assert [h.id for h in got] == [ids[5], ids[2]]
+    assert got[0].text == texts[5] and got[0].metadata == metas[5]
+    assert np.allclose(got[0].vector, vectors[5] / np.linalg.norm(vectors[5]), atol=1e-3)
+    everything = empty.get(where={"group": 1})
+    assert sorted(h.id for h in everything) == sorted(i for i, m in zip(ids, metas)
+                                                      if m["group"] == 1)
+    pages = [empty.get(where={"group": 1}, limit=7, offset=o) for o in range(0, 63, 7)]
+    assert [h.id for page in pages for h in page] == [h.id for h in everything]
+    assert len(empty.get(limit=1000)) == 300
+    assert empty.delete([ids[0], ids[1], "absent"]) == 2
+    assert empty.delete(ids[2:10], where={"group": 3}) == 2
+    assert empty.delete(where={"group": 4}) == 60
+    assert len(empty) == 300 - 2 - 2 - 60
+    stats = empty.stats()
+    assert stats["documents"] == len(empty) == sum(s["documents"] for s in stats["shards"].values())
+    assert set(stats["shards"]) == {"shard-0000", "shard-0001", "shard-0002"}
+    assert all(s["documents"] > 0 for s in stats["shards"].values())
+    for bad, error in [(lambda: empty.search(vectors[0], 0), ValueError),
+                       (lambda: empty.search(vectors[0, :3]), ValueError),
+                       (lambda: empty.search(vectors[0], mode="sql"), ValueError),
+                       (lambda: empty.search(vectors[0], where={"$bad": 1}), ValueError),
+                       (lambda: empty.upsert(["a"], vectors[:2]), ValueError),
+                       (lambda: empty.upsert(["a", "b"], vectors[:2], metadatas=[{}, {1: 2}]),
+                        TypeError),
+                       (lambda: empty.delete(), ValueError)]:
+        with pytest.raises(error):
+            bad()
+    assert len(empty) == 300 - 64
+
+
+def test_ingest_in_batches_and_from_many_threads(empty):
+    from concurrent.futures import ThreadPoolExecutor
+
+    vectors, ids, texts, metas = corpus(500, seed=9)
+    assert empty.upsert(ids, vectors, texts, metas, batch_size=64) == ids
+    single = Collection(DIM, bits=32)
+    single.upsert(ids, vectors, texts, metas)
+    queries = np.random.default_rng(1).standard_normal((16, DIM))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda q: ranked(empty.search(q, 5)), queries))
+    for got, query in zip(results, queries):
+        assert [i for i, _ in got] == [h.id for h in single.search(query, 5)]
+    single.close()
+
+
+class HashEmbedder:
+    """A deterministic stand-in for a model: a text's vector is seeded by its hash."""
+
+    dim = DIM
+
+    def embed_documents(self, texts, batch_size=None, progress=None):
+        return np.stack([np.random.default_rng(int.from_bytes(
+            hashlib.blake2b(t.encode(), digest_size=4).digest(), "big")).standard_normal(DIM)
+            for t in texts]).astype(np.float32)
+
+
+def test_add_texts_embeds_and_writes_in_batches(empty, capsys):
+    texts = [f"text number {i}" for i in range(230)]
+    ids = empty.add_texts(texts, HashEmbedder(), [{"i": i} for i in range(230)],
+                          [f"t{i}" for i in range(230)], write_batch=50, progress=True)
+    assert ids == [f"t{i}" for i in range(230)] and len(empty) == 230
+    assert "230/230" in capsys.readouterr().err  # one progress bar over the whole insert
+    vectors = HashEmbedder().embed_documents(texts[:3])
+    assert [empty.search(v, 1)[0].id for v in vectors] == ["t0", "t1", "t2"]
+    assert empty.get(["t7"])[0].metadata == {"i": 7}
+
+
+def make_hash_embedder() -> HashEmbedder:
+    return HashEmbedder()
+
+
+@pytest.mark.slow
+def test_ray_data_ingest_embeds_in_actors_and_routes_to_shards(empty):
+    data = pytest.importorskip("ray.data", reason="Ray Data needs ray[data] (pyarrow, pandas)")
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (tests is no package)
+    rows = [{"id": f"r{i}", "text": f"row {i} of the set", "topic": i % 3} for i in range(300)]
+    dataset = data.from_items(rows)
+    with pytest.raises(ValueError, match="metadata_columns\\[0\\]='colour'"):
+        empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["colour"])
+    written = empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["topic"],
+                                   embed_batch=64, write_batch=100, concurrency=2, num_cpus=0)
+    assert written == 300 and len(empty) == 300
+    assert empty.count({"topic": 1}) == 100
+    vectors = HashEmbedder().embed_documents([rows[42]["text"]])
+    hit = empty.search(vectors[0], 1)[0]
+    assert (hit.id, hit.text, hit.metadata) == ("r42", rows[42]["text"], {"topic": 0})
+    assert np.isclose(hit.score, 1.0, atol=1e-3)
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def test_a_killed_shard_restarts_with_every_acknowledged_write(empty):
+    vectors, ids, _, _ = fill(empty, n=400, seed=4)
+    owner = shard_of(ids[0], 3)
+    pid = ray.get(empty._actors[owner].pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    hits = empty.search(vectors[0], 400)  # meets the dead shard: waits for its restart
+    assert len(hits) == 400 and not hits.partial and hits[0].id == ids[0]
+    assert ray.get(empty._actors[owner].pid.remote()) != pid
+    empty.upsert(["after"], vectors[:1])  # the restarted shard takes writes
+    assert len(empty) == 401
+
+
+def test_a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(cluster, tmp_path):
+    vectors, ids, _, _ = corpus(200, seed=2)
+    with ShardedCollection(DIM, tmp_path / "s", shards=2, bits=32, max_restarts=0,
+                           timeout=20) as store:
+        store.upsert(ids, vectors)
+        os.kill(ray.get(store._actors[1].pid.remote()), signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(ShardUnavailableError, match="shard-0001") as caught:
+            store.search(vectors[0], 10)
+        assert caught.value.shard == "shard-0001" and time.monotonic() - started < 15
+        hits = store.search(vectors[0], 300, allow_partial=True)
+        assert hits.partial and hits.missing_shards == ["shard-0001"]
+        assert {h.id for h in hits} == {i for i in ids if shard_of(i, 2) == 0}
+        text = store.search(mode="text", query_text="w1", allow_partial=True)
+        assert text.partial
+        with pytest.raises(ShardUnavailableError, match="shard-0001"):
+            store.upsert(ids[:50], vectors[:50])
+
+
+# ---------------------------------------------------------------------- adapters
+
+
+def test_langchain_store_serves_a_sharded_collection(empty):
+    pytest.importorskip("langchain_core")
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from vecpress.integrations.langchain import VecpressVectorStore
+
+    embeddings = DeterministicFakeEmbedding(size=DIM)
+    with pytest.raises(ValueError, match="leave out"):
+        VecpressVectorStore(embeddings, collection=empty, bits=4)
+    store = VecpressVectorStore(embeddings, collection=empty)
+    texts = [f"note {i} about w{i % 7}" for i in range(40)]
+    ids = store.add_texts(texts, [{"n": i} for i in range(40)], ids=[f"n{i}" for i in range(40)])
+    assert len(empty) == 40
+    found = store.similarity_search_with_score(texts[12], k=3, filter={"n": {"$gte": 10}})
+    assert found[0][0].id == "n12" and found[0][0].page_content == texts[12]
+    assert all(doc.metadata["n"] >= 10 for doc, _ in found)
+    assert [d.id for d in store.max_marginal_relevance_search(texts[3], k=2, fetch_k=10)][0] == "n3"
+    store.delete(ids[:5])
+    assert [d.id for d in store.get_by_ids(ids[:7])] == ids[5:7]
+
+
+def test_llama_index_store_serves_a_sharded_collection(empty):
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from vecpress.integrations.llama_index import VecpressVectorStore
+
+    vectors, ids, texts, _ = corpus(50, seed=8)
+    nodes = [TextNode(text=texts[i] or "", id_=ids[i], metadata={"i": i},
+                      embedding=vectors[i].tolist()) for i in range(50)]
+    store = VecpressVectorStore(collection=empty)
+    assert store.add(nodes) == ids
+    result = store.query(VectorStoreQuery(query_embedding=vectors[9].tolist(), similarity_top_k=3))
+    assert result.ids[0] == ids[9] and result.nodes[0].metadata == {"i": 9}
+    single = Collection(DIM, bits=32)
+    single.upsert(ids, vectors)
+    assert result.ids == [h.id for h in single.search(vectors[9], 3)]
+    with pytest.raises(TypeError, match="sharded"):
+        store.persist(str(empty.path.parent / "persist" / "x.json"))
+    single.close()
