@@ -686,22 +686,32 @@ class Index:
             return self._ids.all()
 
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes: ``ram_bytes`` counts codes, factors, ids, in-memory originals and
-        codec state; ``disk_bytes`` the files of a persistent store."""
+        """Counts and sizes. ``ram_bytes``: what the data uses in RAM (codes, factors, ids,
+        list membership, in-memory originals, plus ``ram_fixed_bytes``: codec state and list
+        centroids, which do not grow with the rows); ``ram_reserved_bytes``: spare capacity
+        allocated for rows still to come; ``ram_bytes_per_vector``: see
+        :func:`ram_bytes_per_vector`; ``disk_bytes``: the files of a persistent store."""
         with self._mutex:
-            codec_bytes = sum(a.nbytes for a in self._codec.state_arrays().values())
-            per_row = self._codes.nbytes + self._factors.nbytes + self._ids.nbytes
+            fixed = sum(a.nbytes for a in self._codec.state_arrays().values())
+            columns = [self._codes, self._factors, self._ids]
             lists = self._lists
+            per_row_lists = 0
             if lists is not None:
-                per_row += self._labels.nbytes + lists.nbytes
-            ram = per_row + self._originals.nbytes + codec_bytes
+                columns.append(self._labels)
+                fixed += lists.centroids.nbytes + lists.bounds.nbytes
+                per_row_lists = lists.nbytes - lists.centroids.nbytes - lists.bounds.nbytes
+            used = sum(column.used_nbytes for column in columns) + per_row_lists
+            reserved = sum(column.nbytes for column in columns) + per_row_lists - used
+            ram = used + self._originals.nbytes + fixed
             disk = (storage.disk_bytes(self._path, self._manifest)
                     if self._path is not None else 0)
             return {"count": len(self), "dim": self.dim, "bits": self.bits,
                     "metric": self.metric, "codec": self._codec.name, "rerank": self.rerank,
                     "oversample": self.oversample, "rows": self._ids.size,
                     "deleted": self._ids.deleted, "code_bytes": self._codec.code_bytes(),
-                    "ram_bytes": int(ram), "ram_fixed_bytes": int(codec_bytes),
+                    "ram_bytes": int(ram), "ram_fixed_bytes": int(fixed),
+                    "ram_reserved_bytes": int(reserved),
+                    "ram_bytes_per_vector": ram_bytes_per_vector(int(ram), int(fixed), len(self)),
                     "disk_bytes": int(disk),
                     "segments": len(self._manifest["segments"]) if self._manifest else 0,
                     "lists": 0 if lists is None else lists.n_lists,
@@ -1557,6 +1567,16 @@ def _scan_lists(snap: _Snapshot, queries: np.ndarray, candidates: int, flt: RowF
     scores, positions = snap.codec.scan(snap.codes, snap.factors, queries, candidates,
                                         by_position, spans=spans)
     return scores, lists.rows_at(positions)
+
+
+def ram_bytes_per_vector(ram_bytes: int, fixed_bytes: int, count: int) -> float | None:
+    """RAM each vector costs: (``ram_bytes`` - ``fixed_bytes``) / ``count`` (codes, factors,
+    ids, list membership; spare capacity and fixed costs excluded), ``None`` for an empty
+    index. Every figure vecpress prints per vector (``stats()``, ``vecpress stats``, ``bench``,
+    the demo, the README) comes from here."""
+    if count <= 0:
+        return None
+    return (ram_bytes - fixed_bytes) / count
 
 
 def _spread(sizes: np.ndarray | None) -> dict[str, int]:

@@ -85,7 +85,12 @@ def check_batch_size(batch_size: int) -> int:
 
 
 def resolve_progress(progress: bool | None) -> bool:
-    """``None`` means: show progress only when a person is watching stderr."""
+    """``None`` means: show progress only when a person is watching stderr (and
+    ``VECPRESS_QUIET`` is not set); ``VECPRESS_QUIET`` turns every bar off."""
+    from ..warmup import quiet
+
+    if quiet():
+        return False
     if progress is None:
         stream = sys.stderr
         return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
@@ -94,6 +99,9 @@ def resolve_progress(progress: bool | None) -> bool:
 
 class _NoBar:
     def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
         pass
 
     def __enter__(self) -> _NoBar:
@@ -111,4 +119,7 @@ def progress_bar(total: int, *, enabled: bool | None, desc: str):
         from tqdm.auto import tqdm
     except ImportError:
         return _NoBar()
-    return tqdm(total=total, desc=desc, unit="text")
+    # redrawn at least every second (the bars are updated at least every 64 texts), with the
+    # rate and time left that tqdm shows by default
+    return tqdm(total=total, desc=desc, unit="text", mininterval=0.5, maxinterval=1.0, miniters=1,
+                dynamic_ncols=True)
