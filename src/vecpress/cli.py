@@ -326,8 +326,13 @@ def _check_new_store(store: Path, option: str) -> None:
     parent = store if store.exists() else store.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CommandError(f"{option} {str(store)!r}: {str(parent)!r} is not writable; choose a folder you can write to")
+    if not parent.is_dir():
+        raise CommandError(f"{option} {str(store)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+    try:  # a real probe: permissions, read-only mounts and pseudo file systems all show here
+        tempfile.TemporaryDirectory(dir=parent, prefix=".vecpress-probe-").cleanup()
+    except OSError:
+        raise CommandError(f"{option} {str(store)!r}: {str(parent)!r} is not writable; "
+                           "choose a folder you can write to") from None
 
 
 def cmd_index(args: argparse.Namespace) -> int:
