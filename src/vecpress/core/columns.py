@@ -279,8 +279,8 @@ class _TiledCodes:
 
     @property
     def used_nbytes(self) -> int:
-        """Bytes of the tiles holding rows (the last one may be partly filled)."""
-        return self._tiles.used_nbytes
+        """Bytes of the rows held; the unfilled rest of the last tile counts as spare room."""
+        return self.size * self.width * np.dtype(np.uint64).itemsize
 
     @property
     def scan_view(self) -> np.ndarray:

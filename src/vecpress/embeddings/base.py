@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -111,6 +112,37 @@ class _NoBar:
         pass
 
 
+class _Ticker:
+    """Redraws a tqdm bar every ``interval`` seconds from a daemon thread, so its elapsed time
+    and rate keep moving while one long step (a model batch, a write) runs."""
+
+    def __init__(self, bar: Any, interval: float = 1.0) -> None:
+        self._bar = bar
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vecpress-progress", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._bar.refresh()
+            except Exception:  # noqa: BLE001 - a redraw failing must never break the work
+                return
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
+
+    def __enter__(self) -> "_Ticker":
+        self._bar.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._bar.__exit__(*exc_info)
+
+
 def progress_bar(total: int, *, enabled: bool | None, desc: str):
     """A tqdm bar used as a context manager, or a no-op stand-in when disabled or tqdm is absent."""
     if not resolve_progress(enabled):
@@ -121,5 +153,5 @@ def progress_bar(total: int, *, enabled: bool | None, desc: str):
         return _NoBar()
     # redrawn at least every second (the bars are updated at least every 64 texts), with the
     # rate and time left that tqdm shows by default
-    return tqdm(total=total, desc=desc, unit="text", mininterval=0.5, maxinterval=1.0, miniters=1,
-                dynamic_ncols=True)
+    return _Ticker(tqdm(total=total, desc=desc, unit="text", mininterval=0.5, maxinterval=1.0,
+                        miniters=1, dynamic_ncols=True))
