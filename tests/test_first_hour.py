@@ -334,3 +334,20 @@ def test_warmup_fills_an_empty_cache_so_the_next_process_compiles_nothing(tmp_pa
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == ["7", "0"]  # right answer, zero kernels compiled
     assert "compiling" not in first.stderr
+
+
+def test_upkeep_steps_are_named_to_the_waiting_thread():
+    from vecpress.core import activity
+
+    heard: list[str] = []
+    collection = Collection(16)
+    vectors = np.random.default_rng(5).standard_normal((2000, 16)).astype(np.float32)
+    with activity.listening(heard.append):
+        collection.upsert([str(i) for i in range(100)], vectors[:100])  # fitted on 100 rows
+        collection.upsert([str(i) for i in range(100, 2000)], vectors[100:])  # grown 20-fold
+        assert any(line.startswith("refitting the codec") and "2,000 rows" in line for line in heard)
+        collection.delete(ids=[str(i) for i in range(1200)])
+        assert any(line.startswith("compacting") for line in heard)
+    count = len(heard)
+    collection.delete(ids=[str(i) for i in range(1200, 1900)])  # nobody listening: no call
+    assert len(heard) == count

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .core import activity
 from .core.collection import Collection, Hit
 from .embeddings.base import check_batch_size, progress_bar
 from .embeddings.rerankers import ExactReranker, Reranker, make_reranker
@@ -84,7 +85,8 @@ def add_texts(
             bar.set_postfix_str("embedding", refresh=False)
             vectors = _embed_with_progress(embedder, batch, batch_size, collection.dim, bar)
             bar.set_postfix_str("quantizing and writing")
-            written += collection.upsert(batch_ids, vectors, texts=batch, metadatas=batch_metas)
+            with activity.listening(bar.set_postfix_str):  # refit, compaction, lists: named
+                written += collection.upsert(batch_ids, vectors, texts=batch, metadatas=batch_metas)
         bar.set_postfix_str("done")
     for name, rest in (("metadatas", meta_iter), ("ids", id_iter)):
         if rest is not None and next(rest, _END) is not _END:

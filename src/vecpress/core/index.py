@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import clustering, partitions, rowlog, segments, storage, store_format
+from . import activity, clustering, partitions, rowlog, segments, storage, store_format
 from .codecs import Codec, RowFilter, default_codec_name, make_codec
 from .columns import _Blocks, _Growable, _IdColumn, _row_filter, _Snapshot, _TiledCodes
 from .partitions import Calibration, ListLayout
@@ -1069,15 +1069,19 @@ class Index:
     def _maintain(self) -> None:
         """Compact when half the rows are removed, or refit a data-fitted codec once the index
         has outgrown its fit; merge segments of similar size (see ``compaction_due``)."""
+        live = f"{len(self):,}"
         if self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size:
-            self.compact()
+            with activity.step(f"compacting: rewriting the {live} live rows"):
+                self.compact()
         elif self._can_refit and self._codec.refit_due(len(self)):
-            self._upkeep_step(self.compact)
+            with activity.step(f"refitting the codec and re-encoding {live} rows"):
+                self._upkeep_step(self.compact)
         else:
             if self._path is not None:
                 self._merge_segments()
             if self._training_due():
-                self._upkeep_step(self._train_lists)
+                with activity.step(f"building the inverted lists over {live} rows"):
+                    self._upkeep_step(self._train_lists)
             else:
                 self._fold_tail()
 
