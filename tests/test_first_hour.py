@@ -351,3 +351,13 @@ def test_upkeep_steps_are_named_to_the_waiting_thread():
     count = len(heard)
     collection.delete(ids=[str(i) for i in range(1200, 1900)])  # nobody listening: no call
     assert len(heard) == count
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.recursive(st.text() | st.integers() | st.none(),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=8))
+def test_search_json_is_the_same_value_without_terminal_controls(value):
+    text = cli.terminal_safe_json(value)
+    assert json.loads(text) == value
+    assert not any(ch in text for ch in "\x00\x1b\x7f\x9b\u202e")

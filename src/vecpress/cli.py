@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -161,6 +162,18 @@ def printable(text: str) -> str:
         return text
     return "".join(ch for ch in text
                    if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
+
+
+#: characters JSON leaves raw with ensure_ascii=False that a terminal may act on: DEL, C1
+#: controls (U+009B starts an escape sequence on some terminals), bidi overrides and isolates
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe_json(value: Any) -> str:
+    """``value`` as indented JSON with non-ASCII text kept readable, but every character a
+    terminal could act on written as a ``\\uXXXX`` escape (same JSON value)."""
+    text = json.dumps(value, ensure_ascii=False, indent=1)
+    return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def _one_line(text: str | None, width: int) -> str:
@@ -427,8 +440,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = search(collection, embedder, args.question, args.k, where=where, reranker=reranker, mode=args.mode)
         elapsed = time.perf_counter() - started
     if args.json:
-        print(json.dumps([{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits],
-                         ensure_ascii=False, indent=1))
+        print(terminal_safe_json([{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+                                  for h in hits]))
     else:
         print(format_hits(hits))
         _status(f"{len(hits)} hit(s) in {elapsed * 1000:.0f} ms")
