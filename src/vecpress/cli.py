@@ -290,12 +290,13 @@ def format_stats(info: dict[str, Any], path: Path | None = None) -> str:
 # ---------------------------------------------------------------------- commands
 
 
-def _readable_files(files: Sequence[Path]) -> list[Path]:
-    """The text files among ``files``: binary ones are skipped with one warning each, and
-    undecodable bytes or a legacy charset are reported; ``CommandError`` when none is text."""
-    from .chunking import read_file
+def _readable_files(files: Sequence[Path], chunk_size: int, overlap: int) -> tuple[list[Path], int]:
+    """The text files among ``files`` and the number of chunks they make: binary files are
+    skipped with one warning each, undecodable bytes or a legacy charset are reported;
+    ``CommandError`` when none is text."""
+    from .chunking import chunk_text, read_file
 
-    kept = []
+    kept, chunks = [], 0
     for file in files:
         try:
             decoded = read_file(file)
@@ -310,10 +311,11 @@ def _readable_files(files: Sequence[Path]) -> list[Path]:
         if decoded.replaced:
             _warn(f"{shown}: {decoded.replaced:,} undecodable byte(s) replaced by U+FFFD")
         kept.append(file)
+        chunks += len(chunk_text(decoded.text, chunk_size, overlap))
     if not kept:
         raise CommandError(f"all {len(files)} input file(s) are binary; give text files "
                            "(.txt, .md) to index")
-    return kept
+    return kept, chunks
 
 
 def _open_for_writing(store: Path, option: str) -> Any:
@@ -350,7 +352,7 @@ def _check_new_store(store: Path, option: str) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from . import Collection
-    from .chunking import chunk_text, find_text_files, iter_file_chunks, read_text_file
+    from .chunking import find_text_files, iter_file_chunks
     from .pipeline import add_texts
 
     store = Path(args.store)
@@ -364,9 +366,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CommandError(
             f"no .txt or .md files under {', '.join(map(repr, args.paths))}; give files or folders that hold some"
         )
-    files = _readable_files(files)
     # count first: the progress bar gets a total and an all-empty input fails before any model loads
-    total = sum(len(chunk_text(read_text_file(f), args.chunk_size, args.overlap)) for f in files)
+    files, total = _readable_files(files, args.chunk_size, args.overlap)
     if total == 0:
         raise CommandError(f"the {len(files)} text file(s) found are empty")
     existing = _is_store(store)
