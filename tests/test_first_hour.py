@@ -87,6 +87,7 @@ def test_decode_text_detects_binary_and_charsets():
     noise = np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
     assert decode_text(noise).binary
     assert decode_text(noise.replace(b"\x00", b"a")).binary  # control bytes alone suffice
+    assert looks_binary(noise.replace(b"\x00", b"a")) and not looks_binary(b"tab\tand\r\nnewlines\x0c")
     latin = "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e, na\u00efve fa\u00e7ade. " * 20
     decoded = decode_text(latin.encode("latin-1"))
     assert (decoded.text, decoded.encoding, decoded.replaced) == (latin, "cp1252", 0)

@@ -96,6 +96,9 @@ def test_one_progress_bar_for_the_whole_insert(monkeypatch):
         def update(self, n):
             self.done += n
 
+        def set_postfix_str(self, text, refresh=True):  # names the step: embedding, writing
+            pass
+
     @contextlib.contextmanager
     def fake_progress_bar(total, *, enabled, desc):
         bar = Bar(total)

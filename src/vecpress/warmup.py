@@ -26,7 +26,7 @@ from numba.core import event as numba_event
 
 #: the notice's estimate of a full compile of the default store's kernels, on 2 cores
 #: (measured by ``benchmarks/bench_warmup.py``; see the README's "First run" section)
-EXPECTED_COMPILE = "about 30-90 s once per machine on 2 cores"
+EXPECTED_COMPILE = "10-80 s on 2 cores, once per machine"
 
 #: environment variable that silences progress bars and notices (``vecpress --quiet`` sets it)
 QUIET_ENV = "VECPRESS_QUIET"
