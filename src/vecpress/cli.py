@@ -155,13 +155,24 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+#: Unicode categories never printed as they are: controls, format (bidi), surrogates, private
+#: use, unassigned; line and paragraph separators become spaces
+_UNPRINTABLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
 def printable(text: str) -> str:
     """``text`` safe for a terminal: control and format characters (NUL, escape sequences,
-    C1 controls, bidi overrides) removed, every other character kept."""
+    C1 controls, bidi overrides) removed, control whitespace other than newline and tab
+    (carriage return, form feed, NEL) turned into a space, every other character kept."""
     if text.isprintable():
         return text
-    return "".join(ch for ch in text
-                   if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
+    kept = []
+    for ch in text:
+        if ch in "\n\t" or unicodedata.category(ch) not in _UNPRINTABLE:
+            kept.append(ch)
+        elif ch.isspace():
+            kept.append(" ")
+    return "".join(kept)
 
 
 #: characters JSON leaves raw with ensure_ascii=False that a terminal may act on: DEL, C1
