@@ -364,3 +364,14 @@ def test_search_json_is_the_same_value_without_terminal_controls(value):
     text = cli.terminal_safe_json(value)
     assert json.loads(text) == value
     assert not any(ch in text for ch in "\x00\x1b\x7f\x9b\u202e")
+
+
+def test_warmup_refuses_bad_bits_before_doing_anything(capsys):
+    from vecpress.warmup import warmup
+
+    for bad in ((), (9,), (True,), ("4",)):
+        with pytest.raises(ValueError, match="bits"):
+            warmup(bad)
+    with pytest.raises(SystemExit):
+        main(["warmup", "--bits", "9"])
+    assert "bits must be 1-8, 16 or 32" in capsys.readouterr().err
