@@ -15,7 +15,7 @@ if command -v pyenv >/dev/null 2>&1; then
     pyenv rehash  # make the new `vecpress` command visible through pyenv's shims
 fi
 
-echo "== compiling the search kernels (once per machine; seconds when already cached)"
+echo "== compiling the numba kernels (once per machine; seconds when already cached)"
 python -m vecpress.cli warmup
 
 echo "== vecpress demo"

@@ -327,7 +327,7 @@ def test_warmup_fills_an_empty_cache_so_the_next_process_compiles_nothing(tmp_pa
                           capture_output=True, text=True, timeout=600)
     assert warm.returncode == 0, warm.stderr
     assert "compiled" in warm.stdout and "kernels" in warm.stdout
-    assert warm.stderr.count("vecpress: compiling the search kernels") == 1  # once, not per kernel
+    assert warm.stderr.count("vecpress: compiling the numba kernels") == 1  # once, not per kernel
     assert any((tmp_path / "numba").rglob("*.nbi"))
     again = subprocess.run([sys.executable, "-m", "vecpress.cli", "warmup"], env=env,
                            capture_output=True, text=True, timeout=600)

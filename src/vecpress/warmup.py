@@ -87,7 +87,7 @@ _INSTALL_LOCK = threading.Lock()
 def _print_notice(kernel: str) -> None:
     if quiet():
         return
-    print(f"vecpress: compiling the search kernels for this machine ({kernel} first; "
+    print(f"vecpress: compiling the numba kernels for this machine ({kernel} first; "
           f"{EXPECTED_COMPILE}, cached afterwards). `vecpress warmup` does it ahead of time.",
           file=sys.stderr, flush=True)
 
