@@ -151,7 +151,11 @@ def progress_bar(total: int, *, enabled: bool | None, desc: str):
         from tqdm.auto import tqdm
     except ImportError:
         return _NoBar()
-    # redrawn at least every second (the bars are updated at least every 64 texts), with the
-    # rate and time left that tqdm shows by default
-    return _Ticker(tqdm(total=total, desc=desc, unit="text", mininterval=0.5, maxinterval=1.0,
-                        miniters=1, dynamic_ncols=True))
+    # updated at least every 64 texts by the callers, with the rate and time left that tqdm
+    # shows by default; on a terminal also redrawn every second while one step runs (in a log
+    # file that would add a line a second, so only there)
+    bar = tqdm(total=total, desc=desc, unit="text", mininterval=0.5, maxinterval=1.0, miniters=1,
+               dynamic_ncols=True)
+    stream = sys.stderr
+    on_terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+    return _Ticker(bar) if on_terminal else bar
