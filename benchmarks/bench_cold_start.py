@@ -127,6 +127,23 @@ def write_report(rows: list[dict], model: dict[str, float] | None, env: dict, ru
         lines.append(f"| {row['documents']:,} | {both('import')} | {both('open')} | {both('first_query')} "
                      f"| {t['second_query'] * 1000:.1f} ({t['cpu_second_query'] * 1000:.1f}) | **{both('total')}** "
                      f"| {ms(t['process'])} |")
+    first_use = [row for row in rows if row.get("first_use")]
+    if first_use:
+        runs_first = len(first_use[0]["first_use"]["runs"])
+        lines += [
+            "",
+            f"On a never-used machine (empty numba cache: `NUMBA_CACHE_DIR` pointed at a new folder), "
+            f"median of {runs_first}: the kernels compile inside the first query unless "
+            "`vecpress warmup` ran first (`benchmarks/bench_warmup.py`).",
+            "",
+            "| documents | empty cache: import + open + first query | of which first query "
+            "| `vecpress warmup` (empty cache) | after warmup: import + open + first query |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in first_use:
+            f = row["first_use"]
+            lines.append(f"| {row['documents']:,} | {ms(f['empty']['total'])} | {ms(f['empty']['first_query'])} "
+                         f"| {ms(f['warmup'])} | {ms(f['after_warmup']['total'])} |")
     if model:
         lines += [
             "",
@@ -154,12 +171,14 @@ def write_report(rows: list[dict], model: dict[str, float] | None, env: dict, ru
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vecpress.coldstart import measure_cold_start
+    from vecpress.coldstart import measure_cold_start, measure_first_use
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated store sizes (documents)")
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--runs", type=int, default=7, help="fresh processes per store (median)")
+    parser.add_argument("--first-use-runs", type=int, default=1,
+                        help="runs with an empty numba cache per store (never-used machine; 0: skip)")
     parser.add_argument("--model-runs", type=int, default=3, help="fresh processes timing the model load (0: skip)")
     parser.add_argument("--peers", type=int, default=100_000,
                         help="vectors in the index files of the peer comparison (0: skip it)")
@@ -171,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         store, query_file = build_store(n, args.bits)
         timing = measure_cold_start(store, query_file, runs=args.runs)
         rows.append({"documents": n, "store": str(store), "timing": timing})
+        if args.first_use_runs:
+            first = measure_first_use(store, query_file, runs=args.first_use_runs)
+            rows[-1]["first_use"] = first
+            print(f"{n:>7,} documents, empty numba cache: {first['empty']['total']:.2f} s "
+                  f"(first query {first['empty']['first_query']:.2f} s); vecpress warmup "
+                  f"{first['warmup']:.1f} s, then {first['after_warmup']['total']:.2f} s", flush=True)
         print(f"{n:>7,} documents: import {timing['import']:.3f} s, open {timing['open']:.3f} s, "
               f"first query {timing['first_query'] * 1000:.1f} ms, second {timing['second_query'] * 1000:.1f} ms, "
               f"total {timing['total']:.3f} s, CPU {timing['cpu_total']:.3f} s (process {timing['process']:.3f} s)",

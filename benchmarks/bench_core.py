@@ -92,7 +92,7 @@ def vecpress_rows(base, queries, truth, bits_list, latency_queries, threads, wor
 
             def ram(index):
                 stats = index.stats()
-                return (stats["ram_bytes"] - stats["ram_fixed_bytes"]) / stats["count"]
+                return stats["ram_bytes_per_vector"]  # the figure `vecpress stats` prints
 
             name = "vecpress" if codec == "saq" else f"vecpress {codec}"
             label = f"{name} {bits}-bit" + (f" + rerank x{_oversample(bits)}" if rerank else "")

@@ -74,8 +74,8 @@ def open_store(path: Path, limit: int) -> VecpressVectorStore:
                                                show_progress=True)
     stats = store.collection.stats()
     print(f"indexed {len(documents):,} WordNet glosses into {path} in "
-          f"{time.perf_counter() - started:.1f} s; vector codes in RAM: "
-          f"{stats['ram_bytes'] / 1024:.0f} KiB")
+          f"{time.perf_counter() - started:.1f} s; RAM: {stats['ram_bytes_per_vector']:,.1f} B per "
+          f"vector + {stats['ram_fixed_bytes'] / 1024:.0f} KiB fixed (as `vecpress stats` counts)")
     return store
 
 

@@ -70,8 +70,9 @@ def open_index(persist_dir: Path, limit: int, embed_model) -> VectorStoreIndex:
     storage_context.persist(persist_dir=str(persist_dir))
     stats = vector_store.client.stats()
     print(f"indexed {len(documents):,} WordNet glosses into {persist_dir} in "
-          f"{time.perf_counter() - started:.1f} s; vector codes in RAM: "
-          f"{stats['ram_bytes'] / 1024:.0f} KiB for {stats['count']:,} vectors")
+          f"{time.perf_counter() - started:.1f} s; RAM: {stats['ram_bytes_per_vector']:,.1f} B per "
+          f"vector × {stats['count']:,} + {stats['ram_fixed_bytes'] / 1024:.0f} KiB fixed "
+          "(as `vecpress stats` counts)")
     return index
 
 

@@ -15,6 +15,9 @@ if command -v pyenv >/dev/null 2>&1; then
     pyenv rehash  # make the new `vecpress` command visible through pyenv's shims
 fi
 
+echo "== compiling the numba kernels (once per machine; seconds when already cached)"
+python -m vecpress.cli warmup
+
 echo "== vecpress demo"
 if command -v vecpress >/dev/null 2>&1; then
     HF_HUB_OFFLINE=1 exec vecpress demo "$@"

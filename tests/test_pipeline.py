@@ -81,8 +81,11 @@ def test_stream_is_consumed_one_write_batch_at_a_time():
               progress=False)
     # each write happens after at most one more batch was read: memory is bounded by the batch
     assert upserts == [(8, 8), (16, 8), (24, 8), (25, 1)]
-    assert [len(t) for t, _ in embedder.calls] == [8, 8, 8, 1]
+    # the model is called batch_size (at most 64) texts at a time, so the bar moves between
+    # calls; each write batch is embedded whole before it is written
+    assert [len(t) for t, _ in embedder.calls] == [3, 3, 2] * 3 + [1]
     assert all(batch_size == 3 for _, batch_size in embedder.calls)
+    assert sorted(t for texts, _ in embedder.calls for t in texts) == sorted(f"text {i}" for i in range(25))
     assert len(collection) == 25
 
 
@@ -95,6 +98,9 @@ def test_one_progress_bar_for_the_whole_insert(monkeypatch):
 
         def update(self, n):
             self.done += n
+
+        def set_postfix_str(self, text, refresh=True):  # names the step: embedding, writing
+            pass
 
     @contextlib.contextmanager
     def fake_progress_bar(total, *, enabled, desc):

@@ -6,6 +6,9 @@ kernels, and the best candidates are re-scored exactly from the kept originals.
 
 from .core.collection import Collection, Hit
 from .core.index import Index
+from .warmup import install_compile_notice as _install_compile_notice
+
+_install_compile_notice()  # one stderr line when a kernel compiles where a user waits
 
 __all__ = ["Collection", "Hit", "Index"]
 __version__ = "0.1.0"

@@ -80,9 +80,77 @@ def find_text_files(paths: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+#: bytes read to decide whether a file is text (a NUL or many control bytes there: binary)
+SNIFF_BYTES = 65_536
+#: undecodable bytes above this fraction of a UTF-8 file make it binary
+BINARY_FRACTION = 0.10
+#: control bytes (other than tab, newlines, form feed, escape, backspace) above this fraction
+#: of the sniffed bytes make a file binary (random bytes have about 10%, text almost none)
+CONTROL_FRACTION = 0.02
+_TEXT_CONTROLS = frozenset(b"\t\n\r\f\v\b\x1b")
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"),
+         (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """A file's text and how it was read. ``binary`` files have no text (``""``);
+    ``replaced`` counts undecodable bytes turned into U+FFFD."""
+
+    text: str
+    encoding: str
+    replaced: int = 0
+    binary: bool = False
+
+
+def looks_binary(data: bytes) -> bool:
+    """True for bytes that are not text: a NUL, or more than :data:`CONTROL_FRACTION` control
+    bytes, in the first :data:`SNIFF_BYTES` (call it only on data without a UTF-16/32 BOM)."""
+    head = data[:SNIFF_BYTES]
+    if b"\x00" in head:
+        return True
+    controls = sum(1 for byte in head if byte < 32 and byte not in _TEXT_CONTROLS)
+    return controls > CONTROL_FRACTION * max(len(head), 1)
+
+
+def decode_text(data: bytes) -> DecodedFile:
+    """Decode a file's bytes: a BOM's charset, else UTF-8; a file with no valid UTF-8 multi-byte
+    sequence but invalid bytes is taken as a legacy 8-bit file (cp1252, which covers Latin-1
+    text). Binary data (see :func:`looks_binary`, or mostly undecodable) is flagged, not decoded."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            text = data.decode(encoding, errors="replace")
+            return DecodedFile(text, encoding, text.count("\ufffd"))
+    if looks_binary(data):
+        return DecodedFile("", "binary", binary=True)
+    try:
+        return DecodedFile(data.decode("utf-8"), "utf-8")
+    except UnicodeDecodeError:
+        pass
+    text = data.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
+    if not _has_utf8_sequences(text):  # no valid multi-byte sequence at all: legacy 8-bit text
+        legacy = data.decode("cp1252", errors="replace")
+        return DecodedFile(legacy, "cp1252", legacy.count("\ufffd"))
+    if replaced > BINARY_FRACTION * len(data) and replaced > 8:
+        return DecodedFile("", "binary", binary=True)
+    return DecodedFile(text, "utf-8", replaced)
+
+
+def _has_utf8_sequences(text: str) -> bool:
+    """Whether some non-ASCII character other than U+FFFD decoded: then the file is UTF-8."""
+    return any(ord(ch) > 127 and ch != "\ufffd" for ch in text)
+
+
+def read_file(path: Path) -> DecodedFile:
+    """The file read and decoded by :func:`decode_text`."""
+    return decode_text(Path(path).read_bytes())
+
+
 def read_text_file(path: Path) -> str:
-    """The file's text as UTF-8 (undecodable bytes replaced, a BOM dropped)."""
-    return path.read_text(encoding="utf-8-sig", errors="replace")
+    """The file's text (see :func:`decode_text`; undecodable bytes replaced, a BOM dropped,
+    ``""`` for a binary file)."""
+    return read_file(path).text
 
 
 def iter_file_chunks(

@@ -4,6 +4,12 @@
     vecpress search DIR "question" -k 5     ranked hits with scores and sources
     vecpress stats DIR                      counts, bits, RAM and disk bytes per vector
     vecpress demo                           WordNet glosses end to end (Debian wordnet-base)
+    vecpress warmup                         compile the numba kernels ahead of the first query
+
+Every command takes ``--quiet`` (no progress or status lines; also ``VECPRESS_QUIET=1``) and
+``--debug`` (a traceback for errors; also ``VECPRESS_DEBUG=1``). Expected failures (a missing,
+locked or damaged store, a model of the wrong dimension, binary-only input) print one line on
+stderr naming the flag that fixes them, and exit with status 1.
 """
 
 from __future__ import annotations
@@ -11,15 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .warmup import QUIET_ENV, quiet
 
 #: written next to the collection by ``vecpress index``/``demo``: which model made the vectors
 STORE_CONFIG = "vecpress-cli.json"
@@ -40,8 +49,18 @@ class CommandError(Exception):
 # ---------------------------------------------------------------------- helpers
 
 
+DEBUG_ENV = "VECPRESS_DEBUG"
+
+
 def _status(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A status line on stderr, unless ``--quiet``/``VECPRESS_QUIET`` asked for silence."""
+    if not quiet():
+        print(message, file=sys.stderr, flush=True)
+
+
+def _warn(message: str) -> None:
+    """A warning line on stderr (printed even with ``--quiet``: it says what was skipped)."""
+    print(f"vecpress: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _quiet_model_loading() -> None:
@@ -62,10 +81,14 @@ def load_embedder(model: str | None) -> Any:
     """The default embedder (shared, loaded once) or a sentence-transformers model by name."""
     from .embeddings import DEFAULT_MODEL, SentenceTransformerEmbedder, default_embedder
 
+    name = model or DEFAULT_MODEL
+    _status(f"loading the embedding model {name} (torch + sentence-transformers; "
+            "usually 5-30 s on 2 cores)…")
+    started = time.perf_counter()
     _quiet_model_loading()
-    if model is None or model == DEFAULT_MODEL:
-        return default_embedder()
-    return SentenceTransformerEmbedder(model)
+    embedder = default_embedder() if name == DEFAULT_MODEL else SentenceTransformerEmbedder(name)
+    _status(f"model loaded in {time.perf_counter() - started:.1f} s ({embedder.dim} dims)")
+    return embedder
 
 
 def _read_store_config(store: Path) -> dict[str, Any]:
@@ -132,8 +155,40 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+#: Unicode categories never printed as they are: controls, format (bidi), surrogates, private
+#: use, unassigned; line and paragraph separators become spaces
+_UNPRINTABLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters (NUL, escape sequences,
+    C1 controls, bidi overrides) removed, control whitespace other than newline and tab
+    (carriage return, form feed, NEL) turned into a space, every other character kept."""
+    if text.isprintable():
+        return text
+    kept = []
+    for ch in text:
+        if ch in "\n\t" or unicodedata.category(ch) not in _UNPRINTABLE:
+            kept.append(ch)
+        elif ch.isspace():
+            kept.append(" ")
+    return "".join(kept)
+
+
+#: characters JSON leaves raw with ensure_ascii=False that a terminal may act on: DEL, C1
+#: controls (U+009B starts an escape sequence on some terminals), bidi overrides and isolates
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe_json(value: Any) -> str:
+    """``value`` as indented JSON with non-ASCII text kept readable, but every character a
+    terminal could act on written as a ``\\uXXXX`` escape (same JSON value)."""
+    text = json.dumps(value, ensure_ascii=False, indent=1)
+    return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
 def _one_line(text: str | None, width: int) -> str:
-    flat = " ".join((text or "").split())
+    flat = " ".join(printable(text or "").split())
     return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
 
 
@@ -158,7 +213,7 @@ def format_hits(hits: Sequence[Any], width: int | None = None) -> str:
         return "  (no hits)"
     if width is None:
         width = shutil.get_terminal_size((100, 24)).columns
-    sources = [_source_of(hit) for hit in hits]
+    sources = [" ".join(printable(_source_of(hit)).split()) for hit in hits]
     source_width = min(max(len("source"), *(len(s) for s in sources)), 40)
     header = f"  {'#':>2}  {'score':>7}  {'source':<{source_width}}  text"
     text_width = max(width - len(header) + len("text"), 20)
@@ -172,16 +227,39 @@ def format_hits(hits: Sequence[Any], width: int | None = None) -> str:
 
 
 def store_stats(collection: Any) -> dict[str, Any]:
-    """``Collection.stats()`` plus sizes per vector and the float32 size they compare with."""
+    """``Collection.stats()`` plus disk sizes per vector and the float32 sizes they compare
+    with (``ram_bytes_per_vector`` is the store's own, from ``Index.stats``)."""
     info = dict(collection.stats())
     count = info.get("count") or 0
     disk = info.get("disk_bytes", 0)
     db = info.get("db_bytes", 0)
     info["float32_bytes_per_vector"] = 4 * info["dim"]
-    info["ram_bytes_per_vector"] = info["ram_bytes"] / count if count else None
+    info["float32_bytes"] = 4 * info["dim"] * count
     info["index_disk_bytes_per_vector"] = disk / count if count else None
     info["db_disk_bytes_per_vector"] = db / count if count else None
     return info
+
+
+def ram_summary(info: dict[str, Any]) -> str:
+    """The RAM line of ``vecpress stats`` and the demo: total = per vector × count + fixed, and
+    the float32 vectors' total beside it. The ratio compares totals, and is left out (with the
+    reason) while the fixed costs outweigh the vectors' own."""
+    count, total = info["count"], info["ram_bytes"]
+    fixed = info.get("ram_fixed_bytes", 0)
+    per_vector = info["ram_bytes_per_vector"]
+    f32_per, f32_total = 4 * info["dim"], 4 * info["dim"] * count
+    line = (f"{_size(total)} in all = {per_vector:,.1f} B per vector × {_count(count)} + "
+            f"{_size(fixed)} fixed (codec state, list centroids)")
+    if info.get("ram_reserved_bytes"):
+        line += f", plus {_size(info['ram_reserved_bytes'])} reserved for growth"
+    if fixed >= total - fixed:
+        line += (f"; float32 vectors: {_size(f32_total)} ({f32_per:,} B each). No ratio yet: at "
+                 f"{_count(count)} vectors the fixed costs outweigh the codes (from about "
+                 f"{_count(int(fixed / max(per_vector, 1e-9)))} vectors on, the total tends to "
+                 f"{f32_per / max(per_vector, 1e-9):.1f}× smaller than float32)")
+    else:
+        line += f"; float32 vectors: {_size(f32_total)}, {f32_total / total:.1f}× more"
+    return line
 
 
 def format_stats(info: dict[str, Any], path: Path | None = None) -> str:
@@ -199,13 +277,8 @@ def format_stats(info: dict[str, Any], path: Path | None = None) -> str:
                   + (f", {info['code_bytes']} B = {code_bits} bits per vector" if code_bits else "")
                   + f"), {rerank}"),
     ]
-    f32 = info["float32_bytes_per_vector"]
     if count:
-        ram_per = info["ram_bytes_per_vector"]
-        variable = (info["ram_bytes"] - info.get("ram_fixed_bytes", 0)) / count
-        rows.append(("RAM", f"{_size(info['ram_bytes'])} total, {ram_per:,.0f} B per vector "
-                            f"({variable:,.0f} B per vector + {_size(info.get('ram_fixed_bytes', 0))} "
-                            f"fixed; float32 vectors: {f32:,} B each, {f32 / max(variable, 1e-9):.1f}× more)"))
+        rows.append(("RAM", ram_summary(info)))
         rows.append(("disk, index", f"{_size(info['disk_bytes'])}, {info['index_disk_bytes_per_vector']:,.0f} B "
                                     "per vector (codes + kept originals)"))
         if info.get("db_bytes") is not None:
@@ -228,12 +301,74 @@ def format_stats(info: dict[str, Any], path: Path | None = None) -> str:
 # ---------------------------------------------------------------------- commands
 
 
+def _readable_files(files: Sequence[Path], chunk_size: int, overlap: int) -> tuple[list[Path], int]:
+    """The text files among ``files`` and the number of chunks they make: binary files are
+    skipped with one warning each, undecodable bytes or a legacy charset are reported;
+    ``CommandError`` when none is text."""
+    from .chunking import chunk_text, read_file
+
+    kept, chunks = [], 0
+    for file in files:
+        try:
+            decoded = read_file(file)
+        except OSError as error:
+            raise CommandError(f"cannot read {str(file)!r}: {error.strerror or error}") from None
+        shown = printable(str(file))
+        if decoded.binary:
+            _warn(f"skipping {shown}: binary file (NUL or control bytes; only text is indexed)")
+            continue
+        if decoded.encoding == "cp1252":
+            _warn(f"{shown} is not UTF-8; read as cp1252 (Windows Latin-1)")
+        if decoded.replaced:
+            _warn(f"{shown}: {decoded.replaced:,} undecodable byte(s) replaced by U+FFFD")
+        kept.append(file)
+        chunks += len(chunk_text(decoded.text, chunk_size, overlap))
+    if not kept:
+        raise CommandError(f"all {len(files)} input file(s) are binary; give text files "
+                           "(.txt, .md) to index")
+    return kept, chunks
+
+
+def _open_for_writing(store: Path, option: str) -> Any:
+    """The existing store opened for writing; ``CommandError`` naming the flag when another
+    process holds its write lock. Done before any model loads, so the user waits for nothing."""
+    from .core.storage import StoreLockedError
+
+    try:
+        return open_store(store, read_only=False)
+    except StoreLockedError:
+        raise CommandError(
+            f"the store {str(store)!r} is open for writing in another process; wait for it to "
+            f"finish, or write to another folder with {option} (searching it works meanwhile: "
+            f"`vecpress search {store} QUESTION` opens it read-only)"
+        ) from None
+
+
+def _check_new_store(store: Path, option: str) -> None:
+    """``CommandError`` unless ``store`` can become a new store (absent, or an empty folder in a
+    writable place), checked before any model loads."""
+    if store.exists() and (not store.is_dir() or any(store.iterdir())):
+        raise CommandError(f"{option} {str(store)!r} exists and is not a vecpress store; give a new or empty folder")
+    parent = store if store.exists() else store.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CommandError(f"{option} {str(store)!r}: {str(parent)!r} is a file, not a folder; choose another path")
+    try:  # a real probe: permissions, read-only mounts and pseudo file systems all show here
+        tempfile.TemporaryDirectory(dir=parent, prefix=".vecpress-probe-").cleanup()
+    except OSError:
+        raise CommandError(f"{option} {str(store)!r}: {str(parent)!r} is not writable; "
+                           "choose a folder you can write to") from None
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from . import Collection
-    from .chunking import chunk_text, find_text_files, iter_file_chunks, read_text_file
+    from .chunking import find_text_files, iter_file_chunks
     from .pipeline import add_texts
 
     store = Path(args.store)
+    if args.overlap >= args.chunk_size:
+        raise CommandError(f"--overlap ({args.overlap}) must be smaller than --chunk-size ({args.chunk_size})")
     try:
         files = find_text_files(args.paths)
     except FileNotFoundError as error:
@@ -242,10 +377,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise CommandError(
             f"no .txt or .md files under {', '.join(map(repr, args.paths))}; give files or folders that hold some"
         )
-    if args.overlap >= args.chunk_size:
-        raise CommandError(f"--overlap ({args.overlap}) must be smaller than --chunk-size ({args.chunk_size})")
     # count first: the progress bar gets a total and an all-empty input fails before any model loads
-    total = sum(len(chunk_text(read_text_file(f), args.chunk_size, args.overlap)) for f in files)
+    files, total = _readable_files(files, args.chunk_size, args.overlap)
     if total == 0:
         raise CommandError(f"the {len(files)} text file(s) found are empty")
     existing = _is_store(store)
@@ -255,19 +388,20 @@ def cmd_index(args: argparse.Namespace) -> int:
             f"the store {str(store)!r} was built with {built_with!r}; vectors of {args.model!r} would not "
             "be comparable with its vectors. Leave out --model, or index into a new --store"
         )
-    model = _model_for(store, args.model) if existing else (args.model or None)
-    embedder = load_embedder(model)
-    model_name = getattr(embedder, "model_name", str(model))
-    if existing:
-        collection = open_store(store, read_only=False)
-        try:
+    collection = _open_for_writing(store, "--store") if existing else None
+    if collection is None:
+        _check_new_store(store, "--store")
+    try:
+        model = _model_for(store, args.model) if existing else (args.model or None)
+        embedder = load_embedder(model)
+        model_name = getattr(embedder, "model_name", str(model))
+        if collection is not None:
             _check_dim(store, collection, embedder, model_name)
-        except CommandError:
+    except BaseException:
+        if collection is not None:
             collection.close()
-            raise
-    else:
-        if store.exists() and (not store.is_dir() or any(store.iterdir())):
-            raise CommandError(f"--store {str(store)!r} exists and is not a vecpress store; give a new or empty folder")
+        raise
+    if collection is None:
         collection = Collection(embedder.dim, path=store, bits=args.bits, metric=embedder.metric)
         _write_store_config(store, embedder)
     _status(f"indexing {_count(total)} chunks of {len(files)} file(s) into {store} with {model_name}")
@@ -318,8 +452,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = search(collection, embedder, args.question, args.k, where=where, reranker=reranker, mode=args.mode)
         elapsed = time.perf_counter() - started
     if args.json:
-        print(json.dumps([{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits],
-                         ensure_ascii=False, indent=1))
+        print(terminal_safe_json([{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+                                  for h in hits]))
     else:
         print(format_hits(hits))
         _status(f"{len(hits)} hit(s) in {elapsed * 1000:.0f} ms")
@@ -387,23 +521,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"vecpress demo: {_count(len(glosses))} WordNet glosses (of {_count(total)}, spread over "
           f"nouns, verbs, adjectives, adverbs) from {args.wordnet_dir}")
     print(f"store: {store}")
+    collection = _open_for_writing(store, "--store") if _is_store(store) else None
+    if collection is None:
+        _check_new_store(store, "--store")
     started = time.perf_counter()
-    embedder = load_embedder(args.model)
+    try:
+        embedder = load_embedder(args.model)
+        if collection is not None:
+            _check_dim(store, collection, embedder, embedder.model_name)
+    except BaseException:
+        if collection is not None:
+            collection.close()
+        raise
     model_seconds = time.perf_counter() - started
     print(f"model: {embedder.model_name} ({embedder.dim} dims, loaded in {model_seconds:.1f} s)")
 
-    if _is_store(store):
-        collection = open_store(store, read_only=False)
-        try:
-            _check_dim(store, collection, embedder, embedder.model_name)
-        except CommandError:
-            collection.close()
-            raise
+    if collection is not None:
         if args.rebuild:
             collection.clear()
     else:
-        if store.exists() and (not store.is_dir() or any(store.iterdir())):
-            raise CommandError(f"--store {str(store)!r} exists and is not a vecpress store; give a new or empty folder")
         collection = Collection(embedder.dim, path=store, bits=args.bits, metric=embedder.metric)
         _write_store_config(store, embedder, {"demo_limit": limit})
 
@@ -457,6 +593,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from .warmup import numba_cache_dir, warmup
+
+    _status(f"vecpress warmup: compiling the numba kernels for {', '.join(map(str, args.bits))}-bit "
+            f"stores, or loading them from numba's cache ({numba_cache_dir()})")
+    report = warmup(tuple(args.bits), status=lambda line: _status(f"  {line}"))
+    print(report.summary())
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -497,7 +643,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `vecpress COMMAND --help` for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"vecpress {__version__}")
+    _add_global_options(parser, argparse.SUPPRESS)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_parser = commands.add_parser
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common], **kwargs)
+
+    commands.add_parser = command  # type: ignore[method-assign]
 
     def model_option(p: argparse.ArgumentParser, default_text: str) -> None:
         p.add_argument("--model", default=None,
@@ -582,28 +737,69 @@ def build_parser() -> argparse.ArgumentParser:
     model_option(demo, "default: sentence-transformers/all-MiniLM-L6-v2, offline copy")
     progress_option(demo)
     demo.set_defaults(run=cmd_demo)
+
+    warm = commands.add_parser(
+        "warmup", help="compile the numba kernels now (once per machine), not on the first query",
+        description="numba compiles vecpress's kernels on first use and caches the machine code "
+                    "(NUMBA_CACHE_DIR, else the package's __pycache__). This runs every code path "
+                    "of a store on throw-away data, so the first real query does not wait. Fast "
+                    "when the cache is already filled.")
+    warm.add_argument("--bits", type=_bits, nargs="+", default=[4],
+                      help="code sizes to prepare (default 4, the default store's)")
+    warm.set_defaults(run=cmd_warmup)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--quiet", "-q", action="store_true", default=default,
+                        help=f"no progress bars or status lines (also {QUIET_ENV}=1); results, "
+                             "warnings and errors still print")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help=f"show the Python traceback of an error (also {DEBUG_ENV}=1)")
+
+
+def _error_line(error: BaseException, command: str) -> str:
+    """One line for an expected failure, saying what to do (see the module docstring)."""
+    from .core.storage import StoreCorruptedError, StoreLockedError
+
+    if isinstance(error, StoreLockedError):
+        return (f"{error}. From the command line: wait for the other writer, or use another "
+                "--store; `vecpress search` opens a store read-only")
+    if isinstance(error, StoreCorruptedError):
+        return (f"the store is damaged: {error}. Rebuild it with `vecpress index PATH... "
+                "--store NEW_DIR` (or `vecpress demo --rebuild`)")
+    if isinstance(error, (ImportError, OSError, ValueError, TypeError, KeyError)):
+        return f"{error}"
+    return f"{type(error).__name__}: {error} (unexpected; --debug shows the traceback)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vecpress`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    saved_quiet = os.environ.get(QUIET_ENV)
+    if getattr(args, "quiet", False):
+        os.environ[QUIET_ENV] = "1"  # progress bars and notices read it, also in library code
     try:
         return args.run(args)
     except CommandError as error:
         print(f"vecpress {args.command}: error: {error}", file=sys.stderr)
         return 1
-    except (ImportError, OSError, ValueError) as error:
-        # ModelLoadError (an OSError), a store locked by another writer, a bad filter, ...
-        if os.environ.get("VECPRESS_DEBUG"):
-            raise
-        print(f"vecpress {args.command}: error: {error} (VECPRESS_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"vecpress {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - one line without --debug; see _error_line
+        if debug:
+            raise
+        print(f"vecpress {args.command}: error: {_error_line(error, args.command)}", file=sys.stderr)
+        return 1
+    finally:
+        if getattr(args, "quiet", False):
+            if saved_quiet is None:
+                os.environ.pop(QUIET_ENV, None)
+            else:
+                os.environ[QUIET_ENV] = saved_quiet
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ own start-up is reported apart, as ``process`` minus the steps), in wall-clock s
 CPU seconds of the process (``cpu_*``; steadier than wall time on a busy machine). The demo and
 ``benchmarks/bench_cold_start.py`` use it. The embedding model is not part of it: the query
 vector comes from a ``.npy`` file, so the timings are vecpress's alone.
+
+:func:`measure_first_use` times the same steps on a never-used machine: each run gets an
+empty numba cache (``NUMBA_CACHE_DIR`` pointed at a new folder), so the kernels compile where
+the user waits; and, for comparison, ``vecpress warmup`` into an empty cache followed by a
+fresh process that finds the kernels cached.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,10 +54,14 @@ print(json.dumps(result))
 """
 
 
-def run_once(store: str | Path, query_file: str | Path, k: int = 5) -> dict[str, Any]:
-    """One fresh interpreter: the step timings it reports, plus ``process`` (its wall time)."""
+def run_once(store: str | Path, query_file: str | Path, k: int = 5,
+             numba_cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """One fresh interpreter: the step timings it reports, plus ``process`` (its wall time).
+    ``numba_cache_dir``: the ``NUMBA_CACHE_DIR`` of that process (default: inherited)."""
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
+    if numba_cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(numba_cache_dir)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", _PROBE, str(store), str(query_file), str(k)],
                           capture_output=True, text=True, env=env, check=False)
@@ -77,3 +87,45 @@ def measure_cold_start(store: str | Path, query_file: str | Path, *, runs: int =
                                              for r in results)
     summary["runs"] = results
     return summary
+
+
+def _timed_warmup(numba_cache_dir: Path) -> float:
+    """Wall seconds of ``vecpress warmup`` in a fresh process with this numba cache."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(numba_cache_dir), "VECPRESS_QUIET": "1"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "vecpress.cli", "warmup"], capture_output=True,
+                          text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"vecpress warmup failed (exit {done.returncode}):\n{done.stderr.strip()}")
+    return time.perf_counter() - start
+
+
+def measure_first_use(store: str | Path, query_file: str | Path, *, runs: int = 3,
+                      k: int = 5) -> dict[str, Any]:
+    """A never-used machine, ``runs`` times over (medians; every run under ``"runs"``):
+
+    - ``empty``: a fresh process with an empty numba cache: import, open, first query (the
+      kernels compile inside the first query);
+    - ``warmup``: seconds of ``vecpress warmup`` into another empty cache;
+    - ``after_warmup``: then a fresh process on that cache: import, open, first query.
+    """
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be a positive integer, got {runs!r}")
+    results = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="vecpress-numba-") as empty, \
+                tempfile.TemporaryDirectory(prefix="vecpress-numba-") as warmed:
+            cold = run_once(store, query_file, k, numba_cache_dir=empty)
+            seconds = _timed_warmup(Path(warmed))
+            after = run_once(store, query_file, k, numba_cache_dir=warmed)
+        results.append({"empty": cold, "warmup": seconds, "after_warmup": after})
+
+    def median_of(key: str) -> dict[str, float]:
+        rows = [r[key] for r in results]
+        summary = {step: statistics.median(row[step] for row in rows) for step in (*STEPS, "process")}
+        summary["total"] = statistics.median(row["import"] + row["open"] + row["first_query"]
+                                             for row in rows)
+        return summary
+
+    return {"empty": median_of("empty"), "after_warmup": median_of("after_warmup"),
+            "warmup": statistics.median(r["warmup"] for r in results), "runs": results}

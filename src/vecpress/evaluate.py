@@ -56,8 +56,8 @@ class StoreBench:
             f"| codes + exact rerank (oversample {self.oversample}) | {self.recall_rerank:.4f} | "
             f"{self.latency_ms_rerank:.2f} |",
             "",
-            f"RAM: {self.ram_bytes_per_vector:.1f} bytes per vector (float32 vectors: "
-            f"{4 * self.dim})",
+            f"RAM: {self.ram_bytes_per_vector:,.1f} B per vector (codes and per-row data, as "
+            f"`vecpress stats` counts it; fixed costs apart) against float32's {4 * self.dim:,} B",
             *self._lists_table(),
         ])
 
@@ -107,8 +107,7 @@ def bench_index(index: Index, n_queries: int = 200, k: int = 10, seed: int = 0) 
                       oversample=index.oversample,
                       recall_codes=runs["codes"][0], recall_rerank=runs["rerank"][0],
                       latency_ms_codes=runs["codes"][1], latency_ms_rerank=runs["rerank"][1],
-                      ram_bytes_per_vector=(stats["ram_bytes"] - stats["ram_fixed_bytes"])
-                      / max(stats["count"], 1),
+                      ram_bytes_per_vector=stats["ram_bytes_per_vector"] or 0.0,
                       lists=stats["lists"], nprobe=stats["nprobe"],
                       list_rows=dict(stats["list_rows"]), nprobe_sweep=sweep)
 

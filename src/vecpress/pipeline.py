@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .core import activity
 from .core.collection import Collection, Hit
 from .embeddings.base import check_batch_size, progress_bar
 from .embeddings.rerankers import ExactReranker, Reranker, make_reranker
@@ -22,6 +23,8 @@ from .embeddings.rerankers import ExactReranker, Reranker, make_reranker
 #: texts per Collection.upsert: each write is one durable commit, so not too small; the first
 #: one also fits the quantizer's centre, so it should be a fair sample of the corpus
 DEFAULT_WRITE_BATCH = 1024
+#: most texts embedded between two updates of the progress bar (the issue's "every 64 texts")
+PROGRESS_STEP = 64
 
 
 def check_embedder_fits(collection: Collection, embedder: Any) -> None:
@@ -79,15 +82,12 @@ def add_texts(
                 break
             batch_metas = _take(meta_iter, len(batch), "metadatas")
             batch_ids = _take(id_iter, len(batch), "ids")
-            vectors = embedder.embed_documents(batch, batch_size=batch_size, progress=False)
-            vectors = np.asarray(vectors, dtype=np.float32)
-            if vectors.shape != (len(batch), collection.dim):
-                raise RuntimeError(
-                    f"embedder returned shape {vectors.shape} for {len(batch)} texts, expected "
-                    f"({len(batch)}, {collection.dim})"
-                )
-            written += collection.upsert(batch_ids, vectors, texts=batch, metadatas=batch_metas)
-            bar.update(len(batch))
+            bar.set_postfix_str("embedding", refresh=False)
+            vectors = _embed_with_progress(embedder, batch, batch_size, collection.dim, bar)
+            bar.set_postfix_str("quantizing and writing")
+            with activity.listening(bar.set_postfix_str):  # refit, compaction, lists: named
+                written += collection.upsert(batch_ids, vectors, texts=batch, metadatas=batch_metas)
+        bar.set_postfix_str("done")
     for name, rest in (("metadatas", meta_iter), ("ids", id_iter)):
         if rest is not None and next(rest, _END) is not _END:
             raise ValueError(f"{name} has more entries than texts ({len(written)}); the texts were written")
@@ -95,6 +95,27 @@ def add_texts(
 
 
 _END = object()
+
+
+def _embed_with_progress(embedder: Any, batch: list[str], batch_size: int | None, dim: int,
+                         bar: Any) -> np.ndarray:
+    """``batch`` embedded :data:`PROGRESS_STEP` texts (or ``batch_size``, if smaller) at a time,
+    the bar advanced after each step, so it moves at least every 64 texts."""
+    step = min(batch_size or getattr(embedder, "batch_size", PROGRESS_STEP), PROGRESS_STEP)
+    # texts of similar length side by side, as the model would sort a whole batch: little padding
+    order = np.argsort([len(text) for text in batch], kind="stable")
+    vectors = np.empty((len(batch), dim), dtype=np.float32)
+    for start in range(0, len(batch), step):
+        rows = order[start:start + step]
+        part = [batch[row] for row in rows]
+        embedded = np.asarray(embedder.embed_documents(part, batch_size=batch_size, progress=False),
+                              dtype=np.float32)
+        if embedded.shape != (len(part), dim):
+            raise RuntimeError(f"embedder returned shape {embedded.shape} for {len(part)} texts, "
+                               f"expected ({len(part)}, {dim})")
+        vectors[rows] = embedded
+        bar.update(len(part))
+    return vectors
 
 
 def _take(source: Any, n: int, name: str) -> list[Any] | None:

@@ -41,7 +41,13 @@ class _Growable:
 
     @property
     def nbytes(self) -> int:
+        """Bytes allocated, spare capacity included (see :attr:`used_nbytes`)."""
         return int(self._data.nbytes)
+
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes of the rows held: what the data costs, without room for growth."""
+        return int(self.view.nbytes)
 
     def extend(self, block: np.ndarray) -> None:
         needed = self.size + len(block)
@@ -120,6 +126,12 @@ class _IdColumn:
     @property
     def nbytes(self) -> int:
         parts = sum(part.nbytes for part in (self._explicit, self._removed) if part is not None)
+        return int(parts + self._sorted_ids.nbytes + self._sorted_rows.nbytes)
+
+    @property
+    def used_nbytes(self) -> int:
+        """:attr:`nbytes` without the spare capacity of the growable columns."""
+        parts = sum(part.used_nbytes for part in (self._explicit, self._removed) if part is not None)
         return int(parts + self._sorted_ids.nbytes + self._sorted_rows.nbytes)
 
     @property
@@ -265,6 +277,11 @@ class _TiledCodes:
     @property
     def nbytes(self) -> int:
         return self._tiles.nbytes
+
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes of the rows held; the unfilled rest of the last tile counts as spare room."""
+        return self.size * self.width * np.dtype(np.uint64).itemsize
 
     @property
     def scan_view(self) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import clustering, partitions, rowlog, segments, storage, store_format
+from . import activity, clustering, partitions, rowlog, segments, storage, store_format
 from .codecs import Codec, RowFilter, default_codec_name, make_codec
 from .columns import _Blocks, _Growable, _IdColumn, _row_filter, _Snapshot, _TiledCodes
 from .partitions import Calibration, ListLayout
@@ -686,22 +686,32 @@ class Index:
             return self._ids.all()
 
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes: ``ram_bytes`` counts codes, factors, ids, in-memory originals and
-        codec state; ``disk_bytes`` the files of a persistent store."""
+        """Counts and sizes. ``ram_bytes``: what the data uses in RAM (codes, factors, ids,
+        list membership, in-memory originals, plus ``ram_fixed_bytes``: codec state and list
+        centroids, which do not grow with the rows); ``ram_reserved_bytes``: spare capacity
+        allocated for rows still to come; ``ram_bytes_per_vector``: see
+        :func:`ram_bytes_per_vector`; ``disk_bytes``: the files of a persistent store."""
         with self._mutex:
-            codec_bytes = sum(a.nbytes for a in self._codec.state_arrays().values())
-            per_row = self._codes.nbytes + self._factors.nbytes + self._ids.nbytes
+            fixed = sum(a.nbytes for a in self._codec.state_arrays().values())
+            columns = [self._codes, self._factors, self._ids]
             lists = self._lists
+            per_row_lists = 0
             if lists is not None:
-                per_row += self._labels.nbytes + lists.nbytes
-            ram = per_row + self._originals.nbytes + codec_bytes
+                columns.append(self._labels)
+                fixed += lists.centroids.nbytes + lists.bounds.nbytes
+                per_row_lists = lists.nbytes - lists.centroids.nbytes - lists.bounds.nbytes
+            used = sum(column.used_nbytes for column in columns) + per_row_lists
+            reserved = sum(column.nbytes for column in columns) + per_row_lists - used
+            ram = used + self._originals.nbytes + fixed
             disk = (storage.disk_bytes(self._path, self._manifest)
                     if self._path is not None else 0)
             return {"count": len(self), "dim": self.dim, "bits": self.bits,
                     "metric": self.metric, "codec": self._codec.name, "rerank": self.rerank,
                     "oversample": self.oversample, "rows": self._ids.size,
                     "deleted": self._ids.deleted, "code_bytes": self._codec.code_bytes(),
-                    "ram_bytes": int(ram), "ram_fixed_bytes": int(codec_bytes),
+                    "ram_bytes": int(ram), "ram_fixed_bytes": int(fixed),
+                    "ram_reserved_bytes": int(reserved),
+                    "ram_bytes_per_vector": ram_bytes_per_vector(int(ram), int(fixed), len(self)),
                     "disk_bytes": int(disk),
                     "segments": len(self._manifest["segments"]) if self._manifest else 0,
                     "lists": 0 if lists is None else lists.n_lists,
@@ -1059,15 +1069,19 @@ class Index:
     def _maintain(self) -> None:
         """Compact when half the rows are removed, or refit a data-fitted codec once the index
         has outgrown its fit; merge segments of similar size (see ``compaction_due``)."""
+        live = f"{len(self):,}"
         if self._ids.deleted >= 64 and 2 * self._ids.deleted >= self._ids.size:
-            self.compact()
+            with activity.step(f"compacting: rewriting the {live} live rows"):
+                self.compact()
         elif self._can_refit and self._codec.refit_due(len(self)):
-            self._upkeep_step(self.compact)
+            with activity.step(f"refitting the codec and re-encoding {live} rows"):
+                self._upkeep_step(self.compact)
         else:
             if self._path is not None:
                 self._merge_segments()
             if self._training_due():
-                self._upkeep_step(self._train_lists)
+                with activity.step(f"building the inverted lists over {live} rows"):
+                    self._upkeep_step(self._train_lists)
             else:
                 self._fold_tail()
 
@@ -1557,6 +1571,16 @@ def _scan_lists(snap: _Snapshot, queries: np.ndarray, candidates: int, flt: RowF
     scores, positions = snap.codec.scan(snap.codes, snap.factors, queries, candidates,
                                         by_position, spans=spans)
     return scores, lists.rows_at(positions)
+
+
+def ram_bytes_per_vector(ram_bytes: int, fixed_bytes: int, count: int) -> float | None:
+    """RAM each vector costs: (``ram_bytes`` - ``fixed_bytes``) / ``count`` (codes, factors,
+    ids, list membership; spare capacity and fixed costs excluded), ``None`` for an empty
+    index. Every figure vecpress prints per vector (``stats()``, ``vecpress stats``, ``bench``,
+    the demo, the README) comes from here."""
+    if count <= 0:
+        return None
+    return (ram_bytes - fixed_bytes) / count
 
 
 def _spread(sizes: np.ndarray | None) -> dict[str, int]:

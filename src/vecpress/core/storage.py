@@ -480,6 +480,10 @@ def disk_bytes(directory: Path, manifest: dict[str, Any]) -> int:
     return total
 
 
+class StoreLockedError(RuntimeError):
+    """The store is open for writing elsewhere (its directory lock is held)."""
+
+
 class DirectoryLock:
     """An exclusive advisory lock so that only one process writes a store at a time.
 
@@ -496,7 +500,7 @@ class DirectoryLock:
         except OSError as exc:
             self.release()
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RuntimeError(
+                raise StoreLockedError(
                     f"{directory} is already open for writing (by another process, or by a "
                     f"store in this one that was not closed); close that one, or open with "
                     f"read_only=True to search it meanwhile") from None

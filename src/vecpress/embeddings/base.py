@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -85,7 +86,12 @@ def check_batch_size(batch_size: int) -> int:
 
 
 def resolve_progress(progress: bool | None) -> bool:
-    """``None`` means: show progress only when a person is watching stderr."""
+    """``None`` means: show progress only when a person is watching stderr (and
+    ``VECPRESS_QUIET`` is not set); ``VECPRESS_QUIET`` turns every bar off."""
+    from ..warmup import quiet
+
+    if quiet():
+        return False
     if progress is None:
         stream = sys.stderr
         return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
@@ -96,11 +102,45 @@ class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
 
+    def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
+        pass
+
     def __enter__(self) -> _NoBar:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         pass
+
+
+class _Ticker:
+    """Redraws a tqdm bar every ``interval`` seconds from a daemon thread, so its elapsed time
+    and rate keep moving while one long step (a model batch, a write) runs."""
+
+    def __init__(self, bar: Any, interval: float = 1.0) -> None:
+        self._bar = bar
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vecpress-progress", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._bar.refresh()
+            except Exception:  # noqa: BLE001 - a redraw failing must never break the work
+                return
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar, name)
+
+    def __enter__(self) -> "_Ticker":
+        self._bar.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._bar.__exit__(*exc_info)
 
 
 def progress_bar(total: int, *, enabled: bool | None, desc: str):
@@ -111,4 +151,11 @@ def progress_bar(total: int, *, enabled: bool | None, desc: str):
         from tqdm.auto import tqdm
     except ImportError:
         return _NoBar()
-    return tqdm(total=total, desc=desc, unit="text")
+    # updated at least every 64 texts by the callers, with the rate and time left that tqdm
+    # shows by default; on a terminal also redrawn every second while one step runs (in a log
+    # file that would add a line a second, so only there)
+    bar = tqdm(total=total, desc=desc, unit="text", mininterval=0.5, maxinterval=1.0, miniters=1,
+               dynamic_ncols=True)
+    stream = sys.stderr
+    on_terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+    return _Ticker(bar) if on_terminal else bar
