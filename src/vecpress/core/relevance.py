@@ -6,12 +6,17 @@ robust statistics of the scores the query gives the whole collection (estimated 
 seeded sample of its rows, see :class:`ScoreSample`), and maps an exact score to a relevance
 with one logistic whose parameters are global (:class:`RelevanceParams`)::
 
-    relevance = sigmoid(w_score * x + w_gap * (x - x_best) - w_upper * x_upper + bias)
+    relevance = sigmoid(w_score * x + w_gap * (x - x_best)
+                        + w_median * x_median + w_upper * x_upper + bias)
 
 where ``x`` is the hit's score in cosine units (see :func:`cosine_units`), ``x_best`` the
-best score of the same search and ``x_upper`` the query's 99th percentile over the
-collection. ``w_score`` and ``w_gap`` are never negative and not both zero, so for a fixed
-query the relevance rises with the score: a threshold on it keeps a prefix of the ranked hits.
+best score of the same search, ``x_median`` and ``x_upper`` the median and 99th percentile
+of the query's scores over the collection. ``w_score`` and ``w_gap`` are never negative and
+not both zero, so for a fixed query the relevance rises with the score: a threshold on it
+keeps a prefix of the ranked hits. The query's terms say how it sits in this collection: a
+query about something the collection does not cover scores low against all of it (a low
+median, measured on WordNet: it tells off-topic queries from answerable ones with an AUC of
+0.96), and a hit well behind the query's best is less likely to be another answer.
 
 The defaults (:data:`DEFAULT_PARAMS`) need no labels from the user; :func:`fit_params` fits
 the four numbers to labelled hits (``Collection.calibrate``), and they are stored with the
@@ -43,8 +48,8 @@ MAD_TO_SIGMA = 1.482602218505602
 #: largest magnitude a stored parameter may have (a fitted weight is far smaller)
 MAX_PARAM = 1e6
 #: ridge penalty on the weights while fitting (keeps separable labels finite)
-RIDGE = 1e-3
-PARAM_KEYS = ("weight_score", "weight_gap", "weight_upper", "bias")
+RIDGE = 1e-6
+PARAM_KEYS = ("weight_score", "weight_gap", "weight_median", "weight_upper", "bias")
 
 
 def cosine_units(scores: Any, metric: str) -> np.ndarray:
@@ -149,6 +154,7 @@ class RelevanceParams:
 
     weight_score: float
     weight_gap: float
+    weight_median: float
     weight_upper: float
     bias: float
     fitted_on: int = 0
@@ -173,7 +179,7 @@ class RelevanceParams:
         """The mapping before the sigmoid, for the hits of one query (scores in the metric's
         units, as its search returned them)."""
         return hit_features(scores, stats, metric) @ np.array(
-            [self.weight_score, self.weight_gap, self.weight_upper, self.bias])
+            [getattr(self, name) for name in PARAM_KEYS])
 
     def relevance(self, scores: Any, stats: ScoreStats, metric: str) -> np.ndarray:
         """Relevance in [0, 1] of one query's hits, rising with the score."""
@@ -213,11 +219,12 @@ def _sigmoid(logit: np.ndarray) -> np.ndarray:
 
 
 #: unsupervised defaults: no labels from the user. Fitted once, with :func:`fit_params`, on
-#: WordNet synonym queries disjoint from the benchmark's (all-MiniLM-L6-v2, k=10,
-#: ``python -m benchmarks.bench_relevance --fit-defaults``) and frozen here; they suit
-#: unit-length sentence embeddings. ``Collection.calibrate`` fits a collection's own.
-DEFAULT_PARAMS = RelevanceParams(weight_score=20.0, weight_gap=20.0, weight_upper=5.0,
-                                 bias=-10.0)
+#: 591 WordNet synonym queries disjoint from the benchmark's and 300 off-topic sentences of
+#: Debian package descriptions (all-MiniLM-L6-v2, 100k glosses, k=10;
+#: ``python -m benchmarks.bench_relevance --fit-defaults``), rounded and frozen here. They
+#: suit unit-length sentence embeddings; ``Collection.calibrate`` fits a collection's own.
+DEFAULT_PARAMS = RelevanceParams(weight_score=12.03, weight_gap=4.47, weight_median=11.64,
+                                 weight_upper=-7.69, bias=-7.63)
 
 
 # ---------------------------------------------------------------------- fitting
@@ -225,15 +232,18 @@ DEFAULT_PARAMS = RelevanceParams(weight_score=20.0, weight_gap=20.0, weight_uppe
 
 def hit_features(scores: Any, stats: ScoreStats, metric: str) -> np.ndarray:
     """The mapping's inputs for one query's hits: columns ``x``, ``x - x_best``,
-    ``-x_upper``, 1 (so ``logit = features @ [w_score, w_gap, w_upper, bias]``)."""
+    ``x_median``, ``x_upper``, 1 (``logit = features @ parameters`` in :data:`PARAM_KEYS`
+    order)."""
     x = np.atleast_1d(cosine_units(scores, metric))
     best = float(cosine_units(stats.best, metric))
+    median = float(cosine_units(stats.median, metric))
     upper = float(cosine_units(stats.upper, metric))
     if not math.isfinite(best):  # stats without a search: the best of these scores
         best = float(np.max(x)) if x.size else 0.0
-    if not math.isfinite(upper):  # an empty sample: no tail to compare with
-        upper = best
-    return np.column_stack([x, x - best, np.full_like(x, -upper), np.ones_like(x)])
+    if not (math.isfinite(median) and math.isfinite(upper)):  # an empty sample
+        median = upper = best
+    return np.column_stack([x, x - best, np.full_like(x, median), np.full_like(x, upper),
+                            np.ones_like(x)])
 
 
 def fit_params(features: Any, labels: Any, *, fitted_on: int = 0,
@@ -243,16 +253,17 @@ def fit_params(features: Any, labels: Any, *, fitted_on: int = 0,
     active set: a weight that comes out negative is fixed at 0 and the rest refitted."""
     X = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != 4 or len(X) != len(y):
-        raise ValueError(f"features must be (n, 4) with one label each, got {X.shape} and "
-                         f"{y.shape}")
+    width = len(PARAM_KEYS)
+    if X.ndim != 2 or X.shape[1] != width or len(X) != len(y):
+        raise ValueError(f"features must be (n, {width}) with one label each, got {X.shape} "
+                         f"and {y.shape}")
     if len(y) == 0 or y.min() == y.max():
         raise ValueError("the labelled hits must include both relevant and irrelevant ones "
                          "to fit a threshold; label more queries, or a larger k")
-    free = [0, 1, 2, 3]
+    free = list(range(width))
     while True:
-        weights = _newton(X[:, free], y, ridge, penalised=[c != 3 for c in free])
-        full = np.zeros(4)
+        weights = _newton(X[:, free], y, ridge, penalised=[c != width - 1 for c in free])
+        full = np.zeros(width)
         full[free] = weights
         negative = [c for c in (0, 1) if c in free and full[c] < 0]
         if not negative:
