@@ -49,6 +49,8 @@ MAD_TO_SIGMA = 1.482602218505602
 MAX_PARAM = 1e6
 #: ridge penalty on the weights while fitting (keeps separable labels finite)
 RIDGE = 1e-6
+#: metadata key under which the framework adapters keep a hit's raw score beside its relevance
+RAW_SCORE_KEY = "vecpress_score"
 PARAM_KEYS = ("weight_score", "weight_gap", "weight_median", "weight_upper", "bias")
 
 
@@ -140,9 +142,12 @@ def exact_scores(query: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndar
     q = query.astype(np.float32)
     if metric == "cosine":
         q = q / np.linalg.norm(q)
+    # einsum runs numpy's own single-threaded loop: a BLAS matrix-vector product would fan
+    # out to every core and, on a busy server, wait for them (measured: 16 ms instead of 0.1)
     if metric == "l2":
-        return -np.sum((vectors - q) ** 2, axis=1)
-    return vectors @ q
+        difference = vectors - q
+        return -np.einsum("ij,ij->i", difference, difference)
+    return np.einsum("ij,j->i", vectors, q)
 
 
 @dataclass(frozen=True)
