@@ -976,8 +976,7 @@ class Collection:
         """``ranked`` with the relevance of each hit (those below ``min_relevance`` dropped:
         a suffix, since relevance rises with the score) and the query's statistics."""
         sample = self._score_sample()
-        best = ranked[0][1] if ranked else float("nan")
-        stats = relevance_module.score_stats(sample.scores(query[0]), sample.rows, best)
+        stats = relevance_module.score_stats(sample.scores(query[0]), sample.rows)
         params = self._relevance
         values = params.relevance([s for _, s, _ in ranked], stats, self.metric).tolist() \
             if ranked else []

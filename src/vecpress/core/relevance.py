@@ -6,17 +6,16 @@ robust statistics of the scores the query gives the whole collection (estimated 
 seeded sample of its rows, see :class:`ScoreSample`), and maps an exact score to a relevance
 with one logistic whose parameters are global (:class:`RelevanceParams`)::
 
-    relevance = sigmoid(w_score * x + w_gap * (x - x_best)
-                        + w_median * x_median + w_upper * x_upper + bias)
+    relevance = sigmoid(w_score * x + w_median * x_median + w_upper * x_upper + bias)
 
-where ``x`` is the hit's score in cosine units (see :func:`cosine_units`), ``x_best`` the
-best score of the same search, ``x_median`` and ``x_upper`` the median and 99th percentile
-of the query's scores over the collection. ``w_score`` and ``w_gap`` are never negative and
-not both zero, so for a fixed query the relevance rises with the score: a threshold on it
-keeps a prefix of the ranked hits. The query's terms say how it sits in this collection: a
-query about something the collection does not cover scores low against all of it (a low
-median, measured on WordNet: it tells off-topic queries from answerable ones with an AUC of
-0.96), and a hit well behind the query's best is less likely to be another answer.
+where ``x`` is the hit's score in cosine units (see :func:`cosine_units`), ``x_median`` and
+``x_upper`` the median and 99th percentile of the query's scores over the whole collection.
+``w_score`` is positive, so for a fixed query the relevance rises with the score: a threshold
+on it keeps a prefix of the ranked hits. The query's terms say how it sits in this
+collection: a query about something the collection does not cover scores low against all of
+it (measured on WordNet glosses, the median alone tells off-topic queries from answerable
+ones with an AUC of 0.96). They do not depend on the other hits, so a document's relevance
+is the same with or without a filter, and whatever ``k`` is.
 
 The defaults (:data:`DEFAULT_PARAMS`) need no labels from the user; :func:`fit_params` fits
 the four numbers to labelled hits (``Collection.calibrate``), and they are stored with the
@@ -51,7 +50,7 @@ MAX_PARAM = 1e6
 RIDGE = 1e-6
 #: metadata key under which the framework adapters keep a hit's raw score beside its relevance
 RAW_SCORE_KEY = "vecpress_score"
-PARAM_KEYS = ("weight_score", "weight_gap", "weight_median", "weight_upper", "bias")
+PARAM_KEYS = ("weight_score", "weight_median", "weight_upper", "bias")
 
 
 def cosine_units(scores: Any, metric: str) -> np.ndarray:
@@ -68,14 +67,12 @@ class ScoreStats:
 
     ``median`` and ``spread`` (median absolute deviation scaled to a standard deviation) are
     the location and scale, ``upper`` the 99th percentile (the upper tail), all estimated from
-    ``sample_size`` of the ``rows`` rows (exact when they are equal). ``best`` is the best
-    exact score of the search they came with (NaN when it found nothing).
+    ``sample_size`` of the ``rows`` rows (exact when they are equal; NaN when empty).
     """
 
     median: float
     spread: float
     upper: float
-    best: float
     sample_size: int
     rows: int
 
@@ -84,16 +81,16 @@ class ScoreStats:
         return (np.asarray(scores, dtype=np.float64) - self.median) / max(self.spread, 1e-12)
 
 
-def score_stats(sample_scores: np.ndarray, rows: int, best: float) -> ScoreStats:
+def score_stats(sample_scores: np.ndarray, rows: int) -> ScoreStats:
     """:class:`ScoreStats` of one query from its scores over a sample of the rows."""
     scores = np.asarray(sample_scores, dtype=np.float64)
     if scores.size == 0:
         nan = float("nan")
-        return ScoreStats(nan, nan, nan, float(best), 0, int(rows))
+        return ScoreStats(nan, nan, nan, 0, int(rows))
     median = float(np.median(scores))
     spread = float(np.median(np.abs(scores - median)) * MAD_TO_SIGMA)
     upper = float(np.quantile(scores, UPPER_QUANTILE))
-    return ScoreStats(median, spread, upper, float(best), int(scores.size), int(rows))
+    return ScoreStats(median, spread, upper, int(scores.size), int(rows))
 
 
 def sample_rows(live_ids: np.ndarray, size: int = SAMPLE_ROWS,
@@ -158,7 +155,6 @@ class RelevanceParams:
     """
 
     weight_score: float
-    weight_gap: float
     weight_median: float
     weight_upper: float
     bias: float
@@ -171,11 +167,9 @@ class RelevanceParams:
                     or not math.isfinite(value) or abs(value) > MAX_PARAM:
                 raise ValueError(f"{name} must be a finite number of magnitude at most "
                                  f"{MAX_PARAM:g}, got {value!r}")
-        if self.weight_score < 0 or self.weight_gap < 0 or \
-                self.weight_score + self.weight_gap <= 0:
-            raise ValueError(f"weight_score and weight_gap must be >= 0 and not both 0 (the "
-                             f"relevance must rise with the score), got {self.weight_score!r} "
-                             f"and {self.weight_gap!r}")
+        if self.weight_score <= 0:
+            raise ValueError(f"weight_score must be positive (the relevance must rise with the "
+                             f"score), got {self.weight_score!r}")
         if isinstance(self.fitted_on, bool) or not isinstance(self.fitted_on, int) \
                 or self.fitted_on < 0:
             raise ValueError(f"fitted_on must be a non-negative integer, got {self.fitted_on!r}")
@@ -224,38 +218,35 @@ def _sigmoid(logit: np.ndarray) -> np.ndarray:
 
 
 #: unsupervised defaults: no labels from the user. Fitted once, with :func:`fit_params`, on
-#: 591 WordNet synonym queries disjoint from the benchmark's and 300 off-topic sentences of
-#: Debian package descriptions (all-MiniLM-L6-v2, 100k glosses, k=10;
+#: 591 WordNet synonym queries disjoint from the benchmark's and 600 off-topic sentences of
+#: Debian package descriptions (as many off-topic as answerable queries; all-MiniLM-L6-v2,
+#: 100k glosses, k=10;
 #: ``python -m benchmarks.bench_relevance --fit-defaults``), rounded and frozen here. They
 #: suit unit-length sentence embeddings; ``Collection.calibrate`` fits a collection's own.
-DEFAULT_PARAMS = RelevanceParams(weight_score=12.03, weight_gap=4.47, weight_median=11.64,
-                                 weight_upper=-7.69, bias=-7.63)
+DEFAULT_PARAMS = RelevanceParams(weight_score=12.83, weight_median=14.46, weight_upper=-6.58,
+                                 bias=-8.73)
 
 
 # ---------------------------------------------------------------------- fitting
 
 
 def hit_features(scores: Any, stats: ScoreStats, metric: str) -> np.ndarray:
-    """The mapping's inputs for one query's hits: columns ``x``, ``x - x_best``,
-    ``x_median``, ``x_upper``, 1 (``logit = features @ parameters`` in :data:`PARAM_KEYS`
-    order)."""
+    """The mapping's inputs for one query's hits: columns ``x``, ``x_median``, ``x_upper``,
+    1 (``logit = features @ parameters`` in :data:`PARAM_KEYS` order)."""
     x = np.atleast_1d(cosine_units(scores, metric))
-    best = float(cosine_units(stats.best, metric))
     median = float(cosine_units(stats.median, metric))
     upper = float(cosine_units(stats.upper, metric))
-    if not math.isfinite(best):  # stats without a search: the best of these scores
-        best = float(np.max(x)) if x.size else 0.0
-    if not (math.isfinite(median) and math.isfinite(upper)):  # an empty sample
-        median = upper = best
-    return np.column_stack([x, x - best, np.full_like(x, median), np.full_like(x, upper),
+    if not (math.isfinite(median) and math.isfinite(upper)):  # an empty sample: no context
+        median = upper = 0.0
+    return np.column_stack([x, np.full_like(x, median), np.full_like(x, upper),
                             np.ones_like(x)])
 
 
 def fit_params(features: Any, labels: Any, *, fitted_on: int = 0,
                ridge: float = RIDGE) -> RelevanceParams:
     """Logistic regression of ``labels`` (1 relevant, 0 not) on ``features`` (rows from
-    :func:`hit_features`), by Newton's method, with ``w_score, w_gap >= 0`` kept by an
-    active set: a weight that comes out negative is fixed at 0 and the rest refitted."""
+    :func:`hit_features`), by Newton's method (a slight ridge keeps separable labels
+    finite). ``ValueError`` when relevance would not rise with the score."""
     X = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     width = len(PARAM_KEYS)
@@ -265,16 +256,8 @@ def fit_params(features: Any, labels: Any, *, fitted_on: int = 0,
     if len(y) == 0 or y.min() == y.max():
         raise ValueError("the labelled hits must include both relevant and irrelevant ones "
                          "to fit a threshold; label more queries, or a larger k")
-    free = list(range(width))
-    while True:
-        weights = _newton(X[:, free], y, ridge, penalised=[c != width - 1 for c in free])
-        full = np.zeros(width)
-        full[free] = weights
-        negative = [c for c in (0, 1) if c in free and full[c] < 0]
-        if not negative:
-            break
-        free.remove(min(negative, key=lambda c: full[c]))
-    if full[0] + full[1] <= 0:
+    full = _newton(X, y, ridge, penalised=[c != width - 1 for c in range(width)])
+    if full[0] <= 0:
         raise ValueError("the labels do not rise with the score (relevant hits score no "
                          "higher than irrelevant ones); check that relevant_ids match the "
                          "queries")
