@@ -223,8 +223,8 @@ def _sigmoid(logit: np.ndarray) -> np.ndarray:
 #: 100k glosses, k=10;
 #: ``python -m benchmarks.bench_relevance --fit-defaults``), rounded and frozen here. They
 #: suit unit-length sentence embeddings; ``Collection.calibrate`` fits a collection's own.
-DEFAULT_PARAMS = RelevanceParams(weight_score=12.83, weight_median=14.46, weight_upper=-6.58,
-                                 bias=-8.73)
+DEFAULT_PARAMS = RelevanceParams(weight_score=13.83, weight_median=14.58, weight_upper=-7.70,
+                                 bias=-9.28)
 
 
 # ---------------------------------------------------------------------- fitting
