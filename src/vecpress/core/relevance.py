@@ -22,7 +22,8 @@ the four numbers to labelled hits (``Collection.calibrate``), and they are store
 collection (:meth:`RelevanceParams.to_json` / :meth:`RelevanceParams.from_json`, which checks
 a stored value like the rest of a store's metadata).
 
-Everything here is numpy on small arrays; no kernel, no I/O.
+Everything here is numpy on small arrays, no kernel; the only I/O is :class:`ScoreSample`
+reading its rows' kept vectors through the Index.
 """
 
 from __future__ import annotations
