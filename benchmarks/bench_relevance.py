@@ -238,6 +238,12 @@ def statistics_check(collection, base: np.ndarray, queries: np.ndarray) -> dict[
 # ---------------------------------------------------------------------- report
 
 
+def compact_json(report: dict[str, Any]) -> str:
+    """The report as JSON, indented, with each curve's long arrays on one line."""
+    head = json.dumps({k: v for k, v in report.items() if k != "curves"}, indent=1)
+    return head[:-2] + ',\n "curves": ' + json.dumps(report["curves"]) + "\n}\n"
+
+
 def draw(curves: dict[str, dict[str, np.ndarray]], out: Path, title: str) -> None:
     import matplotlib
 
@@ -366,10 +372,10 @@ def main(argv: list[str] | None = None) -> None:
               "defaults": DEFAULT_PARAMS.to_json(),
               "scorers": {name: summary(curve) for name, curve in curves.items()},
               "default_threshold": default, "statistics": stats,
-              "curves": {name: {key: value.tolist() for key, value in curve.items()}
+              "curves": {name: {key: np.round(value, 5).tolist() for key, value in curve.items()}
                          for name, curve in curves.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "relevance.json").write_text(json.dumps(report, indent=1))
+    (args.out / "relevance.json").write_text(compact_json(report))
     text = markdown(report)
     (args.out / "relevance.md").write_text(text)
     draw(curves, args.out / "relevance_precision_recall.png",
