@@ -375,9 +375,14 @@ def test_scores_are_similarities_and_relevance_in_unit_interval(filled):
     for doc, score in with_score:  # cosine similarity
         assert score == pytest.approx(exact[int(doc.id[1:])], abs=2e-3)
     relevance = store.similarity_search_with_relevance_scores(query, k=10)
-    assert [d for d, _ in relevance] == [d for d, _ in with_score]
-    for (_, rel), (_, sim) in zip(relevance, with_score):
-        assert 0.0 <= rel <= 1.0 and rel == pytest.approx((1 + sim) / 2)
+    assert [d.id for d, _ in relevance] == [d.id for d, _ in with_score]
+    # the calibrated relevance of the Collection, the raw score kept in the metadata
+    hits = store.collection.search(fake().embed_query(query), 10, relevance=True)
+    for (doc, rel), (plain, sim), hit in zip(relevance, with_score, hits):
+        assert 0.0 <= rel <= 1.0 and rel == pytest.approx(hit.relevance)
+        assert doc.metadata == {**plain.metadata, "vecpress_score": sim}
+    values = [r for _, r in relevance]
+    assert values == sorted(values, reverse=True)
 
 
 def test_relevance_threshold(filled):
@@ -406,6 +411,8 @@ def test_scores_higher_is_better_for_every_metric(metric):
         assert scores == sorted(scores, reverse=True)
         relevance = store.similarity_search_with_relevance_scores("document number 9", k=5)
         assert all(0.0 <= r <= 1.0 for _, r in relevance)
+        assert [r for _, r in relevance] == sorted((r for _, r in relevance), reverse=True)
+        assert [d.metadata["vecpress_score"] for d, _ in relevance] == scores
 
 
 # ---------------------------------------------------------------------- async

@@ -813,3 +813,52 @@ def test_nprobe_reaches_a_partitioned_index_and_is_checked():
     text = VectorStoreQuery(query_str="apple", similarity_top_k=5, mode=VectorStoreQueryMode.TEXT_SEARCH)
     with pytest.raises(ValueError, match="nprobe applies to mode"):
         run(store, text, nprobe=4)
+
+
+# ---------------------------------------------------------------------- calibrated relevance
+
+
+def test_relevance_scores_option_puts_the_calibrated_relevance_on_the_nodes():
+    from llama_index.core.postprocessor import SimilarityPostprocessor
+    from llama_index.core.schema import MetadataMode, NodeWithScore
+
+    store = VecpressVectorStore(bits=32, relevance_scores=True)
+    store.add([node.model_copy() for node in NODES])
+    for query in QUERIES:
+        result = run(store, VectorStoreQuery(query_embedding=query.tolist(),
+                                             similarity_top_k=10))
+        hits = store.client.search(query, 10, relevance=True)
+        assert result.ids == [h.id for h in hits] == brute_force(query, 10, lambda n: True)
+        assert result.similarities == pytest.approx([h.relevance for h in hits])
+        assert all(0 <= s <= 1 for s in result.similarities)
+        for node, hit in zip(result.nodes, hits):
+            assert node.metadata["vecpress_score"] == pytest.approx(hit.score)
+            assert "vecpress_score" not in node.get_content(metadata_mode=MetadataMode.LLM)
+        cut = (result.similarities[3] + result.similarities[4]) / 2
+        scored = [NodeWithScore(node=n, score=s) for n, s in zip(result.nodes,
+                                                                 result.similarities)]
+        kept = SimilarityPostprocessor(similarity_cutoff=cut).postprocess_nodes(scored)
+        assert [n.node.node_id for n in kept] == result.ids[:4]
+        inside = run(store, VectorStoreQuery(query_embedding=query.tolist(),
+                                             similarity_top_k=10), min_relevance=cut)
+        assert inside.ids == result.ids[:4]
+    # other modes keep their own scores; min_relevance belongs to DEFAULT
+    text = run(store, VectorStoreQuery(query_str="apple", similarity_top_k=3,
+                                       mode=VectorStoreQueryMode.TEXT_SEARCH))
+    assert all(s is not None and "vecpress_score" not in n.metadata
+               for n, s in zip(text.nodes, text.similarities))
+    with pytest.raises(ValueError, match="min_relevance applies to mode DENSE"):
+        run(store, VectorStoreQuery(query_str="apple", similarity_top_k=3,
+                                    mode=VectorStoreQueryMode.TEXT_SEARCH), min_relevance=0.2)
+    assert VecpressVectorStore.from_dict(store.to_dict()).relevance_scores is True
+
+
+def test_without_the_option_scores_stay_cosine(store):
+    result = run(store, VectorStoreQuery(query_embedding=QUERIES[0].tolist(),
+                                         similarity_top_k=5))
+    assert result.similarities == pytest.approx(np.sort(cosine(QUERIES[0]))[::-1][:5],
+                                                abs=1e-5)
+    assert all("vecpress_score" not in n.metadata for n in result.nodes)
+    with pytest.raises(ValueError, match="min_relevance must be a number in"):
+        run(store, VectorStoreQuery(query_embedding=QUERIES[0].tolist(), similarity_top_k=5),
+            min_relevance=2)

@@ -41,9 +41,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import filters as filters_module
+from . import relevance as relevance_module
 from . import storage
 from .docstore import DB_FILE, DocStore, fts_query
 from .index import METRIC_ALIASES, Index
+from .relevance import DEFAULT_PARAMS, RelevanceParams, ScoreSample, ScoreStats
 from .validate import MAX_NESTING, as_durability, as_matrix, as_positive_int
 
 FORMAT_NAME = "vecpress-collection"
@@ -55,6 +57,8 @@ FUSIONS = ("rrf", "weighted")
 RRF_K = 60
 INDEX_OPTIONS = ("rerank", "codec", "oversample", "rerank_dtype", "truncate_dim", "seed",
                  "query_bits", "partitions")
+#: key of the fitted relevance parameters in the collection's metadata (SQLite ``meta``)
+RELEVANCE_META_KEY = "relevance"
 
 
 @dataclass
@@ -70,6 +74,17 @@ class Hit:
     text: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
     vector: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: calibrated relevance in [0, 1] (``search(..., relevance=True)`` or ``min_relevance``)
+    relevance: float | None = None
+
+
+class SearchResults(list):
+    """The hits of one search (a plain ``list`` of :class:`Hit`), plus ``stats``: the query's
+    :class:`~vecpress.core.relevance.ScoreStats` when relevance was asked for, else None."""
+
+    def __init__(self, hits: Sequence[Hit] = (), stats: ScoreStats | None = None) -> None:
+        super().__init__(hits)
+        self.stats = stats
 
 
 def relevance_score(score: Any, metric: str) -> Any:
@@ -238,6 +253,9 @@ class Collection:
         self._cache: OrderedDict[str, list] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_size = 0 if read_only else filter_cache_size
+        #: the sample of rows that a query's score statistics come from (None: draw it anew)
+        self._sample: ScoreSample | None = None
+        self._relevance: RelevanceParams = DEFAULT_PARAMS
         self._lock: storage.DirectoryLock | None = None
         self._path = None if path is None else Path(path)
         given = {"dim": dim, "bits": bits, "metric": metric, **index_options}
@@ -311,6 +329,7 @@ class Collection:
             self._store = DocStore(path, read_only=read_only,
                                    sync=self._durability == "full")
             self._meta = self._checked_meta(given)
+            self._relevance = self._stored_relevance(self._meta)
             index_path = path / INDEX_DIR
             if (index_path / storage.MANIFEST).exists():
                 self._index = Index.load(index_path, read_only=read_only,
@@ -377,6 +396,11 @@ class Collection:
                     f"created with {name}={stored.get(name)!r}; leave {name} out to open it "
                     f"as it is, or use a new path")
         return meta
+
+    def _stored_relevance(self, meta: dict[str, Any]) -> RelevanceParams:
+        if RELEVANCE_META_KEY not in meta:
+            return DEFAULT_PARAMS
+        return RelevanceParams.from_json(meta[RELEVANCE_META_KEY], self._path / DB_FILE)
 
     def _reconcile(self) -> None:
         """Make the Index hold exactly the vectors SQLite refers to (after a crash)."""
@@ -600,7 +624,8 @@ class Collection:
     def search(self, vector: Any = None, k: int = 10, where: Any = None, *,
                mode: str = "dense", query_text: str | None = None, alpha: float = 0.5,
                fusion: str = "rrf", fetch_k: int | None = None, oversample: int | None = None,
-               nprobe: int | None = None, include_vectors: bool = False) -> list[Hit]:
+               nprobe: int | None = None, include_vectors: bool = False,
+               relevance: bool = False, min_relevance: float | None = None) -> SearchResults:
         """The best ``k`` documents, best first; only documents matching ``where`` are scored.
 
         Modes:
@@ -619,10 +644,24 @@ class Collection:
         number of documents act as that number (nothing is sized by them). ``oversample`` and
         ``nprobe`` (lists scanned, once the index is partitioned) override the index's
         defaults for this search: see :meth:`Index.search`.
+
+        Relevance (dense mode): ``relevance=True`` sets each hit's ``relevance``, a calibrated
+        score in [0, 1] that one threshold serves for every query (see
+        :mod:`vecpress.core.relevance` and :meth:`calibrate`), and the result's ``stats``
+        (the query's score statistics over the collection). ``min_relevance`` keeps only the
+        hits at or above it: at most ``k``, possibly none ("nothing relevant").
         """
         k = as_positive_int(k, "k")
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(SEARCH_MODES)}")
+        if min_relevance is not None:
+            min_relevance = _checked_relevance(min_relevance, "min_relevance")
+        if not isinstance(relevance, bool):
+            raise TypeError(f"relevance must be True or False, got {relevance!r}")
+        relevance = relevance or min_relevance is not None
+        if relevance and mode != "dense":
+            raise ValueError(f"relevance and min_relevance apply to mode='dense' (calibrated "
+                             f"vector scores), but mode={mode!r}; drop them or search densely")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r} is unknown; use 'rrf' or 'weighted'")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
@@ -650,7 +689,60 @@ class Collection:
                 fetch_k = self._at_most_documents(fetch_k or max(4 * k, 40))
                 ranked = self._hybrid(query, match, k, node, fetch_k, alpha, fusion, oversample,
                                       nprobe)
-            return self._hits(ranked, include_vectors)
+            if not relevance:
+                return SearchResults(self._hits(ranked, include_vectors))
+            ranked, values, stats = self._with_relevance(query, ranked, min_relevance)
+            hits = self._hits(ranked, include_vectors)
+            for hit, value in zip(hits, values):
+                hit.relevance = value
+            return SearchResults(hits, stats)
+
+    @property
+    def relevance_params(self) -> RelevanceParams:
+        """The parameters of the relevance mapping: the defaults, or those of the last
+        :meth:`calibrate` / :meth:`set_relevance_params` (stored with the collection)."""
+        return self._relevance
+
+    def set_relevance_params(self, params: RelevanceParams | None) -> None:
+        """Store relevance parameters with the collection (``None``: back to the defaults)."""
+        if params is not None and not isinstance(params, RelevanceParams):
+            raise TypeError(f"params must be a RelevanceParams or None, got "
+                            f"{type(params).__name__}")
+        with self._writing:
+            self._check_writable()
+            self._store.set_meta(RELEVANCE_META_KEY, None if params is None
+                                 else params.to_json())
+            self._relevance = DEFAULT_PARAMS if params is None else params
+
+    def calibrate(self, queries: Any, relevant_ids: Sequence[Sequence[str]], *, k: int = 10,
+                  where: Any = None, oversample: int | None = None,
+                  nprobe: int | None = None) -> RelevanceParams:
+        """Fit the relevance mapping to labelled queries and store it with the collection.
+
+        ``queries`` is a ``(q, dim)`` array; ``relevant_ids[i]`` the ids of the documents
+        relevant to query ``i`` (ids not stored are ignored). Each query's top ``k`` hits
+        are labelled relevant or not and a logistic regression on the mapping's inputs fits
+        its four parameters (see :func:`vecpress.core.relevance.fit_params`); a handful of
+        queries (tens) is enough. Returns the parameters, now :attr:`relevance_params`.
+        """
+        matrix = as_matrix(queries, self.dim, "queries")
+        labels_of = _checked_relevant_ids(relevant_ids, len(matrix))
+        k = as_positive_int(k, "k")
+        self._check_writable()
+        features, labels = [], []
+        for vector, relevant in zip(matrix, labels_of):
+            hits = self.search(vector, k, where, oversample=oversample, nprobe=nprobe,
+                               relevance=True)
+            if hits:
+                features.append(relevance_module.hit_features(
+                    [h.score for h in hits], hits.stats, self.metric))
+                labels.extend(h.id in relevant for h in hits)
+        if not features:
+            raise ValueError("the searches found no documents to label; add documents first")
+        params = relevance_module.fit_params(np.vstack(features), np.array(labels),
+                                             fitted_on=len(matrix))
+        self.set_relevance_params(params)
+        return params
 
     def max_marginal_relevance_search(self, vector: Any, k: int = 4, fetch_k: int = 20,
                                       lambda_mult: float = 0.5, where: Any = None, *,
@@ -710,6 +802,7 @@ class Collection:
             return
         with self._rw.write():
             self._index.refresh()
+            self._relevance = self._stored_relevance(self._store.meta())
             self._clear_cache()
 
     # ------------------------------------------------------------------ internals: search
@@ -886,9 +979,54 @@ class Collection:
     def _clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()
+            self._sample = None
+
+    def _score_sample(self) -> ScoreSample:
+        """The rows a query's score statistics come from, drawn after each write."""
+        with self._cache_lock:
+            sample = self._sample
+        if sample is None:
+            sample = ScoreSample(self._index)  # (two threads may both draw it: same rows)
+            with self._cache_lock:
+                self._sample = sample
+        return sample
+
+    def _with_relevance(self, query: np.ndarray, ranked: list[tuple[int, float, tuple]],
+                        min_relevance: float | None
+                        ) -> tuple[list[tuple[int, float, tuple]], list[float], ScoreStats]:
+        """``ranked`` with the relevance of each hit (those below ``min_relevance`` dropped:
+        a suffix, since relevance rises with the score) and the query's statistics."""
+        sample = self._score_sample()
+        stats = relevance_module.score_stats(sample.scores(query[0]), sample.rows)
+        params = self._relevance
+        values = params.relevance([s for _, s, _ in ranked], stats, self.metric).tolist() \
+            if ranked else []
+        if min_relevance is not None:
+            keep = [i for i, v in enumerate(values) if v >= min_relevance]
+            ranked, values = [ranked[i] for i in keep], [values[i] for i in keep]
+        return ranked, values, stats
 
 
 # ---------------------------------------------------------------------- validation helpers
+
+
+def _checked_relevance(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+            or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1] (a calibrated relevance), got "
+                         f"{value!r}")
+    return float(value)
+
+
+def _checked_relevant_ids(relevant_ids: Any, n: int) -> list[set[str]]:
+    if isinstance(relevant_ids, (str, bytes, dict)) or not hasattr(relevant_ids, "__iter__"):
+        raise TypeError(f"relevant_ids must be a list with one list of ids per query, got "
+                        f"{type(relevant_ids).__name__}")
+    groups = list(relevant_ids)
+    if len(groups) != n:
+        raise ValueError(f"relevant_ids has {len(groups)} entries but there are {n} queries; "
+                         f"pass one list of relevant ids per query")
+    return [set(_checked_id_list(group)) for group in groups]
 
 
 def _checked_ids(ids: Any, n: int) -> list[str]:

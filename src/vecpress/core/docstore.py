@@ -356,6 +356,15 @@ class DocStore:
             conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
                              [(k, json.dumps(v)) for k, v in meta.items()])
 
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store one metadata entry as JSON (``None`` deletes it), in its own transaction."""
+        with self.transaction() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                             (key, json.dumps(value)))
+
     def meta(self) -> dict[str, Any]:
         with self._reading() as conn:
             return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}

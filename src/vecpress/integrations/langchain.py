@@ -32,6 +32,7 @@ from ..core import filters as filters_module
 from ..core.collection import INDEX_OPTIONS, Collection, Hit, relevance_score
 from ..core.docstore import DB_FILE
 from ..core.index import Index
+from ..core.relevance import RAW_SCORE_KEY
 from ..distributed.sharded import ShardedCollection
 from ..embeddings.rerankers import CrossEncoderReranker, Reranker, make_reranker
 from ..embeddings.wrappers import LangChainEmbedder, as_langchain_embeddings
@@ -165,7 +166,20 @@ class VecpressVectorStore(VectorStore):
 
         Scores are higher-is-better everywhere: cosine similarity (``metric="cosine"``),
         inner product (``"ip"``) or minus the squared L2 distance (``"l2"``).
-        ``similarity_search_with_relevance_scores`` maps them to [0, 1].
+
+    Search with relevance (one threshold for every query):
+        .. code-block:: python
+
+            results = vector_store.similarity_search_with_relevance_scores(
+                query="qux", k=4, score_threshold=0.1
+            )  # possibly [] ("nothing relevant")
+            retriever = vector_store.as_retriever(
+                search_type="similarity_score_threshold",
+                search_kwargs={"k": 4, "score_threshold": 0.1},
+            )
+
+        The relevance is vecpress's calibrated relevance in [0, 1] for every metric (see
+        ``Collection.calibrate``); the raw score is in ``doc.metadata["vecpress_score"]``.
 
     Async:
         .. code-block:: python
@@ -411,6 +425,22 @@ class VecpressVectorStore(VectorStore):
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         return partial(relevance_score, metric=self.metric)
 
+    def _similarity_search_with_relevance_scores(self, query: str, k: int = 4,
+                                                 **kwargs: Any) -> list[tuple[Document, float]]:
+        """``(document, relevance)`` pairs, best first: the Collection's calibrated relevance
+        in [0, 1] (LangChain's ``score_threshold`` then means the same for every query), with
+        the raw score in ``metadata["vecpress_score"]``. With a second-stage ``reranker`` the
+        scores are the reranker's, mapped to [0, 1] as before (not calibrated); so are a
+        ``ShardedCollection``'s (calibrated relevance is per Collection for now)."""
+        if self._reranker is not None or isinstance(self._collection, ShardedCollection):
+            return super()._similarity_search_with_relevance_scores(query, k, **kwargs)
+        options = _search_options(kwargs, "similarity_search_with_relevance_scores")
+        if self._collection is None:
+            return []
+        hits = self._collection.search(self._query_vector(query), k, relevance=True,
+                                       **options)
+        return [(_document(hit, raw_score=True), hit.relevance) for hit in hits]
+
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
                                       lambda_mult: float = 0.5,
                                       **kwargs: Any) -> list[Document]:
@@ -549,8 +579,9 @@ class VecpressVectorStore(VectorStore):
 # ---------------------------------------------------------------------- helpers
 
 
-def _document(hit: Hit) -> Document:
-    return Document(id=hit.id, page_content=hit.text or "", metadata=hit.metadata)
+def _document(hit: Hit, raw_score: bool = False) -> Document:
+    metadata = {**hit.metadata, RAW_SCORE_KEY: hit.score} if raw_score else hit.metadata
+    return Document(id=hit.id, page_content=hit.text or "", metadata=metadata)
 
 
 def _as_embeddings(embedding: Any) -> Embeddings:

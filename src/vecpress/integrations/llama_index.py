@@ -47,6 +47,7 @@ from ..core.collection import INDEX_OPTIONS, Collection, Hit
 from ..distributed.sharded import ShardedCollection
 from ..core.docstore import DB_FILE
 from ..core.index import METRIC_ALIASES
+from ..core.relevance import RAW_SCORE_KEY
 from ..core.storage import StoreCorruptedError
 from ..embeddings.rerankers import make_reranker
 from ..embeddings.wrappers import LlamaIndexEmbedder
@@ -75,7 +76,7 @@ _MODES = {
     VectorStoreQueryMode.MMR: "mmr",
 }
 _QUERY_KWARGS = {"mmr_threshold", "mmr_prefetch_k", "mmr_prefetch_factor", "oversample",
-                 "nprobe"}
+                 "nprobe", "min_relevance"}
 #: nodes per Collection write in ``add`` (and per page when ``persist`` copies a store);
 #: large batches amortise the per-write cost of the index
 DEFAULT_BATCH_SIZE = 16_384
@@ -137,6 +138,13 @@ class VecpressVectorStore(BasePydanticVectorStore):
     Scores: higher is better; cosine similarity for DEFAULT and MMR (as ``SimpleVectorStore``),
     BM25 for TEXT_SEARCH, the fused score for HYBRID.
 
+    Calibrated relevance: with ``relevance_scores=True`` a DEFAULT query's
+    ``NodeWithScore.score`` is vecpress's calibrated relevance in [0, 1] (one threshold means
+    the same for every query; see ``Collection.calibrate``) and the raw score is in
+    ``node.metadata["vecpress_score"]`` (kept out of the LLM and embedding text), so
+    ``SimilarityPostprocessor(similarity_cutoff=0.1)`` drops what is not relevant, possibly
+    everything. ``vector_store_kwargs={"min_relevance": 0.1}`` filters inside the store.
+
     Reopen (no re-embedding):
         .. code-block:: python
 
@@ -160,6 +168,8 @@ class VecpressVectorStore(BasePydanticVectorStore):
     read_only: bool = False
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0, description="nodes per write")
     hybrid_fusion: str = Field(default="rrf", description="rrf or weighted")
+    relevance_scores: bool = Field(default=False, description="DEFAULT queries score nodes "
+                                   "by calibrated relevance in [0, 1] (raw score in metadata)")
     index_options: Dict[str, Any] = Field(default_factory=dict)
 
     _collection: Optional[Collection | ShardedCollection] = PrivateAttr(default=None)
@@ -177,6 +187,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
         read_only: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
         hybrid_fusion: str = "rrf",
+        relevance_scores: bool = False,
         collection: Collection | ShardedCollection | None = None,
         index_options: dict[str, Any] | None = None,
         reranker: Any = None,
@@ -205,7 +216,7 @@ class VecpressVectorStore(BasePydanticVectorStore):
         super().__init__(
             path=None if path is None else os.fspath(path), dim=dim, bits=bits, metric=metric,
             read_only=read_only, batch_size=batch_size, hybrid_fusion=hybrid_fusion,
-            index_options=options,
+            relevance_scores=relevance_scores, index_options=options,
         )
         # a second stage after the search: "embed" (re-embeds the candidates' texts with
         # embed_model; exact scores for a rerank=False store), "exact", "cross-encoder:<model>"
@@ -295,13 +306,22 @@ class VecpressVectorStore(BasePydanticVectorStore):
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Run a ``VectorStoreQuery`` (modes DEFAULT, MMR, TEXT_SEARCH, HYBRID)."""
-        mode, call = _search_call(query, kwargs)
+        mode, call = _search_call(query, kwargs, self.relevance_scores)
         if self._collection is None:
             filters_module.parse(call["where"])  # a malformed filter is an error here too
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        if call.get("relevance") and isinstance(self._collection, ShardedCollection):
+            raise ValueError("calibrated relevance (relevance_scores=True or min_relevance) is "
+                             "not available on a ShardedCollection yet; use a Collection, or "
+                             "drop the option to get raw scores")
         if mode == "mmr":
             hits = self._collection.max_marginal_relevance_search(**call)
         elif self._reranker is not None:
+            if call.pop("min_relevance", None) is not None:
+                raise ValueError("min_relevance filters by the calibrated relevance of the "
+                                 "vector search, which a second-stage reranker replaces; "
+                                 "filter on the reranker's scores instead")
+            call.pop("relevance", None)  # the reranker's scores are returned as they are
             options = {name: value for name, value in call.items()
                        if name not in ("vector", "k", "where", "mode", "query_text")}
             vector = call.get("vector")
@@ -311,6 +331,10 @@ class VecpressVectorStore(BasePydanticVectorStore):
                                    np.asarray(vector, dtype=np.float32), **options)
         else:
             hits = self._collection.search(**call)
+        if call.get("relevance"):
+            return VectorStoreQueryResult(nodes=[_to_node(hit, raw_score=True) for hit in hits],
+                                          similarities=[float(hit.relevance) for hit in hits],
+                                          ids=[hit.id for hit in hits])
         return VectorStoreQueryResult(nodes=[_to_node(hit) for hit in hits],
                                       similarities=[float(hit.score) for hit in hits],
                                       ids=[hit.id for hit in hits])
@@ -486,8 +510,14 @@ def _node_row(node: BaseNode) -> tuple[str, list[float], str, dict[str, Any]]:
     return node.node_id, node.embedding, node.get_content(metadata_mode=MetadataMode.NONE), metadata
 
 
-def _to_node(hit: Hit) -> BaseNode:
-    return metadata_dict_to_node(hit.metadata, text=hit.text)
+def _to_node(hit: Hit, raw_score: bool = False) -> BaseNode:
+    node = metadata_dict_to_node(hit.metadata, text=hit.text)
+    if raw_score:  # beside the relevance, out of what the LLM and the embedder read
+        node.metadata[RAW_SCORE_KEY] = hit.score
+        for excluded in (node.excluded_llm_metadata_keys, node.excluded_embed_metadata_keys):
+            if RAW_SCORE_KEY not in excluded:
+                excluded.append(RAW_SCORE_KEY)
+    return node
 
 
 def _no_kwargs(method: str, kwargs: dict[str, Any]) -> None:
@@ -521,7 +551,8 @@ def _restricted(filters: Any, doc_ids: Any, node_ids: Any) -> Any:
     return MetadataFilters(filters=parts)
 
 
-def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any],
+                 relevance_scores: bool = False) -> tuple[str, dict[str, Any]]:
     """The Collection method (``"mmr"`` or a search mode) and its arguments for ``query``;
     every field that the mode cannot honour is an error."""
     unknown = set(kwargs) - _QUERY_KWARGS
@@ -550,6 +581,7 @@ def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, 
         "mmr_prefetch_factor": (kwargs.get("mmr_prefetch_factor"), ("mmr",)),
         "oversample": (kwargs.get("oversample"), ("dense", "hybrid", "mmr")),
         "nprobe": (kwargs.get("nprobe"), ("dense", "hybrid", "mmr")),
+        "min_relevance": (kwargs.get("min_relevance"), ("dense",)),
     }
     for name, (value, modes) in misplaced.items():
         if value is not None and mode not in modes:
@@ -581,6 +613,9 @@ def _search_call(query: VectorStoreQuery, kwargs: dict[str, Any]) -> tuple[str, 
         return mode, call
     call["mode"] = mode
     call["k"] = k
+    if mode == "dense" and (relevance_scores or kwargs.get("min_relevance") is not None):
+        call["relevance"] = True
+        call["min_relevance"] = kwargs.get("min_relevance")
     if mode in ("text", "hybrid"):
         call["query_text"] = query.query_str
     if mode == "hybrid":

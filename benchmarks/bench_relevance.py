@@ -1,0 +1,387 @@
+"""Calibrated relevance: one threshold for every query, and "nothing relevant" as an answer.
+
+Data: 100,000 WordNet glosses embedded with all-MiniLM-L6-v2 (``benchmarks.datasets``) in a
+vecpress ``Collection`` (bits=4, exact rerank). Answerable queries: the labelled WordNet
+synonym queries of ``benchmarks/wordnet_queries.py`` (600 drawn with seed 0); the first
+``--fit-queries`` (50) are the labels ``Collection.calibrate`` fits on, the rest are evaluated.
+Off-topic queries, whose right answer is nothing: sentences of the licence texts Debian ships
+in ``/usr/share/common-licenses`` and first sentences of docstrings of Python's standard
+library (another domain than word definitions), 150 of each, drawn with seed 0.
+
+Every query returns its top ``--k`` (10) hits with their exact scores, relevance and score
+statistics. A hit is relevant when its gloss is labelled relevant to the query (off-topic
+queries have none). Four scorers are swept over every threshold:
+
+1. raw cosine (what a ``score_threshold`` on LangChain's ``(1 + cos) / 2`` does in any store);
+2. the per-query standardized score ``(score - median) / spread``;
+3. the calibrated relevance with the unsupervised default parameters;
+4. the calibrated relevance fitted on the 50 labelled queries.
+
+Per scorer: precision and recall of the returned sets (recall = kept relevant hits / relevant
+hits in the top k, so 1 at the lowest threshold), the best F1 of one global threshold, the
+precision at the threshold where recall is still >= 90% (and its ratio to raw cosine's), and
+the share of off-topic queries returning nothing at that threshold. Also the cost per query of
+the statistics (a seeded sample of 2,048 rows) against numpy over all exact scores, and the
+sample statistics' error against the full distribution.
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_relevance          # writes results/relevance.*
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_relevance --fit-defaults   # the defaults' fit
+
+``--fit-defaults`` fits the parameters on WordNet queries drawn with seed 1 that are not among
+the benchmark's plus as many sentences of the installed Debian packages' descriptions (off-topic,
+a genre the evaluation does not use), and prints them (``vecpress.core.relevance.
+DEFAULT_PARAMS`` holds the result). A fifth scorer is fitted on the 50 labelled queries plus
+50 such package sentences: ``calibrate`` with empty relevant lists learns "nothing relevant".
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if not __package__:
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import numpy as np
+
+from benchmarks.common import RESULTS, machine, source_version
+from benchmarks.datasets import embed_corpus, load_embeddings, release_model
+from benchmarks.wordnet_queries import labelled_queries
+
+LICENCES = Path("/usr/share/common-licenses")
+LICENCE_FILES = ("GPL-3", "Apache-2.0", "MPL-2.0", "LGPL-3", "Artistic", "GFDL-1.3")
+STDLIB_MODULES = ("os", "os.path", "json", "collections", "itertools", "functools", "string",
+                  "re", "pathlib", "shutil", "subprocess", "threading", "socket", "zipfile",
+                  "tarfile", "logging", "argparse", "datetime", "decimal", "fractions",
+                  "heapq", "bisect", "csv", "sqlite3", "email", "http.client", "urllib.parse",
+                  "tempfile", "textwrap", "io", "gzip", "hashlib", "hmac", "base64", "struct")
+SCORERS = ("raw cosine", "standardized", "relevance (defaults)", "relevance (fitted on 50)",
+           "relevance (fitted on 50 + 50 off-topic)")
+DPKG_STATUS = Path("/var/lib/dpkg/status")
+
+
+# ---------------------------------------------------------------------- off-topic text
+
+
+def licence_sentences() -> list[str]:
+    """Sentences of 8-40 words from the licence texts Debian ships."""
+    out = []
+    for name in LICENCE_FILES:
+        path = LICENCES / name
+        if path.is_file():
+            text = re.sub(r"\s+", " ", path.read_text(encoding="utf-8", errors="replace"))
+            out += [s for s in re.split(r"(?<=[.;:])\s+", text) if 8 <= len(s.split()) <= 40]
+    return out
+
+
+def docstring_sentences() -> list[str]:
+    """First sentences (5+ words) of the docstrings of public functions and classes of some
+    standard-library modules."""
+    import importlib
+
+    out = []
+    for module_name in STDLIB_MODULES:
+        module = importlib.import_module(module_name)
+        for name, value in sorted(vars(module).items()):
+            if name.startswith("_") or not (inspect.isfunction(value) or inspect.isclass(value)):
+                continue
+            doc = inspect.getdoc(value) or ""
+            first = re.sub(r"\s+", " ", doc.split("\n\n")[0]).strip()
+            if len(first.split()) >= 5 and first not in out:
+                out.append(first)
+    return out
+
+
+def package_sentences() -> list[str]:
+    """Sentences (6-40 words) of the long descriptions of the installed Debian packages: the
+    off-topic queries that fitting sees (never the evaluated ones)."""
+    out: list[str] = []
+    text = DPKG_STATUS.read_text(encoding="utf-8", errors="replace")
+    for block in text.split("\n\n"):
+        lines = block.split("\nDescription: ", 1)[1].split("\n") if "\nDescription: " in block \
+            else []
+        body = " ".join(line.strip() for line in lines[1:] if line.startswith(" ")
+                        and line.strip() != ".")
+        out += [s for s in re.split(r"(?<=[.;:])\s+", body) if 6 <= len(s.split()) <= 40
+                and s not in out]
+    return out
+
+
+def dev_off_topic(count: int, seed: int = 1) -> list[str]:
+    pool = package_sentences()
+    if len(pool) < count:
+        raise RuntimeError(f"only {len(pool)} package description sentences, need {count}")
+    return [pool[i] for i in sorted(np.random.default_rng(seed).choice(len(pool), count,
+                                                                        replace=False))]
+
+
+def off_topic_queries(count: int, seed: int = 0) -> list[str]:
+    """``count`` off-topic sentences, half from licences, half from docstrings."""
+    rng = np.random.default_rng(seed)
+    pools = [licence_sentences(), docstring_sentences()]
+    picked = []
+    for pool, n in zip(pools, (count // 2, count - count // 2)):
+        if len(pool) < n:
+            raise RuntimeError(f"only {len(pool)} off-topic sentences available, need {n}")
+        picked += [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
+    return picked
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+def sweep(scores: np.ndarray, labels: np.ndarray, off_topic: np.ndarray,
+          points: int = 400) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and the off-topic empty share at every threshold (quantiles of
+    the scores); ``scores``/``labels`` are (queries, k), ``off_topic`` flags rows."""
+    thresholds = np.unique(np.quantile(scores, np.linspace(0, 1, points)))
+    total = max(int(labels.sum()), 1)
+    precision, recall, empty = [], [], []
+    for t in thresholds:
+        keep = scores >= t
+        kept, hits = int(keep.sum()), int((keep & labels).sum())
+        precision.append(hits / kept if kept else 1.0)
+        recall.append(hits / total)
+        empty.append(float((~keep[off_topic].any(axis=1)).mean()) if off_topic.any() else 0.0)
+    p, r = np.array(precision), np.array(recall)
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    return {"threshold": thresholds, "precision": p, "recall": r, "f1": f1,
+            "off_topic_empty": np.array(empty)}
+
+
+def summary(curve: dict[str, np.ndarray], recall_target: float = 0.9) -> dict[str, float]:
+    best = int(np.argmax(curve["f1"]))
+    at = int(np.nonzero(curve["recall"] >= recall_target)[0][-1])  # highest such threshold
+    return {"best_f1": float(curve["f1"][best]),
+            "best_threshold": float(curve["threshold"][best]),
+            "best_precision": float(curve["precision"][best]),
+            "best_recall": float(curve["recall"][best]),
+            "best_off_topic_empty": float(curve["off_topic_empty"][best]),
+            "r90_threshold": float(curve["threshold"][at]),
+            "r90_precision": float(curve["precision"][at]),
+            "r90_recall": float(curve["recall"][at]),
+            "r90_off_topic_empty": float(curve["off_topic_empty"][at])}
+
+
+def run_queries(collection, vectors: np.ndarray, k: int) -> list:
+    return [collection.search(v, k, relevance=True) for v in vectors]
+
+
+def score_table(results: list, params, with_off_topic, metric: str,
+                k: int) -> dict[str, np.ndarray]:
+    """(queries, k) arrays per scorer; queries with fewer than k hits are padded with -inf."""
+    from vecpress.core.relevance import DEFAULT_PARAMS
+
+    tables = {name: np.full((len(results), k), -np.inf) for name in SCORERS}
+    for i, hits in enumerate(results):
+        scores = np.array([h.score for h in hits])
+        n = len(scores)
+        if n == 0:
+            continue
+        tables["raw cosine"][i, :n] = scores
+        tables["standardized"][i, :n] = hits.stats.standardized(scores)
+        tables["relevance (defaults)"][i, :n] = DEFAULT_PARAMS.relevance(scores, hits.stats,
+                                                                         metric)
+        tables["relevance (fitted on 50)"][i, :n] = params.relevance(scores, hits.stats, metric)
+        tables["relevance (fitted on 50 + 50 off-topic)"][i, :n] = with_off_topic.relevance(
+            scores, hits.stats, metric)
+    return tables
+
+
+def label_table(results: list, relevant: list[set[str]], k: int) -> np.ndarray:
+    labels = np.zeros((len(results), k), dtype=bool)
+    for i, hits in enumerate(results):
+        for j, h in enumerate(hits):
+            labels[i, j] = h.id in relevant[i]
+    return labels
+
+
+def statistics_check(collection, base: np.ndarray, queries: np.ndarray) -> dict[str, float]:
+    """Cost per query of the sample statistics vs numpy over all exact scores, and their
+    error (in units of the full distribution's spread)."""
+    from vecpress.core.relevance import score_stats
+
+    sample = collection._score_sample()
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    sample_ms, full_ms, errors = [], [], {"median": [], "spread": [], "upper": []}
+    for q in queries:
+        started = time.perf_counter()
+        estimated = score_stats(sample.scores(q), sample.rows)
+        sample_ms.append((time.perf_counter() - started) * 1e3)
+        started = time.perf_counter()
+        full = score_stats(np.einsum("ij,j->i", unit, q / np.linalg.norm(q)), len(unit))
+        full_ms.append((time.perf_counter() - started) * 1e3)
+        for name in errors:
+            errors[name].append(abs(getattr(estimated, name) - getattr(full, name)) / full.spread)
+    search_ms, relevance_ms = [], []
+    for q in queries:
+        for times, relevance in ((search_ms, False), (relevance_ms, True)):
+            started = time.perf_counter()
+            collection.search(q, 10, relevance=relevance)
+            times.append((time.perf_counter() - started) * 1e3)
+    return {"sample_rows": int(len(sample.ids)), "stats_ms_median": float(np.median(sample_ms)),
+            "numpy_all_ms_median": float(np.median(full_ms)),
+            "search_ms_median": float(np.median(search_ms)),
+            "search_with_relevance_ms_median": float(np.median(relevance_ms)),
+            **{f"error_{name}_median": float(np.median(v)) for name, v in errors.items()},
+            **{f"error_{name}_max": float(np.max(v)) for name, v in errors.items()}}
+
+
+# ---------------------------------------------------------------------- report
+
+
+def compact_json(report: dict[str, Any]) -> str:
+    """The report as JSON, indented, with each curve's long arrays on one line."""
+    head = json.dumps({k: v for k, v in report.items() if k != "curves"}, indent=1)
+    return head[:-2] + ',\n "curves": ' + json.dumps(report["curves"]) + "\n}\n"
+
+
+def draw(curves: dict[str, dict[str, np.ndarray]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, curve in curves.items():
+        ax.plot(curve["recall"], curve["precision"], label=name)
+    ax.set_xlabel("recall (relevant hits kept / relevant hits in the top k)")
+    ax.set_ylabel("precision of the returned hits")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [report["header"], "",
+             "| scorer | best F1 | its threshold | P / R there | off-topic empty there | "
+             "P at R >= 0.9 | vs raw | off-topic empty at R >= 0.9 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    raw = report["scorers"]["raw cosine"]["r90_precision"]
+    for name, s in report["scorers"].items():
+        lines.append(
+            f"| {name} | {s['best_f1']:.3f} | {s['best_threshold']:.3f} | "
+            f"{s['best_precision']:.3f} / {s['best_recall']:.3f} | "
+            f"{s['best_off_topic_empty']:.0%} | {s['r90_precision']:.3f} | "
+            f"{s['r90_precision'] / raw:.2f}x | {s['r90_off_topic_empty']:.0%} |")
+    d = report["default_threshold"]
+    c = report["statistics"]
+    lines += ["", f"Relevance (defaults) at `min_relevance={d['threshold']}`: precision "
+                  f"{d['precision']:.3f}, recall {d['recall']:.3f}, off-topic queries "
+                  f"returning nothing {d['off_topic_empty']:.0%}.",
+              "", f"Statistics from a sample of {c['sample_rows']:,} rows: "
+                  f"{c['stats_ms_median']:.3f} ms per query (median) against "
+                  f"{c['numpy_all_ms_median']:.2f} ms for numpy (einsum) over all exact scores; a "
+                  f"search (k=10) takes {c['search_ms_median']:.2f} ms, "
+                  f"{c['search_with_relevance_ms_median']:.2f} ms with relevance. Error in units of the "
+                  f"full distribution's spread, median (max): median "
+                  f"{c['error_median_median']:.3f} ({c['error_median_max']:.3f}), spread "
+                  f"{c['error_spread_median']:.3f} ({c['error_spread_max']:.3f}), 99th "
+                  f"percentile {c['error_upper_median']:.3f} ({c['error_upper_max']:.3f})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from vecpress import Collection
+    from vecpress.core.relevance import DEFAULT_PARAMS, fit_params, hit_features
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", dest="n_base", type=int, default=100_000)
+    parser.add_argument("--labelled", type=int, default=600)
+    parser.add_argument("--fit-queries", type=int, default=50)
+    parser.add_argument("--off-topic", type=int, default=300)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--fit-defaults", action="store_true",
+                        help="fit the parameters on dev queries (seed 1) and print them")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    base, _, base_texts, _ = load_embeddings(args.n_base, 1000, progress=False)
+    labelled = labelled_queries(base_texts, args.labelled, progress=False)
+    off_texts = off_topic_queries(args.off_topic)
+    off_vectors = np.asarray(embed_corpus(off_texts, corpus_name="offtopic-licences-docstrings",
+                                          progress=False), dtype=np.float32)
+    dev = labelled_queries(base_texts, args.labelled, seed=1, progress=False) \
+        if args.fit_defaults else None
+    # as many off-topic as answerable queries: the defaults assume either is as likely
+    dev_off_texts = dev_off_topic(args.labelled if args.fit_defaults else args.fit_queries)
+    dev_off = np.asarray(embed_corpus(dev_off_texts, corpus_name="offtopic-packages",
+                                      progress=False), dtype=np.float32)
+    release_model()
+    collection = Collection(dim=base.shape[1], bits=args.bits)
+    collection.upsert([str(i) for i in range(len(base))], base)
+    print(f"{len(base):,} glosses, {len(labelled)} labelled + {len(off_texts)} off-topic "
+          f"queries; ready in {time.perf_counter() - started:.0f} s", flush=True)
+    relevant = [set(map(str, rows.tolist())) for rows in labelled.relevant]
+
+    if args.fit_defaults:
+        taken = set(labelled.texts)
+        keep = [i for i, t in enumerate(dev.texts) if t not in taken]
+        dev_relevant = [set(map(str, dev.relevant[i].tolist())) for i in keep]
+        dev_relevant += [set()] * len(dev_off)
+        results = run_queries(collection, np.vstack([dev.vectors[keep], dev_off]), args.k)
+        features = np.vstack([hit_features([h.score for h in r], r.stats, collection.metric)
+                              for r in results])
+        labels = np.concatenate([[h.id in rel for h in r] for r, rel in
+                                 zip(results, dev_relevant)])
+        print(f"{len(keep)} dev WordNet queries + {len(dev_off)} package descriptions:",
+              fit_params(features, labels, fitted_on=len(keep) + len(dev_off)))
+        return
+
+    fit = slice(0, args.fit_queries)
+    params = collection.calibrate(labelled.vectors[fit], [sorted(r) for r in relevant[fit]],
+                                  k=args.k)
+    with_off_topic = collection.calibrate(
+        np.vstack([labelled.vectors[fit], dev_off]),
+        [sorted(r) for r in relevant[fit]] + [[] for _ in dev_off], k=args.k)
+    collection.set_relevance_params(None)
+    print("fitted:", params, "\nwith off-topic:", with_off_topic, flush=True)
+    evaluated = np.vstack([labelled.vectors[args.fit_queries:], off_vectors])
+    results = run_queries(collection, evaluated, args.k)
+    eval_relevant = relevant[args.fit_queries:] + [set()] * len(off_texts)
+    labels = label_table(results, eval_relevant, args.k)
+    off_topic = np.arange(len(results)) >= len(labelled) - args.fit_queries
+    tables = score_table(results, params, with_off_topic, collection.metric, args.k)
+    curves = {name: sweep(tables[name], labels, off_topic) for name in SCORERS}
+    default_keep = tables["relevance (defaults)"] >= 0.5
+    default = {"threshold": 0.5,
+               "precision": float((default_keep & labels).sum() / max(default_keep.sum(), 1)),
+               "recall": float((default_keep & labels).sum() / max(labels.sum(), 1)),
+               "off_topic_empty": float((~default_keep[off_topic].any(axis=1)).mean())}
+    stats = statistics_check(collection, base, evaluated[:200])
+    header = (f"{len(base):,} WordNet glosses (all-MiniLM-L6-v2, 384-d), vecpress bits="
+              f"{args.bits} with exact rerank, k={args.k}; {len(labelled) - args.fit_queries} "
+              f"labelled synonym queries evaluated ({int(labels.sum())} relevant hits in their "
+              f"top {args.k}), {args.fit_queries} used for `calibrate`; {len(off_texts)} "
+              f"off-topic queries (licence sentences, stdlib docstrings); {machine()}; "
+              f"source {source_version()}.")
+    report = {"header": header, "k": args.k, "n_base": len(base), "fitted": params.to_json(),
+              "fitted_with_off_topic": with_off_topic.to_json(),
+              "defaults": DEFAULT_PARAMS.to_json(),
+              "scorers": {name: summary(curve) for name, curve in curves.items()},
+              "default_threshold": default, "statistics": stats,
+              "curves": {name: {key: np.round(value, 5).tolist() for key, value in curve.items()}
+                         for name, curve in curves.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "relevance.json").write_text(compact_json(report))
+    text = markdown(report)
+    (args.out / "relevance.md").write_text(text)
+    draw(curves, args.out / "relevance_precision_recall.png",
+         f"all-MiniLM-L6-v2, {len(base):,} WordNet glosses, k={args.k}: one global threshold")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
