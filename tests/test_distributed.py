@@ -455,6 +455,11 @@ def test_langchain_store_serves_a_sharded_collection(empty):
     assert found[0][0].id == "n12" and found[0][0].page_content == texts[12]
     assert all(doc.metadata["n"] >= 10 for doc, _ in found)
     assert [d.id for d in store.max_marginal_relevance_search(texts[3], k=2, fetch_k=10)][0] == "n3"
+    # calibrated relevance is per Collection: a sharded store maps its raw scores instead
+    scored = store.similarity_search_with_relevance_scores(texts[12], k=3)
+    raw = store.similarity_search_with_score(texts[12], k=3)
+    assert [d.id for d, _ in scored] == [d.id for d, _ in raw]
+    assert [r for _, r in scored] == pytest.approx([(1 + s) / 2 for _, s in raw])
     store.delete(ids[:5])
     assert [d.id for d in store.get_by_ids(ids[:7])] == ids[5:7]
 
@@ -478,4 +483,7 @@ def test_llama_index_store_serves_a_sharded_collection(empty):
     assert result.ids == [h.id for h in single.search(vectors[9], 3)]
     with pytest.raises(TypeError, match="sharded"):
         store.persist(str(empty.path.parent / "persist" / "x.json"))
+    with pytest.raises(ValueError, match="not available on a ShardedCollection"):
+        VecpressVectorStore(collection=empty, relevance_scores=True).query(
+            VectorStoreQuery(query_embedding=vectors[9].tolist(), similarity_top_k=3))
     single.close()
