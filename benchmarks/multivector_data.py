@@ -36,7 +36,7 @@ class TokenSet:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def matrices(self, *, normalize: bool = True, special_tokens: bool = False) -> list[np.ndarray]:
+    def matrices(self, *, normalize: bool = True, special_tokens: bool = True) -> list[np.ndarray]:
         """float32 matrix per text, as :class:`SentenceTransformerTokenEmbedder` would return it."""
         out = []
         for i in range(len(self)):

@@ -63,8 +63,8 @@ class FDEConfig:
     """
 
     dim: int
-    repetitions: int = 20
-    simhash_bits: int = 3
+    repetitions: int = 40
+    simhash_bits: int = 2
     projection_dim: int | None = 16
     final_dim: int | None = None
     fill_empty: bool = True

@@ -63,7 +63,8 @@ class MultiVectorCollection:
             opened; a new or empty one gets a new store.
         bits: code size per FDE coordinate in the Index (default 4).
         fde: an :class:`FDEConfig` or a dict of its fields (``dim`` is filled in); the default
-            (20 repetitions, 3 SimHash bits, 16-wide projection, no final projection) was chosen
+            (40 repetitions, 2 SimHash bits, 16-wide projection, no final projection: 2,560
+            dimensions) was chosen
             by ``benchmarks/bench_multivector.py`` (see the README).
         candidates: documents reranked by exact MaxSim per search (default 100; raise it for
             recall, lower it for speed). Overridable per search.
