@@ -43,7 +43,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from ..core.kernels.fde import count_sketch, encode_fdes
+from ..core.kernels.fde import count_sketch, encode_fdes, encode_fdes_serial
+
+#: below this many token sets, encode on the calling thread
+SERIAL_BELOW = 64
 
 #: bounds that keep one encoder's matrices and one encoding small enough to allocate
 MAX_SIMHASH_BITS = 10
@@ -180,7 +183,8 @@ class FDEEncoder:
                 values, step = tokens, 0
             else:
                 values, step = np.ascontiguousarray(tokens @ self._projection), config.projection_dim
-            encode_fdes(bucket_ids, values, offsets, 1 << config.simhash_bits, config.width, step,
+            kernel = encode_fdes_serial if n < SERIAL_BELOW else encode_fdes
+            kernel(bucket_ids, values, offsets, 1 << config.simhash_bits, config.width, step,
                         document, document and config.fill_empty, out)
         if self._sketch_targets is None:
             return out

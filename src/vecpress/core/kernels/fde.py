@@ -51,6 +51,16 @@ def _encode_one(bucket_ids, values, start, stop, buckets, width, value_step, ave
                     out_row[at + j] = values[nearest, column + j]
 
 
+@njit(cache=True, nogil=True)
+def encode_fdes_serial(bucket_ids, values, offsets, buckets, width, value_step, average, fill_empty,
+                       out):
+    """:func:`encode_fdes` on the calling thread: for a query or a few sets, where waking the
+    thread pool costs more than the work."""
+    for i in range(out.shape[0]):
+        _encode_one(bucket_ids, values, offsets[i], offsets[i + 1], buckets, width, value_step,
+                    average, fill_empty, out[i])
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def encode_fdes(bucket_ids, values, offsets, buckets, width, value_step, average, fill_empty, out):
     """Write the encoding of token set ``i`` (rows ``offsets[i]:offsets[i+1]``) into ``out[i]``.
