@@ -191,6 +191,7 @@ def test_torn_tail_is_ignored_and_overwritten(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     ("magic", "magic"), ("dim", "dimensional"), ("short", "header"), ("symlink", "symbolic link"),
     ("fingerprint", "seed"), ("truncated", "outside"), ("manifest", "JSON"),
+    ("huge run", "token run"),
 ])
 def test_crafted_files_are_refused(tmp_path, damage, message):
     path = tmp_path / "s"
@@ -220,6 +221,12 @@ def test_crafted_files_are_refused(tmp_path, damage, message):
         os.truncate(tokens, HEADER_BYTES + DIM * 2)
     elif damage == "manifest":
         manifest_path.write_text("{not json")
+    elif damage == "huge run":  # a crafted database: one document claims 2**40 token rows
+        import sqlite3
+        db = sqlite3.connect(path / "fde" / "docs.sqlite")
+        with db:
+            db.execute("UPDATE docs SET metadata = ?", (json.dumps({TOKENS_KEY: [0, 2**40]}),))
+        db.close()
     with pytest.raises(StoreCorruptedError, match=message):
         reopened = MultiVectorCollection.open(path, read_only=True)
         try:

@@ -399,7 +399,10 @@ def _fde_config(fde: Any, dim: int) -> FDEConfig:
 
 def _token_run(hit: Hit, path: Path | None) -> tuple[int, int]:
     run = hit.metadata.get(TOKENS_KEY)
-    if not (isinstance(run, list) and len(run) == 2 and all(type(v) is int for v in run)):
+    if not (isinstance(run, list) and len(run) == 2 and all(type(v) is int for v in run)
+            and run[0] >= 0 and 1 <= run[1] <= MAX_TOKENS_PER_DOCUMENT):
+        # (the row count is bounded so that a crafted database cannot make a search gather
+        # the whole token file once per candidate)
         raise StoreCorruptedError(f"{path}: document {hit.id!r} has no valid token run ({TOKENS_KEY})")
     return run[0], run[1]
 
