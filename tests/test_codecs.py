@@ -325,6 +325,19 @@ def test_random_rotation_is_orthogonal_and_seeded(dim):
         assert not np.allclose(rotation, random_rotation(dim, seed=4))
 
 
+@pytest.mark.parametrize("dim", [1, 7, 130])
+def test_large_rotations_by_qr_match_gram_schmidt(dim, monkeypatch):
+    """From LAPACK_ROTATION_DIM the rotation is a QR: the same matrix as the Gram-Schmidt of
+    the same seeded Gaussian rows, up to float32 rounding."""
+    from vecpress.core.codecs import rabitq
+
+    small = rabitq.random_rotation(dim, seed=5)
+    monkeypatch.setattr(rabitq, "LAPACK_ROTATION_DIM", 1)
+    large = rabitq.random_rotation(dim, seed=5)
+    np.testing.assert_allclose(large, small, atol=1e-6)
+    np.testing.assert_allclose(large @ large.T, np.eye(dim), atol=2e-6)
+
+
 def test_sign_plane_error_is_measured_at_fit_and_bounds_fresh_rows():
     """The fit measures how far the sign-plane (1-bit) estimate strays from the full one; on
     rows and queries it never saw, 3 of those standard errors cover all but a few pairs, and
