@@ -788,7 +788,7 @@ def test_fuzzed_partitioned_stores_open_or_are_refused(partitioned_store, tmp_pa
 
 @pytest.mark.slow
 def test_fuzzed_stores_open_or_are_refused_long(base_store, tmp_path, record_property):
-    outcomes = _fuzz(base_store, tmp_path, examples=3000)
+    outcomes = _fuzz(base_store, tmp_path, examples=1500)
     record_property("store_fuzz_outcomes", dict(outcomes))
 
 
