@@ -513,6 +513,19 @@ class DirectoryLock:
             self._fd = None
 
 
+def lock_new_directory(path: Path, kind: str) -> DirectoryLock:
+    """Make ``path`` (new, or an empty directory) the home of a new store of ``kind`` and hold
+    its write lock. Refuses a file, and a directory that holds anything but a lock, before
+    anything is written there."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"path={str(path)!r} is a file; give a directory")
+    if path.exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
+        raise FileExistsError(f"path={str(path)!r} is a non-empty directory that holds no "
+                              f"{kind}; choose a new or empty directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return DirectoryLock(path)
+
+
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """The ``.npy`` header ``np.save`` writes for a C-ordered array of this dtype and shape."""
     fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,

@@ -180,13 +180,7 @@ class ShardedCollection:
         finally:
             probe.close()
         path = self._path
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"path={str(path)!r} is a file; give a directory")
-        if path.exists() and any(p.name != storage.LOCK_FILE for p in path.iterdir()):
-            raise FileExistsError(f"path={str(path)!r} is a non-empty directory that holds no "
-                                  f"sharded vecpress collection; choose a new or empty directory")
-        path.mkdir(parents=True, exist_ok=True)
-        self._lock = storage.DirectoryLock(path)
+        self._lock = storage.lock_new_directory(path, "sharded vecpress collection")
         try:
             layout.create_root(path, manifest)
         except BaseException:

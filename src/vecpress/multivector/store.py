@@ -122,13 +122,7 @@ class MultiVectorCollection:
             return
         probe.close()
         path = self._path
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"path={str(path)!r} is a file; give a directory")
-        if path.exists() and any(p.name != storage.LOCK_FILE for p in path.iterdir()):
-            raise FileExistsError(f"path={str(path)!r} is a non-empty directory that holds no "
-                                  f"multi-vector store; choose a new or empty directory")
-        path.mkdir(parents=True, exist_ok=True)
-        self._lock = storage.DirectoryLock(path)
+        self._lock = storage.lock_new_directory(path, "multi-vector store")
         try:
             manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                         "fde": config.to_dict(), "fde_fingerprint": self._encoder.fingerprint(),
