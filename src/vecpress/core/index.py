@@ -1640,9 +1640,10 @@ def _map_originals(path: Path, entry: dict[str, Any], verify: bool,
     that each block of rows is CRC-checked on first read (when ``verify`` and the entry has
     block checksums; older stores have none)."""
     array = storage.read_array(path, entry, mmap=True, verify=full)
+    # a plain view of the map: np.memmap's indexing costs ~10 us of Python per call
+    array = array.view(np.ndarray) if isinstance(array, np.memmap) else array
     if full or not verify or "block_crc32" not in entry or not len(array):
-        # a plain view of the map: np.memmap's indexing costs ~10 us of Python per call
-        return array.view(np.ndarray) if isinstance(array, np.memmap) else array
+        return array
     return storage.CheckedRows(array, path / entry["file"], entry["block_rows"],
                                entry["block_crc32"])
 

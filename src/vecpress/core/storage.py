@@ -313,8 +313,7 @@ class CheckedRows:
 
     def __init__(self, array: np.ndarray, path: Path, block_rows: int,
                  block_crc32: list[int]) -> None:
-        # a plain view of the map: np.memmap's indexing costs ~10 us of Python per call
-        self.array = array.view(np.ndarray) if isinstance(array, np.memmap) else array
+        self.array = array
         self.path = path
         self.block_rows = block_rows
         self._expected = block_crc32
