@@ -18,8 +18,14 @@ seconds, and RAM bytes per vector as the library accounts it.
 The crossover section times flat against lists on prefixes of the corpus (``--crossover``),
 which is how ``partitions.AUTO_MIN_ROWS`` was chosen.
 
+``--synthetic N`` runs the same comparison on ``N`` synthetic vectors from ``bench_scale``'s
+generator (fitted to this corpus's spectrum, clusters and nearest-neighbour similarities) with
+1,000 queries from the generator's own stream. Recall there compares the methods on the same
+vectors; it proves nothing about real text. Writes ``partitions_synthetic_<N>.*``.
+
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions                 # about 5 minutes
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --crossover 25000 50000 100000
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --synthetic 1000000 --no-hnswlib
 
 Writes ``benchmarks/results/partitions.md``, ``partitions.json`` and
 ``partitions_latency_vs_recall.png``.
@@ -48,6 +54,7 @@ from benchmarks.datasets import ground_truth, load_embeddings, release_model
 
 K = 10
 NPROBES = (4, 8, 16, 32, 64, 96, 128)
+LARGE_NPROBES = (192, 256, 384)  # also swept when there are more than 512 lists
 HNSW_EFS = (16, 32, 64, 128)
 ADD_BATCH = 10_000
 
@@ -98,8 +105,12 @@ def _faiss_nprobe(index: Any, nprobe: int) -> None:
     faiss.extract_index_ivf(index).nprobe = nprobe
 
 
+def _nprobes(lists: int) -> tuple[int, ...]:
+    return NPROBES + LARGE_NPROBES if lists > 512 else NPROBES
+
+
 def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-            latency_queries: int) -> list[dict[str, Any]]:
+            latency_queries: int, hnsw: bool = True) -> list[dict[str, Any]]:
     """Every method's rows (one per nprobe) on ``base``."""
     import faiss
 
@@ -118,7 +129,7 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     lists, seconds = _vecpress(base, "auto")
     stats = lists.stats()
     ram = stats["ram_bytes"] / len(base)
-    for nprobe in [None, *NPROBES]:
+    for nprobe in [None, *_nprobes(stats["lists"])]:
         if nprobe is not None and nprobe > stats["lists"]:
             continue
         rows.append({"method": "vecpress lists (4-bit saq + rerank)", "lists": stats["lists"],
@@ -136,7 +147,7 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
         faiss.write_index(index, str(path))
         ram = path.stat().st_size / len(base)
         path.unlink()
-        for nprobe in NPROBES:
+        for nprobe in _nprobes(n_lists):
             if nprobe > n_lists:
                 continue
             _faiss_nprobe(index, nprobe)
@@ -146,17 +157,25 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
                          "p50_ms": _latency_ms(lambda q: index.search(q, K), timed),
                          "build_s": seconds, "ram_b_per_vector": ram})
         del index
+    if hnsw:
+        rows += _hnswlib_rows(unit, unit_queries, truth, timed)
+    return rows
 
+
+def _hnswlib_rows(unit: np.ndarray, unit_queries: np.ndarray, truth: np.ndarray,
+                  timed: np.ndarray) -> list[dict[str, Any]]:
     import hnswlib
 
-    graph = hnswlib.Index(space="ip", dim=base.shape[1])
-    graph.init_index(max_elements=len(base), M=16, ef_construction=128)
+    rows = []
+
+    graph = hnswlib.Index(space="ip", dim=unit.shape[1])
+    graph.init_index(max_elements=len(unit), M=16, ef_construction=128)
     start = time.perf_counter()
-    graph.add_items(unit, np.arange(len(base)), num_threads=2)
+    graph.add_items(unit, np.arange(len(unit)), num_threads=2)
     seconds = time.perf_counter() - start
     path = RESULTS / "_partitions_hnswlib.bin"
     graph.save_index(str(path))
-    ram = path.stat().st_size / len(base)
+    ram = path.stat().st_size / len(unit)
     path.unlink()
     for ef in HNSW_EFS:
         graph.set_ef(ef)
@@ -240,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--crossover", type=int, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N",
+                        help="N synthetic vectors (bench_scale's generator) instead of the corpus")
+    parser.add_argument("--no-hnswlib", action="store_true", help="leave hnswlib out")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the plot from the --out folder's partitions.json")
     args = parser.parse_args(argv)
@@ -249,19 +271,33 @@ def main(argv: list[str] | None = None) -> None:
              args.out / "partitions_latency_vs_recall.png")
         return
     set_threads(1)
-    base, queries, _, _ = load_embeddings(args.base, args.queries)
-    release_model()
+    if args.synthetic:
+        from benchmarks.bench_scale import SyntheticEmbeddings, load_spectrum
+
+        generator = SyntheticEmbeddings(load_spectrum())
+        base = np.concatenate(list(generator.stream(args.synthetic)))
+        queries = generator.queries(args.queries)
+        stem = f"partitions_synthetic_{args.synthetic}"
+        header = (f"Synthetic 384-d vectors (bench_scale's generator, fitted to the WordNet "
+                  f"MiniLM spectrum, clusters and neighbour similarities; recall compares "
+                  f"methods on the same vectors, not real text), {args.synthetic:,} indexed, "
+                  f"{args.queries:,} queries from the generator, k={K}, 1 thread; vecpress: "
+                  f"{source_version()}; {machine()}")
+    else:
+        base, queries, _, _ = load_embeddings(args.base, args.queries)
+        release_model()
+        stem = "partitions"
+        header = (f"WordNet glosses, all-MiniLM-L6-v2 (384-d, cosine), {args.base:,} indexed, "
+                  f"{args.queries:,} held-out glosses as queries, k={K}, 1 thread; vecpress: "
+                  f"{source_version()}; {machine()}")
     truth = ground_truth(base, queries, K, "cosine")[1]
-    header = (f"WordNet glosses, all-MiniLM-L6-v2 (384-d, cosine), {args.base:,} indexed, "
-              f"{args.queries:,} held-out glosses as queries, k={K}, 1 thread; vecpress: "
-              f"{source_version()}; {machine()}")
-    rows = measure(base, queries, truth, args.latency_queries)
+    rows = measure(base, queries, truth, args.latency_queries, hnsw=not args.no_hnswlib)
     cross = crossover(base, queries, args.crossover, args.latency_queries)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "partitions.md").write_text(markdown(rows, cross, header))
-    (args.out / "partitions.json").write_text(json.dumps(
+    (args.out / f"{stem}.md").write_text(markdown(rows, cross, header))
+    (args.out / f"{stem}.json").write_text(json.dumps(
         {"header": header, "rows": rows, "crossover": cross}, indent=1))
-    plot(rows, header[:110] + "...", args.out / "partitions_latency_vs_recall.png")
+    plot(rows, header[:110] + "...", args.out / f"{stem}_latency_vs_recall.png")
     print(markdown(rows, cross, header))
 
 
