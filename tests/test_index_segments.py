@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import vecpress.core.index as index_module
 from vecpress import Index
-from vecpress.core import segments, storage
+from vecpress.core import columns, segments, storage
+from vecpress.core.index import upkeep as upkeep_module
+from vecpress.core.index import writes as writes_module
 
 
 def random_vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -226,14 +227,14 @@ def test_merges_and_compactions_on_disk_match_brute_force(tmp_path):
 @pytest.mark.parametrize("persistent", [False, True])
 def test_compaction_streams_without_materialising_originals(tmp_path, persistent, monkeypatch):
     """Compaction and save never fetch all originals at once (only the refit's sample)."""
-    monkeypatch.setattr(index_module, "REENCODE_ROWS", 300)
+    monkeypatch.setattr(upkeep_module, "REENCODE_ROWS", 300)
     index = Index(16, bits=4, path=tmp_path / "store" if persistent else None)
     data = random_vectors(3000, seed=5)
     index.add(data)
     index.remove(np.arange(0, 3000, 3))
     fetched = []
-    real_fetch = index_module._Blocks.fetch
-    monkeypatch.setattr(index_module._Blocks, "fetch",
+    real_fetch = columns._Blocks.fetch
+    monkeypatch.setattr(columns._Blocks, "fetch",
                         lambda self, rows: fetched.append(len(rows)) or real_fetch(self, rows))
     index.compact()
     index.save(tmp_path / "copy")
@@ -269,7 +270,7 @@ def test_merge_refuses_a_damaged_source_file(tmp_path):
 
 
 def test_tombstones_are_appended_merged_and_reopened(tmp_path, monkeypatch):
-    monkeypatch.setattr(index_module, "MAX_TOMBSTONE_FILES", 4)
+    monkeypatch.setattr(writes_module, "MAX_TOMBSTONE_FILES", 4)
     path = tmp_path / "store"
     index = Index(16, bits=4, path=path)
     index.add(random_vectors(400))
@@ -322,8 +323,8 @@ def test_format_1_tombstones_still_read(tmp_path, old_form):
 
 def _delete_replaced_files_at_once(monkeypatch) -> None:
     """No grace: a replaced manifest's files go at the commit after the one replacing it."""
-    monkeypatch.setattr(index_module, "RETAIN_SECONDS", -1.0)
-    monkeypatch.setattr(index_module, "READER_BYTES_PER_SECOND", float("inf"))
+    monkeypatch.setattr(writes_module, "RETAIN_SECONDS", -1.0)
+    monkeypatch.setattr(writes_module, "READER_BYTES_PER_SECOND", float("inf"))
 
 
 def test_mapped_originals_stay_readable_after_their_files_are_deleted(tmp_path, monkeypatch):

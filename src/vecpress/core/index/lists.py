@@ -1,0 +1,221 @@
+"""Partition maintenance of an :class:`~vecpress.core.index.Index`: training the inverted lists
+(and calibrating ``nprobe``) without renumbering a row, keeping the codes in the lists' order,
+folding the tail of new rows in, and the scan of a partitioned snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import clustering, partitions, storage
+from ..codecs import Codec, RowFilter
+from ..columns import _Growable, _Snapshot, _TiledCodes
+from ..partitions import Calibration, ListLayout
+from .upkeep import REENCODE_ROWS, _code_store
+
+
+class _Lists:
+    """The :class:`~vecpress.core.index.Index` methods that train and lay out its lists."""
+
+    # ------------------------------------------------------------------ internals: lists
+    def _training_due(self) -> bool:
+        """Whether the next upkeep trains the lists: the first time once the index is large
+        enough for its ``partitions`` setting, then each time it has grown fourfold."""
+        setting = self._config.get("partitions")
+        if setting is None or not self.rerank:
+            return False
+        live = len(self)
+        if self._lists is None:
+            needed = (partitions.AUTO_MIN_ROWS if setting == "auto"
+                      else setting * partitions.MIN_ROWS_PER_LIST)
+            return live >= needed
+        return live >= partitions.RETRAIN_GROWTH * max(1, self._trained_rows)
+
+    def _planned_lists(self, live: np.ndarray) -> "_ListPlan | None":
+        """The lists a compaction of the ``live`` rows gives them: new centroids when
+        training is due (trained on a sample of their originals), else the current ones."""
+        if not self._training_due():
+            return self._kept_lists()
+        setting = self._config["partitions"]
+        n_lists = partitions.auto_lists(len(live)) if setting == "auto" else setting
+        seed = self._config["seed"]
+        count = min(partitions.MAX_TRAIN_ROWS, n_lists * partitions.TRAIN_ROWS_PER_LIST)
+        sample_rows = partitions.sample_rows(live, count, seed)
+        sample = self._code_vectors(self._sampled_originals(sample_rows))
+        centroids = clustering.train_centroids(sample, n_lists, self._codec_metric, seed=seed)
+        picked = partitions.sample_rows(np.arange(len(sample_rows)),
+                                        partitions.CALIBRATION_QUERIES, seed + 1)
+        calibration = Calibration(sample[picked], sample_rows[picked], self._codec_metric)
+        return _ListPlan(centroids=centroids, nprobe=n_lists, trained_rows=len(live),
+                         calibration=calibration)
+
+    def _train_lists(self) -> None:
+        """Train new lists (the first time, or after fourfold growth) without renumbering a
+        row: every row's originals stream through once to get its list (and to calibrate
+        nprobe), each segment gets a new lists file and the manifest commits; then the codes
+        are reordered in RAM and published at once. Codes and originals are not rewritten,
+        so searches (and a Collection's cached filter masks) are unaffected."""
+        live = self._ids.live_rows()
+        plan = self._planned_lists(live)
+        n_rows = self._ids.size
+        labels = np.empty(n_rows, np.int32)
+        removed = self._ids.removed
+        for lo, hi, kept in self._all_original_chunks():
+            vectors = self._code_vectors(kept)
+            labels[lo:hi] = clustering.assign(vectors, plan.centroids, self._codec_metric)
+            alive = np.arange(lo, hi) if removed is None else np.nonzero(~removed[lo:hi])[0] + lo
+            plan.calibration.observe(vectors[alive - lo], alive, labels[alive])
+        plan.nprobe = plan.calibration.nprobe(plan.centroids)
+        if self._path is not None:
+            self._persist_lists(plan, labels)
+        layout = ListLayout.build(plan.centroids, self._codec_metric, plan.nprobe, labels)
+        codes, factors = self._reordered(self._codes, self._factors, layout, self._lists,
+                                         self._codec)
+        relabelled = _Growable((), np.int32)
+        relabelled.replace(labels)
+        with self._mutex:
+            self._codes, self._factors, self._labels = codes, factors, relabelled
+            self._lists, self._trained_rows = layout, plan.trained_rows
+
+    def _persist_lists(self, plan: "_ListPlan", labels: np.ndarray) -> None:
+        """Commit new centroids and a new lists file for every segment (nothing else)."""
+        manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+        gen = manifest["generation"]
+        new_segments, start = [], 0
+        for number, segment in enumerate(self._manifest["segments"]):
+            stop = start + segment["rows"]
+            files = dict(segment["files"])
+            files["lists"] = storage.write_array(self._path, f"seg-{gen:08d}-lists-{number}.npy",
+                                                 labels[start:stop], sync=self._sync)
+            new_segments.append(dict(segment, files=files))
+            start = stop
+        manifest["segments"] = new_segments
+        manifest["partitions"] = self._partitions_entry(gen, plan)
+        if self._pending_removals:
+            manifest["tombstones"] = self._tombstones_with(gen, np.zeros(0, np.int64))
+            manifest["count"] = len(self)
+        self._commit(manifest)
+        self._pending_removals = []
+
+    def _sampled_originals(self, rows: np.ndarray) -> np.ndarray:
+        """float32 originals of the sorted ``rows``, read from disk with ``pread`` rather
+        than through the memory maps: a sample spread over the whole store would map every
+        block of the originals (and checksum it whole), leaving gigabytes of file pages in
+        the process's resident memory (5 GB in a 10M build)."""
+        if self._path is None:
+            return self._originals.fetch(rows)
+        out = np.empty((len(rows), self.dim), np.float32)
+        start = 0
+        for segment in self._manifest["segments"]:
+            stop = start + segment["rows"]
+            first, last = np.searchsorted(rows, [start, stop])
+            if last > first:
+                with storage.RowReader(self._path, segment["files"]["originals"]) as reader:
+                    for i in range(first, last):
+                        row = int(rows[i]) - start
+                        out[i] = reader.read(row, row + 1)[0]
+            start = stop
+        beyond = int(np.searchsorted(rows, start))  # rows of the row log, kept in RAM
+        if beyond < len(rows):
+            out[beyond:] = self._originals.fetch(rows[beyond:])
+        return out
+
+    def _partitions_entry(self, gen: int, plan: "_ListPlan") -> dict[str, Any]:
+        """The manifest's ``partitions`` entry for ``plan``, its centroids written first."""
+        centroids = storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
+                                        plan.centroids, sync=self._sync)
+        return {"lists": len(plan.centroids), "nprobe": plan.nprobe,
+                "trained_rows": plan.trained_rows, "centroids": centroids}
+
+    def _kept_lists(self) -> "_ListPlan | None":
+        """The current lists, unchanged (None while flat)."""
+        if self._lists is None:
+            return None
+        return _ListPlan(centroids=self._lists.centroids, nprobe=self._lists.nprobe,
+                         trained_rows=self._trained_rows)
+
+    def _code_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, factors) of ``rows``, wherever the layout keeps them."""
+        at = rows if self._lists is None else self._lists.positions_of(rows)
+        return self._codes.rows(at), self._factors.view[at]
+
+    def _reordered(self, codes: "_Growable | _TiledCodes", factors: _Growable,
+                   layout: ListLayout, old: ListLayout | None,
+                   codec: Codec) -> tuple["_Growable | _TiledCodes", _Growable]:
+        """New code and factor stores holding the rows of ``codes`` and ``factors`` (in
+        ``old``'s position order, or in row order when ``old`` is None) in ``layout``'s
+        order, copied a chunk at a time."""
+        n_rows = factors.size
+        new_codes = _code_store(codec)
+        new_codes.reserve(n_rows)
+        new_factors = _Growable((codec.factor_count,), np.float32)
+        new_factors.reserve(n_rows)
+        for lo in range(0, n_rows, REENCODE_ROWS):
+            rows = layout.rows_at(np.arange(lo, min(n_rows, lo + REENCODE_ROWS)))
+            at = rows if old is None else old.positions_of(rows)
+            new_codes.extend(codes.rows(at))
+            new_factors.extend(factors.view[at])
+        return new_codes, new_factors
+
+    def _fold_tail(self) -> None:
+        """Rebuild the layout once the rows added since it was built (the tail, which every
+        query scans) outgrow ``partitions.tail_limit``: RAM only, the files are unchanged."""
+        with self._writer:
+            old = self._lists
+            if old is None:
+                return
+            n_rows = self._ids.size
+            if n_rows - old.sorted_end <= partitions.tail_limit(n_rows):
+                return
+            layout = ListLayout.build(old.centroids, self._codec_metric, old.nprobe,
+                                      self._labels.view[:n_rows])
+            codes, factors = self._reordered(self._codes, self._factors, layout, old,
+                                             self._codec)
+            with self._mutex:
+                self._codes, self._factors, self._lists = codes, factors, layout
+
+
+
+@dataclass
+class _ListPlan:
+    """The lists a rewrite gives the rows: ``centroids`` and the ``nprobe`` they need. With
+    a ``calibration`` the centroids are new: every row is assigned to one and ``nprobe`` is
+    calibrated as the rows stream by; without one each row keeps its list."""
+
+    centroids: np.ndarray
+    nprobe: int
+    trained_rows: int
+    calibration: Calibration | None = None
+
+
+
+def _scan_lists(snap: _Snapshot, queries: np.ndarray, candidates: int, flt: RowFilter,
+                nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The scan of a partitioned snapshot: best ``candidates`` rows per query among the
+    lists it probes (every allowed row for a selective filter), as rows, not positions."""
+    lists = snap.lists
+    n_rows = snap.ids.size
+    removed, live_counts = lists.removal_flags(snap.ids.removal_key, flt.removed, n_rows)
+    spans = None
+    if flt.rows is not None:  # selective: few rows, scan them all
+        by_position = RowFilter(n_rows=n_rows, removed=removed,
+                                rows=np.sort(lists.positions_of(flt.rows)))
+    else:
+        mask = None if flt.mask is None else lists.to_positions(flt.mask)
+        allowed = mask if removed is None or mask is None else mask & ~removed
+        if allowed is None and removed is None:
+            counts, tail = live_counts, n_rows - lists.sorted_end
+        elif allowed is None:
+            counts, tail = live_counts, int((~removed[lists.sorted_end:]).sum())
+        else:
+            in_lists = np.zeros(lists.sorted_end + 1, np.int64)
+            np.cumsum(allowed[: lists.sorted_end], out=in_lists[1:])
+            counts, tail = np.diff(in_lists[lists.bounds]), int(allowed[lists.sorted_end:].sum())
+        spans = lists.probe(queries, lists.nprobe if nprobe is None else nprobe, n_rows,
+                            allowed_counts=counts, need=candidates, tail_allowed=tail)
+        by_position = RowFilter(n_rows=n_rows, removed=removed, mask=mask)
+    scores, positions = snap.codec.scan(snap.codes, snap.factors, queries, candidates,
+                                        by_position, spans=spans)
+    return scores, lists.rows_at(positions)
