@@ -562,3 +562,73 @@ def test_one_threshold_answers_nothing_for_off_topic_queries_on_a_real_corpus(gl
     # (measured with the gated defaults: 18 of 27 answers kept, all 30 off-topic empty; raw
     # cosine emptying all 30 keeps 23 here: on 400 glosses the calibration buys the
     # threshold's meaning, not more)
+
+
+# ---------------------------------------------------------------------- the labelled sets
+
+
+@pytest.fixture(scope="module")
+def wordnet_base():
+    """Every 4th WordNet gloss text (a base the query builders draw from) and the module."""
+    wordnet_queries = pytest.importorskip("benchmarks.wordnet_queries")
+    from vecpress.wordnet import read_glosses
+
+    try:
+        every = read_glosses()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return every, [g.text for g in every[::4]], wordnet_queries
+
+
+@pytest.mark.slow
+def test_sense_queries_match_wordnet_s_own_index(wordnet_base):
+    every, base, wordnet_queries = wordnet_base
+    from vecpress.wordnet import WORDNET_DIR
+
+    row_of_text = {text: row for row, text in enumerate(base)}
+    row_of_synset = {(g.pos, g.offset): row_of_text[g.text] for g in every
+                     if g.text in row_of_text}
+    # the reference: index.<pos> lists each lemma's synsets (an independent file)
+    synsets_of: dict[str, set] = {}
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in open(WORDNET_DIR / f"index.{pos}", encoding="utf-8"):
+            if line.startswith("  "):
+                continue
+            fields = line.split()
+            count = int(fields[2])
+            synsets_of.setdefault(fields[0], set()).update(
+                (pos, offset) for offset in fields[-count:])
+    texts, relevant = wordnet_queries.build_sense_queries(base, 40, seed=5)
+    assert len(set(texts)) == 40
+    for word, rows in zip(texts, relevant):
+        expected = {row_of_synset[s] for s in synsets_of[word.lower().replace(" ", "_")]
+                    if s in row_of_synset}
+        assert set(rows.tolist()) == expected and len(expected) >= wordnet_queries.MIN_RELEVANT
+
+
+@pytest.mark.slow
+def test_neighbour_queries_are_held_out_glosses_whose_relevant_rows_are_one_pointer_away(
+        wordnet_base):
+    every, base, wordnet_queries = wordnet_base
+    from vecpress.wordnet import WORDNET_DIR
+
+    texts, relevant = wordnet_queries.build_neighbour_queries(base, 40, seed=6)
+    in_base = set(base)
+    by_text = {g.text: g for g in every}
+    lines = {}
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in open(WORDNET_DIR / f"data.{pos}", encoding="utf-8"):
+            if not line.startswith("  "):
+                lines[(pos, line.split(" ", 1)[0])] = line.split(" | ", 1)[0]
+    for text, rows in zip(texts, relevant):
+        assert text not in in_base and len(rows) >= wordnet_queries.MIN_RELEVANT
+        source = lines[(by_text[text].pos, by_text[text].offset)]
+        for row in rows:
+            target = by_text[base[row]]
+            # the source synset's line points at the target (symbol offset pos source/target)
+            fields = source.split()
+            symbols = [fields[i - 1] for i, field in enumerate(fields) if field == target.offset]
+            assert any(symbol in wordnet_queries.NEIGHBOUR_POINTERS for symbol in symbols), \
+                (text, base[row], symbols)
+    with pytest.raises(ValueError, match="kind='x' is unknown"):
+        wordnet_queries.labelled_queries(base, 5, kind="x")
