@@ -20,9 +20,9 @@ relevance of an off-topic query at once and one threshold returns nothing for it
 ``w_score`` is positive and the gate does not depend on the hit, so for a fixed query the
 relevance rises with the score: a threshold on it keeps a prefix of the ranked hits. Neither
 factor depends on the other hits, so a document's relevance is the same with or without a
-filter, and whatever ``k`` is (richer per-query features from the candidates' own scores,
-such as the best score or the gap to it, were measured and gained little; see
-``benchmarks/bench_relevance.py``).
+filter, and whatever ``k`` is (features of the query's own candidates, such as the best
+score or the hit's rank, were measured and gained unevenly, see
+``benchmarks/relevance_features.py``).
 
 The defaults (:data:`DEFAULT_PARAMS`) need no labels from the user; :func:`fit_params` fits
 the first factor to labelled hits of answerable queries and :func:`fit_gate` the gate to
