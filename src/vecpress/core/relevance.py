@@ -263,8 +263,9 @@ def _sigmoid(logit: Any) -> np.ndarray:
 #: three kinds of ``benchmarks/wordnet_queries.py`` (synonyms, senses, neighbours) drawn apart
 #: from the benchmark's, the gate on those and 600 off-topic sentences of Debian package
 #: descriptions (a genre the benchmark does not use), both classes weighed equally. The
-#: corpus is the benchmark's own family (WordNet), which flatters them; fitted without one
-#: kind of query they carry to it about as well (see the benchmark's results). They suit
+#: corpus is the benchmark's own family (WordNet), which flatters them: fitted without one
+#: kind of query they carry to it about as well, but fitted on Debian package descriptions
+#: only the gate carried to WordNet (``benchmarks/relevance_features.py``). They suit
 #: unit-length sentence embeddings; ``Collection.calibrate`` fits a collection's own.
 DEFAULT_PARAMS = RelevanceParams(weight_score=10.99, weight_median=9.19, weight_upper=-13.40,
                                  bias=-5.20, gate=(61.71, 46.27, -12.81))
