@@ -1,21 +1,30 @@
 """Calibrated relevance: one threshold for every query, and "nothing relevant" as an answer.
 
 Data: 100,000 WordNet glosses embedded with all-MiniLM-L6-v2 (``benchmarks.datasets``) in a
-vecpress ``Collection`` (bits=4, exact rerank). Answerable queries: the labelled WordNet
-synonym queries of ``benchmarks/wordnet_queries.py`` (600 drawn with seed 0); the first
-``--fit-queries`` (50) are the labels ``Collection.calibrate`` fits on, the rest are evaluated.
-Off-topic queries, whose right answer is nothing: sentences of the licence texts Debian ships
-in ``/usr/share/common-licenses`` and first sentences of docstrings of Python's standard
-library (another domain than word definitions), 150 of each, drawn with seed 0.
+vecpress ``Collection`` (bits=4, exact rerank). Answerable queries: three labelled sets of
+``benchmarks/wordnet_queries.py``, 600 each drawn with seed 0 (``--kinds``):
+
+- ``synonyms``: a synset's other lemma names, relevant its own gloss (mostly one per query);
+- ``senses``: one word, relevant every gloss of a synset that has it (2+ per query);
+- ``neighbours``: a held-out gloss, relevant the glosses one WordNet pointer away (2+).
+
+Per set, the first ``--fit-queries`` (50) are the labels ``Collection.calibrate`` fits on, the
+rest are evaluated. Off-topic queries, whose right answer is nothing: sentences of the licence
+texts Debian ships in ``/usr/share/common-licenses`` and first sentences of docstrings of
+Python's standard library (another domain than word definitions), 150 of each, drawn with
+seed 0; the same 300 join every set's evaluation.
 
 Every query returns its top ``--k`` (10) hits with their exact scores, relevance and score
 statistics. A hit is relevant when its gloss is labelled relevant to the query (off-topic
-queries have none). Four scorers are swept over every threshold:
+queries have none). The scorers swept over every threshold:
 
 1. raw cosine (what a ``score_threshold`` on LangChain's ``(1 + cos) / 2`` does in any store);
 2. the per-query standardized score ``(score - median) / spread``;
-3. the calibrated relevance with the unsupervised default parameters;
-4. the calibrated relevance fitted on the 50 labelled queries.
+3. the calibrated relevance with the unsupervised default parameters (and, as an ablation,
+   the same without the gate);
+4. the calibrated relevance fitted on the 50 labelled queries of the set (the gate stays the
+   default's: those labels hold no off-topic query), and on those plus 50 off-topic package
+   description sentences (the gate fitted too).
 
 Per scorer: precision and recall of the returned sets (recall = kept relevant hits / relevant
 hits in the top k, so 1 at the lowest threshold), the best F1 of one global threshold, the
@@ -27,11 +36,12 @@ sample statistics' error against the full distribution.
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_relevance          # writes results/relevance.*
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_relevance --fit-defaults   # the defaults' fit
 
-``--fit-defaults`` fits the parameters on WordNet queries drawn with seed 1 that are not among
-the benchmark's plus as many sentences of the installed Debian packages' descriptions (off-topic,
-a genre the evaluation does not use), and prints them (``vecpress.core.relevance.
-DEFAULT_PARAMS`` holds the result). A fifth scorer is fitted on the 50 labelled queries plus
-50 such package sentences: ``calibrate`` with empty relevant lists learns "nothing relevant".
+``--fit-defaults`` fits the parameters on queries of the three kinds drawn with seed 1 whose
+texts are not among the benchmark's (the same corpus family: WordNet) plus 600 sentences of
+the installed Debian packages' descriptions (off-topic, a genre the evaluation does not use),
+the gate weighing answerable and off-topic queries equally, and prints them
+(``vecpress.core.relevance.DEFAULT_PARAMS`` holds the result). It also prints, per kind, the
+fit *without* that kind's queries, to show how the defaults carry to an unseen kind of query.
 """
 
 from __future__ import annotations
@@ -63,8 +73,10 @@ STDLIB_MODULES = ("os", "os.path", "json", "collections", "itertools", "functool
                   "tarfile", "logging", "argparse", "datetime", "decimal", "fractions",
                   "heapq", "bisect", "csv", "sqlite3", "email", "http.client", "urllib.parse",
                   "tempfile", "textwrap", "io", "gzip", "hashlib", "hmac", "base64", "struct")
-SCORERS = ("raw cosine", "standardized", "relevance (defaults)", "relevance (fitted on 50)",
+SCORERS = ("raw cosine", "standardized", "relevance (defaults)",
+           "relevance (defaults, no gate)", "relevance (fitted on 50)",
            "relevance (fitted on 50 + 50 off-topic)")
+KINDS = ("synonyms", "senses", "neighbours")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 
 
@@ -175,11 +187,10 @@ def run_queries(collection, vectors: np.ndarray, k: int) -> list:
     return [collection.search(v, k, relevance=True) for v in vectors]
 
 
-def score_table(results: list, params, with_off_topic, metric: str,
+def score_table(results: list, fitted: dict[str, Any], metric: str,
                 k: int) -> dict[str, np.ndarray]:
-    """(queries, k) arrays per scorer; queries with fewer than k hits are padded with -inf."""
-    from vecpress.core.relevance import DEFAULT_PARAMS
-
+    """(queries, k) arrays per scorer (``fitted``: the parameters of each relevance scorer);
+    queries with fewer than k hits are padded with -inf."""
     tables = {name: np.full((len(results), k), -np.inf) for name in SCORERS}
     for i, hits in enumerate(results):
         scores = np.array([h.score for h in hits])
@@ -188,11 +199,8 @@ def score_table(results: list, params, with_off_topic, metric: str,
             continue
         tables["raw cosine"][i, :n] = scores
         tables["standardized"][i, :n] = hits.stats.standardized(scores)
-        tables["relevance (defaults)"][i, :n] = DEFAULT_PARAMS.relevance(scores, hits.stats,
-                                                                         metric)
-        tables["relevance (fitted on 50)"][i, :n] = params.relevance(scores, hits.stats, metric)
-        tables["relevance (fitted on 50 + 50 off-topic)"][i, :n] = with_off_topic.relevance(
-            scores, hits.stats, metric)
+        for name, params in fitted.items():
+            tables[name][i, :n] = params.relevance(scores, hits.stats, metric)
     return tables
 
 
@@ -244,42 +252,26 @@ def compact_json(report: dict[str, Any]) -> str:
     return head[:-2] + ',\n "curves": ' + json.dumps(report["curves"]) + "\n}\n"
 
 
-def draw(curves: dict[str, dict[str, np.ndarray]], out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for name, curve in curves.items():
-        ax.plot(curve["recall"], curve["precision"], label=name)
-    ax.set_xlabel("recall (relevant hits kept / relevant hits in the top k)")
-    ax.set_ylabel("precision of the returned hits")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
 def markdown(report: dict[str, Any]) -> str:
-    lines = [report["header"], "",
-             "| scorer | best F1 | its threshold | P / R there | off-topic empty there | "
-             "P at R >= 0.9 | vs raw | off-topic empty at R >= 0.9 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    raw = report["scorers"]["raw cosine"]["r90_precision"]
-    for name, s in report["scorers"].items():
-        lines.append(
-            f"| {name} | {s['best_f1']:.3f} | {s['best_threshold']:.3f} | "
-            f"{s['best_precision']:.3f} / {s['best_recall']:.3f} | "
-            f"{s['best_off_topic_empty']:.0%} | {s['r90_precision']:.3f} | "
-            f"{s['r90_precision'] / raw:.2f}x | {s['r90_off_topic_empty']:.0%} |")
-    d = report["default_threshold"]
+    lines = [report["header"]]
+    for kind, part in report["sets"].items():
+        lines += ["", f"### {kind}: {part['description']}", "",
+                  "| scorer | best F1 | its threshold | P / R there | off-topic empty there | "
+                  "P at R >= 0.9 | vs raw | off-topic empty at R >= 0.9 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        raw = part["scorers"]["raw cosine"]["r90_precision"]
+        for name, s in part["scorers"].items():
+            lines.append(
+                f"| {name} | {s['best_f1']:.3f} | {s['best_threshold']:.3f} | "
+                f"{s['best_precision']:.3f} / {s['best_recall']:.3f} | "
+                f"{s['best_off_topic_empty']:.0%} | {s['r90_precision']:.3f} | "
+                f"{s['r90_precision'] / raw:.2f}x | {s['r90_off_topic_empty']:.0%} |")
+        d = part["default_threshold"]
+        lines += ["", f"Relevance (defaults) at `min_relevance={d['threshold']}`: precision "
+                      f"{d['precision']:.3f}, recall {d['recall']:.3f}, off-topic queries "
+                      f"returning nothing {d['off_topic_empty']:.0%}."]
     c = report["statistics"]
-    lines += ["", f"Relevance (defaults) at `min_relevance={d['threshold']}`: precision "
-                  f"{d['precision']:.3f}, recall {d['recall']:.3f}, off-topic queries "
-                  f"returning nothing {d['off_topic_empty']:.0%}.",
+    lines += ["", f"Default parameters: `{report['defaults']}`.",
               "", f"Statistics from a sample of {c['sample_rows']:,} rows: "
                   f"{c['stats_ms_median']:.3f} ms per query (median) against "
                   f"{c['numpy_all_ms_median']:.2f} ms for numpy (einsum) over all exact scores; a "
@@ -292,94 +284,168 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def draw(curves: dict[str, dict[str, dict[str, np.ndarray]]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.8), squeeze=False)
+    for ax, (kind, by_scorer) in zip(axes[0], curves.items()):
+        for name, curve in by_scorer.items():
+            if name != "relevance (defaults, no gate)":
+                ax.plot(curve["recall"], curve["precision"], label=name)
+        ax.axvline(0.9, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("recall (relevant hits kept / relevant hits in the top k)")
+        ax.set_title(f"{kind} queries", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("precision of the returned hits")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+DESCRIPTIONS = {
+    "synonyms": "a synset's other lemma names; relevant: its own gloss (mostly one)",
+    "senses": "one word; relevant: every gloss of a synset holding it (2 or more)",
+    "neighbours": "a held-out gloss; relevant: the glosses one WordNet pointer away (2 or more)",
+}
+
+
+def fit_defaults(collection, base_texts: list[str], taken: set[str], kinds: tuple[str, ...],
+                 count: int, k: int) -> None:
+    """Fit and print the default parameters (see the module docstring)."""
+    from vecpress.core.relevance import calibrated_params, fit_gate, query_features
+
+    off_texts = dev_off_topic(count)
+    off = np.asarray(embed_corpus(off_texts, corpus_name="offtopic-packages", progress=False),
+                     dtype=np.float32)
+    searches: dict[str, list] = {}
+    for kind in kinds:
+        dev = labelled_queries(base_texts, count, seed=1, kind=kind, progress=False)
+        keep = [i for i, t in enumerate(dev.texts) if t not in taken]
+        rows = [set(map(str, dev.relevant[i].tolist())) for i in keep]
+        searches[kind] = [([h.score for h in r], r.stats, [h.id in rel for h in r], True)
+                          for r, rel in zip(run_queries(collection, dev.vectors[keep], k), rows)]
+    off_searches = [([h.score for h in r], r.stats, [False] * len(r), False)
+                    for r in run_queries(collection, off, k)]
+    metric = collection.metric
+
+    def fit(chosen: list) -> Any:
+        params = calibrated_params(chosen, metric, collection.relevance_params)
+        gate = fit_gate([query_features(s, metric) for _, s, _, _ in chosen + off_searches],
+                        [True] * len(chosen) + [False] * len(off_searches), balanced=True)
+        return type(params)(params.weight_score, params.weight_median, params.weight_upper,
+                            params.bias, fitted_on=len(chosen) + len(off_searches), gate=gate)
+
+    everything = [s for kind in kinds for s in searches[kind]]
+    print(f"{len(everything)} dev WordNet queries ({', '.join(f'{k}: {len(searches[k])}' for k in kinds)})"
+          f" + {len(off_searches)} package sentences:", fit(everything))
+    for kind in kinds:
+        print(f"  without {kind}:", fit([s for other in kinds if other != kind
+                                          for s in searches[other]]))
+
+
 def main(argv: list[str] | None = None) -> None:
     from vecpress import Collection
-    from vecpress.core.relevance import DEFAULT_PARAMS, fit_params, hit_features
+    from vecpress.core.relevance import DEFAULT_PARAMS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", dest="n_base", type=int, default=100_000)
     parser.add_argument("--labelled", type=int, default=600)
     parser.add_argument("--fit-queries", type=int, default=50)
     parser.add_argument("--off-topic", type=int, default=300)
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--fit-defaults", action="store_true",
                         help="fit the parameters on dev queries (seed 1) and print them")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    kinds = tuple(args.kinds)
     started = time.perf_counter()
     base, _, base_texts, _ = load_embeddings(args.n_base, 1000, progress=False)
-    labelled = labelled_queries(base_texts, args.labelled, progress=False)
+    sets = {kind: labelled_queries(base_texts, args.labelled, kind=kind, progress=False)
+            for kind in kinds}
     off_texts = off_topic_queries(args.off_topic)
     off_vectors = np.asarray(embed_corpus(off_texts, corpus_name="offtopic-licences-docstrings",
                                           progress=False), dtype=np.float32)
-    dev = labelled_queries(base_texts, args.labelled, seed=1, progress=False) \
-        if args.fit_defaults else None
-    # as many off-topic as answerable queries: the defaults assume either is as likely
-    dev_off_texts = dev_off_topic(args.labelled if args.fit_defaults else args.fit_queries)
-    dev_off = np.asarray(embed_corpus(dev_off_texts, corpus_name="offtopic-packages",
-                                      progress=False), dtype=np.float32)
-    release_model()
+    dev_off = np.asarray(embed_corpus(dev_off_topic(args.fit_queries),
+                                      corpus_name="offtopic-packages", progress=False),
+                         dtype=np.float32)
     collection = Collection(dim=base.shape[1], bits=args.bits)
     collection.upsert([str(i) for i in range(len(base))], base)
-    print(f"{len(base):,} glosses, {len(labelled)} labelled + {len(off_texts)} off-topic "
-          f"queries; ready in {time.perf_counter() - started:.0f} s", flush=True)
-    relevant = [set(map(str, rows.tolist())) for rows in labelled.relevant]
-
     if args.fit_defaults:
-        taken = set(labelled.texts)
-        keep = [i for i, t in enumerate(dev.texts) if t not in taken]
-        dev_relevant = [set(map(str, dev.relevant[i].tolist())) for i in keep]
-        dev_relevant += [set()] * len(dev_off)
-        results = run_queries(collection, np.vstack([dev.vectors[keep], dev_off]), args.k)
-        features = np.vstack([hit_features([h.score for h in r], r.stats, collection.metric)
-                              for r in results])
-        labels = np.concatenate([[h.id in rel for h in r] for r, rel in
-                                 zip(results, dev_relevant)])
-        print(f"{len(keep)} dev WordNet queries + {len(dev_off)} package descriptions:",
-              fit_params(features, labels, fitted_on=len(keep) + len(dev_off)))
+        taken = {text for labelled in sets.values() for text in labelled.texts}
+        fit_defaults(collection, base_texts, taken, kinds, args.labelled, args.k)
+        release_model()
         return
-
+    release_model()
+    print(f"{len(base):,} glosses, {', '.join(f'{len(q)} {k}' for k, q in sets.items())} "
+          f"+ {len(off_texts)} off-topic queries; ready in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    off_results = run_queries(collection, off_vectors, args.k)
     fit = slice(0, args.fit_queries)
-    params = collection.calibrate(labelled.vectors[fit], [sorted(r) for r in relevant[fit]],
-                                  k=args.k)
-    with_off_topic = collection.calibrate(
-        np.vstack([labelled.vectors[fit], dev_off]),
-        [sorted(r) for r in relevant[fit]] + [[] for _ in dev_off], k=args.k)
-    collection.set_relevance_params(None)
-    print("fitted:", params, "\nwith off-topic:", with_off_topic, flush=True)
-    evaluated = np.vstack([labelled.vectors[args.fit_queries:], off_vectors])
-    results = run_queries(collection, evaluated, args.k)
-    eval_relevant = relevant[args.fit_queries:] + [set()] * len(off_texts)
-    labels = label_table(results, eval_relevant, args.k)
-    off_topic = np.arange(len(results)) >= len(labelled) - args.fit_queries
-    tables = score_table(results, params, with_off_topic, collection.metric, args.k)
-    curves = {name: sweep(tables[name], labels, off_topic) for name in SCORERS}
-    default_keep = tables["relevance (defaults)"] >= 0.5
-    default = {"threshold": 0.5,
-               "precision": float((default_keep & labels).sum() / max(default_keep.sum(), 1)),
-               "recall": float((default_keep & labels).sum() / max(labels.sum(), 1)),
-               "off_topic_empty": float((~default_keep[off_topic].any(axis=1)).mean())}
-    stats = statistics_check(collection, base, evaluated[:200])
+    report_sets: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    evaluated_vectors = []
+    for kind, labelled in sets.items():
+        relevant = [set(map(str, rows.tolist())) for rows in labelled.relevant]
+        collection.set_relevance_params(None)
+        params = collection.calibrate(labelled.vectors[fit], [sorted(r) for r in relevant[fit]],
+                                      k=args.k)
+        collection.set_relevance_params(None)
+        with_off_topic = collection.calibrate(
+            np.vstack([labelled.vectors[fit], dev_off]),
+            [sorted(r) for r in relevant[fit]] + [[] for _ in dev_off], k=args.k)
+        collection.set_relevance_params(None)
+        print(f"{kind}: fitted {params}\n  with off-topic {with_off_topic}", flush=True)
+        evaluated = labelled.vectors[args.fit_queries:]
+        evaluated_vectors.append(evaluated)
+        results = run_queries(collection, evaluated, args.k) + off_results
+        eval_relevant = relevant[args.fit_queries:] + [set()] * len(off_texts)
+        labels = label_table(results, eval_relevant, args.k)
+        off_topic = np.arange(len(results)) >= len(evaluated)
+        tables = score_table(results, {
+            "relevance (defaults)": DEFAULT_PARAMS,
+            "relevance (defaults, no gate)": DEFAULT_PARAMS.without_gate(),
+            "relevance (fitted on 50)": params,
+            "relevance (fitted on 50 + 50 off-topic)": with_off_topic}, collection.metric, args.k)
+        curves[kind] = {name: sweep(tables[name], labels, off_topic) for name in SCORERS}
+        default_keep = tables["relevance (defaults)"] >= 0.5
+        counts = np.array([len(r) for r in labelled.relevant[args.fit_queries:]])
+        report_sets[kind] = {
+            "description": (f"{DESCRIPTIONS[kind]}; {len(evaluated)} queries evaluated "
+                            f"({counts.mean():.2f} relevant glosses per query in the base, "
+                            f"{int(labels.sum())} relevant hits in their top {args.k}), "
+                            f"{args.fit_queries} used for `calibrate`"),
+            "fitted": params.to_json(), "fitted_with_off_topic": with_off_topic.to_json(),
+            "scorers": {name: summary(curve) for name, curve in curves[kind].items()},
+            "default_threshold": {
+                "threshold": 0.5,
+                "precision": float((default_keep & labels).sum() / max(default_keep.sum(), 1)),
+                "recall": float((default_keep & labels).sum() / max(labels.sum(), 1)),
+                "off_topic_empty": float((~default_keep[off_topic].any(axis=1)).mean())}}
+    stats = statistics_check(collection, base, np.vstack(evaluated_vectors + [off_vectors])[::9][:200])
     header = (f"{len(base):,} WordNet glosses (all-MiniLM-L6-v2, 384-d), vecpress bits="
-              f"{args.bits} with exact rerank, k={args.k}; {len(labelled) - args.fit_queries} "
-              f"labelled synonym queries evaluated ({int(labels.sum())} relevant hits in their "
-              f"top {args.k}), {args.fit_queries} used for `calibrate`; {len(off_texts)} "
-              f"off-topic queries (licence sentences, stdlib docstrings); {machine()}; "
+              f"{args.bits} with exact rerank, k={args.k}; {len(off_texts)} off-topic queries "
+              f"(licence sentences, stdlib docstrings) join every set; {machine()}; "
               f"source {source_version()}.")
-    report = {"header": header, "k": args.k, "n_base": len(base), "fitted": params.to_json(),
-              "fitted_with_off_topic": with_off_topic.to_json(),
-              "defaults": DEFAULT_PARAMS.to_json(),
-              "scorers": {name: summary(curve) for name, curve in curves.items()},
-              "default_threshold": default, "statistics": stats,
-              "curves": {name: {key: np.round(value, 5).tolist() for key, value in curve.items()}
-                         for name, curve in curves.items()}}
+    report = {"header": header, "k": args.k, "n_base": len(base),
+              "defaults": DEFAULT_PARAMS.to_json(), "sets": report_sets, "statistics": stats,
+              "curves": {kind: {name: {key: np.round(value, 5).tolist()
+                                       for key, value in curve.items()}
+                                for name, curve in by_scorer.items()}
+                         for kind, by_scorer in curves.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "relevance.json").write_text(compact_json(report))
     text = markdown(report)
     (args.out / "relevance.md").write_text(text)
     draw(curves, args.out / "relevance_precision_recall.png",
-         f"all-MiniLM-L6-v2, {len(base):,} WordNet glosses, k={args.k}: one global threshold")
+         f"all-MiniLM-L6-v2, {len(base):,} WordNet glosses, k={args.k}, "
+         f"+{len(off_texts)} off-topic queries: one global threshold")
     print(text)
 
 
