@@ -171,11 +171,11 @@ class VecpressVectorStore(VectorStore):
         .. code-block:: python
 
             results = vector_store.similarity_search_with_relevance_scores(
-                query="qux", k=4, score_threshold=0.1
+                query="qux", k=4, score_threshold=0.05
             )  # possibly [] ("nothing relevant")
             retriever = vector_store.as_retriever(
                 search_type="similarity_score_threshold",
-                search_kwargs={"k": 4, "score_threshold": 0.1},
+                search_kwargs={"k": 4, "score_threshold": 0.05},
             )
 
         The relevance is vecpress's calibrated relevance in [0, 1] for every metric (see

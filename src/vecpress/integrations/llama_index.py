@@ -142,8 +142,8 @@ class VecpressVectorStore(BasePydanticVectorStore):
     ``NodeWithScore.score`` is vecpress's calibrated relevance in [0, 1] (one threshold means
     the same for every query; see ``Collection.calibrate``) and the raw score is in
     ``node.metadata["vecpress_score"]`` (kept out of the LLM and embedding text), so
-    ``SimilarityPostprocessor(similarity_cutoff=0.1)`` drops what is not relevant, possibly
-    everything. ``vector_store_kwargs={"min_relevance": 0.1}`` filters inside the store.
+    ``SimilarityPostprocessor(similarity_cutoff=0.05)`` drops what is not relevant, possibly
+    everything. ``vector_store_kwargs={"min_relevance": 0.05}`` filters inside the store.
 
     Reopen (no re-embedding):
         .. code-block:: python

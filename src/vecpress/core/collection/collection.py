@@ -440,27 +440,24 @@ class Collection(_Opening, _Search):
         """Fit the relevance mapping to labelled queries and store it with the collection.
 
         ``queries`` is a ``(q, dim)`` array; ``relevant_ids[i]`` the ids of the documents
-        relevant to query ``i`` (ids not stored are ignored). Each query's top ``k`` hits
-        are labelled relevant or not and a logistic regression on the mapping's inputs fits
-        its four parameters (see :func:`vecpress.core.relevance.fit_params`); a handful of
-        queries (tens) is enough. Returns the parameters, now :attr:`relevance_params`.
+        relevant to query ``i`` (ids not stored are ignored; an empty list marks an off-topic
+        query, whose right answer is nothing). Each answerable query's top ``k`` hits are
+        labelled relevant or not and fit the mapping's first factor; when off-topic queries
+        are given too, the gate is fitted on all queries, otherwise the current gate is kept
+        (see :func:`vecpress.core.relevance.calibrated_params`). A handful of queries (tens)
+        is enough. Returns the parameters, now :attr:`relevance_params`.
         """
         matrix = as_matrix(queries, self.dim, "queries")
         labels_of = _checked_relevant_ids(relevant_ids, len(matrix))
         k = as_positive_int(k, "k")
         self._check_writable()
-        features, labels = [], []
+        searches = []
         for vector, relevant in zip(matrix, labels_of):
             hits = self.search(vector, k, where, oversample=oversample, nprobe=nprobe,
                                relevance=True)
-            if hits:
-                features.append(relevance_module.hit_features(
-                    [h.score for h in hits], hits.stats, self.metric))
-                labels.extend(h.id in relevant for h in hits)
-        if not features:
-            raise ValueError("the searches found no documents to label; add documents first")
-        params = relevance_module.fit_params(np.vstack(features), np.array(labels),
-                                             fitted_on=len(matrix))
+            searches.append(([h.score for h in hits], hits.stats,
+                             [h.id in relevant for h in hits], bool(relevant)))
+        params = relevance_module.calibrated_params(searches, self.metric, self._relevance)
         self.set_relevance_params(params)
         return params
 
