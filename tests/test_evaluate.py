@@ -40,7 +40,7 @@ def test_bench_recall_matches_a_brute_force_count(metric):
 
 def test_bench_sweeps_nprobe_on_a_partitioned_store(capsys):
     data = clustered_vectors(3000, 32, seed=6)
-    index = Index(32, bits=2, partitions=16, rerank_dtype="float32")
+    index = Index(32, bits=4, partitions=16, rerank_dtype="float32")
     ids = index.add(data)
     result = bench_index(index, n_queries=30, k=5, seed=2)
     stats = index.stats()

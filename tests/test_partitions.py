@@ -153,6 +153,24 @@ def test_lists_are_retrained_as_the_index_grows_fourfold():
     assert index._trained_rows == 400 and index._lists.centroids is not first.centroids
 
 
+def test_training_draws_its_sample_per_list_and_rounds_by_work(monkeypatch):
+    calls = []
+    original = clustering.train_centroids
+
+    def recording(sample, n_lists, metric, **options):
+        calls.append((len(sample), n_lists, options["iterations"]))
+        return original(sample, n_lists, metric, **options)
+
+    monkeypatch.setattr(clustering, "train_centroids", recording)
+    data = clustered_vectors(12_000, 16, seed=12)
+    _partitioned(data, lists=16)
+    # trained on the first batch of 700 rows, retrained at 4x (2,800) and 16x (11,200) that:
+    # every row while there are at most 256 a list, then a sample of 256 a list
+    assert calls == [(700, 16, 20), (2800, 16, 20), (4096, 16, 20)]
+    assert partitions.training_iterations(partitions.MAX_TRAIN_ROWS, 4096) == 10
+    assert partitions.training_iterations(131_072, 1024) == 20
+
+
 def test_auto_stays_flat_below_its_threshold_and_partitions_above(monkeypatch):
     monkeypatch.setattr(partitions, "AUTO_MIN_ROWS", 2000)
     data = clustered_vectors(2500, 16, seed=11)

@@ -36,9 +36,18 @@ AUTO_MIN_ROWS = 65_536
 #: a partitioned index is retrained (new centroids) once it holds this many times the rows it
 #: was trained on
 RETRAIN_GROWTH = 4
-#: training rows drawn per list (and at most MAX_TRAIN_ROWS)
-TRAIN_ROWS_PER_LIST = 64
+#: training rows drawn per list (and at most MAX_TRAIN_ROWS). 256 rows and 20 iterations
+#: against 64 and 10: the share of true top-10 in the 4 / 16 / 64 nearest lists rose from
+#: 0.774 / 0.923 / 0.985 to 0.798 / 0.936 / 0.988 on 100k WordNet glosses (256 lists) and
+#: from 0.827 / 0.931 / 0.985 to 0.900 / 0.959 / 0.992 on 1M synthetic vectors (512 lists),
+#: as good as FAISS's k-means with the same sample (see the #14 notes)
+TRAIN_ROWS_PER_LIST = 256
 MAX_TRAIN_ROWS = 262_144
+#: k-means iterations while the training work (sample rows x lists) is at most
+#: TRAIN_WORK_LIMIT, else FEW_TRAIN_ITERATIONS (10M rows, 4,096 lists: minutes per 10 rounds)
+TRAIN_ITERATIONS = 20
+FEW_TRAIN_ITERATIONS = 10
+TRAIN_WORK_LIMIT = 1 << 27
 #: an explicit list count needs this many rows per list before the lists are trained
 MIN_ROWS_PER_LIST = 16
 #: sampled rows used as queries to calibrate nprobe, and the recall@CALIBRATION_K they must reach
@@ -61,6 +70,13 @@ def auto_lists(rows: int) -> int:
     """Lists for ``rows`` rows under ``partitions="auto"``: about ``sqrt(rows)``, so a list
     holds about as many rows as there are lists (a power of two, for round numbers)."""
     return int(min(MAX_LISTS, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(rows)))))))
+
+
+def training_iterations(sample_rows: int, n_lists: int) -> int:
+    """k-means rounds for ``sample_rows`` training rows and ``n_lists`` lists: more rounds
+    while they are cheap, fewer where one round already takes tens of seconds."""
+    work = sample_rows * n_lists
+    return TRAIN_ITERATIONS if work <= TRAIN_WORK_LIMIT else FEW_TRAIN_ITERATIONS
 
 
 def tail_limit(rows: int) -> int:

@@ -44,7 +44,9 @@ class _Lists:
         count = min(partitions.MAX_TRAIN_ROWS, n_lists * partitions.TRAIN_ROWS_PER_LIST)
         sample_rows = partitions.sample_rows(live, count, seed)
         sample = self._code_vectors(self._sampled_originals(sample_rows))
-        centroids = clustering.train_centroids(sample, n_lists, self._codec_metric, seed=seed)
+        centroids = clustering.train_centroids(
+            sample, n_lists, self._codec_metric, seed=seed,
+            iterations=partitions.training_iterations(len(sample), n_lists))
         picked = partitions.sample_rows(np.arange(len(sample_rows)),
                                         partitions.CALIBRATION_QUERIES, seed + 1)
         calibration = Calibration(sample[picked], sample_rows[picked], self._codec_metric)
