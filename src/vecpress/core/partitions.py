@@ -63,6 +63,14 @@ def auto_lists(rows: int) -> int:
     return int(min(MAX_LISTS, max(16, 2 ** round(math.log2(max(1.0, math.sqrt(rows)))))))
 
 
+def label_dtype(n_lists: int) -> np.dtype:
+    """The smallest unsigned integer type that numbers ``n_lists`` lists."""
+    for dtype in (np.uint8, np.uint16):
+        if n_lists <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
 def tail_limit(rows: int) -> int:
     """Rows the tail may hold before the layout is rebuilt."""
     return max(TAIL_MIN_ROWS, int(rows * TAIL_FRACTION))
@@ -73,9 +81,15 @@ class ListLayout:
     """Centroids and where each list's rows sit. Immutable once built, except for caches
     (a search may fill them; two searches filling one at once compute the same value).
 
-    ``perm[p]`` is the row at position ``p < sorted_end``; ``inv[r]`` the position of row
+    ``perm[p]`` is the row at position ``p < sorted_end``; ``labels[r]`` the list of row
     ``r < sorted_end``; positions from ``sorted_end`` on hold the rows of the same number.
-    List ``l`` occupies positions ``bounds[l]:bounds[l + 1]``.
+    List ``l`` occupies positions ``bounds[l]:bounds[l + 1]``, its rows in ascending row order,
+    so a row's position is found by a binary search of its list's span of ``perm``.
+
+    RAM per ordered row: ``perm`` (4 bytes) and ``labels`` (1 byte up to 256 lists, 2 up to
+    65,536). An inverse permutation would make :meth:`positions_of` a lookup but cost 4 bytes
+    a row; its callers (merges, compaction, selective filters, a relayout) ask for few rows at
+    a time or for every row once.
     """
 
     centroids: np.ndarray  # (lists, code dim) float32
@@ -83,7 +97,7 @@ class ListLayout:
     nprobe: int
     bounds: np.ndarray  # (lists + 1,) int64
     perm: np.ndarray  # (sorted_end,) int32 (int64 from 2**31 rows)
-    inv: np.ndarray  # (sorted_end,) like perm
+    labels: np.ndarray  # (sorted_end,) uint8 / uint16 / int32, the smallest that holds the lists
     _removed_cache: tuple[Any, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _shift: np.ndarray | None = field(default=None, repr=False)
 
@@ -95,12 +109,10 @@ class ListLayout:
         n_lists = len(centroids)
         index_type = np.int32 if len(labels) < 2 ** 31 else np.int64  # (8 B a row, not 16)
         perm = np.argsort(labels, kind="stable").astype(index_type)
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(len(perm), dtype=index_type)
         bounds = np.zeros(n_lists + 1, np.int64)
         np.cumsum(np.bincount(labels, minlength=n_lists), out=bounds[1:])
         return cls(centroids=centroids, metric=metric, nprobe=nprobe, bounds=bounds, perm=perm,
-                   inv=inv)
+                   labels=np.asarray(labels).astype(label_dtype(n_lists)))
 
     @property
     def n_lists(self) -> int:
@@ -113,7 +125,7 @@ class ListLayout:
     @property
     def nbytes(self) -> int:
         return int(self.centroids.nbytes + self.bounds.nbytes + self.perm.nbytes
-                   + self.inv.nbytes)
+                   + self.labels.nbytes)
 
     def rows_at(self, positions: np.ndarray) -> np.ndarray:
         """The rows at ``positions`` (-1 stays -1)."""
@@ -124,12 +136,28 @@ class ListLayout:
         return rows
 
     def positions_of(self, rows: np.ndarray) -> np.ndarray:
-        """The positions of ``rows``."""
+        """The positions of ``rows``: a binary search of each ordered row's list, all rows
+        at once (about log2 of the longest list steps)."""
         rows = np.asarray(rows, dtype=np.int64)
-        inside = rows < self.sorted_end
+        inside = np.nonzero(rows < self.sorted_end)[0]
         positions = rows.copy()
-        positions[inside] = self.inv[rows[inside]]
+        wanted = rows[inside]
+        lists = self.labels[wanted].astype(np.int64)
+        lo, hi = self.bounds[lists], self.bounds[lists + 1]
+        while True:  # lo: the first position of the list whose row is not below the wanted one
+            open_ = np.nonzero(lo < hi)[0]
+            if not len(open_):
+                break
+            mid = (lo[open_] + hi[open_]) // 2
+            below = self.perm[mid] < wanted[open_]
+            lo[open_[below]] = mid[below] + 1
+            hi[open_[~below]] = mid[~below]
+        positions[inside] = lo
         return positions
+
+    def lists_of(self, rows: np.ndarray) -> np.ndarray:
+        """The list of each ordered row (``rows`` below ``sorted_end``), as int32."""
+        return self.labels[np.asarray(rows, dtype=np.int64)].astype(np.int32)
 
     def to_positions(self, by_row: np.ndarray) -> np.ndarray:
         """A per-row array (one entry per row) reordered by position."""

@@ -112,8 +112,9 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
                                         **options)
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
         self._codec_metric = codec_metric
-        #: partitioned: the lists (None while flat) and each row's list number; the codes
-        #: and factors are then kept in the lists' position order (see partitions.py)
+        #: partitioned: the lists (None while flat; they hold the list number of every row
+        #: they order) and the list numbers of the tail's rows, those after the layout's
+        #: (see _row_labels); the codes and factors are kept in the lists' position order
         self._lists: ListLayout | None = None
         self._labels = _Growable((), np.int32)
         self._trained_rows = 0
