@@ -239,6 +239,36 @@ def _rewrite(path, entry, change) -> None:
     entry["crc32"] = fresh["crc32"]
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 120), queries=st.integers(1, 12), pieces=st.integers(1, 6),
+       metric=st.sampled_from(["ip", "l2"]), seed=st.integers(0, 2**32 - 1))
+def test_calibration_keeps_each_query_s_exact_top_k_over_streamed_chunks(n, queries, pieces,
+                                                                        metric, seed):
+    """Rows streamed in chunks of any order and size leave each sample query its exact top
+    ``CALIBRATION_K`` rows (its own row excluded), as a brute force over all rows finds them."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, 6)).astype(np.float32)
+    labels = rng.integers(0, 5, n).astype(np.int32)
+    query_rows = np.sort(rng.choice(n, min(queries, n), replace=False))
+    calibration = Calibration(vectors[query_rows], query_rows, metric)
+    order = rng.permutation(n)
+    for part in np.array_split(order, pieces):
+        calibration.observe(vectors[part], part, labels[part])
+    scores = vectors[query_rows] @ vectors.T
+    if metric == "l2":
+        scores = 2 * scores - (vectors ** 2).sum(axis=1)[None, :]
+    scores[np.arange(len(query_rows)), query_rows] = -np.inf
+    k = partitions.CALIBRATION_K
+    for q in range(len(query_rows)):
+        expected = np.argsort(-scores[q], kind="stable")[:k]
+        expected = expected[np.isfinite(scores[q, expected])]
+        kept = np.isfinite(calibration.best_scores[q])
+        np.testing.assert_allclose(np.sort(calibration.best_scores[q][kept]),
+                                   np.sort(scores[q, expected]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.sort(calibration.best_labels[q][kept]),
+                                      np.sort(labels[expected]))
+
+
 def test_calibration_finds_the_lists_of_the_true_neighbours():
     rng = np.random.default_rng(0)
     centroids = np.eye(4, dtype=np.float32)

@@ -273,16 +273,31 @@ class Calibration:
         """Rows ``rows`` with code vectors ``vectors`` belong to lists ``labels``."""
         if not len(rows) or not len(self.queries):
             return
+        rows = np.asarray(rows, dtype=np.int64)
         scores = self.queries @ np.ascontiguousarray(vectors, dtype=np.float32).T
         if self.metric == "l2":
             scores = 2 * scores - np.einsum("ij,ij->i", vectors, vectors)[None, :]
-        scores[self.query_rows[:, None] == np.asarray(rows)[None, :]] = -np.inf
+        self._exclude_own_rows(scores, rows)
+        # the chunk's own best K per query first: merging K columns, not the whole chunk's
+        if scores.shape[1] > CALIBRATION_K:
+            best = np.argpartition(-scores, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
+            scores = np.take_along_axis(scores, best, axis=1)
+            chunk_labels = np.asarray(labels, dtype=np.int64)[best]
+        else:
+            chunk_labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), scores.shape)
         merged_s = np.concatenate([self.best_scores, scores], axis=1)
-        merged_l = np.concatenate(
-            [self.best_labels, np.broadcast_to(labels.astype(np.int64), scores.shape)], axis=1)
+        merged_l = np.concatenate([self.best_labels, chunk_labels], axis=1)
         top = np.argpartition(-merged_s, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
         self.best_scores = np.take_along_axis(merged_s, top, axis=1)
         self.best_labels = np.take_along_axis(merged_l, top, axis=1)
+
+    def _exclude_own_rows(self, scores: np.ndarray, rows: np.ndarray) -> None:
+        """A sample query is not its own neighbour: -inf where a column is the query's row."""
+        order = np.argsort(rows, kind="stable")
+        at = np.minimum(np.searchsorted(rows, self.query_rows, sorter=order), len(rows) - 1)
+        columns = order[at]
+        own = np.nonzero(rows[columns] == self.query_rows)[0]
+        scores[own, columns[own]] = -np.inf
 
     def nprobe(self, centroids: np.ndarray) -> int:
         """The smallest nprobe whose recall reaches ``CALIBRATION_RECALL``, times the margin."""

@@ -480,14 +480,18 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         """Refuse vectors whose scores or kept originals would not be finite numbers."""
         if self.metric == "cosine":
             return  # unit vectors: every value and score is in [-1, 1]
-        squared = np.einsum("ij,ij->i", originals, originals, dtype=np.float64)
+        # (in the vectors' own precision, a vectorised pass; a square beyond float32 is
+        # infinite, and refused all the same)
+        squared = np.einsum("ij,ij->i", originals, originals)
         if (squared > _MAX_SQUARED_NORM).any():
             row = int(np.nonzero(squared > _MAX_SQUARED_NORM)[0][0])
+            norm = np.linalg.norm(originals[row].astype(np.float64))
             raise ValueError(
-                f"{name} row {row} has norm {np.sqrt(squared[row]):.3g}; with metric="
+                f"{name} row {row} has norm {norm:.3g}; with metric="
                 f"{self.metric!r} its scores would overflow float32. Scale the vectors down "
                 f"(or use metric='cosine')")
-        if self.rerank and self._rerank_dtype == np.float16:
+        if (self.rerank and self._rerank_dtype == np.float16
+                and max(originals.max(), -originals.min()) > FLOAT16_MAX):  # (no |x| copy)
             peak = np.abs(originals).max(axis=1)
             if (peak > FLOAT16_MAX).any():
                 row = int(np.nonzero(peak > FLOAT16_MAX)[0][0])
