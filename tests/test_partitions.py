@@ -241,17 +241,23 @@ def _rewrite(path, entry, change) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 120), queries=st.integers(1, 12), pieces=st.integers(1, 6),
-       metric=st.sampled_from(["ip", "l2"]), seed=st.integers(0, 2**32 - 1))
+       metric=st.sampled_from(["ip", "l2"]), worst_first=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
 def test_calibration_keeps_each_query_s_exact_top_k_over_streamed_chunks(n, queries, pieces,
-                                                                        metric, seed):
+                                                                        metric, worst_first,
+                                                                        seed):
     """Rows streamed in chunks of any order and size leave each sample query its exact top
-    ``CALIBRATION_K`` rows (its own row excluded), as a brute force over all rows finds them."""
+    ``CALIBRATION_K`` rows (its own row excluded), as a brute force over all rows finds them;
+    ``worst_first`` streams them from the first query's farthest to its nearest, so that
+    every later chunk replaces its whole top K."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, 6)).astype(np.float32)
     labels = rng.integers(0, 5, n).astype(np.int32)
     query_rows = np.sort(rng.choice(n, min(queries, n), replace=False))
     calibration = Calibration(vectors[query_rows], query_rows, metric)
     order = rng.permutation(n)
+    if worst_first:
+        order = np.argsort(vectors @ vectors[query_rows[0]], kind="stable")
     for part in np.array_split(order, pieces):
         calibration.observe(vectors[part], part, labels[part])
     scores = vectors[query_rows] @ vectors.T
@@ -310,6 +316,7 @@ def test_layout_positions_match_an_inverse_permutation(n_lists, rows, tail, seed
     np.testing.assert_array_equal(layout.positions_of(wanted), expected)
     np.testing.assert_array_equal(layout.rows_at(layout.positions_of(wanted)), wanted)
     np.testing.assert_array_equal(layout.lists_of(np.arange(rows)), labels)
+    np.testing.assert_array_equal(layout.inverse(), inverse[:rows])
 
 
 @settings(max_examples=60, deadline=None)

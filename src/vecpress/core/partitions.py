@@ -155,6 +155,13 @@ class ListLayout:
         positions[inside] = lo
         return positions
 
+    def inverse(self) -> np.ndarray:
+        """``inverse[r]``: the position of ordered row ``r``, all at once (4 or 8 bytes a row:
+        for a caller that maps every row, such as a relayout, and then drops it)."""
+        inverse = np.empty_like(self.perm)
+        inverse[self.perm] = np.arange(len(self.perm), dtype=self.perm.dtype)
+        return inverse
+
     def lists_of(self, rows: np.ndarray) -> np.ndarray:
         """The list of each ordered row (``rows`` below ``sorted_end``), as int32."""
         return self.labels[np.asarray(rows, dtype=np.int64)].astype(np.int32)
@@ -279,17 +286,37 @@ class Calibration:
             scores = 2 * scores - np.einsum("ij,ij->i", vectors, vectors)[None, :]
         self._exclude_own_rows(scores, rows)
         # the chunk's own best K per query first: merging K columns, not the whole chunk's
-        if scores.shape[1] > CALIBRATION_K:
+        labels = np.asarray(labels, dtype=np.int64)
+        if np.isfinite(self.best_scores).all():  # most chunks: few rows beat the K-th best
+            scores, chunk_labels = self._entering(scores, labels)
+        elif scores.shape[1] > CALIBRATION_K:
             best = np.argpartition(-scores, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
             scores = np.take_along_axis(scores, best, axis=1)
-            chunk_labels = np.asarray(labels, dtype=np.int64)[best]
+            chunk_labels = labels[best]
         else:
-            chunk_labels = np.broadcast_to(np.asarray(labels, dtype=np.int64), scores.shape)
+            chunk_labels = np.broadcast_to(labels, scores.shape)
         merged_s = np.concatenate([self.best_scores, scores], axis=1)
         merged_l = np.concatenate([self.best_labels, chunk_labels], axis=1)
         top = np.argpartition(-merged_s, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
         self.best_scores = np.take_along_axis(merged_s, top, axis=1)
         self.best_labels = np.take_along_axis(merged_l, top, axis=1)
+
+    def _entering(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's best K columns among those above its K-th best so far, (scores,
+        labels) padded with -inf / -1: once the top K are filled, few rows of a chunk beat
+        them, so this sorts those few instead of partitioning every query's whole row."""
+        k = CALIBRATION_K
+        query, column = np.nonzero(scores > self.best_scores.min(axis=1)[:, None])
+        values = scores[query, column]
+        order = np.lexsort((-values, query))
+        query, column, values = query[order], column[order], values[order]
+        rank = np.arange(len(query)) - np.searchsorted(query, query)  # (first of its query)
+        keep = rank < k
+        out_scores = np.full((len(scores), k), -np.inf, np.float32)
+        out_labels = np.full((len(scores), k), -1, np.int64)
+        out_scores[query[keep], rank[keep]] = values[keep]
+        out_labels[query[keep], rank[keep]] = labels[column[keep]]
+        return out_scores, out_labels
 
     def _exclude_own_rows(self, scores: np.ndarray, rows: np.ndarray) -> None:
         """A sample query is not its own neighbour: -inf where a column is the query's row."""

@@ -161,9 +161,10 @@ class _Lists:
         new_codes.reserve(n_rows)
         new_factors = _Growable((codec.factor_count,), np.float32)
         new_factors.reserve(n_rows)
+        inverse = None if old is None else old.inverse()  # (every row is mapped: a lookup)
         for lo in range(0, n_rows, REENCODE_ROWS):
             rows = layout.rows_at(np.arange(lo, min(n_rows, lo + REENCODE_ROWS)))
-            at = rows if old is None else old.positions_of(rows)
+            at = rows if old is None else _positions(inverse, rows)
             new_codes.extend(codes.rows(at))
             new_factors.extend(factors.view[at])
         return new_codes, new_factors
@@ -186,6 +187,15 @@ class _Lists:
                 self._codes, self._factors, self._lists = codes, factors, layout
                 self._labels = _Growable((), np.int32)  # (the tail is folded in)
 
+
+
+def _positions(inverse: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions of ``rows`` under a layout whose :meth:`ListLayout.inverse` is ``inverse``
+    (rows after the ones it orders keep their number)."""
+    if not len(inverse):
+        return rows
+    ordered = rows < len(inverse)
+    return np.where(ordered, inverse[np.where(ordered, rows, 0)], rows)
 
 
 @dataclass
