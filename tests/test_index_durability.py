@@ -275,8 +275,8 @@ class PartitionedCodecModel(DefaultCodecModel):
             return
         lists, n_rows = self.index._lists, self.index._ids.size
         assert np.array_equal(np.sort(lists.perm), np.arange(lists.sorted_end))
-        labels = self.index._labels.view
-        assert len(labels) == n_rows
+        labels = self.index._row_labels(np.arange(n_rows))
+        assert len(self.index._labels.view) == n_rows - lists.sorted_end  # the tail's
         assert np.array_equal(np.diff(lists.bounds), np.bincount(labels[: lists.sorted_end],
                                                                  minlength=lists.n_lists))
 

@@ -79,6 +79,14 @@ def training_iterations(sample_rows: int, n_lists: int) -> int:
     return TRAIN_ITERATIONS if work <= TRAIN_WORK_LIMIT else FEW_TRAIN_ITERATIONS
 
 
+def label_dtype(n_lists: int) -> np.dtype:
+    """The smallest unsigned integer type that numbers ``n_lists`` lists."""
+    for dtype in (np.uint8, np.uint16):
+        if n_lists <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
 def tail_limit(rows: int) -> int:
     """Rows the tail may hold before the layout is rebuilt."""
     return max(TAIL_MIN_ROWS, int(rows * TAIL_FRACTION))
@@ -89,9 +97,15 @@ class ListLayout:
     """Centroids and where each list's rows sit. Immutable once built, except for caches
     (a search may fill them; two searches filling one at once compute the same value).
 
-    ``perm[p]`` is the row at position ``p < sorted_end``; ``inv[r]`` the position of row
+    ``perm[p]`` is the row at position ``p < sorted_end``; ``labels[r]`` the list of row
     ``r < sorted_end``; positions from ``sorted_end`` on hold the rows of the same number.
-    List ``l`` occupies positions ``bounds[l]:bounds[l + 1]``.
+    List ``l`` occupies positions ``bounds[l]:bounds[l + 1]``, its rows in ascending row order,
+    so a row's position is found by a binary search of its list's span of ``perm``.
+
+    RAM per ordered row: ``perm`` (4 bytes) and ``labels`` (1 byte up to 256 lists, 2 up to
+    65,536). An inverse permutation would make :meth:`positions_of` a lookup but cost 4 bytes
+    a row; its callers (merges, compaction, selective filters, a relayout) ask for few rows at
+    a time or for every row once.
     """
 
     centroids: np.ndarray  # (lists, code dim) float32
@@ -99,7 +113,7 @@ class ListLayout:
     nprobe: int
     bounds: np.ndarray  # (lists + 1,) int64
     perm: np.ndarray  # (sorted_end,) int32 (int64 from 2**31 rows)
-    inv: np.ndarray  # (sorted_end,) like perm
+    labels: np.ndarray  # (sorted_end,) uint8 / uint16 / int32, the smallest that holds the lists
     _removed_cache: tuple[Any, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _shift: np.ndarray | None = field(default=None, repr=False)
 
@@ -111,12 +125,10 @@ class ListLayout:
         n_lists = len(centroids)
         index_type = np.int32 if len(labels) < 2 ** 31 else np.int64  # (8 B a row, not 16)
         perm = np.argsort(labels, kind="stable").astype(index_type)
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(len(perm), dtype=index_type)
         bounds = np.zeros(n_lists + 1, np.int64)
         np.cumsum(np.bincount(labels, minlength=n_lists), out=bounds[1:])
         return cls(centroids=centroids, metric=metric, nprobe=nprobe, bounds=bounds, perm=perm,
-                   inv=inv)
+                   labels=np.asarray(labels).astype(label_dtype(n_lists)))
 
     @property
     def n_lists(self) -> int:
@@ -129,7 +141,7 @@ class ListLayout:
     @property
     def nbytes(self) -> int:
         return int(self.centroids.nbytes + self.bounds.nbytes + self.perm.nbytes
-                   + self.inv.nbytes)
+                   + self.labels.nbytes)
 
     def rows_at(self, positions: np.ndarray) -> np.ndarray:
         """The rows at ``positions`` (-1 stays -1)."""
@@ -140,12 +152,35 @@ class ListLayout:
         return rows
 
     def positions_of(self, rows: np.ndarray) -> np.ndarray:
-        """The positions of ``rows``."""
+        """The positions of ``rows``: a binary search of each ordered row's list, all rows
+        at once (about log2 of the longest list steps)."""
         rows = np.asarray(rows, dtype=np.int64)
-        inside = rows < self.sorted_end
+        inside = np.nonzero(rows < self.sorted_end)[0]
         positions = rows.copy()
-        positions[inside] = self.inv[rows[inside]]
+        wanted = rows[inside]
+        lists = self.labels[wanted].astype(np.int64)
+        lo, hi = self.bounds[lists], self.bounds[lists + 1]
+        while True:  # lo: the first position of the list whose row is not below the wanted one
+            open_ = np.nonzero(lo < hi)[0]
+            if not len(open_):
+                break
+            mid = (lo[open_] + hi[open_]) // 2
+            below = self.perm[mid] < wanted[open_]
+            lo[open_[below]] = mid[below] + 1
+            hi[open_[~below]] = mid[~below]
+        positions[inside] = lo
         return positions
+
+    def inverse(self) -> np.ndarray:
+        """``inverse[r]``: the position of ordered row ``r``, all at once (4 or 8 bytes a row:
+        for a caller that maps every row, such as a relayout, and then drops it)."""
+        inverse = np.empty_like(self.perm)
+        inverse[self.perm] = np.arange(len(self.perm), dtype=self.perm.dtype)
+        return inverse
+
+    def lists_of(self, rows: np.ndarray) -> np.ndarray:
+        """The list of each ordered row (``rows`` below ``sorted_end``), as int32."""
+        return self.labels[np.asarray(rows, dtype=np.int64)].astype(np.int32)
 
     def to_positions(self, by_row: np.ndarray) -> np.ndarray:
         """A per-row array (one entry per row) reordered by position."""
@@ -261,16 +296,51 @@ class Calibration:
         """Rows ``rows`` with code vectors ``vectors`` belong to lists ``labels``."""
         if not len(rows) or not len(self.queries):
             return
+        rows = np.asarray(rows, dtype=np.int64)
         scores = self.queries @ np.ascontiguousarray(vectors, dtype=np.float32).T
         if self.metric == "l2":
             scores = 2 * scores - np.einsum("ij,ij->i", vectors, vectors)[None, :]
-        scores[self.query_rows[:, None] == np.asarray(rows)[None, :]] = -np.inf
+        self._exclude_own_rows(scores, rows)
+        # the chunk's own best K per query first: merging K columns, not the whole chunk's
+        labels = np.asarray(labels, dtype=np.int64)
+        if np.isfinite(self.best_scores).all():  # most chunks: few rows beat the K-th best
+            scores, chunk_labels = self._entering(scores, labels)
+        elif scores.shape[1] > CALIBRATION_K:
+            best = np.argpartition(-scores, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
+            scores = np.take_along_axis(scores, best, axis=1)
+            chunk_labels = labels[best]
+        else:
+            chunk_labels = np.broadcast_to(labels, scores.shape)
         merged_s = np.concatenate([self.best_scores, scores], axis=1)
-        merged_l = np.concatenate(
-            [self.best_labels, np.broadcast_to(labels.astype(np.int64), scores.shape)], axis=1)
+        merged_l = np.concatenate([self.best_labels, chunk_labels], axis=1)
         top = np.argpartition(-merged_s, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
         self.best_scores = np.take_along_axis(merged_s, top, axis=1)
         self.best_labels = np.take_along_axis(merged_l, top, axis=1)
+
+    def _entering(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's best K columns among those above its K-th best so far, (scores,
+        labels) padded with -inf / -1: once the top K are filled, few rows of a chunk beat
+        them, so this sorts those few instead of partitioning every query's whole row."""
+        k = CALIBRATION_K
+        query, column = np.nonzero(scores > self.best_scores.min(axis=1)[:, None])
+        values = scores[query, column]
+        order = np.lexsort((-values, query))
+        query, column, values = query[order], column[order], values[order]
+        rank = np.arange(len(query)) - np.searchsorted(query, query)  # (first of its query)
+        keep = rank < k
+        out_scores = np.full((len(scores), k), -np.inf, np.float32)
+        out_labels = np.full((len(scores), k), -1, np.int64)
+        out_scores[query[keep], rank[keep]] = values[keep]
+        out_labels[query[keep], rank[keep]] = labels[column[keep]]
+        return out_scores, out_labels
+
+    def _exclude_own_rows(self, scores: np.ndarray, rows: np.ndarray) -> None:
+        """A sample query is not its own neighbour: -inf where a column is the query's row."""
+        order = np.argsort(rows, kind="stable")
+        at = np.minimum(np.searchsorted(rows, self.query_rows, sorter=order), len(rows) - 1)
+        columns = order[at]
+        own = np.nonzero(rows[columns] == self.query_rows)[0]
+        scores[own, columns[own]] = -np.inf
 
     def nprobe(self, centroids: np.ndarray) -> int:
         """The smallest nprobe whose recall reaches ``CALIBRATION_RECALL``, times the margin."""

@@ -112,8 +112,9 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
                                         **options)
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
         self._codec_metric = codec_metric
-        #: partitioned: the lists (None while flat) and each row's list number; the codes
-        #: and factors are then kept in the lists' position order (see partitions.py)
+        #: partitioned: the lists (None while flat; they hold the list number of every row
+        #: they order) and the list numbers of the tail's rows, those after the layout's
+        #: (see _row_labels); the codes and factors are kept in the lists' position order
         self._lists: ListLayout | None = None
         self._labels = _Growable((), np.int32)
         self._trained_rows = 0
@@ -479,14 +480,18 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         """Refuse vectors whose scores or kept originals would not be finite numbers."""
         if self.metric == "cosine":
             return  # unit vectors: every value and score is in [-1, 1]
-        squared = np.einsum("ij,ij->i", originals, originals, dtype=np.float64)
+        # (in the vectors' own precision, a vectorised pass; a square beyond float32 is
+        # infinite, and refused all the same)
+        squared = np.einsum("ij,ij->i", originals, originals)
         if (squared > _MAX_SQUARED_NORM).any():
             row = int(np.nonzero(squared > _MAX_SQUARED_NORM)[0][0])
+            norm = np.linalg.norm(originals[row].astype(np.float64))
             raise ValueError(
-                f"{name} row {row} has norm {np.sqrt(squared[row]):.3g}; with metric="
+                f"{name} row {row} has norm {norm:.3g}; with metric="
                 f"{self.metric!r} its scores would overflow float32. Scale the vectors down "
                 f"(or use metric='cosine')")
-        if self.rerank and self._rerank_dtype == np.float16:
+        if (self.rerank and self._rerank_dtype == np.float16
+                and max(originals.max(), -originals.min()) > FLOAT16_MAX):  # (no |x| copy)
             peak = np.abs(originals).max(axis=1)
             if (peak > FLOAT16_MAX).any():
                 row = int(np.nonzero(peak > FLOAT16_MAX)[0][0])

@@ -75,10 +75,8 @@ class _Lists:
         layout = ListLayout.build(plan.centroids, self._codec_metric, plan.nprobe, labels)
         codes, factors = self._reordered(self._codes, self._factors, layout, self._lists,
                                          self._codec)
-        relabelled = _Growable((), np.int32)
-        relabelled.replace(labels)
-        with self._mutex:
-            self._codes, self._factors, self._labels = codes, factors, relabelled
+        with self._mutex:  # (the layout orders every row: no tail, so no tail labels)
+            self._codes, self._factors, self._labels = codes, factors, _Growable((), np.int32)
             self._lists, self._trained_rows = layout, plan.trained_rows
 
     def _persist_lists(self, plan: "_ListPlan", labels: np.ndarray) -> None:
@@ -138,6 +136,17 @@ class _Lists:
         return _ListPlan(centroids=self._lists.centroids, nprobe=self._lists.nprobe,
                          trained_rows=self._trained_rows)
 
+    def _row_labels(self, rows: np.ndarray) -> np.ndarray:
+        """The list number (int32) of each of ``rows`` of a partitioned index: the layout's
+        for the rows it orders, ``_labels`` (the tail's, kept apart) for the rows after them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        end = self._lists.sorted_end
+        labels = np.empty(len(rows), np.int32)
+        ordered = rows < end
+        labels[ordered] = self._lists.lists_of(rows[ordered])
+        labels[~ordered] = self._labels.view[rows[~ordered] - end]
+        return labels
+
     def _code_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(codes, factors) of ``rows``, wherever the layout keeps them."""
         at = rows if self._lists is None else self._lists.positions_of(rows)
@@ -154,9 +163,10 @@ class _Lists:
         new_codes.reserve(n_rows)
         new_factors = _Growable((codec.factor_count,), np.float32)
         new_factors.reserve(n_rows)
+        inverse = None if old is None else old.inverse()  # (every row is mapped: a lookup)
         for lo in range(0, n_rows, REENCODE_ROWS):
             rows = layout.rows_at(np.arange(lo, min(n_rows, lo + REENCODE_ROWS)))
-            at = rows if old is None else old.positions_of(rows)
+            at = rows if old is None else _positions(inverse, rows)
             new_codes.extend(codes.rows(at))
             new_factors.extend(factors.view[at])
         return new_codes, new_factors
@@ -172,12 +182,22 @@ class _Lists:
             if n_rows - old.sorted_end <= partitions.tail_limit(n_rows):
                 return
             layout = ListLayout.build(old.centroids, self._codec_metric, old.nprobe,
-                                      self._labels.view[:n_rows])
+                                      self._row_labels(np.arange(n_rows)))
             codes, factors = self._reordered(self._codes, self._factors, layout, old,
                                              self._codec)
             with self._mutex:
                 self._codes, self._factors, self._lists = codes, factors, layout
+                self._labels = _Growable((), np.int32)  # (the tail is folded in)
 
+
+
+def _positions(inverse: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Positions of ``rows`` under a layout whose :meth:`ListLayout.inverse` is ``inverse``
+    (rows after the ones it orders keep their number)."""
+    if not len(inverse):
+        return rows
+    ordered = rows < len(inverse)
+    return np.where(ordered, inverse[np.where(ordered, rows, 0)], rows)
 
 
 @dataclass

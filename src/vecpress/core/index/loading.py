@@ -130,6 +130,7 @@ class _Loading:
             self._codes, self._factors = self._reordered(self._codes, self._factors, layout,
                                                          None, self._codec)
             self._lists = layout
+            self._labels = _Growable((), np.int32)  # (the layout orders every row: no tail)
         dead = _read_tombstones(path, storage.tombstone_entries(manifest), manifest["rows"],
                                 verify=verify)
         store_format.check_count(manifest, len(dead), path)

@@ -108,7 +108,7 @@ class _Upkeep:
                 codes, factors = self._code_rows(rows)
                 writer.append(codes=codes, factors=factors, ids=self._ids.of_rows(rows),
                               originals=kept,
-                              lists=self._labels.view[lo:hi] if partitioned else None)
+                              lists=self._row_labels(rows) if partitioned else None)
             merged = writer.finish()
         manifest["segments"] = old[:first] + [merged] + old[stop:]
         self._commit(manifest)
@@ -194,7 +194,7 @@ class _Upkeep:
                     labels = clustering.assign(vectors, lists.centroids, self._codec_metric)
                     lists.calibration.observe(vectors, rows, labels)
                 elif lists is not None:
-                    labels = source._labels.view[rows]
+                    labels = source._row_labels(rows)
                 ids = source._ids.of_rows(rows)
                 if writer is not None:
                     writer.append(codes=codes, factors=factors, ids=ids, originals=kept,
@@ -228,6 +228,7 @@ class _Upkeep:
             layout = ListLayout.build(lists.centroids, self._codec_metric, lists.nprobe,
                                       ram.labels.view)
             ram.codes, ram.factors = self._reordered(ram.codes, ram.factors, layout, None, codec)
+            ram.labels = _Growable((), np.int32)  # (the layout orders every row: no tail)
         with self._mutex:  # one publish: a search never pairs the new codec with old codes
             self._codec = codec
             ram.install(self, originals)

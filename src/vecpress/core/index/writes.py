@@ -194,7 +194,7 @@ class _Writes:
             rows = np.arange(first, self._ids.size)
             kept = None if self._log_originals is None else self._log_originals.view
             codes, factors = self._code_rows(rows)
-            labels = None if self._lists is None else self._labels.view[first:]
+            labels = None if self._lists is None else self._row_labels(rows)
             segment = self._write_segment(gen, codes, factors, self._ids.of_rows(rows), kept,
                                           labels)
             manifest["segments"] = manifest["segments"] + [segment]
