@@ -23,6 +23,7 @@ import numpy as np
 from ..core.collection import Collection, Hit
 from ..core import filters as filters_module
 from ..core.docstore import fts_phrases
+from .results import Ranked
 
 
 #: how many search times a shard keeps for :meth:`Shard.search_times`
@@ -62,15 +63,20 @@ class Shard:
         return self._collection.get(ids, where=where, limit=limit, offset=offset,
                                     include_vectors=include_vectors)
 
-    def search(self, vector: Any, k: int, where: Any, options: dict[str, Any]) -> list[Hit]:
+    def search(self, queries: np.ndarray, k: int, where: Any,
+               options: dict[str, Any]) -> list[Ranked]:
+        """The best ``k`` of this shard for each row of ``queries`` (one or a batch the driver
+        gathered), as columns (see :class:`Ranked`)."""
         start = time.perf_counter()
         try:
-            return self._collection.search(vector, k, where, **options)
+            include_vectors = bool(options.get("include_vectors"))
+            return [Ranked.of(self._collection.search(query, k, where, **options),
+                              include_vectors) for query in queries]
         finally:
             self._search_ms.append((time.perf_counter() - start) * 1000)
 
     def search_times(self) -> list[float]:
-        """Milliseconds of the searches since the last call (at most the latest
+        """Milliseconds of the search calls since the last call (at most the latest
         :data:`SEARCH_TIMES_KEPT`), oldest first; the record starts again empty."""
         times = []
         while self._search_ms:
@@ -83,17 +89,18 @@ class Shard:
         return self._collection._store.text_statistics(fts_phrases(query_text))  # noqa: SLF001
 
     def text_search(self, query_text: str, k: int, where: Any,
-                    corpus: tuple[int, int, list[int]], include_vectors: bool) -> list[Hit]:
+                    corpus: tuple[int, int, list[int]], include_vectors: bool) -> Ranked:
         """The best ``k`` matches of ``query_text`` scored by BM25 with the statistics of the
         whole store (``corpus``), so that every shard scores as one collection would."""
         collection = self._collection
         phrases = fts_phrases(query_text)
         allowed = self._allowed(where)
         if not phrases or (allowed is not None and len(allowed) == 0):
-            return []
+            return Ranked.of([], False)
         found = collection._store.text_search_with(phrases, k, allowed, corpus)  # noqa: SLF001
-        return collection._hits([(r, s, (i, t, m)) for r, s, i, t, m in found],  # noqa: SLF001
+        hits = collection._hits([(r, s, (i, t, m)) for r, s, i, t, m in found],  # noqa: SLF001
                                 include_vectors)
+        return Ranked.of(hits, include_vectors)
 
     def _allowed(self, where: Any) -> np.ndarray | None:
         node = filters_module.parse(where)

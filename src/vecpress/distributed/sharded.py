@@ -44,6 +44,8 @@ from ..core.docstore import fts_phrases
 from ..core.index import METRIC_ALIASES
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
+from .batching import QueryBatcher
+from .results import Ranked, SearchResult, merge_ranked
 from .shard import Shard
 
 #: seconds a call waits for a dead or restarting shard before ShardUnavailableError
@@ -60,22 +62,6 @@ class ShardUnavailableError(RuntimeError):
     def __init__(self, shard: str, reason: str) -> None:
         super().__init__(f"{shard} is unavailable: {reason}")
         self.shard = shard
-
-
-class SearchResult(list):
-    """The hits of a search, best first (a ``list`` of :class:`~vecpress.core.collection.Hit`).
-
-    ``partial`` is True only when ``allow_partial=True`` was given and some shards did not
-    answer; ``missing_shards`` names them.
-    """
-
-    def __init__(self, hits: Iterable[Hit] = (), missing_shards: Sequence[str] = ()) -> None:
-        super().__init__(hits)
-        self.missing_shards = list(missing_shards)
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.missing_shards)
 
 
 def _ray() -> Any:
@@ -139,6 +125,7 @@ class ShardedCollection:
             shards = layout.as_shard_count(shards)
         self._path = Path(path)
         self._closed = False
+        self._batcher = QueryBatcher(self._ranked_batch)
         self._lock: storage.DirectoryLock | None = None
         if layout.holds_store(self._path):
             manifest = self._open_root(dim, shards, bits, metric, index_options)
@@ -501,9 +488,23 @@ class ShardedCollection:
 
     def _ranked(self, query: np.ndarray | None, k: int, where: Any, options: dict[str, Any],
                 allow_partial: bool) -> SearchResult:
-        """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``."""
-        calls = {s: (query, k, where, options) for s in range(len(self._actors))}
-        return self._merged(self._call("search", calls, allow_partial=allow_partial), k)
+        """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``.
+        Threads searching at once share shard calls (see :class:`QueryBatcher`)."""
+        key = (k, repr(filters_module.parse(where)), tuple(sorted(options.items())),
+               allow_partial)
+        return self._batcher.submit(key, (query, where))
+
+    def _ranked_batch(self, key: tuple, requests: list[tuple[np.ndarray, Any]]
+                      ) -> list[SearchResult]:
+        """:meth:`_ranked` for queries sharing ``key``: one call per shard for them all."""
+        k, _, options, allow_partial = key
+        queries = np.stack([query for query, _ in requests])
+        calls = {s: (queries, k, requests[0][1], dict(options))
+                 for s in range(len(self._actors))}
+        answers = self._call("search", calls, allow_partial=allow_partial)
+        missing = self._missing(answers)
+        return [merge_ranked([found[i] for found in answers.values()], k, missing)
+                for i in range(len(requests))]
 
     def _corpus(self, query_text: str, allow_partial: bool
                 ) -> tuple[int, int, list[int], list[str]]:
@@ -525,10 +526,8 @@ class ShardedCollection:
                  for s in range(len(self._actors))}
         return self._merged(self._call("text_search", calls, allow_partial=allow_partial), k)
 
-    def _merged(self, answers: dict[int, list[Hit]], k: int) -> SearchResult:
-        hits = [hit for found in answers.values() for hit in found]
-        hits.sort(key=lambda hit: (-hit.score, hit.id))
-        return SearchResult(hits[:k], self._missing(answers))
+    def _merged(self, answers: dict[int, Ranked], k: int) -> SearchResult:
+        return merge_ranked(answers.values(), k, self._missing(answers))
 
     def _missing(self, answers: dict[int, Any]) -> list[str]:
         return [name for s, name in enumerate(self._names) if s not in answers]
@@ -568,6 +567,10 @@ class ShardedCollection:
             return {}
         deadline = time.monotonic() + self._timeout
         pending = {self._submit(method, s, args): s for s, args in calls.items()}
+        try:  # the usual case: every shard answers in time, fetched in one call
+            return dict(zip(pending.values(), ray.get(list(pending), timeout=self._timeout)))
+        except (RayActorError, ActorUnavailableError, GetTimeoutError):
+            pass  # sort out who answered, retry the others (the same calls, still pending)
         answers: dict[int, Any] = {}
         failures: dict[int, str] = {}
         while pending:
