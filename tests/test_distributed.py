@@ -327,6 +327,13 @@ def test_get_delete_count_and_stats(empty):
     assert stats["documents"] == len(empty) == sum(s["documents"] for s in stats["shards"].values())
     assert set(stats["shards"]) == {"shard-0000", "shard-0001", "shard-0002"}
     assert all(s["documents"] > 0 for s in stats["shards"].values())
+    shards = stats["shards"].values()
+    for key in ("count", "ram_bytes", "ram_reserved_bytes", "ram_fixed_bytes", "disk_bytes"):
+        assert stats[key] == sum(s[key] for s in shards)
+    assert stats["count"] == len(empty)
+    weighted = sum(s["ram_bytes_per_vector"] * s["count"] for s in shards) / stats["count"]
+    assert stats["ram_bytes_per_vector"] == pytest.approx(weighted, rel=1e-12)
+    assert stats["code_bytes"] == next(iter(shards))["code_bytes"]
     for bad, error in [(lambda: empty.search(vectors[0], 0), ValueError),
                        (lambda: empty.search(vectors[0, :3]), ValueError),
                        (lambda: empty.search(vectors[0], mode="sql"), ValueError),

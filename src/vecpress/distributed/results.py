@@ -15,6 +15,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..core.collection import Hit
+from ..core.index import ram_bytes_per_vector
+
+#: ``stats()`` keys that add up over the shards
+SUMMED_STATS = ("documents", "count", "rows", "deleted", "ram_bytes", "ram_fixed_bytes",
+                "ram_reserved_bytes", "disk_bytes", "db_bytes", "segments", "lists")
+#: ``stats()`` keys every shard shares (settings of the store), reported once
+SHARED_STATS = ("codec", "rerank", "oversample", "code_bytes", "nprobe")
 
 
 @dataclass
@@ -76,3 +83,23 @@ def merge_ranked(answers: Iterable[Ranked], k: int, missing: Sequence[str] = ()
         vector = None if part.vectors is None else part.vectors[j]
         hits.append(Hit(ids[i], float(scores[i]), part.texts[j], part.metadatas[j], vector))
     return SearchResult(hits, missing)
+
+
+def merged_stats(per_shard: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One store's ``stats()`` from its shards': the :data:`SUMMED_STATS` summed, the
+    :data:`SHARED_STATS` once (when every shard has the same value), and
+    ``ram_bytes_per_vector`` over every vector of every shard (the count-weighted mean of
+    the shards', computed as one Index computes it)."""
+    info: dict[str, Any] = {}
+    for key in SUMMED_STATS:
+        values = [s[key] for s in per_shard if key in s]
+        if values:
+            info[key] = sum(int(v) for v in values)
+    for key in SHARED_STATS:
+        values = [s.get(key) for s in per_shard]
+        if values and all(key in s for s in per_shard) and all(v == values[0] for v in values):
+            info[key] = values[0]
+    if "ram_bytes" in info:
+        info["ram_bytes_per_vector"] = ram_bytes_per_vector(
+            info["ram_bytes"], info.get("ram_fixed_bytes", 0), info.get("count", 0))
+    return info

@@ -17,9 +17,8 @@ document gets the BM25 score it has in one collection holding every shard's docu
 
 **Faults.** A call that meets a dead or restarting shard is sent again until ``timeout``
 seconds have passed (Ray restarts the actor from its directory, ``max_restarts``); every
-operation is idempotent (an upsert replaces, a delete of what is gone deletes nothing), so a
-retry never changes the result. After the deadline it raises :class:`ShardUnavailableError`
-naming the shard. A search never returns partial results unless ``allow_partial=True`` asks
+operation is idempotent, so a retry never changes the result. After the deadline it raises
+:class:`ShardUnavailableError` naming the shard (see :mod:`.fanout`). A search never returns partial results unless ``allow_partial=True`` asks
 for them; the result then says which shards are missing.
 
 **Writes across shards are not one transaction.** Each shard commits its part; when one shard
@@ -29,7 +28,6 @@ upsert again completes it (upserts replace).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -45,7 +43,8 @@ from ..core.index import METRIC_ALIASES
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
 from .batching import QueryBatcher
-from .results import Ranked, SearchResult, merge_ranked
+from .fanout import ShardUnavailableError, call_shards, ray_module
+from .results import Ranked, SearchResult, merge_ranked, merged_stats
 from .shard import Shard
 
 #: seconds a call waits for a dead or restarting shard before ShardUnavailableError
@@ -54,22 +53,6 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_UPSERT_BATCH = 8192
 #: threads per shard actor: searches run in parallel inside a shard (Collection is thread-safe)
 SHARD_CONCURRENCY = 4
-
-
-class ShardUnavailableError(RuntimeError):
-    """A shard did not answer in time (dead, restarting, or out of restarts)."""
-
-    def __init__(self, shard: str, reason: str) -> None:
-        super().__init__(f"{shard} is unavailable: {reason}")
-        self.shard = shard
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("vecpress.distributed needs Ray: pip install 'vecpress[ray]'") from None
-    return ray
 
 
 class ShardedCollection:
@@ -99,7 +82,7 @@ class ShardedCollection:
                  durability: str = "full", timeout: float = DEFAULT_TIMEOUT,
                  max_restarts: int = -1, actor_options: dict[str, Any] | None = None,
                  **index_options: Any) -> None:
-        ray = _ray()
+        ray = ray_module()
         if path is None:
             raise TypeError("path is required: each shard keeps its collection on disk under "
                             "it (ShardedCollection(dim, path=..., shards=...))")
@@ -248,7 +231,7 @@ class ShardedCollection:
             self._release_lock()
 
     def _stop_actors(self) -> None:
-        ray = _ray()
+        ray = ray_module()
         for actor in getattr(self, "_actors", []):
             ray.kill(actor, no_restart=True)
         self._actors = []
@@ -462,12 +445,13 @@ class ShardedCollection:
         return SearchResult(hits, candidates.missing_shards)
 
     def stats(self) -> dict[str, Any]:
-        """Totals over the shards (documents, count, ram_bytes, disk_bytes, db_bytes) and
-        each shard's own ``Collection.stats()`` under ``"shards"``."""
+        """The store's figures over every shard (see
+        :func:`~vecpress.distributed.results.merged_stats`: sizes and counts summed,
+        ``ram_bytes_per_vector`` over all vectors) and each shard's own
+        ``Collection.stats()`` under ``"shards"``."""
         per_shard = self._call_all("stats", [()] * len(self._actors))
-        info: dict[str, Any] = {"dim": self.dim, "metric": self.metric, "bits": self.bits}
-        for key in ("documents", "count", "ram_bytes", "disk_bytes", "db_bytes"):
-            info[key] = sum(int(s.get(key, 0)) for s in per_shard)
+        info: dict[str, Any] = {"dim": self.dim, "metric": self.metric, "bits": self.bits,
+                                **merged_stats(per_shard)}
         info["shards"] = {name: s for name, s in zip(self._names, per_shard)}
         return info
 
@@ -553,54 +537,10 @@ class ShardedCollection:
 
     def _call(self, method: str, calls: dict[int, tuple], *,
               allow_partial: bool = False) -> dict[int, Any]:
-        """Run ``method(*args)`` on the shards ``calls`` names, all at once; their answers.
-
-        A shard that is dead or restarting is asked again until the deadline (the actor
-        restarts from its directory); then :class:`ShardUnavailableError`. With
-        ``allow_partial`` a shard that fails or is late is left out of the answers instead.
-        An error the method itself raises (a bad filter, say) is raised as it is."""
-        ray = _ray()
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
-        from ray.exceptions import RayActorError
-
-        if not calls:
-            return {}
-        deadline = time.monotonic() + self._timeout
-        pending = {self._submit(method, s, args): s for s, args in calls.items()}
-        try:  # the usual case: every shard answers in time, fetched in one call
-            return dict(zip(pending.values(), ray.get(list(pending), timeout=self._timeout)))
-        except (RayActorError, ActorUnavailableError, GetTimeoutError):
-            pass  # sort out who answered, retry the others (the same calls, still pending)
-        answers: dict[int, Any] = {}
-        failures: dict[int, str] = {}
-        while pending:
-            remaining = deadline - time.monotonic()
-            ready, _ = ray.wait(list(pending), num_returns=len(pending),
-                                timeout=max(remaining, 0.0), fetch_local=True)
-            if not ready:
-                late = sorted(pending.values())
-                if allow_partial:
-                    return answers
-                name = self._names[late[0]]
-                reason = failures.get(late[0], f"no answer within timeout={self._timeout} s")
-                raise ShardUnavailableError(name, reason)
-            for ref in ready:
-                s = pending.pop(ref)
-                try:
-                    answers[s] = ray.get(ref)
-                except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
-                    failures[s] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                    if allow_partial:
-                        continue
-                    permanent = isinstance(exc, ActorDiedError) and self._max_restarts == 0
-                    if permanent or time.monotonic() >= deadline:
-                        raise ShardUnavailableError(self._names[s], failures[s]) from None
-                    time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
-                    pending[self._submit(method, s, calls[s])] = s
-        return answers
-
-    def _submit(self, method: str, shard: int, args: tuple) -> Any:
-        return getattr(self._actors[shard], method).remote(*args)
+        """``method(*args)`` on the shards ``calls`` names, all at once (see
+        :func:`~vecpress.distributed.fanout.call_shards`)."""
+        return call_shards(self._actors, self._names, method, calls, timeout=self._timeout,
+                           max_restarts=self._max_restarts, allow_partial=allow_partial)
 
 
 _ABSENT = object()
