@@ -121,7 +121,9 @@ class ShardedCollection:
                    "max_task_retries": 0, "max_concurrency": SHARD_CONCURRENCY}
         try:
             server = ray.remote(Shard).options(**options)
-            self._actors = [server.remote(str(self._path / name), settings, self._durability)
+            # absolute: an actor's working directory is not the driver's
+            root = self._path.absolute()
+            self._actors = [server.remote(str(root / name), settings, self._durability)
                             for name in self._names]
             self._call_all("count", [()] * len(self._actors))  # every shard opened
         except BaseException:
