@@ -201,6 +201,34 @@ def test_damaged_root_files_are_refused(tmp_path):
         ShardedCollection.open(tmp_path / "nothing")
 
 
+def test_relevance_equals_one_collection(empty):
+    """Up to SAMPLE_ROWS rows every shard's sample is all its rows, so the pooled statistics,
+    each hit's relevance and min_relevance's cut are exactly one Collection's."""
+    single = Collection(DIM, bits=32)
+    vectors, ids, _, _ = fill(empty, single)
+    rng = np.random.default_rng(4)
+    for where in (None, {"group": {"$in": [0, 3]}}):
+        for query in (vectors[5], rng.standard_normal(DIM)):
+            got = empty.search(query, 12, where, relevance=True)
+            want = single.search(query, 12, where, relevance=True)
+            assert_same_hits(got, want)
+            assert np.allclose([h.relevance for h in got], [h.relevance for h in want],
+                               rtol=0, atol=1e-9)
+            assert (got.stats.sample_size, got.stats.rows) == (600, 600)
+            assert np.allclose([got.stats.median, got.stats.spread, got.stats.upper],
+                               [want.stats.median, want.stats.spread, want.stats.upper],
+                               rtol=0, atol=1e-9)
+            cut = float(np.median([h.relevance for h in want]))
+            assert [h.id for h in empty.search(query, 12, where, min_relevance=cut)] == \
+                [h.id for h in want if h.relevance >= cut]
+    assert empty.search(vectors[0], 5).stats is None  # only when asked for
+    for bad, error in [({"relevance": "yes"}, TypeError), ({"min_relevance": 2}, ValueError),
+                       ({"relevance": True, "mode": "text", "query_text": "w1"}, ValueError)]:
+        with pytest.raises(error, match="relevance"):
+            empty.search(vectors[0], 5, **bad)
+    single.close()
+
+
 def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster, tmp_path):
     """Quantized shards (each fits its own codec) return exact scores and high recall; the
     store reopens with its documents, answers the same, and refuses other settings."""
@@ -221,6 +249,9 @@ def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster,
             recall.append(len(set(rows) & set(np.argsort(-exact[q])[:10])) / 10)
             before.append(ranked(hits))
         assert np.mean(recall) >= 0.9
+        stats = store.search(queries[0], 10, relevance=True).stats  # pooled, 2048 of 3000 rows
+        assert (stats.sample_size, stats.rows) == (2048, 3000)
+        assert abs(stats.median - np.median(exact[0])) < 0.05 * np.std(exact[0])
     for kwargs, words in [({"shards": 3}, "shards=3"), ({"bits": 8}, "bits=8"),
                           ({"dim": DIM + 1}, "dim=")]:
         with pytest.raises(ValueError, match=words):
@@ -516,11 +547,14 @@ def test_langchain_store_serves_a_sharded_collection(empty):
     assert found[0][0].id == "n12" and found[0][0].page_content == texts[12]
     assert all(doc.metadata["n"] >= 10 for doc, _ in found)
     assert [d.id for d in store.max_marginal_relevance_search(texts[3], k=2, fetch_k=10)][0] == "n3"
-    # calibrated relevance is per Collection: a sharded store maps its raw scores instead
+    # calibrated relevance pools the shards' statistics: one Collection's (40 rows)
     scored = store.similarity_search_with_relevance_scores(texts[12], k=3)
-    raw = store.similarity_search_with_score(texts[12], k=3)
-    assert [d.id for d, _ in scored] == [d.id for d, _ in raw]
-    assert [r for _, r in scored] == pytest.approx([(1 + s) / 2 for _, s in raw])
+    single = Collection(DIM, bits=32)
+    single.upsert(ids, embeddings.embed_documents(texts))
+    want = single.search(embeddings.embed_query(texts[12]), 3, relevance=True)
+    assert [d.id for d, _ in scored] == [h.id for h in want]
+    assert [r for _, r in scored] == pytest.approx([h.relevance for h in want], abs=1e-9)
+    single.close()
     store.delete(ids[:5])
     assert [d.id for d in store.get_by_ids(ids[:7])] == ids[5:7]
 
@@ -544,7 +578,9 @@ def test_llama_index_store_serves_a_sharded_collection(empty):
     assert result.ids == [h.id for h in single.search(vectors[9], 3)]
     with pytest.raises(TypeError, match="sharded"):
         store.persist(str(empty.path.parent / "persist" / "x.json"))
-    with pytest.raises(ValueError, match="not available on a ShardedCollection"):
-        VecpressVectorStore(collection=empty, relevance_scores=True).query(
-            VectorStoreQuery(query_embedding=vectors[9].tolist(), similarity_top_k=3))
+    scored = VecpressVectorStore(collection=empty, relevance_scores=True).query(
+        VectorStoreQuery(query_embedding=vectors[9].tolist(), similarity_top_k=3))
+    want = single.search(vectors[9], 3, relevance=True)
+    assert scored.ids == [h.id for h in want]
+    assert scored.similarities == pytest.approx([h.relevance for h in want], abs=1e-9)
     single.close()

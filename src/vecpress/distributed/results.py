@@ -14,8 +14,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..core.collection import Hit
+from ..core.collection import Hit, SearchResults
 from ..core.index import ram_bytes_per_vector
+from ..core.relevance import SAMPLE_ROWS, SAMPLE_SEED, ScoreStats, score_stats
 
 #: ``stats()`` keys that add up over the shards
 SUMMED_STATS = ("documents", "count", "rows", "deleted", "ram_bytes", "ram_fixed_bytes",
@@ -33,6 +34,10 @@ class Ranked:
     texts: list[str | None]
     metadatas: list[dict[str, Any]]
     vectors: list[np.ndarray | None] | None = None  # a document may have no kept vector
+    #: with ``relevance``: the query's scores against the shard's seeded sample of rows
+    #: (:class:`~vecpress.core.relevance.ScoreSample`) and how many rows the shard holds
+    sample: np.ndarray | None = None
+    rows: int = 0
 
     @classmethod
     def of(cls, hits: Sequence[Hit], include_vectors: bool) -> "Ranked":
@@ -48,15 +53,17 @@ class Ranked:
         return len(self.ids)
 
 
-class SearchResult(list):
-    """The hits of a search, best first (a ``list`` of :class:`~vecpress.core.collection.Hit`).
+class SearchResult(SearchResults):
+    """The hits of a search, best first (a ``list`` of :class:`~vecpress.core.collection.Hit`),
+    with ``stats`` as :class:`~vecpress.core.collection.SearchResults` has them.
 
     ``partial`` is True only when ``allow_partial=True`` was given and some shards did not
     answer; ``missing_shards`` names them.
     """
 
-    def __init__(self, hits: Iterable[Hit] = (), missing_shards: Sequence[str] = ()) -> None:
-        super().__init__(hits)
+    def __init__(self, hits: Iterable[Hit] = (), missing_shards: Sequence[str] = (),
+                 stats: ScoreStats | None = None) -> None:
+        super().__init__(list(hits), stats)
         self.missing_shards = list(missing_shards)
 
     @property
@@ -103,3 +110,23 @@ def merged_stats(per_shard: Sequence[dict[str, Any]]) -> dict[str, Any]:
         info["ram_bytes_per_vector"] = ram_bytes_per_vector(
             info["ram_bytes"], info.get("ram_fixed_bytes", 0), info.get("count", 0))
     return info
+
+
+def pooled_stats(answers: Sequence[Ranked]) -> ScoreStats:
+    """One query's score statistics over the whole store from the shards' samples: each shard
+    gives a share of :data:`~vecpress.core.relevance.SAMPLE_ROWS` in proportion to its rows
+    (a seeded draw from its sample), so the pool samples the store as one Collection's sample
+    does. When the store holds at most ``SAMPLE_ROWS`` rows every shard's sample is all of its
+    rows and the statistics are exactly one Collection's."""
+    rows = sum(a.rows for a in answers)
+    target = min(SAMPLE_ROWS, rows)
+    rng = np.random.default_rng(SAMPLE_SEED)
+    pool = []
+    for a in answers:
+        if a.sample is None or not len(a.sample) or not rows:
+            continue
+        share = min(len(a.sample), int(round(target * a.rows / rows)))
+        picked = a.sample if share == len(a.sample) else \
+            a.sample[np.sort(rng.choice(len(a.sample), size=share, replace=False))]
+        pool.append(np.asarray(picked, dtype=np.float64))
+    return score_stats(np.concatenate(pool) if pool else np.zeros(0), rows)

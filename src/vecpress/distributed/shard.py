@@ -23,6 +23,7 @@ import numpy as np
 from ..core.collection import Collection, Hit
 from ..core import filters as filters_module
 from ..core.docstore import fts_phrases
+from ..core.relevance import ScoreSample
 from .results import Ranked
 
 
@@ -40,6 +41,8 @@ class Shard:
         #: milliseconds of this shard's own work in its latest searches (the driver's cost is
         #: a query's wall time minus its slowest shard's)
         self._search_ms: deque[float] = deque(maxlen=SEARCH_TIMES_KEPT)
+        #: the rows a query's relevance statistics come from, drawn after each write
+        self._sample: ScoreSample | None = None
 
     def pid(self) -> int:
         """The process id of the actor (tests kill it)."""
@@ -50,12 +53,15 @@ class Shard:
 
     def upsert(self, ids: list[str], vectors: np.ndarray, texts: list[str | None],
                metadatas: list[dict | None]) -> int:
+        self._sample = None
         return len(self._collection.upsert(ids, vectors, texts, metadatas))
 
     def delete(self, ids: list[str] | None, where: Any) -> int:
+        self._sample = None
         return self._collection.delete(ids=ids, where=where)
 
     def clear(self) -> None:
+        self._sample = None
         self._collection.clear()
 
     def get(self, ids: list[str] | None, where: Any, limit: int | None, offset: int,
@@ -63,17 +69,33 @@ class Shard:
         return self._collection.get(ids, where=where, limit=limit, offset=offset,
                                     include_vectors=include_vectors)
 
-    def search(self, queries: np.ndarray, k: int, where: Any,
-               options: dict[str, Any]) -> list[Ranked]:
+    def search(self, queries: np.ndarray, k: int, where: Any, options: dict[str, Any],
+               relevance: bool = False) -> list[Ranked]:
         """The best ``k`` of this shard for each row of ``queries`` (one or a batch the driver
-        gathered), as columns (see :class:`Ranked`)."""
+        gathered), as columns (see :class:`Ranked`); with ``relevance``, each with the
+        query's scores against this shard's sample of rows (the driver pools them)."""
         start = time.perf_counter()
         try:
             include_vectors = bool(options.get("include_vectors"))
-            return [Ranked.of(self._collection.search(query, k, where, **options),
-                              include_vectors) for query in queries]
+            answers = [Ranked.of(self._collection.search(query, k, where, **options),
+                                 include_vectors) for query in queries]
+            if relevance:
+                sample = self._score_sample()
+                for answer, query in zip(answers, queries):
+                    answer.sample, answer.rows = sample.scores(query), sample.rows
+            return answers
         finally:
             self._search_ms.append((time.perf_counter() - start) * 1000)
+
+    def _score_sample(self) -> ScoreSample:
+        sample = self._sample
+        if sample is None:  # (two threads may both draw it: the same rows)
+            sample = self._sample = ScoreSample(self._collection.index)
+        return sample
+
+    def relevance_params(self) -> Any:
+        """The relevance mapping of this shard's collection (the defaults unless set)."""
+        return self._collection.relevance_params
 
     def search_times(self) -> list[float]:
         """Milliseconds of the search calls since the last call (at most the latest

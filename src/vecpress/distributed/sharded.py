@@ -36,15 +36,17 @@ import numpy as np
 from ..core import filters as filters_module
 from ..core import storage
 from ..core.collection import (FUSIONS, INDEX_OPTIONS, SEARCH_MODES, Collection, Hit,
-                               _checked_id_list, _checked_ids, _checked_list, _checked_texts,
-                               _metadata_json, fuse_rankings, maximal_marginal_relevance)
+                               _checked_id_list, _checked_ids, _checked_list, _checked_relevance,
+                               _checked_texts, _metadata_json, fuse_rankings,
+                               maximal_marginal_relevance)
 from ..core.docstore import fts_phrases
 from ..core.index import METRIC_ALIASES
+from ..core.relevance import RelevanceParams
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
 from .batching import QueryBatcher
 from .fanout import ShardUnavailableError, call_shards, ray_module
-from .results import Ranked, SearchResult, merge_ranked, merged_stats
+from .results import Ranked, SearchResult, merge_ranked, merged_stats, pooled_stats
 from .shard import Shard
 
 #: seconds a call waits for a dead or restarting shard before ShardUnavailableError
@@ -109,6 +111,7 @@ class ShardedCollection:
         self._path = Path(path)
         self._closed = False
         self._batcher = QueryBatcher(self._ranked_batch)
+        self._params: RelevanceParams | None = None
         self._lock: storage.DirectoryLock | None = None
         if layout.holds_store(self._path):
             manifest = self._open_root(dim, shards, bits, metric, index_options)
@@ -370,13 +373,28 @@ class ShardedCollection:
                mode: str = "dense", query_text: str | None = None, alpha: float = 0.5,
                fusion: str = "rrf", fetch_k: int | None = None, oversample: int | None = None,
                nprobe: int | None = None, include_vectors: bool = False,
+               relevance: bool = False, min_relevance: float | None = None,
                allow_partial: bool = False) -> SearchResult:
         """The best ``k`` documents over every shard, best first (as :meth:`Collection.search`;
         ties broken by id). ``allow_partial=True`` returns what the shards that answered
-        found, marked ``partial``, instead of waiting for or failing on a missing shard."""
+        found, marked ``partial``, instead of waiting for or failing on a missing shard.
+
+        ``relevance`` and ``min_relevance`` (dense mode) as in :meth:`Collection.search`: the
+        query's statistics pool every shard's sample of rows in proportion to its size
+        (:func:`~vecpress.distributed.results.pooled_stats`), so a hit's relevance is the one
+        a single Collection gives it, up to sampling (exactly, up to ``SAMPLE_ROWS`` rows);
+        the mapping's parameters are the shards' (``shard-0000``'s)."""
         k = as_positive_int(k, "k")
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(SEARCH_MODES)}")
+        if min_relevance is not None:
+            min_relevance = _checked_relevance(min_relevance, "min_relevance")
+        if not isinstance(relevance, bool):
+            raise TypeError(f"relevance must be True or False, got {relevance!r}")
+        relevance = relevance or min_relevance is not None
+        if relevance and mode != "dense":
+            raise ValueError(f"relevance and min_relevance apply to mode='dense' (calibrated "
+                             f"vector scores), but mode={mode!r}; drop them or search densely")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r} is unknown; use 'rrf' or 'weighted'")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
@@ -389,7 +407,11 @@ class ShardedCollection:
         filters_module.parse(where)
         passes = {"oversample": oversample, "nprobe": nprobe, "include_vectors": include_vectors}
         if mode == "dense":
-            return self._ranked(query, k, where, passes, allow_partial)
+            found = self._ranked(query, k, where, passes, allow_partial, relevance)
+            if min_relevance is None:
+                return found
+            return SearchResult([h for h in found if h.relevance >= min_relevance],
+                                found.missing_shards, found.stats)
         corpus = self._corpus(query_text, allow_partial)
         if mode == "text":
             text = self._text_ranked(query_text, k, where, corpus, include_vectors, allow_partial)
@@ -473,24 +495,42 @@ class ShardedCollection:
         return query[0]
 
     def _ranked(self, query: np.ndarray | None, k: int, where: Any, options: dict[str, Any],
-                allow_partial: bool) -> SearchResult:
-        """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``.
-        Threads searching at once share shard calls (see :class:`QueryBatcher`)."""
+                allow_partial: bool, relevance: bool = False) -> SearchResult:
+        """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``
+        (with ``relevance``, each hit's and the query's statistics). Threads searching at once
+        share shard calls (see :class:`QueryBatcher`)."""
         key = (k, repr(filters_module.parse(where)), tuple(sorted(options.items())),
-               allow_partial)
+               allow_partial, relevance)
         return self._batcher.submit(key, (query, where))
 
     def _ranked_batch(self, key: tuple, requests: list[tuple[np.ndarray, Any]]
                       ) -> list[SearchResult]:
         """:meth:`_ranked` for queries sharing ``key``: one call per shard for them all."""
-        k, _, options, allow_partial = key
+        k, _, options, allow_partial, relevance = key
         queries = np.stack([query for query, _ in requests])
-        calls = {s: (queries, k, requests[0][1], dict(options))
+        calls = {s: (queries, k, requests[0][1], dict(options), relevance)
                  for s in range(len(self._actors))}
         answers = self._call("search", calls, allow_partial=allow_partial)
         missing = self._missing(answers)
-        return [merge_ranked([found[i] for found in answers.values()], k, missing)
-                for i in range(len(requests))]
+        results = []
+        for i in range(len(requests)):
+            found = [shard_answers[i] for shard_answers in answers.values()]
+            result = merge_ranked(found, k, missing)
+            if relevance:
+                result.stats = pooled_stats(found)
+                values = self._relevance_params().relevance(
+                    [h.score for h in result], result.stats, self.metric).tolist() \
+                    if result else []
+                for hit, value in zip(result, values):
+                    hit.relevance = value
+            results.append(result)
+        return results
+
+    def _relevance_params(self) -> RelevanceParams:
+        """The shards' relevance mapping (``shard-0000``'s, read once)."""
+        if self._params is None:
+            self._params = self._call("relevance_params", {0: ()})[0]
+        return self._params
 
     def _corpus(self, query_text: str, allow_partial: bool
                 ) -> tuple[int, int, list[int], list[str]]:
