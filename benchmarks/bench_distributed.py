@@ -21,9 +21,10 @@ on disk in a temporary directory. Reported per store:
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_distributed --quick         # 20k base, 100 queries
 
 Writes ``benchmarks/results/distributed.md`` and ``distributed.json`` (``distributed_quick.*``
-for --quick, ``distributed_bits32.*`` for ``--bits 32``: exact codes, where every top-10 must
-equal the single Collection's). Above the 117k glosses of the corpus, ``--base`` draws vectors around them
-(a gloss plus Gaussian noise, renormalised): the same dimension and spread, not real texts.
+for --quick, ``distributed_1m.*`` for ``--base 1000000``, ``distributed_bits32.*`` for
+``--bits 32``: exact codes, where every top-10 must equal the single Collection's). Above the
+110k glosses used as the base, ``--base`` draws vectors around them (a gloss plus Gaussian
+noise, renormalised): the same dimension and spread, not real texts.
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.base, args.queries = 20_000, 100
     suffix = ("_quick" if args.quick else "") + ("" if args.bits == 4 else f"_bits{args.bits}")
+    if not args.quick and args.base != 100_000:  # (--base 1000000 writes distributed_1m.*)
+        suffix += f"_{args.base // 1_000_000}m" if args.base % 1_000_000 == 0 else f"_{args.base}"
     header = machine()
 
     import ray
