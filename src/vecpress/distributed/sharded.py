@@ -18,8 +18,14 @@ document gets the BM25 score it has in one collection holding every shard's docu
 **Faults.** A call that meets a dead or restarting shard is sent again until ``timeout``
 seconds have passed (Ray restarts the actor from its directory, ``max_restarts``); every
 operation is idempotent, so a retry never changes the result. After the deadline it raises
-:class:`ShardUnavailableError` naming the shard (see :mod:`.fanout`). A search never returns partial results unless ``allow_partial=True`` asks
-for them; the result then says which shards are missing.
+:class:`ShardUnavailableError` naming the shard (see :mod:`.fanout`). A search never returns
+partial results unless ``allow_partial=True`` asks for them; the result then says which shards
+are missing.
+
+**Answers and merge** (:mod:`.results`): a shard answers a search with flat columns (ids,
+exact scores, texts, metadata); the driver merges them with one ``lexsort`` on
+``(-score, id)`` and builds Hits for the final ``k`` only. Threads that search at once share
+shard calls (:mod:`.batching`).
 
 **Writes across shards are not one transaction.** Each shard commits its part; when one shard
 fails, the others' parts stay written and the error names the failing shard. Running the same
@@ -45,7 +51,7 @@ from ..core.relevance import RelevanceParams
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
 from .batching import QueryBatcher
-from .fanout import ShardUnavailableError, call_shards, ray_module
+from .fanout import ShardUnavailableError, call_shards, ray_module  # noqa: F401 (re-exported)
 from .results import Ranked, SearchResult, merge_ranked, merged_stats, pooled_stats
 from .shard import Shard
 
