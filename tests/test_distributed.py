@@ -252,6 +252,10 @@ def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster,
         stats = store.search(queries[0], 10, relevance=True).stats  # pooled, 2048 of 3000 rows
         assert (stats.sample_size, stats.rows) == (2048, 3000)
         assert abs(stats.median - np.median(exact[0])) < 0.05 * np.std(exact[0])
+    for closed in (lambda: store.search(queries[0], 10), lambda: len(store), store.stats,
+                   lambda: store.get(ids[:1])):
+        with pytest.raises(RuntimeError, match="closed"):
+            closed()
     for kwargs, words in [({"shards": 3}, "shards=3"), ({"bits": 8}, "bits=8"),
                           ({"dim": DIM + 1}, "dim=")]:
         with pytest.raises(ValueError, match=words):

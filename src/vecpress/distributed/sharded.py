@@ -236,7 +236,9 @@ class ShardedCollection:
             return
         self._closed = True
         try:  # a shard that is down has nothing unwritten: every write it took is durable
-            self._call("close", {s: () for s in range(len(self._actors))}, allow_partial=True)
+            call_shards(self._actors, self._names, "close",
+                        {s: () for s in range(len(self._actors))}, timeout=self._timeout,
+                        max_restarts=self._max_restarts, allow_partial=True)
         finally:
             self._stop_actors()
             self._release_lock()
@@ -346,6 +348,7 @@ class ShardedCollection:
         """Documents by id (in the order given; unknown ids left out) and/or by filter.
         Without ids, documents come shard by shard (``shard-0000`` first), each shard's in
         insertion order, and ``limit``/``offset`` page through that order."""
+        self._check_open()
         filters_module.parse(where)
         if limit is not None:
             limit = as_positive_int(limit, "limit")
@@ -586,7 +589,8 @@ class ShardedCollection:
     def _call(self, method: str, calls: dict[int, tuple], *,
               allow_partial: bool = False) -> dict[int, Any]:
         """``method(*args)`` on the shards ``calls`` names, all at once (see
-        :func:`~vecpress.distributed.fanout.call_shards`)."""
+        :func:`~vecpress.distributed.fanout.call_shards`); an error once closed."""
+        self._check_open()
         return call_shards(self._actors, self._names, method, calls, timeout=self._timeout,
                            max_restarts=self._max_restarts, allow_partial=allow_partial)
 
