@@ -46,7 +46,6 @@ from ..core.collection import (FUSIONS, INDEX_OPTIONS, SEARCH_MODES, Collection,
                                _checked_texts, _metadata_json, fuse_rankings,
                                maximal_marginal_relevance)
 from ..core.docstore import fts_phrases
-from ..core.index import METRIC_ALIASES
 from ..core.relevance import RelevanceParams
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
@@ -174,21 +173,8 @@ class ShardedCollection:
         self._lock = storage.DirectoryLock(self._path)
         try:
             manifest = layout.read_root(self._path)
-            stored = {"dim": manifest["dim"], "bits": manifest["bits"],
-                      "metric": manifest["metric"], "shards": len(manifest["shards"]),
-                      **manifest["index_options"]}
-            given = {"dim": dim, "bits": bits, "shards": shards, "metric": metric,
-                     **index_options}
-            for name, value in given.items():
-                if value is None:
-                    continue
-                if name == "metric" and isinstance(value, str):
-                    value = METRIC_ALIASES.get(value.lower(), value)
-                if stored.get(name, _ABSENT) != value:
-                    raise ValueError(
-                        f"{name}={value!r} does not match the sharded collection at "
-                        f"{str(self._path)!r}, created with {name}="
-                        f"{stored.get(name, 'the default')!r}; leave {name} out to open it")
+            layout.check_settings(manifest, self._path, {
+                "dim": dim, "bits": bits, "shards": shards, "metric": metric, **index_options})
         except BaseException:
             self._release_lock()
             raise
@@ -594,5 +580,3 @@ class ShardedCollection:
         return call_shards(self._actors, self._names, method, calls, timeout=self._timeout,
                            max_restarts=self._max_restarts, allow_partial=allow_partial)
 
-
-_ABSENT = object()
