@@ -10,7 +10,9 @@ on disk in a temporary directory. Reported per store:
 - latency: median and 99th percentile of one query, one at a time from the driver;
 - batch QPS: queries per second with 8 driver threads searching at once;
 - driver cost: per query, the sharded search's wall time minus the slowest shard's own time
-  in that same call (timed inside the actor): fan-out, Ray's transport and the merge;
+  in that same call (timed inside the actor, packing its answer included): fan-out, Ray's
+  transport and the merge; and the driver process's CPU time per query (all its threads,
+  Ray's own included), which does not count time spent waiting for a core;
 - recall@10 against the exact top-10, and how many queries return exactly the single
   Collection's top-10 (same ids, same order).
 
@@ -19,15 +21,17 @@ on disk in a temporary directory. Reported per store:
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_distributed --quick         # 20k base, 100 queries
 
 Writes ``benchmarks/results/distributed.md`` and ``distributed.json`` (``distributed_quick.*``
-for --quick, ``distributed_bits32.*`` for ``--bits 32``: exact codes, where every top-10 must
-equal the single Collection's). Above the 117k glosses of the corpus, ``--base`` draws vectors around them
-(a gloss plus Gaussian noise, renormalised): the same dimension and spread, not real texts.
+for --quick, ``distributed_1m.*`` for ``--base 1000000``, ``distributed_bits32.*`` for
+``--bits 32``: exact codes, where every top-10 must equal the single Collection's). Above the
+110k glosses used as the base, ``--base`` draws vectors around them (a gloss plus Gaussian
+noise, renormalised): the same dimension and spread, not real texts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -91,15 +95,18 @@ def batch_qps(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> float
         return len(queries) / (time.perf_counter() - start)
 
 
-def sharded_latencies(store: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sharded_latencies(store: Any, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Wall times of one-at-a-time searches and, for the same calls, each shard's own time
-    inside its actor: ``(wall ms (q,), shard ms (q, shards))``."""
+    inside its actor, and the driver process's CPU time per query (every thread, Ray's
+    included): ``(wall ms (q,), shard ms (q, shards), driver CPU ms)``."""
     import ray
 
     ray.get([actor.search_times.remote() for actor in store._actors])  # start afresh
+    cpu = time.process_time()
     wall = latencies(lambda q: store.search(q, K), queries)
+    cpu = (time.process_time() - cpu) * 1000 / len(queries)
     shards = ray.get([actor.search_times.remote() for actor in store._actors])
-    return wall, np.array(shards).T
+    return wall, np.array(shards).T, cpu
 
 
 def measure(name: str, store: Any, build_s: float, queries: np.ndarray, truth: np.ndarray,
@@ -112,7 +119,7 @@ def measure(name: str, store: Any, build_s: float, queries: np.ndarray, truth: n
     found = [search(q) for q in queries]
     sharded = hasattr(store, "_actors")
     if sharded:
-        wall, shards = sharded_latencies(store, queries)
+        wall, shards, driver_cpu = sharded_latencies(store, queries)
     else:
         wall = latencies(search, queries)
     row = {"store": name, "build_docs_per_s": n / build_s,
@@ -124,6 +131,7 @@ def measure(name: str, store: Any, build_s: float, queries: np.ndarray, truth: n
         row["slowest_shard_p50_ms"] = float(np.median(slowest))
         row["driver_p50_ms"] = float(np.median(wall - slowest))
         row["driver_p99_ms"] = float(np.percentile(wall - slowest, 99))
+        row["driver_cpu_ms"] = driver_cpu
     if reference is not None:
         row["same_top10_as_collection"] = sum(f == r for f, r in zip(found, reference))
     return row, found
@@ -141,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.base, args.queries = 20_000, 100
     suffix = ("_quick" if args.quick else "") + ("" if args.bits == 4 else f"_bits{args.bits}")
+    if not args.quick and args.base != 100_000:  # (--base 1000000 writes distributed_1m.*)
+        suffix += f"_{args.base // 1_000_000}m" if args.base % 1_000_000 == 0 else f"_{args.base}"
     header = machine()
 
     import ray
@@ -175,14 +185,15 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(row, flush=True)
     ray.shutdown()
+    header += f", {os.getloadavg()[0]:.1f} at end"
 
     lines = [f"{label} (all-MiniLM-L6-v2, 384-d), {len(queries)} held-out queries, k={K}, "
              f"bits={args.bits}, cosine, on disk; Ray local cluster on this machine, shards as "
              f"actors; one BLAS thread everywhere (Ray's default in its workers); {header}; "
              f"vecpress {source_version()}.", "",
              "| store | build docs/s | p50 ms | p99 ms | QPS (8 threads) | slowest shard p50 ms "
-             "| driver p50 ms | driver p99 ms | recall@10 | top-10 = Collection's |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| driver p50 ms | driver p99 ms | driver CPU ms | recall@10 | top-10 = Collection's |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         def cell(key: str, fmt: str) -> str:
             return format(row[key], fmt) if key in row else "–"
@@ -191,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {row['store']} | {row['build_docs_per_s']:,.0f} | {row['p50_ms']:.2f} | "
                      f"{row['p99_ms']:.2f} | {row['qps_8_threads']:,.0f} | "
                      f"{cell('slowest_shard_p50_ms', '.2f')} | {cell('driver_p50_ms', '.2f')} | "
-                     f"{cell('driver_p99_ms', '.2f')} | {row['recall@10']:.4f} | {same} |")
+                     f"{cell('driver_p99_ms', '.2f')} | {cell('driver_cpu_ms', '.2f')} | "
+                     f"{row['recall@10']:.4f} | {same} |")
     table = "\n".join(lines)
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)

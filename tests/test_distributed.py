@@ -12,7 +12,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -25,7 +27,10 @@ from hypothesis import strategies as st  # noqa: E402
 from vecpress import Collection  # noqa: E402
 from vecpress.core.storage import StoreCorruptedError  # noqa: E402
 from vecpress.distributed import ShardedCollection, ShardUnavailableError, shard_of  # noqa: E402
+from vecpress.core.collection import Hit  # noqa: E402
+from vecpress.distributed.batching import QueryBatcher  # noqa: E402
 from vecpress.distributed.layout import ROOT_MANIFEST, shard_name  # noqa: E402
+from vecpress.distributed.results import Ranked, merge_ranked  # noqa: E402
 
 from conftest import clustered_vectors, reference_scores  # noqa: E402
 
@@ -196,22 +201,125 @@ def test_damaged_root_files_are_refused(tmp_path):
         ShardedCollection.open(tmp_path / "nothing")
 
 
-def test_reopen_keeps_documents_and_checks_settings(cluster, tmp_path):
-    path = tmp_path / "store"
-    vectors, ids, texts, metas = corpus(200, seed=3)
-    with ShardedCollection(DIM, path, shards=2, bits=8, durability="process") as store:
-        store.upsert(ids, vectors, texts, metas)
-        before = ranked(store.search(vectors[0], 10))
-    for kwargs, words in [({"shards": 3}, "shards=3"), ({"bits": 4}, "bits=4"),
+def test_relevance_equals_one_collection(empty):
+    """Up to SAMPLE_ROWS rows every shard's sample is all its rows, so the pooled statistics,
+    each hit's relevance and min_relevance's cut are exactly one Collection's."""
+    single = Collection(DIM, bits=32)
+    vectors, ids, _, _ = fill(empty, single)
+    rng = np.random.default_rng(4)
+    for where in (None, {"group": {"$in": [0, 3]}}):
+        for query in (vectors[5], rng.standard_normal(DIM)):
+            got = empty.search(query, 12, where, relevance=True)
+            want = single.search(query, 12, where, relevance=True)
+            assert_same_hits(got, want)
+            assert np.allclose([h.relevance for h in got], [h.relevance for h in want],
+                               rtol=0, atol=1e-9)
+            assert (got.stats.sample_size, got.stats.rows) == (600, 600)
+            assert np.allclose([got.stats.median, got.stats.spread, got.stats.upper],
+                               [want.stats.median, want.stats.spread, want.stats.upper],
+                               rtol=0, atol=1e-9)
+            cut = float(np.median([h.relevance for h in want]))
+            assert [h.id for h in empty.search(query, 12, where, min_relevance=cut)] == \
+                [h.id for h in want if h.relevance >= cut]
+    assert empty.search(vectors[0], 5).stats is None  # only when asked for
+    for bad, error in [({"relevance": "yes"}, TypeError), ({"min_relevance": 2}, ValueError),
+                       ({"relevance": True, "mode": "text", "query_text": "w1"}, ValueError)]:
+        with pytest.raises(error, match="relevance"):
+            empty.search(vectors[0], 5, **bad)
+    single.close()
+
+
+def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster, tmp_path):
+    """Quantized shards (each fits its own codec) return exact scores and high recall; the
+    store reopens with its documents, answers the same, and refuses other settings."""
+    path = tmp_path / "q"
+    data = clustered_vectors(3000, DIM, seed=5)
+    ids = [f"q{i}" for i in range(len(data))]
+    metas = [{"i": i} for i in range(len(data))]
+    queries = clustered_vectors(20, DIM, seed=6)
+    with ShardedCollection(DIM, path, shards=2, bits=4, durability="process") as store:
+        store.upsert(ids, data, metadatas=metas)
+        exact = reference_scores(data, queries, "cosine")
+        recall, before = [], []
+        for q, query in enumerate(queries):
+            hits = store.search(query, 10)
+            rows = [int(h.id[1:]) for h in hits]
+            assert np.allclose([h.score for h in hits], exact[q, rows], atol=1e-3)  # float16
+            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+            recall.append(len(set(rows) & set(np.argsort(-exact[q])[:10])) / 10)
+            before.append(ranked(hits))
+        assert np.mean(recall) >= 0.9
+        stats = store.search(queries[0], 10, relevance=True).stats  # pooled, 2048 of 3000 rows
+        assert (stats.sample_size, stats.rows) == (2048, 3000)
+        assert abs(stats.median - np.median(exact[0])) < 0.05 * np.std(exact[0])
+    for closed in (lambda: store.search(queries[0], 10), lambda: len(store), store.stats,
+                   lambda: store.get(ids[:1])):
+        with pytest.raises(RuntimeError, match="closed"):
+            closed()
+    for kwargs, words in [({"shards": 3}, "shards=3"), ({"bits": 8}, "bits=8"),
                           ({"dim": DIM + 1}, "dim=")]:
         with pytest.raises(ValueError, match=words):
             ShardedCollection.open(path, **kwargs)
     with ShardedCollection.open(path, shards=2, metric="COSINE") as store:
-        assert len(store) == 200 and store.shards == ["shard-0000", "shard-0001"]
-        assert ranked(store.search(vectors[0], 10)) == before
-        assert [h.id for h in store.get(ids[:5])] == ids[:5]
+        assert len(store) == 3000 and store.shards == ["shard-0000", "shard-0001"]
+        assert [ranked(store.search(query, 10)) for query in queries] == before
+        assert [(h.id, h.metadata) for h in store.get(ids[:5])] == list(zip(ids[:5], metas[:5]))
         with pytest.raises(RuntimeError, match="already open"):
             ShardedCollection.open(path)
+
+
+def test_merge_keeps_the_best_k_on_score_then_id():
+    """The driver's merge against a sort of every hit: ties (many here) broken by id, ids that
+    a fixed-width string array would cut (trailing NUL) kept whole."""
+    rng = np.random.default_rng(3)
+    for trial in range(50):
+        parts, every = [], []
+        for shard in range(int(rng.integers(1, 5))):
+            n = int(rng.integers(0, 12))
+            ids = [f"d{rng.integers(0, 40)}-{shard}" + "\x00" * int(rng.integers(0, 2))
+                   for _ in range(n)]
+            ids = list(dict.fromkeys(ids))
+            scores = rng.integers(0, 4, len(ids)) / 4.0  # coarse: many ties
+            hits = [Hit(i, float(sc), f"text {i}", {"i": i}) for i, sc in zip(ids, scores)]
+            hits.sort(key=lambda h: (-h.score, h.id))
+            parts.append(Ranked.of(hits, False))
+            every += hits
+        k = int(rng.integers(1, 30))
+        got = merge_ranked(parts, k)
+        want = sorted(every, key=lambda h: (-h.score, h.id))[:k]
+        assert [(h.id, h.score, h.text, h.metadata) for h in got] == \
+            [(h.id, h.score, h.text, h.metadata) for h in want]
+
+
+def test_concurrent_queries_share_calls_and_each_gets_its_own_answer():
+    calls = []
+    gate = threading.Event()
+
+    def run(key, queries):
+        calls.append(list(queries))
+        gate.wait(5)  # the first batch stays in flight while the other threads queue up
+        if "bad" in queries:
+            raise ValueError("bad query")
+        return [(key, q * 2) for q in queries]
+
+    batcher = QueryBatcher(run, max_in_flight=1)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(batcher.submit, "k", q) for q in range(8)]
+        time.sleep(0.3)
+        gate.set()
+        assert [f.result() for f in futures] == [("k", 2 * q) for q in range(8)]
+    assert sorted(q for batch in calls for q in batch) == list(range(8))
+    assert len(calls) < 8  # queued queries travelled together
+    gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(batcher.submit, "k", q) for q in ["bad", 1, 2, 3]]
+        time.sleep(0.3)
+        gate.set()
+        outcomes = [f.exception() or f.result() for f in futures]
+    assert isinstance(outcomes[0], ValueError)  # an error reaches the queries of its batch
+    assert all(isinstance(o, (ValueError, tuple)) for o in outcomes)
+    assert batcher._in_flight == {} and batcher._waiting == {}  # nothing left behind
+    assert batcher.submit("other", 5) == ("other", 10)  # a lone query goes at once
 
 
 # ---------------------------------------------------------------------- same answers as one node
@@ -270,23 +378,6 @@ def test_filters_mmr_and_vectors_equal_one_collection(empty):
     single.close()
 
 
-def test_quantized_shards_rerank_exactly(cluster, tmp_path):
-    data = clustered_vectors(3000, DIM, seed=5)
-    ids = [f"q{i}" for i in range(len(data))]
-    queries = clustered_vectors(20, DIM, seed=6)
-    with ShardedCollection(DIM, tmp_path / "q", shards=2, bits=4) as store:
-        store.upsert(ids, data)
-        exact = reference_scores(data, queries, "cosine")
-        recall = []
-        for q, query in enumerate(queries):
-            hits = store.search(query, 10)
-            rows = [int(h.id[1:]) for h in hits]
-            assert np.allclose([h.score for h in hits], exact[q, rows], atol=1e-3)  # float16
-            assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-            recall.append(len(set(rows) & set(np.argsort(-exact[q])[:10])) / 10)
-        assert np.mean(recall) >= 0.9
-
-
 def test_text_and_hybrid_rank_as_one_collection(empty):
     single = Collection(DIM, bits=32)
     vectors, ids, _, _ = fill(empty, single)
@@ -327,6 +418,13 @@ def test_get_delete_count_and_stats(empty):
     assert stats["documents"] == len(empty) == sum(s["documents"] for s in stats["shards"].values())
     assert set(stats["shards"]) == {"shard-0000", "shard-0001", "shard-0002"}
     assert all(s["documents"] > 0 for s in stats["shards"].values())
+    shards = stats["shards"].values()
+    for key in ("count", "ram_bytes", "ram_reserved_bytes", "ram_fixed_bytes", "disk_bytes"):
+        assert stats[key] == sum(s[key] for s in shards)
+    assert stats["count"] == len(empty)
+    weighted = sum(s["ram_bytes_per_vector"] * s["count"] for s in shards) / stats["count"]
+    assert stats["ram_bytes_per_vector"] == pytest.approx(weighted, rel=1e-12)
+    assert stats["code_bytes"] == next(iter(shards))["code_bytes"]
     for bad, error in [(lambda: empty.search(vectors[0], 0), ValueError),
                        (lambda: empty.search(vectors[0, :3]), ValueError),
                        (lambda: empty.search(vectors[0], mode="sql"), ValueError),
@@ -341,8 +439,6 @@ def test_get_delete_count_and_stats(empty):
 
 
 def test_ingest_in_batches_and_from_many_threads(empty):
-    from concurrent.futures import ThreadPoolExecutor
-
     vectors, ids, texts, metas = corpus(500, seed=9)
     assert empty.upsert(ids, vectors, texts, metas, batch_size=64) == ids
     single = Collection(DIM, bits=32)
@@ -455,11 +551,14 @@ def test_langchain_store_serves_a_sharded_collection(empty):
     assert found[0][0].id == "n12" and found[0][0].page_content == texts[12]
     assert all(doc.metadata["n"] >= 10 for doc, _ in found)
     assert [d.id for d in store.max_marginal_relevance_search(texts[3], k=2, fetch_k=10)][0] == "n3"
-    # calibrated relevance is per Collection: a sharded store maps its raw scores instead
+    # calibrated relevance pools the shards' statistics: one Collection's (40 rows)
     scored = store.similarity_search_with_relevance_scores(texts[12], k=3)
-    raw = store.similarity_search_with_score(texts[12], k=3)
-    assert [d.id for d, _ in scored] == [d.id for d, _ in raw]
-    assert [r for _, r in scored] == pytest.approx([(1 + s) / 2 for _, s in raw])
+    single = Collection(DIM, bits=32)
+    single.upsert(ids, embeddings.embed_documents(texts))
+    want = single.search(embeddings.embed_query(texts[12]), 3, relevance=True)
+    assert [d.id for d, _ in scored] == [h.id for h in want]
+    assert [r for _, r in scored] == pytest.approx([h.relevance for h in want], abs=1e-9)
+    single.close()
     store.delete(ids[:5])
     assert [d.id for d in store.get_by_ids(ids[:7])] == ids[5:7]
 
@@ -483,7 +582,9 @@ def test_llama_index_store_serves_a_sharded_collection(empty):
     assert result.ids == [h.id for h in single.search(vectors[9], 3)]
     with pytest.raises(TypeError, match="sharded"):
         store.persist(str(empty.path.parent / "persist" / "x.json"))
-    with pytest.raises(ValueError, match="not available on a ShardedCollection"):
-        VecpressVectorStore(collection=empty, relevance_scores=True).query(
-            VectorStoreQuery(query_embedding=vectors[9].tolist(), similarity_top_k=3))
+    scored = VecpressVectorStore(collection=empty, relevance_scores=True).query(
+        VectorStoreQuery(query_embedding=vectors[9].tolist(), similarity_top_k=3))
+    want = single.search(vectors[9], 3, relevance=True)
+    assert scored.ids == [h.id for h in want]
+    assert scored.similarities == pytest.approx([h.relevance for h in want], abs=1e-9)
     single.close()

@@ -5,6 +5,8 @@ stable hash of the id and merges searches on exact scores. Needs the ``ray`` ext
 """
 
 from .layout import MAX_SHARDS, shard_of
-from .sharded import SearchResult, ShardedCollection, ShardUnavailableError
+from .results import SearchResult
+from .fanout import ShardUnavailableError
+from .sharded import ShardedCollection
 
 __all__ = ["MAX_SHARDS", "SearchResult", "ShardedCollection", "ShardUnavailableError", "shard_of"]

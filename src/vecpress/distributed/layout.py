@@ -121,6 +121,25 @@ def read_root(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_settings(manifest: dict[str, Any], path: Path, given: dict[str, Any]) -> None:
+    """Refuse settings given to open a store (``None``: not given) that differ from those in
+    its ``manifest``: a ``ValueError`` naming the setting and the stored value."""
+    stored = {"dim": manifest["dim"], "bits": manifest["bits"], "metric": manifest["metric"],
+              "shards": len(manifest["shards"]), **manifest["index_options"]}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name == "metric" and isinstance(value, str):
+            value = METRIC_ALIASES.get(value.lower(), value)
+        if stored.get(name, _ABSENT) != value:
+            raise ValueError(f"{name}={value!r} does not match the sharded collection at "
+                             f"{str(path)!r}, created with {name}="
+                             f"{stored.get(name, 'the default')!r}; leave {name} out to open it")
+
+
+_ABSENT = object()
+
+
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number a manifest may hold")
 

@@ -23,6 +23,8 @@ import numpy as np
 from ..core.collection import Collection, Hit
 from ..core import filters as filters_module
 from ..core.docstore import fts_phrases
+from ..core.relevance import ScoreSample
+from .results import Ranked
 
 
 #: how many search times a shard keeps for :meth:`Shard.search_times`
@@ -39,6 +41,8 @@ class Shard:
         #: milliseconds of this shard's own work in its latest searches (the driver's cost is
         #: a query's wall time minus its slowest shard's)
         self._search_ms: deque[float] = deque(maxlen=SEARCH_TIMES_KEPT)
+        #: the rows a query's relevance statistics come from, drawn after each write
+        self._sample: ScoreSample | None = None
 
     def pid(self) -> int:
         """The process id of the actor (tests kill it)."""
@@ -49,12 +53,15 @@ class Shard:
 
     def upsert(self, ids: list[str], vectors: np.ndarray, texts: list[str | None],
                metadatas: list[dict | None]) -> int:
+        self._sample = None
         return len(self._collection.upsert(ids, vectors, texts, metadatas))
 
     def delete(self, ids: list[str] | None, where: Any) -> int:
+        self._sample = None
         return self._collection.delete(ids=ids, where=where)
 
     def clear(self) -> None:
+        self._sample = None
         self._collection.clear()
 
     def get(self, ids: list[str] | None, where: Any, limit: int | None, offset: int,
@@ -62,15 +69,36 @@ class Shard:
         return self._collection.get(ids, where=where, limit=limit, offset=offset,
                                     include_vectors=include_vectors)
 
-    def search(self, vector: Any, k: int, where: Any, options: dict[str, Any]) -> list[Hit]:
+    def search(self, queries: np.ndarray, k: int, where: Any, options: dict[str, Any],
+               relevance: bool = False) -> list[Ranked]:
+        """The best ``k`` of this shard for each row of ``queries`` (one or a batch the driver
+        gathered), as columns (see :class:`Ranked`); with ``relevance``, each with the
+        query's scores against this shard's sample of rows (the driver pools them)."""
         start = time.perf_counter()
         try:
-            return self._collection.search(vector, k, where, **options)
+            include_vectors = bool(options.get("include_vectors"))
+            answers = [Ranked.of(self._collection.search(query, k, where, **options),
+                                 include_vectors) for query in queries]
+            if relevance:
+                sample = self._score_sample()
+                for answer, query in zip(answers, queries):
+                    answer.sample, answer.rows = sample.scores(query), sample.rows
+            return answers
         finally:
             self._search_ms.append((time.perf_counter() - start) * 1000)
 
+    def _score_sample(self) -> ScoreSample:
+        sample = self._sample
+        if sample is None:  # (two threads may both draw it: the same rows)
+            sample = self._sample = ScoreSample(self._collection.index)
+        return sample
+
+    def relevance_params(self) -> Any:
+        """The relevance mapping of this shard's collection (the defaults unless set)."""
+        return self._collection.relevance_params
+
     def search_times(self) -> list[float]:
-        """Milliseconds of the searches since the last call (at most the latest
+        """Milliseconds of the search calls since the last call (at most the latest
         :data:`SEARCH_TIMES_KEPT`), oldest first; the record starts again empty."""
         times = []
         while self._search_ms:
@@ -83,17 +111,18 @@ class Shard:
         return self._collection._store.text_statistics(fts_phrases(query_text))  # noqa: SLF001
 
     def text_search(self, query_text: str, k: int, where: Any,
-                    corpus: tuple[int, int, list[int]], include_vectors: bool) -> list[Hit]:
+                    corpus: tuple[int, int, list[int]], include_vectors: bool) -> Ranked:
         """The best ``k`` matches of ``query_text`` scored by BM25 with the statistics of the
         whole store (``corpus``), so that every shard scores as one collection would."""
         collection = self._collection
         phrases = fts_phrases(query_text)
         allowed = self._allowed(where)
         if not phrases or (allowed is not None and len(allowed) == 0):
-            return []
+            return Ranked.of([], False)
         found = collection._store.text_search_with(phrases, k, allowed, corpus)  # noqa: SLF001
-        return collection._hits([(r, s, (i, t, m)) for r, s, i, t, m in found],  # noqa: SLF001
+        hits = collection._hits([(r, s, (i, t, m)) for r, s, i, t, m in found],  # noqa: SLF001
                                 include_vectors)
+        return Ranked.of(hits, include_vectors)
 
     def _allowed(self, where: Any) -> np.ndarray | None:
         node = filters_module.parse(where)

@@ -17,10 +17,15 @@ document gets the BM25 score it has in one collection holding every shard's docu
 
 **Faults.** A call that meets a dead or restarting shard is sent again until ``timeout``
 seconds have passed (Ray restarts the actor from its directory, ``max_restarts``); every
-operation is idempotent (an upsert replaces, a delete of what is gone deletes nothing), so a
-retry never changes the result. After the deadline it raises :class:`ShardUnavailableError`
-naming the shard. A search never returns partial results unless ``allow_partial=True`` asks
-for them; the result then says which shards are missing.
+operation is idempotent, so a retry never changes the result. After the deadline it raises
+:class:`ShardUnavailableError` naming the shard (see :mod:`.fanout`). A search never returns
+partial results unless ``allow_partial=True`` asks for them; the result then says which shards
+are missing.
+
+**Answers and merge** (:mod:`.results`): a shard answers a search with flat columns (ids,
+exact scores, texts, metadata); the driver merges them with one ``lexsort`` on
+``(-score, id)`` and builds Hits for the final ``k`` only. Threads that search at once share
+shard calls (:mod:`.batching`).
 
 **Writes across shards are not one transaction.** Each shard commits its part; when one shard
 fails, the others' parts stay written and the error names the failing shard. Running the same
@@ -29,7 +34,6 @@ upsert again completes it (upserts replace).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -38,12 +42,16 @@ import numpy as np
 from ..core import filters as filters_module
 from ..core import storage
 from ..core.collection import (FUSIONS, INDEX_OPTIONS, SEARCH_MODES, Collection, Hit,
-                               _checked_id_list, _checked_ids, _checked_list, _checked_texts,
-                               _metadata_json, fuse_rankings, maximal_marginal_relevance)
+                               _checked_id_list, _checked_ids, _checked_list, _checked_relevance,
+                               _checked_texts, _metadata_json, fuse_rankings,
+                               maximal_marginal_relevance)
 from ..core.docstore import fts_phrases
-from ..core.index import METRIC_ALIASES
+from ..core.relevance import RelevanceParams
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
+from .batching import QueryBatcher
+from .fanout import ShardUnavailableError, call_shards, ray_module  # noqa: F401 (re-exported)
+from .results import Ranked, SearchResult, merge_ranked, merged_stats, pooled_stats
 from .shard import Shard
 
 #: seconds a call waits for a dead or restarting shard before ShardUnavailableError
@@ -52,38 +60,6 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_UPSERT_BATCH = 8192
 #: threads per shard actor: searches run in parallel inside a shard (Collection is thread-safe)
 SHARD_CONCURRENCY = 4
-
-
-class ShardUnavailableError(RuntimeError):
-    """A shard did not answer in time (dead, restarting, or out of restarts)."""
-
-    def __init__(self, shard: str, reason: str) -> None:
-        super().__init__(f"{shard} is unavailable: {reason}")
-        self.shard = shard
-
-
-class SearchResult(list):
-    """The hits of a search, best first (a ``list`` of :class:`~vecpress.core.collection.Hit`).
-
-    ``partial`` is True only when ``allow_partial=True`` was given and some shards did not
-    answer; ``missing_shards`` names them.
-    """
-
-    def __init__(self, hits: Iterable[Hit] = (), missing_shards: Sequence[str] = ()) -> None:
-        super().__init__(hits)
-        self.missing_shards = list(missing_shards)
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.missing_shards)
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("vecpress.distributed needs Ray: pip install 'vecpress[ray]'") from None
-    return ray
 
 
 class ShardedCollection:
@@ -113,7 +89,7 @@ class ShardedCollection:
                  durability: str = "full", timeout: float = DEFAULT_TIMEOUT,
                  max_restarts: int = -1, actor_options: dict[str, Any] | None = None,
                  **index_options: Any) -> None:
-        ray = _ray()
+        ray = ray_module()
         if path is None:
             raise TypeError("path is required: each shard keeps its collection on disk under "
                             "it (ShardedCollection(dim, path=..., shards=...))")
@@ -139,6 +115,8 @@ class ShardedCollection:
             shards = layout.as_shard_count(shards)
         self._path = Path(path)
         self._closed = False
+        self._batcher = QueryBatcher(self._ranked_batch)
+        self._params: RelevanceParams | None = None
         self._lock: storage.DirectoryLock | None = None
         if layout.holds_store(self._path):
             manifest = self._open_root(dim, shards, bits, metric, index_options)
@@ -151,7 +129,9 @@ class ShardedCollection:
                    "max_task_retries": 0, "max_concurrency": SHARD_CONCURRENCY}
         try:
             server = ray.remote(Shard).options(**options)
-            self._actors = [server.remote(str(self._path / name), settings, self._durability)
+            # absolute: an actor's working directory is not the driver's
+            root = self._path.absolute()
+            self._actors = [server.remote(str(root / name), settings, self._durability)
                             for name in self._names]
             self._call_all("count", [()] * len(self._actors))  # every shard opened
         except BaseException:
@@ -193,21 +173,8 @@ class ShardedCollection:
         self._lock = storage.DirectoryLock(self._path)
         try:
             manifest = layout.read_root(self._path)
-            stored = {"dim": manifest["dim"], "bits": manifest["bits"],
-                      "metric": manifest["metric"], "shards": len(manifest["shards"]),
-                      **manifest["index_options"]}
-            given = {"dim": dim, "bits": bits, "shards": shards, "metric": metric,
-                     **index_options}
-            for name, value in given.items():
-                if value is None:
-                    continue
-                if name == "metric" and isinstance(value, str):
-                    value = METRIC_ALIASES.get(value.lower(), value)
-                if stored.get(name, _ABSENT) != value:
-                    raise ValueError(
-                        f"{name}={value!r} does not match the sharded collection at "
-                        f"{str(self._path)!r}, created with {name}="
-                        f"{stored.get(name, 'the default')!r}; leave {name} out to open it")
+            layout.check_settings(manifest, self._path, {
+                "dim": dim, "bits": bits, "shards": shards, "metric": metric, **index_options})
         except BaseException:
             self._release_lock()
             raise
@@ -255,13 +222,15 @@ class ShardedCollection:
             return
         self._closed = True
         try:  # a shard that is down has nothing unwritten: every write it took is durable
-            self._call("close", {s: () for s in range(len(self._actors))}, allow_partial=True)
+            call_shards(self._actors, self._names, "close",
+                        {s: () for s in range(len(self._actors))}, timeout=self._timeout,
+                        max_restarts=self._max_restarts, allow_partial=True)
         finally:
             self._stop_actors()
             self._release_lock()
 
     def _stop_actors(self) -> None:
-        ray = _ray()
+        ray = ray_module()
         for actor in getattr(self, "_actors", []):
             ray.kill(actor, no_restart=True)
         self._actors = []
@@ -365,6 +334,7 @@ class ShardedCollection:
         """Documents by id (in the order given; unknown ids left out) and/or by filter.
         Without ids, documents come shard by shard (``shard-0000`` first), each shard's in
         insertion order, and ``limit``/``offset`` page through that order."""
+        self._check_open()
         filters_module.parse(where)
         if limit is not None:
             limit = as_positive_int(limit, "limit")
@@ -398,13 +368,28 @@ class ShardedCollection:
                mode: str = "dense", query_text: str | None = None, alpha: float = 0.5,
                fusion: str = "rrf", fetch_k: int | None = None, oversample: int | None = None,
                nprobe: int | None = None, include_vectors: bool = False,
+               relevance: bool = False, min_relevance: float | None = None,
                allow_partial: bool = False) -> SearchResult:
         """The best ``k`` documents over every shard, best first (as :meth:`Collection.search`;
         ties broken by id). ``allow_partial=True`` returns what the shards that answered
-        found, marked ``partial``, instead of waiting for or failing on a missing shard."""
+        found, marked ``partial``, instead of waiting for or failing on a missing shard.
+
+        ``relevance`` and ``min_relevance`` (dense mode) as in :meth:`Collection.search`: the
+        query's statistics pool every shard's sample of rows in proportion to its size
+        (:func:`~vecpress.distributed.results.pooled_stats`), so a hit's relevance is the one
+        a single Collection gives it, up to sampling (exactly, up to ``SAMPLE_ROWS`` rows);
+        the mapping's parameters are the shards' (``shard-0000``'s)."""
         k = as_positive_int(k, "k")
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(SEARCH_MODES)}")
+        if min_relevance is not None:
+            min_relevance = _checked_relevance(min_relevance, "min_relevance")
+        if not isinstance(relevance, bool):
+            raise TypeError(f"relevance must be True or False, got {relevance!r}")
+        relevance = relevance or min_relevance is not None
+        if relevance and mode != "dense":
+            raise ValueError(f"relevance and min_relevance apply to mode='dense' (calibrated "
+                             f"vector scores), but mode={mode!r}; drop them or search densely")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion={fusion!r} is unknown; use 'rrf' or 'weighted'")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
@@ -417,7 +402,11 @@ class ShardedCollection:
         filters_module.parse(where)
         passes = {"oversample": oversample, "nprobe": nprobe, "include_vectors": include_vectors}
         if mode == "dense":
-            return self._ranked(query, k, where, passes, allow_partial)
+            found = self._ranked(query, k, where, passes, allow_partial, relevance)
+            if min_relevance is None:
+                return found
+            return SearchResult([h for h in found if h.relevance >= min_relevance],
+                                found.missing_shards, found.stats)
         corpus = self._corpus(query_text, allow_partial)
         if mode == "text":
             text = self._text_ranked(query_text, k, where, corpus, include_vectors, allow_partial)
@@ -475,12 +464,13 @@ class ShardedCollection:
         return SearchResult(hits, candidates.missing_shards)
 
     def stats(self) -> dict[str, Any]:
-        """Totals over the shards (documents, count, ram_bytes, disk_bytes, db_bytes) and
-        each shard's own ``Collection.stats()`` under ``"shards"``."""
+        """The store's figures over every shard (see
+        :func:`~vecpress.distributed.results.merged_stats`: sizes and counts summed,
+        ``ram_bytes_per_vector`` over all vectors) and each shard's own
+        ``Collection.stats()`` under ``"shards"``."""
         per_shard = self._call_all("stats", [()] * len(self._actors))
-        info: dict[str, Any] = {"dim": self.dim, "metric": self.metric, "bits": self.bits}
-        for key in ("documents", "count", "ram_bytes", "disk_bytes", "db_bytes"):
-            info[key] = sum(int(s.get(key, 0)) for s in per_shard)
+        info: dict[str, Any] = {"dim": self.dim, "metric": self.metric, "bits": self.bits,
+                                **merged_stats(per_shard)}
         info["shards"] = {name: s for name, s in zip(self._names, per_shard)}
         return info
 
@@ -500,10 +490,42 @@ class ShardedCollection:
         return query[0]
 
     def _ranked(self, query: np.ndarray | None, k: int, where: Any, options: dict[str, Any],
-                allow_partial: bool) -> SearchResult:
-        """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``."""
-        calls = {s: (query, k, where, options) for s in range(len(self._actors))}
-        return self._merged(self._call("search", calls, allow_partial=allow_partial), k)
+                allow_partial: bool, relevance: bool = False) -> SearchResult:
+        """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``
+        (with ``relevance``, each hit's and the query's statistics). Threads searching at once
+        share shard calls (see :class:`QueryBatcher`)."""
+        key = (k, repr(filters_module.parse(where)), tuple(sorted(options.items())),
+               allow_partial, relevance)
+        return self._batcher.submit(key, (query, where))
+
+    def _ranked_batch(self, key: tuple, requests: list[tuple[np.ndarray, Any]]
+                      ) -> list[SearchResult]:
+        """:meth:`_ranked` for queries sharing ``key``: one call per shard for them all."""
+        k, _, options, allow_partial, relevance = key
+        queries = np.stack([query for query, _ in requests])
+        calls = {s: (queries, k, requests[0][1], dict(options), relevance)
+                 for s in range(len(self._actors))}
+        answers = self._call("search", calls, allow_partial=allow_partial)
+        missing = self._missing(answers)
+        results = []
+        for i in range(len(requests)):
+            found = [shard_answers[i] for shard_answers in answers.values()]
+            result = merge_ranked(found, k, missing)
+            if relevance:
+                result.stats = pooled_stats(found)
+                values = self._relevance_params().relevance(
+                    [h.score for h in result], result.stats, self.metric).tolist() \
+                    if result else []
+                for hit, value in zip(result, values):
+                    hit.relevance = value
+            results.append(result)
+        return results
+
+    def _relevance_params(self) -> RelevanceParams:
+        """The shards' relevance mapping (``shard-0000``'s, read once)."""
+        if self._params is None:
+            self._params = self._call("relevance_params", {0: ()})[0]
+        return self._params
 
     def _corpus(self, query_text: str, allow_partial: bool
                 ) -> tuple[int, int, list[int], list[str]]:
@@ -525,10 +547,8 @@ class ShardedCollection:
                  for s in range(len(self._actors))}
         return self._merged(self._call("text_search", calls, allow_partial=allow_partial), k)
 
-    def _merged(self, answers: dict[int, list[Hit]], k: int) -> SearchResult:
-        hits = [hit for found in answers.values() for hit in found]
-        hits.sort(key=lambda hit: (-hit.score, hit.id))
-        return SearchResult(hits[:k], self._missing(answers))
+    def _merged(self, answers: dict[int, Ranked], k: int) -> SearchResult:
+        return merge_ranked(answers.values(), k, self._missing(answers))
 
     def _missing(self, answers: dict[int, Any]) -> list[str]:
         return [name for s, name in enumerate(self._names) if s not in answers]
@@ -554,50 +574,9 @@ class ShardedCollection:
 
     def _call(self, method: str, calls: dict[int, tuple], *,
               allow_partial: bool = False) -> dict[int, Any]:
-        """Run ``method(*args)`` on the shards ``calls`` names, all at once; their answers.
+        """``method(*args)`` on the shards ``calls`` names, all at once (see
+        :func:`~vecpress.distributed.fanout.call_shards`); an error once closed."""
+        self._check_open()
+        return call_shards(self._actors, self._names, method, calls, timeout=self._timeout,
+                           max_restarts=self._max_restarts, allow_partial=allow_partial)
 
-        A shard that is dead or restarting is asked again until the deadline (the actor
-        restarts from its directory); then :class:`ShardUnavailableError`. With
-        ``allow_partial`` a shard that fails or is late is left out of the answers instead.
-        An error the method itself raises (a bad filter, say) is raised as it is."""
-        ray = _ray()
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
-        from ray.exceptions import RayActorError
-
-        if not calls:
-            return {}
-        deadline = time.monotonic() + self._timeout
-        pending = {self._submit(method, s, args): s for s, args in calls.items()}
-        answers: dict[int, Any] = {}
-        failures: dict[int, str] = {}
-        while pending:
-            remaining = deadline - time.monotonic()
-            ready, _ = ray.wait(list(pending), num_returns=len(pending),
-                                timeout=max(remaining, 0.0), fetch_local=True)
-            if not ready:
-                late = sorted(pending.values())
-                if allow_partial:
-                    return answers
-                name = self._names[late[0]]
-                reason = failures.get(late[0], f"no answer within timeout={self._timeout} s")
-                raise ShardUnavailableError(name, reason)
-            for ref in ready:
-                s = pending.pop(ref)
-                try:
-                    answers[s] = ray.get(ref)
-                except (RayActorError, ActorUnavailableError, GetTimeoutError) as exc:
-                    failures[s] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                    if allow_partial:
-                        continue
-                    permanent = isinstance(exc, ActorDiedError) and self._max_restarts == 0
-                    if permanent or time.monotonic() >= deadline:
-                        raise ShardUnavailableError(self._names[s], failures[s]) from None
-                    time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
-                    pending[self._submit(method, s, calls[s])] = s
-        return answers
-
-    def _submit(self, method: str, shard: int, args: tuple) -> Any:
-        return getattr(self._actors[shard], method).remote(*args)
-
-
-_ABSENT = object()

@@ -429,10 +429,10 @@ class VecpressVectorStore(VectorStore):
                                                  **kwargs: Any) -> list[tuple[Document, float]]:
         """``(document, relevance)`` pairs, best first: the Collection's calibrated relevance
         in [0, 1] (LangChain's ``score_threshold`` then means the same for every query), with
-        the raw score in ``metadata["vecpress_score"]``. With a second-stage ``reranker`` the
-        scores are the reranker's, mapped to [0, 1] as before (not calibrated); so are a
-        ``ShardedCollection``'s (calibrated relevance is per Collection for now)."""
-        if self._reranker is not None or isinstance(self._collection, ShardedCollection):
+        the raw score in ``metadata["vecpress_score"]`` (a ``ShardedCollection`` pools its
+        shards' statistics, see its ``search``). With a second-stage ``reranker`` the scores
+        are the reranker's, mapped to [0, 1] as before (not calibrated)."""
+        if self._reranker is not None:
             return super()._similarity_search_with_relevance_scores(query, k, **kwargs)
         options = _search_options(kwargs, "similarity_search_with_relevance_scores")
         if self._collection is None:

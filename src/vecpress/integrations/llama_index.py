@@ -310,10 +310,6 @@ class VecpressVectorStore(BasePydanticVectorStore):
         if self._collection is None:
             filters_module.parse(call["where"])  # a malformed filter is an error here too
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
-        if call.get("relevance") and isinstance(self._collection, ShardedCollection):
-            raise ValueError("calibrated relevance (relevance_scores=True or min_relevance) is "
-                             "not available on a ShardedCollection yet; use a Collection, or "
-                             "drop the option to get raw scores")
         if mode == "mmr":
             hits = self._collection.max_marginal_relevance_search(**call)
         elif self._reranker is not None:
