@@ -656,7 +656,7 @@ def _read_pointer(pointer: Path) -> bytes:
         raise FileNotFoundError(f"persist_path={str(pointer)!r} does not exist; write it "
                                 f"with VecpressVectorStore.persist(...) or "
                                 f"StorageContext.persist(...)") from None
-    except OSError as exc:
+    except OSError:
         if pointer.is_symlink():
             raise StoreCorruptedError(f"{pointer}: is a symbolic link; a store pointer must be "
                                       f"a regular file (links are not followed)") from None
