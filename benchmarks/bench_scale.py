@@ -304,6 +304,8 @@ METHODS: dict[str, ScaleMethod] = {
     "vecpress 1-bit": ScaleMethod(lambda d, n, w: VecpressStore(d, n, w, bits=1, rerank=False)),
     "vecpress 1-bit + rerank x10": ScaleMethod(
         lambda d, n, w: VecpressStore(d, n, w, bits=1, rerank=True)),
+    "vecpress 1-bit + rerank x10, lists": ScaleMethod(
+        lambda d, n, w: VecpressStore(d, n, w, bits=1, rerank=True, partitions="auto")),
     "vecpress 4-bit": ScaleMethod(lambda d, n, w: VecpressStore(d, n, w, bits=4, rerank=False)),
     "vecpress 4-bit + rerank x3": ScaleMethod(
         lambda d, n, w: VecpressStore(d, n, w, bits=4, rerank=True), 1_000_000,
