@@ -337,3 +337,13 @@ def test_eight_threads_search_while_one_writes():
         thread.join()
     assert not errors
     assert len(store) == 30
+
+
+def test_top_level_export():
+    """``from vecpress import MultiVectorCollection, FDEConfig`` works (imported lazily)."""
+    import vecpress
+    from vecpress.multivector import FDEConfig
+    assert vecpress.MultiVectorCollection is MultiVectorCollection and vecpress.FDEConfig is FDEConfig
+    assert {"MultiVectorCollection", "FDEConfig"} <= set(vecpress.__all__)
+    with pytest.raises(AttributeError, match="no attribute"):
+        vecpress.NotAThing  # noqa: B018
