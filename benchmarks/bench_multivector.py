@@ -104,13 +104,14 @@ def median_ms(function, items) -> float:
 
 #: float32 variants: changes from the default, one at a time (the first is the previous default)
 VARIANTS = {
-    "previous default: 40 x 4 x 16 = 2,560 d, sign sketch, plain averages":
-        dict(repetitions=40, projection="sign", normalize_buckets=False),
-    "24 x 4 x 16, sign sketch, plain averages": dict(projection="sign", normalize_buckets=False),
-    "24 x 4 x 16, orthogonal, plain averages": dict(normalize_buckets=False),
-    "24 x 4 x 16, sign sketch, unit buckets": dict(projection="sign"),
-    "default: 24 x 4 x 16 = 1,536 d, orthogonal, unit buckets": {},
-    "default, empty buckets left empty": dict(fill_empty=False),
+    "previous default: 40 x 4 x 16 = 2,560 d, sign sketch, plain averages, empty buckets filled":
+        dict(repetitions=40, projection="sign", normalize_buckets=False, fill_empty=True),
+    "24 x 4 x 16, sign sketch, plain averages, filled":
+        dict(projection="sign", normalize_buckets=False, fill_empty=True),
+    "24 x 4 x 16, orthogonal, plain averages, filled": dict(normalize_buckets=False, fill_empty=True),
+    "24 x 4 x 16, sign sketch, unit buckets, filled": dict(projection="sign", fill_empty=True),
+    "24 x 4 x 16, orthogonal, unit buckets, filled": dict(fill_empty=True),
+    "default: 24 x 4 x 16 = 1,536 d, orthogonal, unit buckets, empty ones left empty": {},
     "40 x 4 x 16 = 2,560 d, orthogonal, unit buckets": dict(repetitions=40),
     "24 x 2 x 16 = 768 d (1 SimHash bit), orthogonal, unit buckets": dict(simhash_bits=1),
     "16 x 4 x 16 = 1,024 d, orthogonal, unit buckets": dict(repetitions=16),

@@ -49,12 +49,13 @@ def reference_fde(encoder: FDEEncoder, tokens: np.ndarray, *, document: bool) ->
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), reps=st.integers(1, 6), bits=st.integers(0, 4),
        proj=st.sampled_from([None, 3, 8]), kind=st.sampled_from(["orthogonal", "sign"]),
-       normalize=st.booleans(), n_tokens=st.integers(1, 12), document=st.booleans())
-def test_kernel_matches_numpy_reference(seed, reps, bits, proj, kind, normalize, n_tokens, document):
+       normalize=st.booleans(), fill=st.booleans(), n_tokens=st.integers(1, 12), document=st.booleans())
+def test_kernel_matches_numpy_reference(seed, reps, bits, proj, kind, normalize, fill, n_tokens, document):
     rng = np.random.default_rng(seed)
     tokens = rng.standard_normal((n_tokens, 8)).astype(np.float32)
     encoder = FDEEncoder(FDEConfig(dim=8, repetitions=reps, simhash_bits=bits, projection_dim=proj,
-                                   projection=kind, normalize_buckets=normalize, seed=seed))
+                                   projection=kind, normalize_buckets=normalize, fill_empty=fill,
+                                   seed=seed))
     got = (encoder.encode_documents if document else encoder.encode_queries)([tokens])[0]
     np.testing.assert_allclose(got, reference_fde(encoder, tokens, document=document),
                                rtol=1e-5, atol=1e-5)
@@ -111,7 +112,7 @@ def test_chamfer_bound(seed, bits, n_query, n_doc, clustered):
     else:
         doc, query = unit(rng.standard_normal((n_doc, dim))), unit(rng.standard_normal((n_query, dim)))
     plain = FDEEncoder(FDEConfig(dim=dim, repetitions=reps, simhash_bits=bits,
-                                 projection_dim=None, normalize_buckets=False, seed=seed))
+                                 projection_dim=None, normalize_buckets=False, fill_empty=True, seed=seed))
     query_fde = plain.encode_queries([query])[0]
     estimate = float(query_fde @ plain.encode_documents([doc])[0]) / reps
     chamfer = float(maxsim_scores(query, doc, np.array([0, n_doc]))[0])
@@ -120,7 +121,8 @@ def test_chamfer_bound(seed, bits, n_query, n_doc, clustered):
     assert chamfer - estimate <= expected + deviation + 1e-4
     # normalised buckets: each term moves by at most |q| * |1 - |a||, a its bucket's average
     normalized = FDEEncoder(FDEConfig(dim=dim, repetitions=reps, simhash_bits=bits,
-                                      projection_dim=None, normalize_buckets=True, seed=seed))
+                                      projection_dim=None, normalize_buckets=True, fill_empty=True,
+                                      seed=seed))
     shift = normalization_shift(plain, query, doc) / reps
     unit_estimate = float(query_fde @ normalized.encode_documents([doc])[0]) / reps
     assert abs(unit_estimate - estimate) <= shift + 1e-4
@@ -148,7 +150,7 @@ def test_bound_is_small_on_well_separated_clusters():
     doc = unit(rng.standard_normal((6, dim)))
     query = unit(doc + 0.01 * rng.standard_normal(doc.shape))
     encoder = FDEEncoder(FDEConfig(dim=dim, repetitions=reps, simhash_bits=bits, projection_dim=None,
-                                   normalize_buckets=False))
+                                   normalize_buckets=False, fill_empty=True))
     estimate = float(encoder.encode_queries([query])[0] @ encoder.encode_documents([doc])[0]) / reps
     chamfer = float(maxsim_scores(query, doc, np.array([0, 6]))[0])
     expected, deviation = chamfer_bound(query, doc, bits, reps, 1e-6)
@@ -264,9 +266,11 @@ def test_stored_configs_without_the_new_keys_keep_their_encoding():
     legacy = {"dim": 16, "repetitions": 4, "simhash_bits": 2, "projection_dim": 4,
               "final_dim": None, "fill_empty": True, "seed": 3}
     config = FDEConfig.from_dict(legacy)
-    assert (config.projection, config.normalize_buckets) == ("sign", False)
+    assert (config.projection, config.normalize_buckets, config.fill_empty) == ("sign", False, True)
+    assert FDEConfig.from_dict({**legacy, "fill_empty": False}).fill_empty is False
     assert FDEConfig.from_dict(FDEConfig(dim=16).to_dict()) == FDEConfig(dim=16)
-    assert FDEConfig(dim=16).projection == "orthogonal" and FDEConfig(dim=16).normalize_buckets
+    current = FDEConfig(dim=16)
+    assert (current.projection, current.normalize_buckets, current.fill_empty) == ("orthogonal", True, False)
 
 
 def test_matrices_are_the_same_on_every_machine():

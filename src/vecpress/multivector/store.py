@@ -64,7 +64,7 @@ class MultiVectorCollection:
         bits: code size per FDE coordinate in the Index (default 4).
         fde: an :class:`FDEConfig` or a dict of its fields (``dim`` is filled in); the default
             (24 repetitions, 2 SimHash bits, 16-wide orthogonal projection, document buckets
-            normalised, no final projection: 1,536 dimensions) was chosen by
+            normalised and empty ones left empty, no final projection: 1,536 dimensions) was chosen by
             ``benchmarks/bench_multivector.py`` (see the README). Stores made with another
             configuration keep theirs (it is in the manifest).
         candidates: documents reranked by exact MaxSim per search (default 100; raise it for
