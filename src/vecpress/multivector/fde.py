@@ -4,13 +4,14 @@ approximates the Chamfer (MaxSim) similarity of two token sets.
 For each of ``repetitions`` independent draws, ``simhash_bits`` random Gaussian hyperplanes
 split the token space into ``2**simhash_bits`` buckets (a token's bucket is its sign pattern).
 A query's block holds, per bucket, the *sum* of its tokens there; a document's holds the
-*average* of its tokens there, and an empty bucket takes the document token whose sign pattern
-is nearest in Hamming distance. Then ``<FDE(Q), FDE(D)> = sum over repetitions, over query
+*average* of its tokens there (by default scaled to unit length, see below), and with
+``fill_empty`` an empty bucket takes the document token whose sign pattern is nearest in
+Hamming distance (MUVERA's choice; off by default, see :class:`FDEConfig`). Then ``<FDE(Q), FDE(D)> = sum over repetitions, over query
 tokens q, of <q, the document's representative in q's bucket>``: every query token meets one
 document vector, as in MaxSim, except that it is the bucket's average instead of the best one.
 
-Bound (no projections, empty buckets filled; what ``tests/test_multivector_fde.py`` checks). Write ``M_q`` and
-``m_q`` for the largest and smallest ``<q, p>`` over document tokens ``p``. A representative is
+Bound (no projections, empty buckets filled, plain averages; what
+``tests/test_multivector_fde.py`` checks). Write ``M_q`` and ``m_q`` for the largest and smallest ``<q, p>`` over document tokens ``p``. A representative is
 an average of document tokens or one of them, so per repetition and query token the term lies
 in ``[m_q, M_q]``; hence, deterministically::
 
@@ -31,27 +32,30 @@ document to unit length, so a query token meets the *direction* of its bucket's 
 instead of the average itself. For unit tokens the average of a bucket is shorter than its
 members (much shorter when they disagree), and the plain encoding ranks documents by how
 coherent their buckets are as much as by how close they are; the direction is what MaxSim's
-best match resembles. The deterministic bound above then loosens by the rescaling: a term
-moves by ``|<q, a/|a|> - <q, a>| = |<q, a>| * |1/|a| - 1| <= |q| * |1 - |a||``, so without
-projections (``D`` the bound's deficit, ``E`` the sum over query tokens and repetitions of
-that shift, divided by ``repetitions``)::
+best match resembles. Both bounds above then loosen by the rescaling: the term of query token
+``q`` with bucket average ``a`` moves by ``|<q, a/|a|> - <q, a>| = |<q, a>| * |1/|a| - 1| <=
+|q| * |1 - |a||``. With ``E`` the sum of that shift over query tokens and repetitions, divided
+by ``repetitions`` (no projections)::
 
-    FDE(Q).FDE(D) / repetitions  <=  Chamfer(Q, D) + E,    Chamfer - FDE/R <= B + S sqrt(...) + E
+    FDE(Q).FDE(D) / repetitions  <=  Chamfer(Q, D) + E
+    Chamfer(Q, D) - FDE(Q).FDE(D) / repetitions  <=  B + S * sqrt(ln(1/delta) / (2 * repetitions)) + E
 
-On the benchmark (20k WordNet glosses, MiniLM tokens) it is what makes the encoding beat the
-token heuristic: the candidates needed for recall@10 0.95 of exact MaxSim fell from 145 to
-about 45 (``benchmarks/bench_multivector.py``).
+On the benchmark (20k WordNet glosses, MiniLM tokens, ``benchmarks/bench_multivector.py``)
+the candidates needed for recall@10 0.95 of exact MaxSim, at 24 x 4 x 16, float32: sign
+sketches and plain averages 199; unit buckets 88; orthogonal projection 110; both 47; and
+empty buckets left empty 43 (the previous default, 40 repetitions of the plain encoding,
+needed 145; the token heuristic 131).
 
 The inner projection (``projection_dim``) maps each repetition's ``dim`` token coordinates to
 ``projection_dim`` values, scaled so that inner products stay unbiased:
 
 * ``projection="orthogonal"`` (the default): the repetitions take successive column blocks of
-  random orthogonal matrices, so ``dim / projection_dim`` repetitions together keep every
-  direction of the token space exactly once (``sum_r P_r P_r^T = (dim / d) I``) and their
-  errors partly cancel. The matrices are built in exact integer arithmetic (random signs,
-  permutations and Sylvester-Hadamard blocks, three rounds, then one rounded scaling), so the
-  same seed gives the same bits on every machine and BLAS. Measured: 145 -> 100 candidates
-  for recall 0.95 on its own, against ``"sign"``;
+  random orthogonal matrices, so ``n / projection_dim`` repetitions together keep every
+  direction of the token space exactly once (``n``: ``dim`` rounded up to a multiple of the
+  Hadamard block; ``sum_r P_r P_r^T = (n / d) I``) and their errors partly cancel. The
+  matrices are built in exact integer arithmetic (random signs, permutations and
+  Sylvester-Hadamard blocks, three rounds, then one rounded scaling), so the same seed gives
+  the same bits on every machine and BLAS;
 * ``projection="sign"``: an independent random +-1/sqrt(d_proj) matrix per repetition (AMS
   sketch), the encoding of stores made before the orthogonal one existed.
 
