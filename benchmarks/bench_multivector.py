@@ -10,8 +10,11 @@ by side, each as "candidates, then exact MaxSim rerank from the tokens":
 3. mean-pooled single vectors (MiniLM's own sentence embedding) + rerank.
 
 For each: recall@10 against the exact top 10 as a function of the candidates reranked, the
-candidates needed for recall 0.95, latency, RAM and disk per document; nDCG@10 on the labelled
-WordNet synonym queries (``benchmarks.wordnet_queries``).
+candidates needed for recall 0.95, latency, RAM (codes and fixed matrices apart) and disk per
+document; nDCG@10 on the labelled WordNet synonym queries (``benchmarks.wordnet_queries``).
+A float32 section measures the encoding's variants one change at a time (the previous
+default, the orthogonal projection, bucket normalisation, empty-bucket filling, a mean block),
+which is where the defaults come from.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_multivector          # ~10 min on 2 cores
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_multivector --quick  # 4k documents
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,7 +41,7 @@ from benchmarks.multivector_data import N_BASE, load_token_benchmark
 from benchmarks.wordnet_queries import ndcg_at
 from vecpress.multivector import FDEConfig, FDEEncoder, MultiVectorCollection, maxsim_brute_force, maxsim_scores
 
-CANDIDATES = (10, 25, 50, 100, 200, 400, 800)
+CANDIDATES = (10, 25, 40, 50, 65, 80, 100, 150, 200, 400, 800)
 PER_TOKEN = (1, 2, 4, 8, 16, 32, 64, 128)
 TARGET = 0.95
 
@@ -89,7 +93,12 @@ def token_heuristic(queries, tokens, owner, per_token: tuple[int, ...]) -> list[
     return out
 
 
+TIMED = True
+
+
 def median_ms(function, items) -> float:
+    if not TIMED:
+        return float("nan")
     times = []
     for item in items:
         started = time.perf_counter()
@@ -98,12 +107,59 @@ def median_ms(function, items) -> float:
     return float(np.median(times) * 1e3)
 
 
+#: float32 variants: changes from the default, one at a time (the first is the previous default)
+VARIANTS = {
+    "previous default: 40 x 4 x 16 = 2,560 d, sign sketch, plain averages, empty buckets filled":
+        dict(repetitions=40, projection="sign", normalize_buckets=False, fill_empty=True),
+    "24 x 4 x 16, sign sketch, plain averages, filled":
+        dict(projection="sign", normalize_buckets=False, fill_empty=True),
+    "24 x 4 x 16, orthogonal, plain averages, filled": dict(normalize_buckets=False, fill_empty=True),
+    "24 x 4 x 16, sign sketch, unit buckets, filled": dict(projection="sign", fill_empty=True),
+    "24 x 4 x 16, orthogonal, unit buckets, filled": dict(fill_empty=True),
+    "default: 24 x 4 x 16 = 1,536 d, orthogonal, unit buckets, empty ones left empty": {},
+    "40 x 4 x 16 = 2,560 d, orthogonal, unit buckets": dict(repetitions=40),
+    "24 x 2 x 16 = 768 d (1 SimHash bit), orthogonal, unit buckets": dict(simhash_bits=1),
+    "16 x 4 x 16 = 1,024 d, orthogonal, unit buckets": dict(repetitions=16),
+}
+#: weight of the mean block tried beside the default (FDE + alpha * R * <sum q, unit mean of D>)
+MEAN_BLOCK_ALPHA = 0.5
+
+
+def float32_curves(tokens, offsets, queries, truth, dim: int) -> dict[str, list[tuple[float, float]]]:
+    """Recall@10 against candidates for each variant's float32 FDE (no quantization)."""
+    curves = {}
+    query_tokens, query_offsets = flat(queries)
+    for name, change in VARIANTS.items():
+        config = FDEConfig(dim=dim, **change)
+        encoder = FDEEncoder(config)
+        scores = encoder.encode_queries(query_tokens, query_offsets) @ encoder.encode_documents(tokens, offsets).T
+        curves[f"FDE float32: {name}"] = curve_of(scores, truth)
+        if not change:
+            means = np.add.reduceat(tokens, offsets[:-1], axis=0)
+            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+            query_sums = np.add.reduceat(query_tokens, query_offsets[:-1], axis=0)
+            mixed = scores + MEAN_BLOCK_ALPHA * config.repetitions * (query_sums @ means.T)
+            curves[f"FDE float32: default + mean block (alpha {MEAN_BLOCK_ALPHA})"] = curve_of(mixed, truth)
+        print(f"{name}: needs {needed(curves[f'FDE float32: {name}'])}", file=sys.stderr, flush=True)
+    return curves
+
+
+def curve_of(scores: np.ndarray, truth: np.ndarray) -> list[tuple[float, float]]:
+    order = np.argsort(-scores, axis=1)[:, :max(CANDIDATES)]
+    return [(c, recall_of([o[:c] for o in order], truth)) for c in CANDIDATES]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4k documents, 100 queries")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--no-variants", action="store_true", help="skip the float32 variants")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="recall, RAM and nDCG only (no timing, so no need of the benchmark lock)")
     args = parser.parse_args()
+    global TIMED
+    TIMED = not args.no_latency
     n_base = 4000 if args.quick else N_BASE
     n_queries = 100 if args.quick else args.queries
 
@@ -140,6 +196,7 @@ def main() -> None:
             store.upsert([str(i) for i in part], [docs[i] for i in part], texts=[texts[i] for i in part])
         build_s = time.perf_counter() - started
         stats = store.stats()
+        load_after_build = os.getloadavg()[0]
         curve = []
         for candidates in CANDIDATES:
             found = [np.array([int(h.id) for h in store.search(q, k=10, candidates=candidates)]) for q in queries]
@@ -155,23 +212,23 @@ def main() -> None:
         store.close()
     results["build_s"] = build_s
     results["fde"] = config.to_dict() | {"output_dim": config.output_dim}
+    results["load_after_build"] = load_after_build
     float32_tokens = mean_tokens * tokens.shape[1] * 4
+    per_document = stats["ram_bytes"] / n_base
     results["memory"] = {
         "float32 tokens per document": float32_tokens,
-        "FDE code bytes per document": stats["code_bytes"] / 1 if "code_bytes" in stats else None,
-        "RAM bytes per document (codes + fixed, /n)": stats["ram_bytes"] / n_base,
-        "RAM fixed bytes (PCA etc.)": stats.get("ram_fixed_bytes"),
+        "FDE code bytes per document (codes only)": stats["code_bytes"],
+        "RAM per document, per-row part (codes, factors, ids)": stats["ram_bytes_per_vector"],
+        "RAM fixed bytes: codec state (projection, centroid)": stats["ram_fixed_bytes"] - stats["fde_fixed_bytes"],
+        "RAM fixed bytes: FDE encoder matrices": stats["fde_fixed_bytes"],
+        f"RAM per document at {n_base} documents, fixed matrices included": per_document,
+        f"float32 tokens / RAM per document at {n_base}": float32_tokens / per_document,
         "disk bytes per document": disk / n_base,
         "token file bytes per document": stats["token_disk_bytes"] / n_base,
     }
 
-    encoder = FDEEncoder(config)
-    fdes = encoder.encode_documents(tokens, offsets)
-    query_fdes = encoder.encode_queries(*flat(queries))
-    order = np.argsort(-(query_fdes @ fdes.T), axis=1)
-    results["curves"]["MUVERA FDE (float32, no quantization)"] = [
-        (c, recall_of([o[:c] for o in order], truth)) for c in CANDIDATES]
-    del fdes
+    if not args.no_variants:
+        results["curves"].update(float32_curves(tokens, offsets, queries, truth, tokens.shape[1]))
 
     # 2. token heuristic (exact token neighbours)
     curve = []
@@ -203,9 +260,11 @@ def main() -> None:
 
 
 def write(results: dict, name: str) -> None:
+    results["latency_ms"] = {key: value for key, value in results["latency_ms"].items() if value == value}
     lines = [f"# Multi-vector retrieval: {results['documents']} WordNet glosses, all-MiniLM-L6-v2 tokens",
              "", f"{results['tokens']} document tokens; {results['queries']} held-out gloss queries; "
-             f"reference = exact MaxSim top 10. Machine: {results['machine']} (shared with other jobs).",
+             f"reference = exact MaxSim top 10. Machine: {results['machine']} (shared with other jobs; "
+             f"load average {results['load_after_build']:.1f} after the build).",
              f"FDE: {results['fde']}; store built in {results['build_s']:.0f} s.", "",
              "## Recall@10 against candidates reranked by exact MaxSim", "",
              "| method | " + " | ".join("cand / recall" for _ in range(len(CANDIDATES))) + " |",
@@ -215,10 +274,16 @@ def write(results: dict, name: str) -> None:
     lines += ["", f"## Candidates needed for recall@10 >= {TARGET}", "", "| method | candidates |", "| --- | --- |"]
     for method, value in results["needed_for_recall_0.95"].items():
         lines.append(f"| {method} | {'not reached' if value is None else f'{value:.0f}'} |")
+    heuristic = results["needed_for_recall_0.95"].get("token heuristic (exact per-token kNN)")
+    if heuristic:
+        lines += ["", f"Target: at most half the token heuristic's candidates, {heuristic / 2:.0f}."]
     lines += ["", "## Latency per query (median)", "", "| search | ms |", "| --- | --- |"]
     lines += [f"| {name} | {value:.1f} |" for name, value in results["latency_ms"].items()]
+    if not results["latency_ms"]:
+        lines += ["| not measured in this run (--no-latency) | |"]
     lines += ["", "## Memory and disk", "", "| quantity | bytes |", "| --- | --- |"]
-    lines += [f"| {name} | {value:,.0f} |" for name, value in results["memory"].items() if value is not None]
+    lines += [f"| {name} | {value:,.1f} |" if value < 100 else f"| {name} | {value:,.0f} |"
+              for name, value in results["memory"].items() if value is not None]
     lines += ["", "## nDCG@10 on labelled WordNet synonym queries", "", "| method | nDCG@10 |", "| --- | --- |"]
     lines += [f"| {name} | {value:.3f} |" for name, value in results["ndcg10"].items()]
     RESULTS.mkdir(exist_ok=True)

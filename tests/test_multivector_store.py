@@ -171,6 +171,28 @@ def test_read_only_second_open_sees_writes_and_cannot_write(tmp_path):
     writer.close()
 
 
+def test_a_store_from_before_the_orthogonal_encoding_opens_with_its_own(tmp_path):
+    """A manifest without ``projection`` / ``normalize_buckets`` (written before they existed)
+    opens with the sign sketch and plain averages it was built with (else the fingerprint of
+    the drawn matrices would not match and opening would refuse), and keeps encoding new
+    documents that way."""
+    from vecpress.multivector import FDEConfig
+    from vecpress.multivector.store import MANIFEST
+    path = tmp_path / "s"
+    legacy = dict(SMALL_FDE, projection="sign", normalize_buckets=False)
+    with MultiVectorCollection(DIM, path=path, fde=legacy) as store:
+        store.upsert(["a", "b"], [tokens_of("a", 0), tokens_of("b", 0)])
+    manifest = json.loads((path / MANIFEST).read_text())
+    del manifest["fde"]["projection"], manifest["fde"]["normalize_buckets"]
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with MultiVectorCollection.open(path) as store:
+        assert store.fde_config == FDEConfig(DIM, **legacy)
+        store.upsert(["c"], [tokens_of("c", 0)])
+        assert store.search(tokens_of("c", 0), k=1, candidates=3)[0].id == "c"
+    with MultiVectorCollection(DIM, path=tmp_path / "new", fde=SMALL_FDE) as fresh:
+        assert (fresh.fde_config.projection, fresh.fde_config.normalize_buckets) == ("orthogonal", True)
+
+
 def test_torn_tail_is_ignored_and_overwritten(tmp_path):
     path = tmp_path / "s"
     store = MultiVectorCollection(DIM, path=path, fde=SMALL_FDE)
@@ -315,3 +337,13 @@ def test_eight_threads_search_while_one_writes():
         thread.join()
     assert not errors
     assert len(store) == 30
+
+
+def test_top_level_export():
+    """``from vecpress import MultiVectorCollection, FDEConfig`` works (imported lazily)."""
+    import vecpress
+    from vecpress.multivector import FDEConfig
+    assert vecpress.MultiVectorCollection is MultiVectorCollection and vecpress.FDEConfig is FDEConfig
+    assert {"MultiVectorCollection", "FDEConfig"} <= set(vecpress.__all__)
+    with pytest.raises(AttributeError, match="no attribute"):
+        vecpress.NotAThing  # noqa: B018

@@ -63,9 +63,10 @@ class MultiVectorCollection:
             opened; a new or empty one gets a new store.
         bits: code size per FDE coordinate in the Index (default 4).
         fde: an :class:`FDEConfig` or a dict of its fields (``dim`` is filled in); the default
-            (40 repetitions, 2 SimHash bits, 16-wide projection, no final projection: 2,560
-            dimensions) was chosen
-            by ``benchmarks/bench_multivector.py`` (see the README).
+            (24 repetitions, 2 SimHash bits, 16-wide orthogonal projection, document buckets
+            normalised and empty ones left empty, no final projection: 1,536 dimensions) was chosen by
+            ``benchmarks/bench_multivector.py`` (see the README). Stores made with another
+            configuration keep theirs (it is in the manifest).
         candidates: documents reranked by exact MaxSim per search (default 100; raise it for
             recall, lower it for speed). Overridable per search.
         embedder: a :class:`~vecpress.embeddings.token_embedders.TokenEmbedder`, used by
@@ -361,8 +362,15 @@ class MultiVectorCollection:
 
     def stats(self) -> dict[str, Any]:
         """The FDE Collection's stats plus the token file's: ``ram_bytes`` is the FDE codes (the
-        tokens stay on disk), ``token_rows`` counts rows including unused ones."""
+        tokens stay on disk) plus the fixed matrices, ``ram_fixed_bytes`` the codec's state and
+        the encoder's drawn matrices (``fde_fixed_bytes``), ``token_rows`` counts rows
+        including unused ones."""
         info = dict(self._collection.stats())
+        encoder_bytes = self._encoder.fixed_bytes
+        info["fde_fixed_bytes"] = encoder_bytes
+        for key in ("ram_bytes", "ram_fixed_bytes"):
+            if key in info:
+                info[key] += encoder_bytes
         info["fde_dim"] = self._encoder.output_dim
         info["token_rows"] = self._tokens.rows
         info["token_disk_bytes"] = self._tokens.disk_bytes
