@@ -73,8 +73,11 @@ class MultiVectorCollection:
             :meth:`add_texts` and :meth:`search_text`.
         read_only / durability: as for :class:`~vecpress.Collection`.
         **index_options: passed to the FDE :class:`~vecpress.Index` (``codec``, ``seed``,
-            ``partitions``, ...). The FDE originals are not kept (``rerank=False``): the exact
-            rerank is MaxSim on the tokens.
+            ``partitions``, ...). Without ``partitions`` the FDE originals are not kept
+            (``rerank=False``): the exact rerank is MaxSim on the tokens and the codes are
+            scanned flat. With ``partitions="auto"`` or a list count the FDE originals are kept
+            on disk as float16 (lists are trained from them; RAM is unchanged) and a search
+            probes ``nprobe`` lists, then reranks the shortlist by exact FDE score and by MaxSim.
     """
 
     def __init__(self, dim: int | None = None, path: str | Path | None = None, *, bits: int | None = None,
@@ -115,7 +118,9 @@ class MultiVectorCollection:
         sync = self._durability == "full"
         bits = 4 if bits is None else bits
         # an in-memory Collection validates bits and the index options before any file exists
-        probe = Collection(config.output_dim, bits=bits, metric="ip", rerank=False, **index_options)
+        keep_fdes = _wants_lists(index_options)
+        probe = Collection(config.output_dim, bits=bits, metric="ip", rerank=keep_fdes,
+                           **index_options)
         if self._path is None:
             self._collection = probe
             self._tokens = _MemoryTokens(config.dim)
@@ -131,8 +136,8 @@ class MultiVectorCollection:
             _write_json(path / MANIFEST, manifest, sync=sync)
             self._tokens = TokenFile.create(path / TOKENS_FILE, config.dim, sync=sync)
             self._collection = Collection(config.output_dim, path=path / COLLECTION_DIR, bits=bits,
-                                          metric="ip", rerank=False, durability=self._durability,
-                                          **index_options)
+                                          metric="ip", rerank=keep_fdes,
+                                          durability=self._durability, **index_options)
         except BaseException:
             self._release()
             raise
@@ -297,11 +302,12 @@ class MultiVectorCollection:
 
     # ------------------------------------------------------------------ reads
     def search(self, query: Any, k: int = 10, where: Any = None, *, candidates: int | None = None,
-               include_tokens: bool = False) -> list[Hit]:
+               include_tokens: bool = False, nprobe: int | None = None) -> list[Hit]:
         """The ``k`` documents with the highest MaxSim to ``query`` (a ``(tokens, dim)`` matrix),
         best first, among those matching ``where``. ``score`` is the exact MaxSim (sum over query
         tokens of the best inner product with a document token), computed from the stored float16
-        tokens for the ``candidates`` (default: the store's) documents whose FDE scores best."""
+        tokens for the ``candidates`` (default: the store's) documents whose FDE scores best.
+        ``nprobe``: lists scanned in a partitioned store (default: the calibrated count)."""
         k = as_positive_int(k, "k")
         candidates = self.candidates if candidates is None else as_positive_int(candidates, "candidates")
         if hasattr(query, "detach"):
@@ -312,12 +318,14 @@ class MultiVectorCollection:
         fde = self._encoder.encode_queries([query])[0]
         if not fde.any():  # an all-zero query scores every document 0: any candidates will do
             fde[0] = np.float32(1e-30)
-        shortlist = self._collection.search(fde, k=max(k, candidates), where=where)
+        shortlist = self._collection.search(fde, k=max(k, candidates), where=where, nprobe=nprobe)
         return self._rerank(query, shortlist, k, include_tokens)
 
-    def search_text(self, text: str, k: int = 10, where: Any = None, *, candidates: int | None = None) -> list[Hit]:
+    def search_text(self, text: str, k: int = 10, where: Any = None, *, candidates: int | None = None,
+                    nprobe: int | None = None) -> list[Hit]:
         """Embed ``text`` with the store's token embedder, then :meth:`search`."""
-        return self.search(self._need_embedder("search_text").embed_query(text), k, where, candidates=candidates)
+        return self.search(self._need_embedder("search_text").embed_query(text), k, where,
+                           candidates=candidates, nprobe=nprobe)
 
     def _rerank(self, query: np.ndarray, shortlist: list[Hit], k: int, include_tokens: bool) -> list[Hit]:
         if not shortlist:
@@ -382,6 +390,12 @@ class MultiVectorCollection:
                              f"SentenceTransformerTokenEmbedder()) or pass token matrices to "
                              f"{'upsert' if method == 'add_texts' else 'search'}")
         return self.embedder
+
+
+def _wants_lists(index_options: dict) -> bool:
+    """Whether the FDE index is to be partitioned, which needs its originals kept: only when
+    ``partitions`` is given (the Index's own default, ``"auto"``, stays flat without them)."""
+    return index_options.get("partitions") is not None
 
 
 def _fde_config(fde: Any, dim: int) -> FDEConfig:
