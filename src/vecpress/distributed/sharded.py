@@ -41,9 +41,9 @@ import numpy as np
 
 from ..core import filters as filters_module
 from ..core import storage
-from ..core.collection import (FUSIONS, INDEX_OPTIONS, SEARCH_MODES, Collection, Hit,
-                               _checked_id_list, _checked_ids, _checked_list, _checked_relevance,
-                               _checked_texts, _metadata_json, fuse_rankings,
+from ..core.collection import (INDEX_OPTIONS, Collection, Hit, _checked_id_list, _checked_ids,
+                               _checked_list, _checked_texts, _metadata_json,
+                               checked_search_options, fuse_rankings,
                                maximal_marginal_relevance)
 from ..core.docstore import fts_phrases
 from ..core.relevance import RelevanceParams
@@ -379,23 +379,8 @@ class ShardedCollection:
         (:func:`~vecpress.distributed.results.pooled_stats`), so a hit's relevance is the one
         a single Collection gives it, up to sampling (exactly, up to ``SAMPLE_ROWS`` rows);
         the mapping's parameters are the shards' (``shard-0000``'s)."""
-        k = as_positive_int(k, "k")
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(SEARCH_MODES)}")
-        if min_relevance is not None:
-            min_relevance = _checked_relevance(min_relevance, "min_relevance")
-        if not isinstance(relevance, bool):
-            raise TypeError(f"relevance must be True or False, got {relevance!r}")
-        relevance = relevance or min_relevance is not None
-        if relevance and mode != "dense":
-            raise ValueError(f"relevance and min_relevance apply to mode='dense' (calibrated "
-                             f"vector scores), but mode={mode!r}; drop them or search densely")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion={fusion!r} is unknown; use 'rrf' or 'weighted'")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-        if fetch_k is not None:
-            fetch_k = as_positive_int(fetch_k, "fetch_k")
+        k, relevance, min_relevance, fetch_k = checked_search_options(
+            k, mode, relevance, min_relevance, fusion, alpha, fetch_k)
         query = None if mode == "text" and vector is None else self._query_vector(vector, mode)
         if mode != "dense" and not isinstance(query_text, str):
             raise ValueError(f"mode={mode!r} needs query_text, a string")

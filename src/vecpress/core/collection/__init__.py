@@ -19,7 +19,8 @@ from .collection import INDEX_OPTIONS, Collection
 from .opening import FORMAT_NAME, FORMAT_VERSION, INDEX_DIR, RELEVANCE_META_KEY
 from .results import Hit, SearchResults, relevance_score
 from .rwlock import _ReadWriteLock
-from .search import FUSIONS, RRF_K, SEARCH_MODES, fuse_rankings, maximal_marginal_relevance
+from .search import (FUSIONS, RRF_K, SEARCH_MODES, checked_search_options, fuse_rankings,
+                     maximal_marginal_relevance)
 from .validation import (_checked_id_list, _checked_ids, _checked_list, _checked_relevance,
                          _checked_relevant_ids, _checked_texts, _json_value, _metadata_json,
                          _storable_text)

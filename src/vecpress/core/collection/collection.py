@@ -45,9 +45,9 @@ from ..validate import as_durability, as_matrix, as_positive_int
 from .opening import INDEX_DIR, RELEVANCE_META_KEY, _Opening
 from .results import Hit, SearchResults
 from .rwlock import _ReadWriteLock
-from .search import FUSIONS, SEARCH_MODES, _Search, maximal_marginal_relevance
-from .validation import (_checked_id_list, _checked_ids, _checked_list, _checked_relevance,
-                         _checked_relevant_ids, _checked_texts, _metadata_json)
+from .search import _Search, checked_search_options, maximal_marginal_relevance
+from .validation import (_checked_id_list, _checked_ids, _checked_list, _checked_relevant_ids,
+                         _checked_texts, _metadata_json)
 
 INDEX_OPTIONS = ("rerank", "codec", "oversample", "rerank_dtype", "truncate_dim", "seed",
                  "query_bits", "partitions")
@@ -371,23 +371,8 @@ class Collection(_Opening, _Search):
         (the query's score statistics over the collection). ``min_relevance`` keeps only the
         hits at or above it: at most ``k``, possibly none ("nothing relevant").
         """
-        k = as_positive_int(k, "k")
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(SEARCH_MODES)}")
-        if min_relevance is not None:
-            min_relevance = _checked_relevance(min_relevance, "min_relevance")
-        if not isinstance(relevance, bool):
-            raise TypeError(f"relevance must be True or False, got {relevance!r}")
-        relevance = relevance or min_relevance is not None
-        if relevance and mode != "dense":
-            raise ValueError(f"relevance and min_relevance apply to mode='dense' (calibrated "
-                             f"vector scores), but mode={mode!r}; drop them or search densely")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion={fusion!r} is unknown; use 'rrf' or 'weighted'")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-        if fetch_k is not None:
-            fetch_k = as_positive_int(fetch_k, "fetch_k")
+        k, relevance, min_relevance, fetch_k = checked_search_options(
+            k, mode, relevance, min_relevance, fusion, alpha, fetch_k)
         query = None
         if mode != "text":
             if vector is None:

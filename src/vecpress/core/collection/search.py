@@ -12,14 +12,39 @@ import numpy as np
 from .. import filters as filters_module
 from .. import relevance as relevance_module
 from ..relevance import ScoreSample, ScoreStats
-from ..validate import as_matrix
-
+from ..validate import as_matrix, as_positive_int
 from .results import Hit
+from .validation import _checked_relevance
 
 SEARCH_MODES = ("dense", "text", "hybrid")
 FUSIONS = ("rrf", "weighted")
 #: reciprocal rank fusion constant (Cormack et al. 2009)
 RRF_K = 60
+
+
+def checked_search_options(k: Any, mode: Any, relevance: Any, min_relevance: Any, fusion: Any,
+                           alpha: Any, fetch_k: Any) -> tuple[int, bool, float | None, int | None]:
+    """A search's options checked before anything runs (one rule for ``Collection`` and
+    ``ShardedCollection``): ``(k, relevance, min_relevance, fetch_k)``, where ``relevance``
+    is also true when a ``min_relevance`` is given."""
+    k = as_positive_int(k, "k")
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode={mode!r} is unknown; use one of {', '.join(SEARCH_MODES)}")
+    if min_relevance is not None:
+        min_relevance = _checked_relevance(min_relevance, "min_relevance")
+    if not isinstance(relevance, bool):
+        raise TypeError(f"relevance must be True or False, got {relevance!r}")
+    relevance = relevance or min_relevance is not None
+    if relevance and mode != "dense":
+        raise ValueError(f"relevance and min_relevance apply to mode='dense' (calibrated "
+                         f"vector scores), but mode={mode!r}; drop them or search densely")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion={fusion!r} is unknown; use 'rrf' or 'weighted'")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if fetch_k is not None:
+        fetch_k = as_positive_int(fetch_k, "fetch_k")
+    return k, relevance, min_relevance, fetch_k
 
 
 def maximal_marginal_relevance(query: np.ndarray, candidates: np.ndarray, k: int,
