@@ -9,5 +9,5 @@ python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[dev]"
 export HF_HUB_OFFLINE=1
 # compile the numba kernels once up front (cached), so no test process pays the compile
-python -m vecpress.cli warmup
+python -m vecpress.cli warmup --bits 1 4 --every-kernel
 python -m pytest "$@"

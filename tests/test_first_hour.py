@@ -375,3 +375,12 @@ def test_warmup_refuses_bad_bits_before_doing_anything(capsys):
     with pytest.raises(SystemExit):
         main(["warmup", "--bits", "9"])
     assert "bits must be 1-8, 16 or 32" in capsys.readouterr().err
+
+
+def test_warmup_every_kernel_goes_through_the_other_codecs_and_restores_thresholds(capsys):
+    from vecpress.core.codecs import scanning
+
+    before = scanning.PARALLEL_MIN_ROWS, scanning.PARALLEL_MIN_ROWS_ONE_QUERY
+    assert main(["warmup", "--bits", "4", "--every-kernel"]) == 0
+    assert "every other kernel: rabitq, int8" in capsys.readouterr().err
+    assert (scanning.PARALLEL_MIN_ROWS, scanning.PARALLEL_MIN_ROWS_ONE_QUERY) == before

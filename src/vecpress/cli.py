@@ -598,7 +598,8 @@ def cmd_warmup(args: argparse.Namespace) -> int:
 
     _status(f"vecpress warmup: compiling the numba kernels for {', '.join(map(str, args.bits))}-bit "
             f"stores, or loading them from numba's cache ({numba_cache_dir()})")
-    report = warmup(tuple(args.bits), status=lambda line: _status(f"  {line}"))
+    report = warmup(tuple(args.bits), status=lambda line: _status(f"  {line}"),
+                    every_kernel=args.every_kernel)
     print(report.summary())
     return 0
 
@@ -746,6 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "when the cache is already filled.")
     warm.add_argument("--bits", type=_bits, nargs="+", default=[4],
                       help="code sizes to prepare (default 4, the default store's)")
+    warm.add_argument("--every-kernel", action="store_true",
+                      help="also the rabitq codec, 16-bit codes, threaded scans and multi-vector "
+                           "encodings (what the test suite uses)")
     warm.set_defaults(run=cmd_warmup)
     return parser
 

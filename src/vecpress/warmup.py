@@ -140,7 +140,7 @@ _WARMUP_LISTS = 4
 
 
 def warmup(bits: tuple[int, ...] | list[int] = DEFAULT_WARMUP_BITS, *,
-           status: Callable[[str], None] | None = None) -> WarmupReport:
+           status: Callable[[str], None] | None = None, every_kernel: bool = False) -> WarmupReport:
     """Compile (or load from numba's cache) every kernel a store of these ``bits`` uses.
 
     Builds small throw-away stores in a temporary folder and goes through what a user's
@@ -151,6 +151,10 @@ def warmup(bits: tuple[int, ...] | list[int] = DEFAULT_WARMUP_BITS, *,
     Args:
         bits: code sizes to prepare (1-8, 16, 32); the CLI's default is the default store's 4.
         status: called with a short line before each step (the CLI prints it).
+        every_kernel: also compile what other stores use: the ``rabitq`` and ``int8`` codecs, 16-bit
+            (float16) codes, the scans split over threads (which a store uses from 50,000
+            rows), and multi-vector encodings. The test suite warms up this way, so no test
+            pays a compile.
     """
     from .core.collection import Collection
 
@@ -181,8 +185,38 @@ def warmup(bits: tuple[int, ...] | list[int] = DEFAULT_WARMUP_BITS, *,
                     _search_paths(collection, queries)
                 with Collection.open(path, read_only=True) as reopened:
                     _search_paths(reopened, queries)
+        if every_kernel:
+            say("every other kernel: rabitq, int8, 16-bit codes, threaded scans, multi-vector")
+            _other_kernels(vectors, queries)
     seconds = time.perf_counter() - started
     return WarmupReport(seconds, listener.compiled[first_compiled:], numba_cache_dir())
+
+
+def _other_kernels(vectors: np.ndarray, queries: np.ndarray) -> None:
+    """Kernels no default store of a few rows reaches: other codecs, the threaded scans
+    (their row threshold lowered to zero for these calls only) and the FDE encoders."""
+    from .core.codecs import scanning
+    from .core.index import Index
+    from .multivector.fde import SERIAL_BELOW, FDEConfig, FDEEncoder
+
+    thresholds = scanning.PARALLEL_MIN_ROWS, scanning.PARALLEL_MIN_ROWS_ONE_QUERY
+    scanning.PARALLEL_MIN_ROWS = scanning.PARALLEL_MIN_ROWS_ONE_QUERY = 0
+    try:
+        for options in ({"bits": 4}, {"bits": 1, "codec": "rabitq"}, {"bits": 4, "codec": "rabitq"},
+                        {"bits": 16}, {"bits": 8, "codec": "int8"}):
+            index = Index(vectors.shape[1], **options)
+            index.add(vectors)
+            index.search(queries, 5)
+            index.search(queries[:1], 5)
+    finally:
+        scanning.PARALLEL_MIN_ROWS, scanning.PARALLEL_MIN_ROWS_ONE_QUERY = thresholds
+    rng = np.random.default_rng(1)
+    tokens = [rng.standard_normal((5, 16)).astype(np.float32) for _ in range(SERIAL_BELOW + 1)]
+    for config in (FDEConfig(dim=16), FDEConfig(dim=16, final_dim=64)):
+        encoder = FDEEncoder(config)
+        encoder.encode_documents(tokens)  # the threaded encoder
+        encoder.encode_documents(tokens[:1])  # the serial one
+        encoder.encode_queries(tokens[:1])
 
 
 def _search_paths(collection: Any, queries: np.ndarray) -> None:
