@@ -194,7 +194,8 @@ def warmup(bits: tuple[int, ...] | list[int] = DEFAULT_WARMUP_BITS, *,
 
 def _other_kernels(vectors: np.ndarray, queries: np.ndarray) -> None:
     """Kernels no default store of a few rows reaches: other codecs, the threaded scans
-    (their row threshold lowered to zero for these calls only) and the FDE encoders."""
+    and the FDE encoders. The scans' row thresholds are zero, process-wide, while these run
+    (they only choose between paths that give the same answers) and restored after."""
     from .core.codecs import scanning
     from .core.index import Index
     from .multivector.fde import SERIAL_BELOW, FDEConfig, FDEEncoder

@@ -299,20 +299,9 @@ def fit_gate(features: Any, answerable: Any, *, balanced: bool = False,
     (rows of :func:`query_features`). ``balanced`` weighs both classes equally (an
     off-topic query as likely as an answerable one); otherwise the mix given is the prior.
     """
-    X = np.asarray(features, dtype=np.float64)
-    y = np.asarray(answerable, dtype=np.float64)
-    width = len(GATE_KEYS)
-    if X.ndim != 2 or X.shape[1] != width or len(X) != len(y):
-        raise ValueError(f"features must be (n, {width}) with one label each, got {X.shape} "
-                         f"and {y.shape}")
-    if len(y) == 0 or y.min() == y.max():
-        raise ValueError("fitting the gate needs both answerable queries and off-topic ones "
-                         "(queries with no relevant document)")
-    weights = None
-    if balanced:
-        positive = y.mean()
-        weights = np.where(y > 0, 0.5 / positive, 0.5 / (1 - positive))
-    w = _newton(X, y, ridge, penalised=[c != width - 1 for c in range(width)], weights=weights)
+    w = _fit_logistic(features, answerable, len(GATE_KEYS), ridge, balanced=balanced,
+                      one_class="fitting the gate needs both answerable queries and off-topic "
+                                "ones (queries with no relevant document)")
     return tuple(float(v) for v in w)  # type: ignore[return-value]
 
 
@@ -348,21 +337,33 @@ def fit_params(features: Any, labels: Any, *, fitted_on: int = 0,
     """Logistic regression of ``labels`` (1 relevant, 0 not) on ``features`` (rows from
     :func:`hit_features`), by Newton's method (a slight ridge keeps separable labels
     finite). ``ValueError`` when relevance would not rise with the score."""
-    X = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
-    width = len(PARAM_KEYS)
-    if X.ndim != 2 or X.shape[1] != width or len(X) != len(y):
-        raise ValueError(f"features must be (n, {width}) with one label each, got {X.shape} "
-                         f"and {y.shape}")
-    if len(y) == 0 or y.min() == y.max():
-        raise ValueError("the labelled hits must include both relevant and irrelevant ones "
-                         "to fit a threshold; label more queries, or a larger k")
-    full = _newton(X, y, ridge, penalised=[c != width - 1 for c in range(width)])
+    full = _fit_logistic(features, labels, len(PARAM_KEYS), ridge,
+                         one_class="the labelled hits must include both relevant and irrelevant "
+                                   "ones to fit a threshold; label more queries, or a larger k")
     if full[0] <= 0:
         raise ValueError("the labels do not rise with the score (relevant hits score no "
                          "higher than irrelevant ones); check that relevant_ids match the "
                          "queries")
     return RelevanceParams(*map(float, full), fitted_on=fitted_on)
+
+
+def _fit_logistic(features: Any, labels: Any, width: int, ridge: float, *, one_class: str,
+                  balanced: bool = False) -> np.ndarray:
+    """Weights of a logistic regression of ``labels`` on ``features`` (n, ``width``), the
+    last column the unpenalised bias; ``one_class`` is the error when the labels are all
+    alike. ``balanced`` weighs both classes equally."""
+    X = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != width or len(X) != len(y):
+        raise ValueError(f"features must be (n, {width}) with one label each, got {X.shape} "
+                         f"and {y.shape}")
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError(one_class)
+    weights = None
+    if balanced:
+        positive = y.mean()
+        weights = np.where(y > 0, 0.5 / positive, 0.5 / (1 - positive))
+    return _newton(X, y, ridge, penalised=[c != width - 1 for c in range(width)], weights=weights)
 
 
 def _newton(X: np.ndarray, y: np.ndarray, ridge: float, penalised: list[bool],
