@@ -3,33 +3,41 @@
 A raw dense score means different things for different queries: one query's relevant
 documents score 0.45 while another's irrelevant ones score 0.6. This module keeps, per query,
 robust statistics of the scores the query gives the whole collection (estimated from a fixed,
-seeded sample of its rows, see :class:`ScoreSample`), and maps an exact score to a relevance
-with two logistics whose parameters are global (:class:`RelevanceParams`)::
+seeded sample of its rows, see :class:`ScoreSample`) and of its own best candidates, and maps
+an exact score to a relevance with two logistics whose parameters are global
+(:class:`RelevanceParams`)::
 
-    relevance = sigmoid(w_score * x + w_median * x_median + w_upper * x_upper + bias)
-              * sigmoid(g_median * x_median + g_upper * x_upper + g_bias)
+    relevance = sigmoid(w_score * x + w_median * x_median + w_upper * x_upper + bias
+                        + w_best * x_best + w_mean * x_mean + w_rank * -log(rank))
+              * sigmoid(g_median * x_median + g_upper * x_upper + g_bias + g_best * x_best)
 
 where ``x`` is the hit's score in cosine units (see :func:`cosine_units`), ``x_median`` and
-``x_upper`` the median and 99th percentile of the query's scores over the whole collection.
-The first factor is the chance that a hit is relevant *given* that the collection can answer
-the query; the second, the **gate**, the chance that it can: a query about something the
-collection does not cover scores low against all of it (on WordNet glosses the median alone
-tells off-topic queries from answerable ones with an AUC of 0.96), so the gate lowers every
-relevance of an off-topic query at once and one threshold returns nothing for it.
+``x_upper`` the median and 99th percentile of the query's scores over the whole collection,
+``x_best`` and ``x_mean`` the best exact score of the query's candidates and the mean of the
+best :data:`CANDIDATES` (10), and ``rank`` the hit's rank among them. The first factor is the
+chance that a hit is relevant *given* that the collection can answer the query; the second,
+the **gate**, the chance that it can: a query about something the collection does not cover
+scores low against all of it (on WordNet glosses the median alone tells off-topic queries from
+answerable ones with an AUC of 0.96), so the gate lowers every relevance of an off-topic query
+at once and one threshold returns nothing for it. The candidate terms tell hits apart *within*
+a query: how far a hit falls below the query's best, and how crowded the top is
+(``benchmarks/results/relevance_features.md`` measures what each buys).
 
-``w_score`` is positive and the gate does not depend on the hit, so for a fixed query the
-relevance rises with the score: a threshold on it keeps a prefix of the ranked hits. Neither
-factor depends on the other hits, so a document's relevance is the same with or without a
-filter, and whatever ``k`` is (features of the query's own candidates, such as the best
-score or the hit's rank, were measured and gained unevenly, see
-``benchmarks/relevance_features.py``).
+``w_score`` is positive, ``w_rank`` not negative, and the other terms are the same for every
+hit of the query, so for a fixed query the relevance rises with the score: a threshold on it
+keeps a prefix of the ranked hits. A search with relevance ranks at least :data:`CANDIDATES`
+documents whatever its ``k``, so a hit's relevance does not depend on ``k``; with a filter,
+the candidates are the documents the filter lets through (relevance then answers "how
+relevant among what was asked for", at no extra search; parameters without candidate terms,
+``candidates=None``, give a relevance that does not depend on the filter either).
 
 The defaults (:data:`DEFAULT_PARAMS`) need no labels from the user; :func:`fit_params` fits
 the first factor to labelled hits of answerable queries and :func:`fit_gate` the gate to
 answerable and off-topic queries (``Collection.calibrate`` does both, see
 :func:`calibrated_params`), and they are stored with the collection
 (:meth:`RelevanceParams.to_json` / :meth:`RelevanceParams.from_json`, which checks a stored
-value like the rest of a store's metadata).
+value like the rest of a store's metadata; parameters stored before the gate or the candidate
+terms existed read back without them).
 
 Everything here is numpy on small arrays, no kernel; the only I/O is :class:`ScoreSample`
 reading its rows' kept vectors through the Index.
@@ -217,14 +225,14 @@ class RelevanceParams:
                                  f"{value!r}")
             object.__setattr__(self, field, tuple(value))
             for name, number in zip(keys, value):
-                _check_param(name, number)
+                _check_param(f"{field}[{name}]", number)
         for name in PARAM_KEYS:
             _check_param(name, getattr(self, name))
         if self.weight_score <= 0:
             raise ValueError(f"weight_score must be positive (the relevance must rise with the "
                              f"score), got {self.weight_score!r}")
         if self.candidates is not None and self.candidates[2] < 0:
-            raise ValueError(f"weight_rank must not be negative (the relevance must rise with "
+            raise ValueError(f"candidates[weight_rank] must not be negative (the relevance must rise with "
                              f"the score, and a better score has a better rank), got "
                              f"{self.candidates[2]!r}")
         if isinstance(self.fitted_on, bool) or not isinstance(self.fitted_on, int) \
