@@ -372,7 +372,8 @@ def fit_for_threshold(searches: dict[str, list], off_searches: list, metric: str
         hit_features, query_features)
 
     every = [s for part in searches.values() for s in part]
-    start = calibrated_params(every, metric, RelevanceParams(1.0, 0.0, 0.0, 0.0))
+    start = calibrated_params(every, metric, RelevanceParams(1.0, 0.0, 0.0, 0.0),
+                              prior_strength=0.0)
     gate = fit_gate([query_features(candidate_stats(st, sc), metric, with_candidates=True)
                      for sc, st, _, _ in every + off_searches],
                     [True] * len(every) + [False] * len(off_searches), balanced=True)

@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     fitted_now = fit_for_threshold({kind: as_searches(dev[kind], True) for kind in KINDS},
                                    off_searches, "cosine")
     every = [s for kind in KINDS for s in as_searches(dev[kind], True)]
-    first = calibrated_params(every, "cosine", RelevanceParams(1.0, 0.0, 0.0, 0.0))
+    first = calibrated_params(every, "cosine", RelevanceParams(1.0, 0.0, 0.0, 0.0),
+                              prior_strength=0.0)
     *gate, gate_best = fit_gate([query_features(st, "cosine", with_candidates=True)
                                  for _, st, _, _ in every + off_searches],
                                 [True] * len(every) + [False] * len(off_searches),

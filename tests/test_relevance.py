@@ -245,16 +245,34 @@ def test_calibrated_params_fit_the_gate_only_with_off_topic_queries():
             if answerable else np.zeros(10, dtype=bool)
         searches.append((scores, stats, labels, answerable))
     fallback = RelevanceParams(1.0, 0.0, 0.0, 0.0, gate=(1.0, 2.0, 3.0))
-    both = calibrated_params(searches, "cosine", fallback)
+    both = calibrated_params(searches, "cosine", fallback, prior_strength=0.0)
     assert both.fitted_on == 3000
     assert np.allclose(both.gate, truth.gate, rtol=0.35), both.gate
     assert both.weight_score == pytest.approx(8.0, rel=0.25)
-    answerable_only = calibrated_params([s for s in searches if s[3]], "cosine", fallback)
+    answerable_only = calibrated_params([s for s in searches if s[3]], "cosine", fallback,
+                                        prior_strength=0.0)
     assert answerable_only.gate == fallback.gate
     # the first factor is fitted on the answerable queries' hits alone: the same either way
     assert answerable_only.weight_score == pytest.approx(both.weight_score)
     with pytest.raises(ValueError, match="no answerable query"):
         calibrated_params([s for s in searches if not s[3]], "cosine", fallback)
+
+
+def test_the_prior_pulls_a_fit_towards_the_current_parameters():
+    truth = RelevanceParams(8.0, 6.0, -4.0, -3.0, candidates=(3.0, -2.0, 1.5, 0.0))
+    X, y = _synthetic_candidate_hits(truth, queries=300, k=10, seed=7)
+    current = DEFAULT_PARAMS
+    center = np.r_[[getattr(current, n) for n in relevance.PARAM_KEYS], current.candidates[:3]]
+
+    def weights(p: RelevanceParams) -> np.ndarray:
+        return np.r_[[getattr(p, n) for n in relevance.PARAM_KEYS], p.candidates[:3]]
+
+    free = weights(fit_params(X, y))
+    distances = [np.linalg.norm(weights(fit_params(X, y, prior=current, strength=s)) - center)
+                 for s in (0.0, 10.0, 1e3, 1e7)]
+    assert distances[0] == pytest.approx(np.linalg.norm(free - center))
+    assert all(a > b for a, b in zip(distances, distances[1:]))  # stronger: nearer
+    assert distances[-1] < 1e-3 * distances[0]
 
 
 def test_fit_refuses_labels_without_both_classes():
@@ -378,16 +396,19 @@ def test_search_relevance_is_in_0_1_and_falls_with_rank(metric):
 def test_relevance_does_not_depend_on_k_and_its_candidates_are_the_best_hits(clustered):
     col, data = clustered
     for query in clustered_vectors(3, 32, seed=31):
-        wide = col.search(query, 25, relevance=True)
-        scores = np.array([h.score for h in wide])
-        assert wide.stats.best == scores[0]
-        assert wide.stats.best_mean == pytest.approx(scores[:relevance.CANDIDATES].mean())
-        for k in (1, 4, 10):
+        ten = col.search(query, relevance.CANDIDATES, relevance=True)
+        scores = np.array([h.score for h in ten])
+        assert ten.stats.best == scores[0] and ten.stats.best_mean == pytest.approx(scores.mean())
+        for k in (1, 4):
             narrow = col.search(query, k, relevance=True)
-            assert [h.id for h in narrow] == [h.id for h in wide[:k]]
-            assert [h.relevance for h in narrow] == pytest.approx(
-                [h.relevance for h in wide[:k]])
-            assert narrow.stats == wide.stats
+            assert [h.id for h in narrow] == [h.id for h in ten[:k]]
+            assert [h.relevance for h in narrow] == pytest.approx([h.relevance for h in ten[:k]])
+            assert narrow.stats == ten.stats
+        # a larger k reranks more candidates, so its best ten can only be as good or better
+        wide = col.search(query, 40, relevance=True)
+        top = np.array([h.score for h in wide[:relevance.CANDIDATES]])
+        assert wide.stats.best_mean == pytest.approx(top.mean())
+        assert wide.stats.best_mean >= ten.stats.best_mean - 1e-6
 
 
 def test_min_relevance_keeps_a_prefix_and_k_stays_the_upper_bound(clustered):
