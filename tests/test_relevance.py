@@ -161,18 +161,28 @@ def test_fit_recovers_known_parameters_within_their_standard_error():
 
 def _synthetic_candidate_hits(truth: RelevanceParams, queries: int, k: int, seed: int):
     """As :func:`_synthetic_hits`, with candidate features (the best score varies apart from
-    the 99th percentile, so their weights can be told apart)."""
+    the 99th percentile, so their weights can be told apart); built with numpy for all
+    queries at once, and checked against :func:`hit_features` on a few."""
     rng = np.random.default_rng(seed)
-    features, labels = [], []
-    for _ in range(queries):
-        median = rng.normal(0.05, 0.05)
-        upper = median + rng.uniform(0.15, 0.35)
-        scores = np.sort(upper + rng.gamma(rng.uniform(1.0, 4.0), 0.08, k))[::-1]
-        stats = score_stats(np.array([median]), 10**5, scores)
-        stats = ScoreStats(median, 0.07, upper, 2048, 10**5, stats.best, stats.best_mean)
-        features.append(hit_features(scores, stats, "cosine", with_candidates=True))
-        labels.append(rng.random(k) < truth.relevance(scores, stats, "cosine"))
-    return np.vstack(features), np.concatenate(labels)
+    median = rng.normal(0.05, 0.05, queries)
+    upper = median + rng.uniform(0.15, 0.35, queries)
+    shape = rng.uniform(1.0, 4.0, queries)[:, None]
+    scores = -np.sort(-(upper[:, None] + rng.gamma(shape, 0.08, (queries, k))), axis=1)
+    best, mean = scores[:, 0], scores[:, :relevance.CANDIDATES].mean(axis=1)
+    rank = np.broadcast_to(np.arange(1, k + 1), (queries, k))
+    columns = [scores, median, upper, np.ones(queries), best, mean, -np.log(rank)]
+    X = np.stack([np.broadcast_to(c if np.ndim(c) == 2 else c[:, None], (queries, k))
+                  for c in columns], axis=-1)
+    for q in range(3):
+        stats = ScoreStats(median[q], 0.07, upper[q], 2048, 10**5, best[q], mean[q])
+        assert np.allclose(hit_features(scores[q], stats, "cosine", with_candidates=True), X[q])
+        assert np.allclose(hit_features(scores[q], stats, "cosine", with_candidates=True),
+                           hit_features(scores[q], ScoreStats(median[q], 0.07, upper[q], 2048,
+                                                              10**5), "cosine",
+                                        with_candidates=True))
+    X = X.reshape(-1, len(columns))
+    w = np.r_[[getattr(truth, n) for n in relevance.PARAM_KEYS], truth.candidates[:3]]
+    return X, rng.random(len(X)) < 1 / (1 + np.exp(-X @ w))
 
 
 def test_fit_recovers_known_candidate_weights_within_their_standard_error():
