@@ -267,7 +267,10 @@ def main(argv: list[str] | None = None) -> None:
     logistic_now = RelevanceParams(first.weight_score, first.weight_median, first.weight_upper,
                                    first.bias, gate=tuple(gate),
                                    candidates=(*first.candidates[:3], gate_best))
-    print("fitted for the threshold:", fitted_now, "\nlogistic:", logistic_now, flush=True)
+    packages_now = fit_for_threshold({"packages": as_searches(package_fit, True)},
+                                     as_searches(package_off, False), "cosine")
+    print("fitted for the threshold:", fitted_now, "\nlogistic:", logistic_now,
+          "\non package descriptions:", packages_now, flush=True)
     rows: dict[str, dict[str, tuple[float, float] | None]] = {}
     for kind in KINDS:
         answerable = evaluated[kind]
@@ -315,6 +318,12 @@ def main(argv: list[str] | None = None) -> None:
             shipped_scores(fitted_now, t), t["labels"], is_off)
         results["the same form, logistic fits only (what calibrate does)"] = at_recall(
             shipped_scores(logistic_now, t), t["labels"], is_off)
+        results["the same form fitted for the threshold without this kind"] = at_recall(
+            shipped_scores(fit_for_threshold({k: as_searches(dev[k], True) for k in KINDS
+                                              if k != kind}, off_searches, "cosine"), t),
+            t["labels"], is_off)
+        results["the same form fitted for the threshold on Debian package descriptions"] = \
+            at_recall(shipped_scores(packages_now, t), t["labels"], is_off)
         boost = boosted(fit_all, dev_off, t)
         results["gradient boosting, monotone in x, every feature"] = \
             None if boost is None else at_recall(boost, t["labels"], is_off)
