@@ -40,7 +40,7 @@ from .. import relevance as relevance_module
 from .. import storage
 from ..docstore import DB_FILE, fts_query
 from ..index import Index
-from ..relevance import DEFAULT_PARAMS, RelevanceParams, ScoreSample
+from ..relevance import CANDIDATES, DEFAULT_PARAMS, RelevanceParams, ScoreSample
 from ..validate import as_durability, as_matrix, as_positive_int
 from .opening import INDEX_DIR, RELEVANCE_META_KEY, _Opening
 from .results import Hit, SearchResults
@@ -387,7 +387,10 @@ class Collection(_Opening, _Search):
         with self._rw.read():
             k = self._at_most_documents(k)
             if mode == "dense":
-                ranked = self._dense(query, k, node, oversample, nprobe)
+                # with relevance, rank at least the candidates its features read (then cut
+                # to k), so that a hit's relevance does not depend on k
+                ranked = self._dense(query, max(k, CANDIDATES) if relevance else k, node,
+                                     oversample, nprobe)
             elif mode == "text":
                 ranked = self._text(match, k, node)
             else:
@@ -396,7 +399,7 @@ class Collection(_Opening, _Search):
                                       nprobe)
             if not relevance:
                 return SearchResults(self._hits(ranked, include_vectors))
-            ranked, values, stats = self._with_relevance(query, ranked, min_relevance)
+            ranked, values, stats = self._with_relevance(query, ranked, k, min_relevance)
             hits = self._hits(ranked, include_vectors)
             for hit, value in zip(hits, values):
                 hit.relevance = value

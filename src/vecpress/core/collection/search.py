@@ -290,12 +290,15 @@ class _Search:
         return sample
 
     def _with_relevance(self, query: np.ndarray, ranked: list[tuple[int, float, tuple]],
-                        min_relevance: float | None
+                        k: int, min_relevance: float | None
                         ) -> tuple[list[tuple[int, float, tuple]], list[float], ScoreStats]:
-        """``ranked`` with the relevance of each hit (those below ``min_relevance`` dropped:
-        a suffix, since relevance rises with the score) and the query's statistics."""
+        """The first ``k`` of ``ranked`` (the query's candidates, best first) with the
+        relevance of each hit (those below ``min_relevance`` dropped: a suffix, since
+        relevance rises with the score) and the query's statistics (with the candidates')."""
         sample = self._score_sample()
-        stats = relevance_module.score_stats(sample.scores(query[0]), sample.rows)
+        stats = relevance_module.score_stats(sample.scores(query[0]), sample.rows,
+                                             [s for _, s, _ in ranked])
+        ranked = ranked[:k]
         params = self._relevance
         values = params.relevance([s for _, s, _ in ranked], stats, self.metric).tolist() \
             if ranked else []
