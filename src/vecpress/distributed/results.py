@@ -112,7 +112,7 @@ def merged_stats(per_shard: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return info
 
 
-def pooled_stats(answers: Sequence[Ranked]) -> ScoreStats:
+def pooled_stats(answers: Sequence[Ranked], candidates: Sequence[float] = ()) -> ScoreStats:
     """One query's score statistics over the whole store from the shards' samples: each shard
     gives a share of :data:`~vecpress.core.relevance.SAMPLE_ROWS` in proportion to its rows
     (a seeded draw from its sample), so the pool samples the store as one Collection's sample
@@ -129,4 +129,4 @@ def pooled_stats(answers: Sequence[Ranked]) -> ScoreStats:
         picked = a.sample if share == len(a.sample) else \
             a.sample[np.sort(rng.choice(len(a.sample), size=share, replace=False))]
         pool.append(np.asarray(picked, dtype=np.float64))
-    return score_stats(np.concatenate(pool) if pool else np.zeros(0), rows)
+    return score_stats(np.concatenate(pool) if pool else np.zeros(0), rows, candidates)

@@ -46,7 +46,7 @@ from ..core.collection import (INDEX_OPTIONS, Collection, Hit, _checked_id_list,
                                checked_search_options, fuse_rankings,
                                maximal_marginal_relevance)
 from ..core.docstore import fts_phrases
-from ..core.relevance import RelevanceParams
+from ..core.relevance import CANDIDATES, RelevanceParams
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
 from .batching import QueryBatcher
@@ -488,16 +488,19 @@ class ShardedCollection:
         """:meth:`_ranked` for queries sharing ``key``: one call per shard for them all."""
         k, _, options, allow_partial, relevance = key
         queries = np.stack([query for query, _ in requests])
-        calls = {s: (queries, k, requests[0][1], dict(options), relevance)
+        # with relevance, rank the candidates its terms read, then cut to k (as a Collection)
+        fetch = max(k, CANDIDATES) if relevance else k
+        calls = {s: (queries, fetch, requests[0][1], dict(options), relevance)
                  for s in range(len(self._actors))}
         answers = self._call("search", calls, allow_partial=allow_partial)
         missing = self._missing(answers)
         results = []
         for i in range(len(requests)):
             found = [shard_answers[i] for shard_answers in answers.values()]
-            result = merge_ranked(found, k, missing)
+            result = merge_ranked(found, fetch, missing)
             if relevance:
-                result.stats = pooled_stats(found)
+                result.stats = pooled_stats(found, [h.score for h in result])
+                del result[k:]
                 values = self._relevance_params().relevance(
                     [h.score for h in result], result.stats, self.metric).tolist() \
                     if result else []
