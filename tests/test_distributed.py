@@ -1,8 +1,10 @@
 """ShardedCollection on a local Ray cluster: the same answers as one Collection, routing, the
 root manifest as untrusted input, restarts after SIGKILL, and the framework adapters.
 
-One Ray cluster serves the module (started once, shut down at the end); most tests share one
-3-shard store and clear it first.
+One Ray cluster serves the module (started once, shut down at the end), the README's Ray
+example included; most tests share one 3-shard store and clear it first. Every actor start
+costs 1-3 s here (a worker process, importing vecpress, and numba's first call in it), so the
+tests start as few as they can.
 """
 
 from __future__ import annotations
@@ -229,9 +231,11 @@ def test_relevance_equals_one_collection(empty):
     single.close()
 
 
-def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster, tmp_path):
+def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, tmp_path):
     """Quantized shards (each fits its own codec) return exact scores and high recall; the
-    store reopens with its documents, answers the same, and refuses other settings."""
+    store reopens with its documents, answers the same, and refuses other settings. Reopened
+    without restarts (``max_restarts=0``), a SIGKILLed shard is an error naming it, unless
+    partial results are allowed (one store for both: every actor start costs 1-3 s here)."""
     path = tmp_path / "q"
     data = clustered_vectors(3000, DIM, seed=5)
     ids = [f"q{i}" for i in range(len(data))]
@@ -260,12 +264,29 @@ def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster,
                           ({"dim": DIM + 1}, "dim=")]:
         with pytest.raises(ValueError, match=words):
             ShardedCollection.open(path, **kwargs)
-    with ShardedCollection.open(path, shards=2, metric="COSINE") as store:
+    with ShardedCollection.open(path, shards=2, metric="COSINE", max_restarts=0,
+                                timeout=20) as store:
         assert len(store) == 3000 and store.shards == ["shard-0000", "shard-0001"]
         assert [ranked(store.search(query, 10)) for query in queries] == before
         assert [(h.id, h.metadata) for h in store.get(ids[:5])] == list(zip(ids[:5], metas[:5]))
         with pytest.raises(RuntimeError, match="already open"):
             ShardedCollection.open(path)
+        a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(store, data, ids)
+
+
+def a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(store, vectors, ids):
+    os.kill(ray.get(store._actors[1].pid.remote()), signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(ShardUnavailableError, match="shard-0001") as caught:
+        store.search(vectors[0], 10)
+    assert caught.value.shard == "shard-0001" and time.monotonic() - started < 15
+    hits = store.search(vectors[0], len(ids), allow_partial=True)
+    assert hits.partial and hits.missing_shards == ["shard-0001"]
+    assert {h.id for h in hits} == {i for i in ids if shard_of(i, 2) == 0}
+    text = store.search(mode="text", query_text="w1", allow_partial=True)
+    assert text.partial
+    with pytest.raises(ShardUnavailableError, match="shard-0001"):
+        store.upsert(ids[:50], vectors[:50])
 
 
 def test_merge_keeps_the_best_k_on_score_then_id():
@@ -484,11 +505,11 @@ def test_ray_data_ingest_embeds_in_actors_and_routes_to_shards(empty):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (tests is no package)
     rows = [{"id": f"r{i}", "text": f"row {i} of the set", "topic": i % 3} for i in range(300)]
-    dataset = data.from_items(rows)
+    dataset = data.from_items(rows, override_num_blocks=2)  # (200 blocks by default)
     with pytest.raises(ValueError, match="metadata_columns\\[0\\]='colour'"):
         empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["colour"])
     written = empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["topic"],
-                                   embed_batch=64, write_batch=100, concurrency=2, num_cpus=0)
+                                   embed_batch=64, write_batch=100, concurrency=1, num_cpus=0)
     assert written == 300 and len(empty) == 300
     assert empty.count({"topic": 1}) == 100
     vectors = HashEmbedder().embed_documents([rows[42]["text"]])
@@ -510,25 +531,6 @@ def test_a_killed_shard_restarts_with_every_acknowledged_write(empty):
     assert ray.get(empty._actors[owner].pid.remote()) != pid
     empty.upsert(["after"], vectors[:1])  # the restarted shard takes writes
     assert len(empty) == 401
-
-
-def test_a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(cluster, tmp_path):
-    vectors, ids, _, _ = corpus(200, seed=2)
-    with ShardedCollection(DIM, tmp_path / "s", shards=2, bits=32, max_restarts=0,
-                           timeout=20) as store:
-        store.upsert(ids, vectors)
-        os.kill(ray.get(store._actors[1].pid.remote()), signal.SIGKILL)
-        started = time.monotonic()
-        with pytest.raises(ShardUnavailableError, match="shard-0001") as caught:
-            store.search(vectors[0], 10)
-        assert caught.value.shard == "shard-0001" and time.monotonic() - started < 15
-        hits = store.search(vectors[0], 300, allow_partial=True)
-        assert hits.partial and hits.missing_shards == ["shard-0001"]
-        assert {h.id for h in hits} == {i for i in ids if shard_of(i, 2) == 0}
-        text = store.search(mode="text", query_text="w1", allow_partial=True)
-        assert text.partial
-        with pytest.raises(ShardUnavailableError, match="shard-0001"):
-            store.upsert(ids[:50], vectors[:50])
 
 
 # ---------------------------------------------------------------------- adapters
@@ -588,3 +590,37 @@ def test_llama_index_store_serves_a_sharded_collection(empty):
     assert scored.ids == [h.id for h in want]
     assert scored.similarities == pytest.approx([h.relevance for h in want], abs=1e-9)
     single.close()
+
+
+# ---------------------------------------------------------------------- the README's example
+
+
+def test_the_readme_ray_example_runs_on_this_cluster(cluster, tmp_path, monkeypatch, capsys):
+    """The README's Ray example, executed as written in this process. Its ``ray.init`` and
+    ``ray.shutdown`` calls are checked against Ray's own signatures and leave this module's
+    cluster running (a cluster of its own, in a fresh process, costs about 15 s); everything
+    else (the store, its actors, the writes and searches) is the real thing."""
+    import inspect
+
+    from test_readme import python_blocks, runs_on_ray
+
+    (block,) = [b for b in python_blocks() if runs_on_ray(b)]
+    called = []
+
+    def checked(real):
+        signature = inspect.signature(real)
+
+        def stand_in(*args, **kwargs):
+            signature.bind(*args, **kwargs)  # a TypeError if the README calls it wrongly
+            called.append(real.__name__)
+        return stand_in
+
+    monkeypatch.setattr(ray, "init", checked(ray.init))
+    monkeypatch.setattr(ray, "shutdown", checked(ray.shutdown))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md (Ray example)", "exec"), {"__name__": "__main__"})
+    assert called == ["init", "shutdown"]
+    dense, text = capsys.readouterr().out.splitlines()
+    assert dense.startswith("[('doc-3', 1.0)") and dense.endswith("False")  # as it says
+    assert text == "doc-7"
+    assert (tmp_path / "sharded_store" / ROOT_MANIFEST).is_file()
