@@ -6,8 +6,8 @@ opens it as it is on disk: when Ray restarts a killed actor it runs the construc
 the collection reopens with every write it acknowledged (a write returns only once it is
 durable, see ``Collection(durability=...)``), having dropped what a crash left half-done.
 
-Every method is one Collection call (or two), so a shard filters before it scores and reranks
-its candidates exactly, as one collection does; the driver only merges.
+Every method is one call of Collection's public API, so a shard filters before it scores and
+reranks its candidates exactly, as one collection does; the driver only merges.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..core.collection import Collection, Hit
-from ..core import filters as filters_module
-from ..core.docstore import fts_phrases
+from ..core.docstore import TextStatistics
 from ..core.relevance import ScoreSample
 from .results import Ranked
 
@@ -105,51 +104,24 @@ class Shard:
             times.append(self._search_ms.popleft())
         return times
 
-    def text_statistics(self, query_text: str) -> tuple[int, int, list[int]]:
-        """This shard's BM25 statistics for ``query_text``: ``(rows, tokens, [rows matching
-        each of its words])``; the driver sums them over the shards."""
-        return self._collection._store.text_statistics(fts_phrases(query_text))  # noqa: SLF001
+    def text_statistics(self, query_text: str) -> TextStatistics:
+        """This shard's BM25 statistics for ``query_text`` (the driver sums them)."""
+        return self._collection.text_statistics(query_text)
 
-    def text_search(self, query_text: str, k: int, where: Any,
-                    corpus: tuple[int, int, list[int]], include_vectors: bool) -> Ranked:
+    def text_search(self, query_text: str, k: int, where: Any, corpus: TextStatistics,
+                    include_vectors: bool) -> Ranked:
         """The best ``k`` matches of ``query_text`` scored by BM25 with the statistics of the
         whole store (``corpus``), so that every shard scores as one collection would."""
-        collection = self._collection
-        phrases = fts_phrases(query_text)
-        allowed = self._allowed(where)
-        if not phrases or (allowed is not None and len(allowed) == 0):
-            return Ranked.of([], False)
-        found = collection._store.text_search_with(phrases, k, allowed, corpus)  # noqa: SLF001
-        hits = collection._hits([(r, s, (i, t, m)) for r, s, i, t, m in found],  # noqa: SLF001
-                                include_vectors)
+        hits = self._collection.text_search(query_text, k, where, statistics=corpus,
+                                            include_vectors=include_vectors)
         return Ranked.of(hits, include_vectors)
 
-    def _allowed(self, where: Any) -> np.ndarray | None:
-        node = filters_module.parse(where)
-        return None if node is None else self._collection._matching(node)  # noqa: SLF001
-
     def scores_of(self, ids: list[str], vector: np.ndarray | None, query_text: str | None,
-                  corpus: tuple[int, int, list[int]] | None
-                  ) -> tuple[dict[str, float], dict[str, float]]:
-        """Exact dense scores and BM25 scores (with the store's statistics ``corpus``, see
-        :meth:`text_search`) of documents by id,
-        for the driver's weighted hybrid fusion: ``(dense, text)``; a document absent from
-        ``text`` does not match ``query_text``. Reads the Collection's internals the way its
-        own weighted fusion does, so both give the same numbers."""
-        collection = self._collection
-        rowids = collection._store.rowids_of(ids)  # noqa: SLF001 (one reader of internals)
-        by_row = {rowid: doc_id for doc_id, rowid in rowids.items()}
-        dense: dict[str, float] = {}
-        if vector is not None and by_row:
-            query = collection._query_vector(vector)  # noqa: SLF001
-            scores = collection._dense_scores(query[0], list(by_row), {})  # noqa: SLF001
-            dense = {by_row[r]: float(s) for r, s in scores.items()}
-        text: dict[str, float] = {}
-        if query_text is not None and corpus is not None and by_row:
-            found = collection._store.text_search_with(  # noqa: SLF001
-                fts_phrases(query_text), len(by_row), np.array(sorted(by_row)), corpus)
-            text = {by_row[r]: float(s) for r, s, *_ in found}
-        return dense, text
+                  corpus: TextStatistics | None) -> tuple[dict[str, float], dict[str, float]]:
+        """Exact dense scores and BM25 scores (with the store's statistics ``corpus``) of
+        documents by id, for the driver's weighted hybrid fusion: ``(dense, text)``; a
+        document absent from ``text`` does not match ``query_text``."""
+        return self._collection.scores_of(ids, vector, query_text, statistics=corpus)
 
     def stats(self) -> dict[str, Any]:
         return self._collection.stats()
