@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from vecpress import Collection  # noqa: E402
+from vecpress.core.relevance import DEFAULT_PARAMS, PARAM_KEYS  # noqa: E402
 from vecpress.core.storage import StoreCorruptedError  # noqa: E402
 from vecpress.distributed import ShardedCollection, ShardUnavailableError, shard_of  # noqa: E402
 from vecpress.core.collection import Hit  # noqa: E402
@@ -62,6 +63,7 @@ def sharded(cluster, tmp_path_factory):
 @pytest.fixture
 def empty(sharded):
     sharded.clear()
+    sharded.set_relevance_params(None)
     return sharded
 
 
@@ -231,6 +233,39 @@ def test_relevance_equals_one_collection(empty):
     single.close()
 
 
+def test_calibrate_equals_one_collections_and_every_shard_stores_it(empty):
+    """Up to SAMPLE_ROWS rows the pooled statistics are one Collection's, so calibrating on
+    the same labelled queries fits the same parameters (first factor and gate)."""
+    single = Collection(DIM, bits=32)
+    vectors, ids, _, _ = fill(empty, single)
+    rng = np.random.default_rng(7)
+    exact = reference_scores(vectors, vectors[:24], "cosine")
+    queries = np.vstack([vectors[:24] + 0.3 * rng.standard_normal((24, DIM)),
+                         rng.standard_normal((8, DIM)) * 5])
+    relevant = [[ids[i] for i in np.argsort(-row)[:int(rng.integers(1, 6))]] for row in exact]
+    relevant += [[] for _ in range(8)]  # off-topic: the gate is fitted too
+    for where in (None, {"group": {"$ne": 1}}):
+        got = empty.calibrate(queries, relevant, k=8, where=where)
+        want = single.calibrate(queries, relevant, k=8, where=where)
+        assert got.fitted_on == want.fitted_on == 32 and got.gate is not None
+        assert np.allclose([getattr(got, key) for key in PARAM_KEYS],
+                           [getattr(want, key) for key in PARAM_KEYS], rtol=1e-6, atol=1e-9)
+        assert np.allclose(got.gate, want.gate, rtol=1e-6, atol=1e-9)
+        assert empty.relevance_params == got
+        assert [ray.get(actor.relevance_params.remote()) for actor in empty._actors] == [got] * 3
+        query = queries[2]
+        assert np.allclose([h.relevance for h in empty.search(query, 5, relevance=True)],
+                           [h.relevance for h in single.search(query, 5, relevance=True)],
+                           rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="relevant_ids has 2 entries"):
+        empty.calibrate(queries, relevant[:2])
+    with pytest.raises(TypeError, match="params"):
+        empty.set_relevance_params({"weight_score": 1})
+    empty.set_relevance_params(None)
+    assert empty.relevance_params == DEFAULT_PARAMS
+    single.close()
+
+
 def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, tmp_path):
     """Quantized shards (each fits its own codec) return exact scores and high recall; the
     store reopens with its documents, answers the same, and refuses other settings. Reopened
@@ -256,6 +291,9 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
         stats = store.search(queries[0], 10, relevance=True).stats  # pooled, 2048 of 3000 rows
         assert (stats.sample_size, stats.rows) == (2048, 3000)
         assert abs(stats.median - np.median(exact[0])) < 0.05 * np.std(exact[0])
+        relevant = [[ids[i] for i in np.argsort(-row)[:3]] for row in exact]
+        params = store.calibrate(queries, relevant, k=10)  # pooled: 2048 of 3000 rows
+        assert params.fitted_on == len(queries) and params != DEFAULT_PARAMS
     for closed in (lambda: store.search(queries[0], 10), lambda: len(store), store.stats,
                    lambda: store.get(ids[:1])):
         with pytest.raises(RuntimeError, match="closed"):
@@ -267,6 +305,8 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
     with ShardedCollection.open(path, shards=2, metric="COSINE", max_restarts=0,
                                 timeout=20) as store:
         assert len(store) == 3000 and store.shards == ["shard-0000", "shard-0001"]
+        assert store.relevance_params == params  # calibrated parameters survive the reopen
+        assert ray.get(store._actors[1].relevance_params.remote()) == params
         assert [ranked(store.search(query, 10)) for query in queries] == before
         assert [(h.id, h.metadata) for h in store.get(ids[:5])] == list(zip(ids[:5], metas[:5]))
         with pytest.raises(RuntimeError, match="already open"):

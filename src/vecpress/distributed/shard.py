@@ -22,7 +22,7 @@ import numpy as np
 
 from ..core.collection import Collection, Hit
 from ..core.docstore import TextStatistics
-from ..core.relevance import ScoreSample
+from ..core.relevance import RelevanceParams, ScoreSample
 from .results import Ranked
 
 
@@ -92,9 +92,14 @@ class Shard:
             sample = self._sample = ScoreSample(self._collection.index)
         return sample
 
-    def relevance_params(self) -> Any:
+    def relevance_params(self) -> RelevanceParams:
         """The relevance mapping of this shard's collection (the defaults unless set)."""
         return self._collection.relevance_params
+
+    def set_relevance_params(self, params: RelevanceParams | None) -> None:
+        """Store the store's relevance mapping in this shard's collection (durable: a
+        restarted or reopened shard has it)."""
+        self._collection.set_relevance_params(params)
 
     def search_times(self) -> list[float]:
         """Milliseconds of the search calls since the last call (at most the latest

@@ -41,12 +41,13 @@ import numpy as np
 
 from ..core import filters as filters_module
 from ..core import storage
+from ..core import relevance as relevance_module
 from ..core.collection import (INDEX_OPTIONS, Collection, Hit, _checked_id_list, _checked_ids,
-                               _checked_list, _checked_texts, _metadata_json,
-                               checked_search_options, fuse_rankings,
+                               _checked_list, _checked_relevant_ids, _checked_texts,
+                               _metadata_json, checked_search_options, fuse_rankings,
                                maximal_marginal_relevance)
 from ..core.docstore import fts_phrases
-from ..core.relevance import RelevanceParams
+from ..core.relevance import DEFAULT_PARAMS, RelevanceParams
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
 from .batching import QueryBatcher
@@ -378,7 +379,7 @@ class ShardedCollection:
         query's statistics pool every shard's sample of rows in proportion to its size
         (:func:`~vecpress.distributed.results.pooled_stats`), so a hit's relevance is the one
         a single Collection gives it, up to sampling (exactly, up to ``SAMPLE_ROWS`` rows);
-        the mapping's parameters are the shards' (``shard-0000``'s)."""
+        the mapping's parameters are :attr:`relevance_params` (see :meth:`calibrate`)."""
         k, relevance, min_relevance, fetch_k = checked_search_options(
             k, mode, relevance, min_relevance, fusion, alpha, fetch_k)
         query = None if mode == "text" and vector is None else self._query_vector(vector, mode)
@@ -421,6 +422,48 @@ class ShardedCollection:
                 hit.vector = kept.get(hit.id) if hit.vector is None else hit.vector
         missing = set(dense.missing_shards + text.missing_shards + corpus[3])
         return SearchResult(result, sorted(missing))
+
+    @property
+    def relevance_params(self) -> RelevanceParams:
+        """The parameters of the relevance mapping: the defaults, or those of the last
+        :meth:`calibrate` / :meth:`set_relevance_params` (every shard stores them, so a
+        reopened store has them; ``shard-0000``'s are read)."""
+        return self._relevance_params()
+
+    def set_relevance_params(self, params: RelevanceParams | None) -> None:
+        """Store relevance parameters in every shard (``None``: back to the defaults). Not one
+        transaction: after an error naming a shard, set them again."""
+        if params is not None and not isinstance(params, RelevanceParams):
+            raise TypeError(f"params must be a RelevanceParams or None, got "
+                            f"{type(params).__name__}")
+        self._params = None  # read again from shard-0000 if a shard fails below
+        self._call_all("set_relevance_params", [(params,)] * len(self._actors))
+        self._params = DEFAULT_PARAMS if params is None else params
+
+    def calibrate(self, queries: Any, relevant_ids: Sequence[Sequence[str]], *, k: int = 10,
+                  where: Any = None, oversample: int | None = None,
+                  nprobe: int | None = None) -> RelevanceParams:
+        """Fit the relevance mapping to labelled queries and store it in every shard (as
+        :meth:`Collection.calibrate`, same arguments). Every query is searched over all
+        shards at once (one call per shard for them all) with the pooled statistics of
+        ``search(..., relevance=True)``; the fit runs here, on the driver, with
+        :func:`~vecpress.core.relevance.calibrated_params`. So the parameters are one
+        Collection's over the same documents, up to the pooled sample (exactly, up to
+        ``SAMPLE_ROWS`` documents, with exact codes). Returns them."""
+        matrix = as_matrix(queries, self.dim, "queries")
+        labels_of = _checked_relevant_ids(relevant_ids, len(matrix))
+        k = as_positive_int(k, "k")
+        node = filters_module.parse(where)
+        self._check_open()
+        options = {"oversample": oversample, "nprobe": nprobe, "include_vectors": False}
+        found = self._ranked_batch((k, repr(node), tuple(sorted(options.items())), False, True),
+                                   [(query, where) for query in matrix])
+        searches = [([h.score for h in hits], hits.stats, [h.id in relevant for h in hits],
+                     bool(relevant)) for hits, relevant in zip(found, labels_of)]
+        params = relevance_module.calibrated_params(searches, self.metric,
+                                                    self._relevance_params())
+        self.set_relevance_params(params)
+        return params
 
     def max_marginal_relevance_search(self, vector: Any, k: int = 4, fetch_k: int = 20,
                                       lambda_mult: float = 0.5, where: Any = None, *,
