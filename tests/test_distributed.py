@@ -54,8 +54,10 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def sharded(cluster, tmp_path_factory):
+    # 3 shards in 2 actors: the shards' calls travel together per actor (the other stores
+    # here have one shard per actor)
     store = ShardedCollection(DIM, tmp_path_factory.mktemp("sharded") / "store", shards=3,
-                              bits=32, timeout=60)
+                              bits=32, timeout=60, shards_per_actor=2)
     yield store
     store.close()
 
@@ -65,6 +67,12 @@ def empty(sharded):
     sharded.clear()
     sharded.set_relevance_params(None)
     return sharded
+
+
+def on_every_shard(store, method: str) -> list:
+    """``method()`` of each shard, asked directly (not through the store)."""
+    return [ray.get(store._actor_of(s).call.remote(method, [(store._placement[s][1], ())]))[0]
+            for s in range(len(store.shards))]
 
 
 def corpus(n: int, seed: int = 0):
@@ -129,6 +137,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(cluster, tmp_path)
         ({"max_restarts": -2}, ValueError, "max_restarts"), ({"colour": 1}, TypeError, "colour"),
         ({"durability": "never"}, ValueError, "durability"),
         ({"actor_options": "fast"}, TypeError, "actor_options"),
+        ({"shards_per_actor": 0}, ValueError, "shards_per_actor"),
     ]:
         with pytest.raises(error, match=words):
             ShardedCollection(DIM, path, **kwargs)
@@ -252,7 +261,7 @@ def test_calibrate_equals_one_collections_and_every_shard_stores_it(empty):
                            [getattr(want, key) for key in PARAM_KEYS], rtol=1e-6, atol=1e-9)
         assert np.allclose(got.gate, want.gate, rtol=1e-6, atol=1e-9)
         assert empty.relevance_params == got
-        assert [ray.get(actor.relevance_params.remote()) for actor in empty._actors] == [got] * 3
+        assert on_every_shard(empty, "relevance_params") == [got] * 3
         query = queries[2]
         assert np.allclose([h.relevance for h in empty.search(query, 5, relevance=True)],
                            [h.relevance for h in single.search(query, 5, relevance=True)],
@@ -306,7 +315,7 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
                                 timeout=20) as store:
         assert len(store) == 3000 and store.shards == ["shard-0000", "shard-0001"]
         assert store.relevance_params == params  # calibrated parameters survive the reopen
-        assert ray.get(store._actors[1].relevance_params.remote()) == params
+        assert on_every_shard(store, "relevance_params") == [params] * 2
         assert [ranked(store.search(query, 10)) for query in queries] == before
         assert [(h.id, h.metadata) for h in store.get(ids[:5])] == list(zip(ids[:5], metas[:5]))
         with pytest.raises(RuntimeError, match="already open"):
@@ -315,7 +324,7 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
 
 
 def a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(store, vectors, ids):
-    os.kill(ray.get(store._actors[1].pid.remote()), signal.SIGKILL)
+    os.kill(ray.get(store._actor_of(1).pid.remote()), signal.SIGKILL)
     started = time.monotonic()
     with pytest.raises(ShardUnavailableError, match="shard-0001") as caught:
         store.search(vectors[0], 10)
@@ -564,11 +573,11 @@ def test_ray_data_ingest_embeds_in_actors_and_routes_to_shards(empty):
 def test_a_killed_shard_restarts_with_every_acknowledged_write(empty):
     vectors, ids, _, _ = fill(empty, n=400, seed=4)
     owner = shard_of(ids[0], 3)
-    pid = ray.get(empty._actors[owner].pid.remote())
+    pid = ray.get(empty._actor_of(owner).pid.remote())
     os.kill(pid, signal.SIGKILL)
     hits = empty.search(vectors[0], 400)  # meets the dead shard: waits for its restart
     assert len(hits) == 400 and not hits.partial and hits[0].id == ids[0]
-    assert ray.get(empty._actors[owner].pid.remote()) != pid
+    assert ray.get(empty._actor_of(owner).pid.remote()) != pid
     empty.upsert(["after"], vectors[:1])  # the restarted shard takes writes
     assert len(empty) == 401
 

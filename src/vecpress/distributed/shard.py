@@ -26,7 +26,7 @@ from ..core.relevance import RelevanceParams, ScoreSample
 from .results import Ranked
 
 
-#: how many search times a shard keeps for :meth:`Shard.search_times`
+#: how many search times a host keeps for :meth:`ShardHost.search_times`
 SEARCH_TIMES_KEPT = 100_000
 
 
@@ -37,15 +37,8 @@ class Shard:
         self._collection = Collection(
             settings["dim"], path=Path(path), bits=settings["bits"], metric=settings["metric"],
             durability=durability, **settings["index_options"])
-        #: milliseconds of this shard's own work in its latest searches (the driver's cost is
-        #: a query's wall time minus its slowest shard's)
-        self._search_ms: deque[float] = deque(maxlen=SEARCH_TIMES_KEPT)
         #: the rows a query's relevance statistics come from, drawn after each write
         self._sample: ScoreSample | None = None
-
-    def pid(self) -> int:
-        """The process id of the actor (tests kill it)."""
-        return os.getpid()
 
     def count(self, where: Any = None) -> int:
         return self._collection.count(where)
@@ -73,18 +66,14 @@ class Shard:
         """The best ``k`` of this shard for each row of ``queries`` (one or a batch the driver
         gathered), as columns (see :class:`Ranked`); with ``relevance``, each with the
         query's scores against this shard's sample of rows (the driver pools them)."""
-        start = time.perf_counter()
-        try:
-            include_vectors = bool(options.get("include_vectors"))
-            answers = [Ranked.of(self._collection.search(query, k, where, **options),
-                                 include_vectors) for query in queries]
-            if relevance:
-                sample = self._score_sample()
-                for answer, query in zip(answers, queries):
-                    answer.sample, answer.rows = sample.scores(query), sample.rows
-            return answers
-        finally:
-            self._search_ms.append((time.perf_counter() - start) * 1000)
+        include_vectors = bool(options.get("include_vectors"))
+        answers = [Ranked.of(self._collection.search(query, k, where, **options),
+                             include_vectors) for query in queries]
+        if relevance:
+            sample = self._score_sample()
+            for answer, query in zip(answers, queries):
+                answer.sample, answer.rows = sample.scores(query), sample.rows
+        return answers
 
     def _score_sample(self) -> ScoreSample:
         sample = self._sample
@@ -100,14 +89,6 @@ class Shard:
         """Store the store's relevance mapping in this shard's collection (durable: a
         restarted or reopened shard has it)."""
         self._collection.set_relevance_params(params)
-
-    def search_times(self) -> list[float]:
-        """Milliseconds of the search calls since the last call (at most the latest
-        :data:`SEARCH_TIMES_KEPT`), oldest first; the record starts again empty."""
-        times = []
-        while self._search_ms:
-            times.append(self._search_ms.popleft())
-        return times
 
     def text_statistics(self, query_text: str) -> TextStatistics:
         """This shard's BM25 statistics for ``query_text`` (the driver sums them)."""
@@ -133,3 +114,41 @@ class Shard:
 
     def close(self) -> None:
         self._collection.close()
+
+
+class ShardHost:
+    """What one Ray actor holds: one shard or several (``shards_per_actor``), each a
+    :class:`Shard` with its own directory. A Ray call costs the driver about as much as a
+    small shard's search, and every actor process wants CPU to take and answer a call, so
+    fewer actors than shards make a fan-out cheaper on few cores; one shard per actor isolates
+    faults best (a restart reopens every directory the actor holds)."""
+
+    def __init__(self, paths: list[str], settings: dict[str, Any], durability: str) -> None:
+        self._shards = [Shard(path, settings, durability) for path in paths]
+        #: milliseconds of this actor's own work in its latest search calls (the driver's
+        #: cost is a query's wall time minus its slowest actor's)
+        self._search_ms: deque[float] = deque(maxlen=SEARCH_TIMES_KEPT)
+
+    def call(self, method: str, items: list[tuple[int, tuple]]) -> list[Any]:
+        """``method(*args)`` of this actor's shard number ``local`` for each ``(local, args)``
+        of ``items``, in order."""
+        if method.startswith("_") or not callable(getattr(Shard, method, None)):
+            raise ValueError(f"{method!r} is not a shard method")
+        start = time.perf_counter()
+        try:
+            return [getattr(self._shards[local], method)(*args) for local, args in items]
+        finally:
+            if method == "search":
+                self._search_ms.append((time.perf_counter() - start) * 1000)
+
+    def pid(self) -> int:
+        """The process id of the actor (tests kill it)."""
+        return os.getpid()
+
+    def search_times(self) -> list[float]:
+        """Milliseconds of the search calls since the last call (at most the latest
+        :data:`SEARCH_TIMES_KEPT`), oldest first; the record starts again empty."""
+        times = []
+        while self._search_ms:
+            times.append(self._search_ms.popleft())
+        return times

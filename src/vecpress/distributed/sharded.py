@@ -53,7 +53,7 @@ from . import layout
 from .batching import QueryBatcher
 from .fanout import ShardUnavailableError, call_shards, ray_module  # noqa: F401 (re-exported)
 from .results import Ranked, SearchResult, merge_ranked, merged_stats, pooled_stats
-from .shard import Shard
+from .shard import ShardHost
 
 #: seconds a call waits for a dead or restarting shard before ShardUnavailableError
 DEFAULT_TIMEOUT = 60.0
@@ -81,6 +81,9 @@ class ShardedCollection:
         actor_options: more ``ray.remote`` options of the shard actors (``num_cpus``,
             ``resources``, ``scheduling_strategy``, ...). By default an actor reserves no CPU,
             so any number of shards fit on a small cluster.
+        shards_per_actor: shards one actor holds (a setting of this open; default 1). A
+            search costs one Ray call per actor, so fewer actors make the fan-out cheaper
+            on few cores; one shard per actor isolates faults best.
 
     Ray is initialised on first use if ``ray.init`` was not called (a local cluster).
     """
@@ -89,7 +92,7 @@ class ShardedCollection:
                  shards: int | None = None, bits: int | None = None, metric: str | None = None,
                  durability: str = "full", timeout: float = DEFAULT_TIMEOUT,
                  max_restarts: int = -1, actor_options: dict[str, Any] | None = None,
-                 **index_options: Any) -> None:
+                 shards_per_actor: int = 1, **index_options: Any) -> None:
         ray = ray_module()
         if path is None:
             raise TypeError("path is required: each shard keeps its collection on disk under "
@@ -114,6 +117,7 @@ class ShardedCollection:
                             f"{type(actor_options).__name__}")
         if shards is not None:
             shards = layout.as_shard_count(shards)
+        per_actor = as_positive_int(shards_per_actor, "shards_per_actor")
         self._path = Path(path)
         self._closed = False
         self._batcher = QueryBatcher(self._ranked_batch)
@@ -128,13 +132,17 @@ class ShardedCollection:
         settings = {name: manifest[name] for name in ("dim", "metric", "bits", "index_options")}
         options = {"num_cpus": 0, **(actor_options or {}), "max_restarts": max_restarts,
                    "max_task_retries": 0, "max_concurrency": SHARD_CONCURRENCY}
+        #: (actor number, number of the shard in that actor) of every shard
+        self._placement = [(s // per_actor, s % per_actor) for s in range(len(self._names))]
         try:
-            server = ray.remote(Shard).options(**options)
+            server = ray.remote(ShardHost).options(**options)
             # absolute: an actor's working directory is not the driver's
             root = self._path.absolute()
-            self._actors = [server.remote(str(root / name), settings, self._durability)
-                            for name in self._names]
-            self._call_all("count", [()] * len(self._actors))  # every shard opened
+            self._actors = [server.remote([str(root / name) for name in
+                                           self._names[start:start + per_actor]],
+                                          settings, self._durability)
+                            for start in range(0, len(self._names), per_actor)]
+            self._call_all("count", [()] * len(self._names))  # every shard opened
         except BaseException:
             self._stop_actors()
             self._release_lock()
@@ -223,12 +231,16 @@ class ShardedCollection:
             return
         self._closed = True
         try:  # a shard that is down has nothing unwritten: every write it took is durable
-            call_shards(self._actors, self._names, "close",
-                        {s: () for s in range(len(self._actors))}, timeout=self._timeout,
+            call_shards(self._actors, self._placement, self._names, "close",
+                        {s: () for s in range(len(self._names))}, timeout=self._timeout,
                         max_restarts=self._max_restarts, allow_partial=True)
         finally:
             self._stop_actors()
             self._release_lock()
+
+    def _actor_of(self, shard: int) -> Any:
+        """The actor holding shard number ``shard``."""
+        return self._actors[self._placement[shard][0]]
 
     def _stop_actors(self) -> None:
         ray = ray_module()
@@ -265,7 +277,7 @@ class ShardedCollection:
                 raise ValueError(f"vectors row {int(zero[0])} is all zeros; cosine similarity "
                                  f"needs non-zero vectors")
         self._check_open()
-        parts = layout.route(ids, len(self._actors))
+        parts = layout.route(ids, len(self._names))
         largest = max(len(p) for p in parts)
         for start in range(0, largest, batch_size):
             calls = {}
@@ -310,24 +322,24 @@ class ShardedCollection:
                              f"document; to delete everything call clear()")
         self._check_open()
         if ids is None:
-            calls = {s: (None, where) for s in range(len(self._actors))}
+            calls = {s: (None, where) for s in range(len(self._names))}
         else:
             ids = _checked_id_list(ids)
             calls = {s: ([ids[i] for i in positions], where)
-                     for s, positions in enumerate(layout.route(ids, len(self._actors)))
+                     for s, positions in enumerate(layout.route(ids, len(self._names)))
                      if len(positions)}
         return sum(self._call("delete", calls).values())
 
     def clear(self) -> None:
         """Delete every document of every shard."""
         self._check_open()
-        self._call_all("clear", [()] * len(self._actors))
+        self._call_all("clear", [()] * len(self._names))
 
     # ------------------------------------------------------------------ reads
     def count(self, where: Any = None) -> int:
         """Number of documents (matching ``where``, if given)."""
         filters_module.parse(where)
-        return sum(self._call_all("count", [(where,)] * len(self._actors)))
+        return sum(self._call_all("count", [(where,)] * len(self._names)))
 
     def get(self, ids: Sequence[str] | None = None, *, where: Any = None,
             limit: int | None = None, offset: int = 0,
@@ -344,12 +356,12 @@ class ShardedCollection:
         if ids is not None:
             ids = _checked_id_list(ids)
             calls = {s: ([ids[i] for i in positions], where, None, 0, include_vectors)
-                     for s, positions in enumerate(layout.route(ids, len(self._actors)))
+                     for s, positions in enumerate(layout.route(ids, len(self._names)))
                      if len(positions)}
             found = {hit.id: hit for hits in self._call("get", calls).values() for hit in hits}
             ordered = [found[i] for i in dict.fromkeys(ids) if i in found]
             return ordered[offset:None if limit is None else offset + limit]
-        counts = self._call_all("count", [(where,)] * len(self._actors))
+        counts = self._call_all("count", [(where,)] * len(self._names))
         calls, skip, wanted = {}, offset, limit
         for s, count in enumerate(counts):
             if skip >= count:
@@ -437,7 +449,7 @@ class ShardedCollection:
             raise TypeError(f"params must be a RelevanceParams or None, got "
                             f"{type(params).__name__}")
         self._params = None  # read again from shard-0000 if a shard fails below
-        self._call_all("set_relevance_params", [(params,)] * len(self._actors))
+        self._call_all("set_relevance_params", [(params,)] * len(self._names))
         self._params = DEFAULT_PARAMS if params is None else params
 
     def calibrate(self, queries: Any, relevant_ids: Sequence[Sequence[str]], *, k: int = 10,
@@ -496,7 +508,7 @@ class ShardedCollection:
         :func:`~vecpress.distributed.results.merged_stats`: sizes and counts summed,
         ``ram_bytes_per_vector`` over all vectors) and each shard's own
         ``Collection.stats()`` under ``"shards"``."""
-        per_shard = self._call_all("stats", [()] * len(self._actors))
+        per_shard = self._call_all("stats", [()] * len(self._names))
         info: dict[str, Any] = {"dim": self.dim, "metric": self.metric, "bits": self.bits,
                                 **merged_stats(per_shard)}
         info["shards"] = {name: s for name, s in zip(self._names, per_shard)}
@@ -532,7 +544,7 @@ class ShardedCollection:
         k, _, options, allow_partial, relevance = key
         queries = np.stack([query for query, _ in requests])
         calls = {s: (queries, k, requests[0][1], dict(options), relevance)
-                 for s in range(len(self._actors))}
+                 for s in range(len(self._names))}
         answers = self._call("search", calls, allow_partial=allow_partial)
         missing = self._missing(answers)
         results = []
@@ -559,7 +571,7 @@ class ShardedCollection:
                 ) -> tuple[int, int, list[int], list[str]]:
         """The BM25 statistics of the whole store for ``query_text`` (each shard's summed),
         and the shards that did not answer (``allow_partial``)."""
-        calls = {s: (query_text,) for s in range(len(self._actors))}
+        calls = {s: (query_text,) for s in range(len(self._names))}
         answers = self._call("text_statistics", calls, allow_partial=allow_partial)
         words = len(fts_phrases(query_text))
         rows = sum(a[0] for a in answers.values())
@@ -572,7 +584,7 @@ class ShardedCollection:
                      allow_partial: bool) -> SearchResult:
         """Every shard's best ``k`` text hits, scored with the store's statistics, merged."""
         calls = {s: (query_text, k, where, corpus[:3], include_vectors)
-                 for s in range(len(self._actors))}
+                 for s in range(len(self._names))}
         return self._merged(self._call("text_search", calls, allow_partial=allow_partial), k)
 
     def _merged(self, answers: dict[int, Ranked], k: int) -> SearchResult:
@@ -587,7 +599,7 @@ class ShardedCollection:
                    ) -> tuple[dict[str, float], dict[str, float]]:
         statistics = None if corpus is None else corpus[:3]
         calls = {s: ([ids[i] for i in positions], query, query_text, statistics)
-                 for s, positions in enumerate(layout.route(ids, len(self._actors)))
+                 for s, positions in enumerate(layout.route(ids, len(self._names)))
                  if len(positions)}
         dense: dict[str, float] = {}
         text: dict[str, float] = {}
@@ -605,6 +617,7 @@ class ShardedCollection:
         """``method(*args)`` on the shards ``calls`` names, all at once (see
         :func:`~vecpress.distributed.fanout.call_shards`); an error once closed."""
         self._check_open()
-        return call_shards(self._actors, self._names, method, calls, timeout=self._timeout,
+        return call_shards(self._actors, self._placement, self._names, method, calls,
+                           timeout=self._timeout,
                            max_restarts=self._max_restarts, allow_partial=allow_partial)
 
