@@ -285,7 +285,10 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
     ids = [f"q{i}" for i in range(len(data))]
     metas = [{"i": i} for i in range(len(data))]
     queries = clustered_vectors(20, DIM, seed=6)
-    with ShardedCollection(DIM, path, shards=2, bits=4, durability="process") as store:
+    # both shards in one actor here; reopened one per actor (a setting of each open)
+    with ShardedCollection(DIM, path, shards=2, bits=4, durability="process",
+                           shards_per_actor=2) as store:
+        assert len(store._actors) == 1
         store.upsert(ids, data, metadatas=metas)
         exact = reference_scores(data, queries, "cosine")
         recall, before = [], []
@@ -314,6 +317,7 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
     with ShardedCollection.open(path, shards=2, metric="COSINE", max_restarts=0,
                                 timeout=20) as store:
         assert len(store) == 3000 and store.shards == ["shard-0000", "shard-0001"]
+        assert len(store._actors) == 2
         assert store.relevance_params == params  # calibrated parameters survive the reopen
         assert on_every_shard(store, "relevance_params") == [params] * 2
         assert [ranked(store.search(query, 10)) for query in queries] == before
