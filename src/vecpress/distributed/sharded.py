@@ -1,4 +1,5 @@
-"""``ShardedCollection``: a :class:`~vecpress.Collection` spread over Ray actors, one per shard.
+"""``ShardedCollection``: a :class:`~vecpress.Collection` spread over Ray actors, one per shard
+(or several shards per actor, ``shards_per_actor``: a call then carries every shard's work).
 
 **Routing.** A document lives on the shard :func:`~vecpress.distributed.layout.shard_of` its id
 names (a stable hash written in the root manifest), so an upsert, a get or a delete by id
@@ -457,7 +458,7 @@ class ShardedCollection:
                   nprobe: int | None = None) -> RelevanceParams:
         """Fit the relevance mapping to labelled queries and store it in every shard (as
         :meth:`Collection.calibrate`, same arguments). Every query is searched over all
-        shards at once (one call per shard for them all) with the pooled statistics of
+        shards at once (one call per actor for them all) with the pooled statistics of
         ``search(..., relevance=True)``; the fit runs here, on the driver, with
         :func:`~vecpress.core.relevance.calibrated_params`. So the parameters are one
         Collection's over the same documents, up to the pooled sample (exactly, up to
@@ -540,7 +541,7 @@ class ShardedCollection:
 
     def _ranked_batch(self, key: tuple, requests: list[tuple[np.ndarray, Any]]
                       ) -> list[SearchResult]:
-        """:meth:`_ranked` for queries sharing ``key``: one call per shard for them all."""
+        """:meth:`_ranked` for queries sharing ``key``: one call per actor for them all."""
         k, _, options, allow_partial, relevance = key
         queries = np.stack([query for query, _ in requests])
         calls = {s: (queries, k, requests[0][1], dict(options), relevance)
