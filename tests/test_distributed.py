@@ -285,9 +285,10 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
     ids = [f"q{i}" for i in range(len(data))]
     metas = [{"i": i} for i in range(len(data))]
     queries = clustered_vectors(20, DIM, seed=6)
-    # both shards in one actor here; reopened one per actor (a setting of each open)
+    # both shards in one actor here, which dies at the end; reopened one per actor (a
+    # setting of each open) with every acknowledged write
     with ShardedCollection(DIM, path, shards=2, bits=4, durability="process",
-                           shards_per_actor=2) as store:
+                           shards_per_actor=2, max_restarts=0, timeout=20) as store:
         assert len(store._actors) == 1
         store.upsert(ids, data, metadatas=metas)
         exact = reference_scores(data, queries, "cosine")
@@ -306,6 +307,9 @@ def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, t
         relevant = [[ids[i] for i in np.argsort(-row)[:3]] for row in exact]
         params = store.calibrate(queries, relevant, k=10)  # pooled: 2048 of 3000 rows
         assert params.fitted_on == len(queries) and params != DEFAULT_PARAMS
+        os.kill(ray.get(store._actor_of(0).pid.remote()), signal.SIGKILL)
+        with pytest.raises(ShardUnavailableError, match="shard-0000.*also holds shard-0001"):
+            store.search(queries[0], 10)
     for closed in (lambda: store.search(queries[0], 10), lambda: len(store), store.stats,
                    lambda: store.get(ids[:1])):
         with pytest.raises(RuntimeError, match="closed"):

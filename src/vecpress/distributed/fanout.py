@@ -60,6 +60,14 @@ def call_shards(actors: Sequence[Any], placement: Sequence[tuple[int, int]],
     def unpack(host: int, results: list[Any]) -> dict[int, Any]:
         return dict(zip(shards_of[host], results))
 
+    def unavailable(host: int, reason: str) -> ShardUnavailableError:
+        held = [names[s] for s, (h, _) in enumerate(placement) if h == host]
+        first = names[shards_of[host][0]]
+        others = [name for name in held if name != first]
+        if others:
+            reason += f" (its actor also holds {', '.join(others)})"
+        return ShardUnavailableError(first, reason)
+
     deadline = time.monotonic() + timeout
     pending = {submit(h): h for h in shards_of}
     try:  # the usual case: every actor answers in time, fetched in one call
@@ -80,7 +88,7 @@ def call_shards(actors: Sequence[Any], placement: Sequence[tuple[int, int]],
             if allow_partial:
                 return answers
             reason = failures.get(late[0], f"no answer within timeout={timeout} s")
-            raise ShardUnavailableError(names[shards_of[late[0]][0]], reason)
+            raise unavailable(late[0], reason)
         for ref in ready:
             h = pending.pop(ref)
             try:
@@ -91,7 +99,7 @@ def call_shards(actors: Sequence[Any], placement: Sequence[tuple[int, int]],
                     continue
                 permanent = isinstance(exc, ActorDiedError) and max_restarts == 0
                 if permanent or time.monotonic() >= deadline:
-                    raise ShardUnavailableError(names[shards_of[h][0]], failures[h]) from None
+                    raise unavailable(h, failures[h]) from None
                 time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
                 pending[submit(h)] = h
     return answers
