@@ -1,8 +1,9 @@
-"""One shard: the object a Ray actor holds, owning a :class:`~vecpress.Collection` directory.
+"""One shard, owning a :class:`~vecpress.Collection` directory, and :class:`ShardHost`, what a
+Ray actor holds: one shard or several.
 
-The class is plain Python (Ray wraps it with ``ray.remote`` when a store starts its actors), so
-``import vecpress.distributed`` needs no Ray. Its constructor creates the shard's collection or
-opens it as it is on disk: when Ray restarts a killed actor it runs the constructor again, and
+The classes are plain Python (Ray wraps ShardHost with ``ray.remote`` when a store starts its
+actors), so ``import vecpress.distributed`` needs no Ray. A shard's constructor creates its
+collection or opens it as it is on disk: when Ray restarts a killed actor it runs the constructor again, and
 the collection reopens with every write it acknowledged (a write returns only once it is
 durable, see ``Collection(durability=...)``), having dropped what a crash left half-done.
 
@@ -31,7 +32,7 @@ SEARCH_TIMES_KEPT = 100_000
 
 
 class Shard:
-    """A Collection served by one actor (``settings``: dim, metric, bits, index_options)."""
+    """A Collection served by an actor (``settings``: dim, metric, bits, index_options)."""
 
     def __init__(self, path: str, settings: dict[str, Any], durability: str) -> None:
         self._collection = Collection(
