@@ -143,12 +143,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--shards", default="1,2,4", help="comma-separated shard counts")
     parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--shards-per-actor", type=int, default=1,
+                        help="shards one actor holds (the slowest shard's time is then the "
+                             "slowest actor's)")
     parser.add_argument("--quick", action="store_true", help="20k base, 100 queries")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.base, args.queries = 20_000, 100
     suffix = ("_quick" if args.quick else "") + ("" if args.bits == 4 else f"_bits{args.bits}")
+    suffix += "" if args.shards_per_actor == 1 else f"_{args.shards_per_actor}_per_actor"
     if not args.quick and args.base != 100_000:  # (--base 1000000 writes distributed_1m.*)
         suffix += f"_{args.base // 1_000_000}m" if args.base % 1_000_000 == 0 else f"_{args.base}"
     header = machine()
@@ -178,8 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     for count in [int(s) for s in args.shards.split(",")]:
         store = ShardedCollection(base.shape[1], workdir / f"sharded-{count}", shards=count,
-                                  bits=args.bits)
-        row, _ = measure(f"ShardedCollection, {count} shard{'s' * (count > 1)}", store,
+                                  bits=args.bits, shards_per_actor=args.shards_per_actor)
+        actors = -(-count // args.shards_per_actor)
+        row, _ = measure(f"ShardedCollection, {count} shard{'s' * (count > 1)} in {actors} "
+                         f"actor{'s' * (actors > 1)}", store,
                          build(store, base), queries, truth, reference, len(base))
         store.close()
         rows.append(row)

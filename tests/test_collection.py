@@ -241,6 +241,51 @@ def test_hybrid_with_filter_and_no_text_match():
     assert [h.id for h in hits] == [f"t{i}" for i in expected]
 
 
+def test_text_statistics_and_scores_of_let_parts_score_as_their_union():
+    """Two collections holding halves of CORPUS: the sums of their BM25 statistics make each
+    half score its documents as the whole corpus does (the reference); scores_of gives the
+    exact dense scores and those BM25 scores of documents by id."""
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((len(CORPUS), 8)).astype(np.float32)
+    halves = []
+    for parity in (0, 1):
+        rows = [i for i in range(len(CORPUS)) if i % 2 == parity]
+        part = Collection(8, bits=32)
+        part.upsert([f"t{i}" for i in rows], vectors[rows], texts=[CORPUS[i] for i in rows],
+                     metadatas=[{"i": i} for i in rows])
+        halves.append((part, rows))
+    for query in ["red fish", "blue sea deep", "cat", "zzz", "..."]:
+        parts = [part.text_statistics(query) for part, _ in halves]
+        words = [len([w for w in CORPUS[i].split()]) for i in range(len(CORPUS))]
+        terms = list(dict.fromkeys(query.lower().replace(".", " ").split()))
+        assert sum(p[0] for p in parts) == len(CORPUS) and sum(p[1] for p in parts) == sum(words)
+        assert [sum(p[2][j] for p in parts) for j in range(len(terms))] == \
+            [sum(t in CORPUS[i].split() for i in range(len(CORPUS))) for t in terms]
+        union = (sum(p[0] for p in parts), sum(p[1] for p in parts),
+                 [sum(p[2][j] for p in parts) for j in range(len(terms))])
+        expected = bm25_scores(CORPUS, query)
+        for part, rows in halves:
+            mine = sorted((i for i in rows if i in expected), key=lambda i: (-expected[i], i))
+            hits = part.text_search(query, 10, statistics=union)
+            assert [h.id for h in hits] == [f"t{i}" for i in mine]
+            np.testing.assert_allclose([h.score for h in hits], [expected[i] for i in mine],
+                                       rtol=1e-9)
+            assert [h.id for h in part.text_search(query, 10, {"i": {"$gte": 4}},
+                                                   statistics=union)] == \
+                [f"t{i}" for i in mine if i >= 4]
+            own = part.search(k=10, mode="text", query_text=query) if mine else []
+            assert [(h.id, h.score) for h in part.text_search(query, 10)] == \
+                [(h.id, h.score) for h in own]
+            ids = [f"t{i}" for i in rows] + ["absent"]
+            dense, text = part.scores_of(ids, vectors[3], query, statistics=union)
+            reference = dense_scores(vectors, vectors[3], "cosine")
+            assert set(dense) == {f"t{i}" for i in rows}
+            assert all(abs(dense[f"t{i}"] - reference[i]) < 1e-6 for i in rows)
+            assert text == pytest.approx({f"t{i}": expected[i] for i in mine}, rel=1e-9)
+    with pytest.raises(TypeError, match="query_text"):
+        halves[0][0].text_statistics(None)
+
+
 @pytest.mark.parametrize("lambda_mult", [0.0, 0.25, 0.5, 1.0])
 def test_mmr_equals_reference(lambda_mult):
     col, vectors, metadatas = exact_corpus("cosine")

@@ -1,8 +1,10 @@
 """ShardedCollection on a local Ray cluster: the same answers as one Collection, routing, the
 root manifest as untrusted input, restarts after SIGKILL, and the framework adapters.
 
-One Ray cluster serves the module (started once, shut down at the end); most tests share one
-3-shard store and clear it first.
+One Ray cluster serves the module (started once, shut down at the end), the README's Ray
+example included; most tests share one 3-shard store and clear it first. Every actor start
+costs 1-3 s here (a worker process, importing vecpress, and numba's first call in it), so the
+tests start as few as they can.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from vecpress import Collection  # noqa: E402
+from vecpress.core.relevance import DEFAULT_PARAMS, PARAM_KEYS  # noqa: E402
 from vecpress.core.storage import StoreCorruptedError  # noqa: E402
 from vecpress.distributed import ShardedCollection, ShardUnavailableError, shard_of  # noqa: E402
 from vecpress.core.collection import Hit  # noqa: E402
@@ -51,8 +54,10 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def sharded(cluster, tmp_path_factory):
+    # 3 shards in 2 actors: the shards' calls travel together per actor (the other stores
+    # here have one shard per actor)
     store = ShardedCollection(DIM, tmp_path_factory.mktemp("sharded") / "store", shards=3,
-                              bits=32, timeout=60)
+                              bits=32, timeout=60, shards_per_actor=2)
     yield store
     store.close()
 
@@ -60,7 +65,14 @@ def sharded(cluster, tmp_path_factory):
 @pytest.fixture
 def empty(sharded):
     sharded.clear()
+    sharded.set_relevance_params(None)
     return sharded
+
+
+def on_every_shard(store, method: str) -> list:
+    """``method()`` of each shard, asked directly (not through the store)."""
+    return [ray.get(store._actor_of(s).call.remote(method, [(store._placement[s][1], ())]))[0]
+            for s in range(len(store.shards))]
 
 
 def corpus(n: int, seed: int = 0):
@@ -125,6 +137,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(cluster, tmp_path)
         ({"max_restarts": -2}, ValueError, "max_restarts"), ({"colour": 1}, TypeError, "colour"),
         ({"durability": "never"}, ValueError, "durability"),
         ({"actor_options": "fast"}, TypeError, "actor_options"),
+        ({"shards_per_actor": 0}, ValueError, "shards_per_actor"),
     ]:
         with pytest.raises(error, match=words):
             ShardedCollection(DIM, path, **kwargs)
@@ -229,15 +242,54 @@ def test_relevance_equals_one_collection(empty):
     single.close()
 
 
-def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster, tmp_path):
+def test_calibrate_equals_one_collections_and_every_shard_stores_it(empty):
+    """Up to SAMPLE_ROWS rows the pooled statistics are one Collection's, so calibrating on
+    the same labelled queries fits the same parameters (first factor and gate)."""
+    single = Collection(DIM, bits=32)
+    vectors, ids, _, _ = fill(empty, single)
+    rng = np.random.default_rng(7)
+    exact = reference_scores(vectors, vectors[:24], "cosine")
+    queries = np.vstack([vectors[:24] + 0.3 * rng.standard_normal((24, DIM)),
+                         rng.standard_normal((8, DIM)) * 5])
+    relevant = [[ids[i] for i in np.argsort(-row)[:int(rng.integers(1, 6))]] for row in exact]
+    relevant += [[] for _ in range(8)]  # off-topic: the gate is fitted too
+    for where in (None, {"group": {"$ne": 1}}):
+        got = empty.calibrate(queries, relevant, k=8, where=where)
+        want = single.calibrate(queries, relevant, k=8, where=where)
+        assert got.fitted_on == want.fitted_on == 32 and got.gate is not None
+        assert np.allclose([getattr(got, key) for key in PARAM_KEYS],
+                           [getattr(want, key) for key in PARAM_KEYS], rtol=1e-6, atol=1e-9)
+        assert np.allclose(got.gate, want.gate, rtol=1e-6, atol=1e-9)
+        assert empty.relevance_params == got
+        assert on_every_shard(empty, "relevance_params") == [got] * 3
+        query = queries[2]
+        assert np.allclose([h.relevance for h in empty.search(query, 5, relevance=True)],
+                           [h.relevance for h in single.search(query, 5, relevance=True)],
+                           rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="relevant_ids has 2 entries"):
+        empty.calibrate(queries, relevant[:2])
+    with pytest.raises(TypeError, match="params"):
+        empty.set_relevance_params({"weight_score": 1})
+    empty.set_relevance_params(None)
+    assert empty.relevance_params == DEFAULT_PARAMS
+    single.close()
+
+
+def test_quantized_shards_rerank_exactly_reopen_and_name_a_dead_shard(cluster, tmp_path):
     """Quantized shards (each fits its own codec) return exact scores and high recall; the
-    store reopens with its documents, answers the same, and refuses other settings."""
+    store reopens with its documents, answers the same, and refuses other settings. Reopened
+    without restarts (``max_restarts=0``), a SIGKILLed shard is an error naming it, unless
+    partial results are allowed (one store for both: every actor start costs 1-3 s here)."""
     path = tmp_path / "q"
     data = clustered_vectors(3000, DIM, seed=5)
     ids = [f"q{i}" for i in range(len(data))]
     metas = [{"i": i} for i in range(len(data))]
     queries = clustered_vectors(20, DIM, seed=6)
-    with ShardedCollection(DIM, path, shards=2, bits=4, durability="process") as store:
+    # both shards in one actor here, which dies at the end; reopened one per actor (a
+    # setting of each open) with every acknowledged write
+    with ShardedCollection(DIM, path, shards=2, bits=4, durability="process",
+                           shards_per_actor=2, max_restarts=0, timeout=20) as store:
+        assert len(store._actors) == 1
         store.upsert(ids, data, metadatas=metas)
         exact = reference_scores(data, queries, "cosine")
         recall, before = [], []
@@ -252,6 +304,12 @@ def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster,
         stats = store.search(queries[0], 10, relevance=True).stats  # pooled, 2048 of 3000 rows
         assert (stats.sample_size, stats.rows) == (2048, 3000)
         assert abs(stats.median - np.median(exact[0])) < 0.05 * np.std(exact[0])
+        relevant = [[ids[i] for i in np.argsort(-row)[:3]] for row in exact]
+        params = store.calibrate(queries, relevant, k=10)  # pooled: 2048 of 3000 rows
+        assert params.fitted_on == len(queries) and params != DEFAULT_PARAMS
+        os.kill(ray.get(store._actor_of(0).pid.remote()), signal.SIGKILL)
+        with pytest.raises(ShardUnavailableError, match="shard-0000.*also holds shard-0001"):
+            store.search(queries[0], 10)
     for closed in (lambda: store.search(queries[0], 10), lambda: len(store), store.stats,
                    lambda: store.get(ids[:1])):
         with pytest.raises(RuntimeError, match="closed"):
@@ -260,12 +318,32 @@ def test_quantized_shards_rerank_exactly_and_reopen_with_every_document(cluster,
                           ({"dim": DIM + 1}, "dim=")]:
         with pytest.raises(ValueError, match=words):
             ShardedCollection.open(path, **kwargs)
-    with ShardedCollection.open(path, shards=2, metric="COSINE") as store:
+    with ShardedCollection.open(path, shards=2, metric="COSINE", max_restarts=0,
+                                timeout=20) as store:
         assert len(store) == 3000 and store.shards == ["shard-0000", "shard-0001"]
+        assert len(store._actors) == 2
+        assert store.relevance_params == params  # calibrated parameters survive the reopen
+        assert on_every_shard(store, "relevance_params") == [params] * 2
         assert [ranked(store.search(query, 10)) for query in queries] == before
         assert [(h.id, h.metadata) for h in store.get(ids[:5])] == list(zip(ids[:5], metas[:5]))
         with pytest.raises(RuntimeError, match="already open"):
             ShardedCollection.open(path)
+        a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(store, data, ids)
+
+
+def a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(store, vectors, ids):
+    os.kill(ray.get(store._actor_of(1).pid.remote()), signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(ShardUnavailableError, match="shard-0001") as caught:
+        store.search(vectors[0], 10)
+    assert caught.value.shard == "shard-0001" and time.monotonic() - started < 15
+    hits = store.search(vectors[0], len(ids), allow_partial=True)
+    assert hits.partial and hits.missing_shards == ["shard-0001"]
+    assert {h.id for h in hits} == {i for i in ids if shard_of(i, 2) == 0}
+    text = store.search(mode="text", query_text="w1", allow_partial=True)
+    assert text.partial
+    with pytest.raises(ShardUnavailableError, match="shard-0001"):
+        store.upsert(ids[:50], vectors[:50])
 
 
 def test_merge_keeps_the_best_k_on_score_then_id():
@@ -484,11 +562,11 @@ def test_ray_data_ingest_embeds_in_actors_and_routes_to_shards(empty):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # (tests is no package)
     rows = [{"id": f"r{i}", "text": f"row {i} of the set", "topic": i % 3} for i in range(300)]
-    dataset = data.from_items(rows)
+    dataset = data.from_items(rows, override_num_blocks=2)  # (200 blocks by default)
     with pytest.raises(ValueError, match="metadata_columns\\[0\\]='colour'"):
         empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["colour"])
     written = empty.ingest_dataset(dataset, make_hash_embedder, metadata_columns=["topic"],
-                                   embed_batch=64, write_batch=100, concurrency=2, num_cpus=0)
+                                   embed_batch=64, write_batch=100, concurrency=1, num_cpus=0)
     assert written == 300 and len(empty) == 300
     assert empty.count({"topic": 1}) == 100
     vectors = HashEmbedder().embed_documents([rows[42]["text"]])
@@ -503,32 +581,13 @@ def test_ray_data_ingest_embeds_in_actors_and_routes_to_shards(empty):
 def test_a_killed_shard_restarts_with_every_acknowledged_write(empty):
     vectors, ids, _, _ = fill(empty, n=400, seed=4)
     owner = shard_of(ids[0], 3)
-    pid = ray.get(empty._actors[owner].pid.remote())
+    pid = ray.get(empty._actor_of(owner).pid.remote())
     os.kill(pid, signal.SIGKILL)
     hits = empty.search(vectors[0], 400)  # meets the dead shard: waits for its restart
     assert len(hits) == 400 and not hits.partial and hits[0].id == ids[0]
-    assert ray.get(empty._actors[owner].pid.remote()) != pid
+    assert ray.get(empty._actor_of(owner).pid.remote()) != pid
     empty.upsert(["after"], vectors[:1])  # the restarted shard takes writes
     assert len(empty) == 401
-
-
-def test_a_dead_shard_is_an_error_naming_it_unless_partial_results_are_allowed(cluster, tmp_path):
-    vectors, ids, _, _ = corpus(200, seed=2)
-    with ShardedCollection(DIM, tmp_path / "s", shards=2, bits=32, max_restarts=0,
-                           timeout=20) as store:
-        store.upsert(ids, vectors)
-        os.kill(ray.get(store._actors[1].pid.remote()), signal.SIGKILL)
-        started = time.monotonic()
-        with pytest.raises(ShardUnavailableError, match="shard-0001") as caught:
-            store.search(vectors[0], 10)
-        assert caught.value.shard == "shard-0001" and time.monotonic() - started < 15
-        hits = store.search(vectors[0], 300, allow_partial=True)
-        assert hits.partial and hits.missing_shards == ["shard-0001"]
-        assert {h.id for h in hits} == {i for i in ids if shard_of(i, 2) == 0}
-        text = store.search(mode="text", query_text="w1", allow_partial=True)
-        assert text.partial
-        with pytest.raises(ShardUnavailableError, match="shard-0001"):
-            store.upsert(ids[:50], vectors[:50])
 
 
 # ---------------------------------------------------------------------- adapters
@@ -588,3 +647,37 @@ def test_llama_index_store_serves_a_sharded_collection(empty):
     assert scored.ids == [h.id for h in want]
     assert scored.similarities == pytest.approx([h.relevance for h in want], abs=1e-9)
     single.close()
+
+
+# ---------------------------------------------------------------------- the README's example
+
+
+def test_the_readme_ray_example_runs_on_this_cluster(cluster, tmp_path, monkeypatch, capsys):
+    """The README's Ray example, executed as written in this process. Its ``ray.init`` and
+    ``ray.shutdown`` calls are checked against Ray's own signatures and leave this module's
+    cluster running (a cluster of its own, in a fresh process, costs about 15 s); everything
+    else (the store, its actors, the writes and searches) is the real thing."""
+    import inspect
+
+    from test_readme import python_blocks, runs_on_ray
+
+    (block,) = [b for b in python_blocks() if runs_on_ray(b)]
+    called = []
+
+    def checked(real):
+        signature = inspect.signature(real)
+
+        def stand_in(*args, **kwargs):
+            signature.bind(*args, **kwargs)  # a TypeError if the README calls it wrongly
+            called.append(real.__name__)
+        return stand_in
+
+    monkeypatch.setattr(ray, "init", checked(ray.init))
+    monkeypatch.setattr(ray, "shutdown", checked(ray.shutdown))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md (Ray example)", "exec"), {"__name__": "__main__"})
+    assert called == ["init", "shutdown"]
+    dense, text = capsys.readouterr().out.splitlines()
+    assert dense.startswith("[('doc-3', 1.0)") and dense.endswith("False")  # as it says
+    assert text == "doc-7"
+    assert (tmp_path / "sharded_store" / ROOT_MANIFEST).is_file()

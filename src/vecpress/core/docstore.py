@@ -111,6 +111,9 @@ def _id_list(values: Iterable[Any]) -> str:
     return json.dumps([v.item() if isinstance(v, np.generic) else v for v in values])
 
 
+#: BM25's corpus statistics for a query's words: (rows, tokens, [rows matching each word])
+TextStatistics = tuple[int, int, list[int]]
+
 #: the constants of FTS5's ``bm25()`` (``fts5_aux.c``)
 BM25_K1 = 1.2
 BM25_B = 0.75

@@ -1,5 +1,5 @@
 """Scale out on Ray: :class:`ShardedCollection` spreads a collection over Ray actors, one per
-shard, each owning a :class:`~vecpress.Collection` directory; the driver routes writes by a
+shard or several per actor, each shard a :class:`~vecpress.Collection` directory; the driver routes writes by a
 stable hash of the id and merges searches on exact scores. Needs the ``ray`` extra
 (``pip install 'vecpress[ray]'``); importing this package does not import Ray.
 """

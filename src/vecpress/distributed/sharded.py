@@ -1,4 +1,5 @@
-"""``ShardedCollection``: a :class:`~vecpress.Collection` spread over Ray actors, one per shard.
+"""``ShardedCollection``: a :class:`~vecpress.Collection` spread over Ray actors, one per shard
+(or several shards per actor, ``shards_per_actor``: a call then carries every shard's work).
 
 **Routing.** A document lives on the shard :func:`~vecpress.distributed.layout.shard_of` its id
 names (a stable hash written in the root manifest), so an upsert, a get or a delete by id
@@ -41,18 +42,19 @@ import numpy as np
 
 from ..core import filters as filters_module
 from ..core import storage
+from ..core import relevance as relevance_module
 from ..core.collection import (INDEX_OPTIONS, Collection, Hit, _checked_id_list, _checked_ids,
-                               _checked_list, _checked_texts, _metadata_json,
-                               checked_search_options, fuse_rankings,
+                               _checked_list, _checked_relevant_ids, _checked_texts,
+                               _metadata_json, checked_search_options, fuse_rankings,
                                maximal_marginal_relevance)
 from ..core.docstore import fts_phrases
-from ..core.relevance import CANDIDATES, RelevanceParams
+from ..core.relevance import CANDIDATES, DEFAULT_PARAMS, RelevanceParams
 from ..core.validate import as_durability, as_matrix, as_positive_int
 from . import layout
 from .batching import QueryBatcher
 from .fanout import ShardUnavailableError, call_shards, ray_module  # noqa: F401 (re-exported)
 from .results import Ranked, SearchResult, merge_ranked, merged_stats, pooled_stats
-from .shard import Shard
+from .shard import ShardHost
 
 #: seconds a call waits for a dead or restarting shard before ShardUnavailableError
 DEFAULT_TIMEOUT = 60.0
@@ -80,6 +82,9 @@ class ShardedCollection:
         actor_options: more ``ray.remote`` options of the shard actors (``num_cpus``,
             ``resources``, ``scheduling_strategy``, ...). By default an actor reserves no CPU,
             so any number of shards fit on a small cluster.
+        shards_per_actor: shards one actor holds (a setting of this open; default 1). A
+            search costs one Ray call per actor, so fewer actors make the fan-out cheaper
+            on few cores; one shard per actor isolates faults best.
 
     Ray is initialised on first use if ``ray.init`` was not called (a local cluster).
     """
@@ -88,7 +93,7 @@ class ShardedCollection:
                  shards: int | None = None, bits: int | None = None, metric: str | None = None,
                  durability: str = "full", timeout: float = DEFAULT_TIMEOUT,
                  max_restarts: int = -1, actor_options: dict[str, Any] | None = None,
-                 **index_options: Any) -> None:
+                 shards_per_actor: int = 1, **index_options: Any) -> None:
         ray = ray_module()
         if path is None:
             raise TypeError("path is required: each shard keeps its collection on disk under "
@@ -113,6 +118,7 @@ class ShardedCollection:
                             f"{type(actor_options).__name__}")
         if shards is not None:
             shards = layout.as_shard_count(shards)
+        per_actor = as_positive_int(shards_per_actor, "shards_per_actor")
         self._path = Path(path)
         self._closed = False
         self._batcher = QueryBatcher(self._ranked_batch)
@@ -127,13 +133,17 @@ class ShardedCollection:
         settings = {name: manifest[name] for name in ("dim", "metric", "bits", "index_options")}
         options = {"num_cpus": 0, **(actor_options or {}), "max_restarts": max_restarts,
                    "max_task_retries": 0, "max_concurrency": SHARD_CONCURRENCY}
+        #: (actor number, number of the shard in that actor) of every shard
+        self._placement = [(s // per_actor, s % per_actor) for s in range(len(self._names))]
         try:
-            server = ray.remote(Shard).options(**options)
+            server = ray.remote(ShardHost).options(**options)
             # absolute: an actor's working directory is not the driver's
             root = self._path.absolute()
-            self._actors = [server.remote(str(root / name), settings, self._durability)
-                            for name in self._names]
-            self._call_all("count", [()] * len(self._actors))  # every shard opened
+            self._actors = [server.remote([str(root / name) for name in
+                                           self._names[start:start + per_actor]],
+                                          settings, self._durability)
+                            for start in range(0, len(self._names), per_actor)]
+            self._call_all("count", [()] * len(self._names))  # every shard opened
         except BaseException:
             self._stop_actors()
             self._release_lock()
@@ -222,12 +232,16 @@ class ShardedCollection:
             return
         self._closed = True
         try:  # a shard that is down has nothing unwritten: every write it took is durable
-            call_shards(self._actors, self._names, "close",
-                        {s: () for s in range(len(self._actors))}, timeout=self._timeout,
+            call_shards(self._actors, self._placement, self._names, "close",
+                        {s: () for s in range(len(self._names))}, timeout=self._timeout,
                         max_restarts=self._max_restarts, allow_partial=True)
         finally:
             self._stop_actors()
             self._release_lock()
+
+    def _actor_of(self, shard: int) -> Any:
+        """The actor holding shard number ``shard``."""
+        return self._actors[self._placement[shard][0]]
 
     def _stop_actors(self) -> None:
         ray = ray_module()
@@ -264,7 +278,7 @@ class ShardedCollection:
                 raise ValueError(f"vectors row {int(zero[0])} is all zeros; cosine similarity "
                                  f"needs non-zero vectors")
         self._check_open()
-        parts = layout.route(ids, len(self._actors))
+        parts = layout.route(ids, len(self._names))
         largest = max(len(p) for p in parts)
         for start in range(0, largest, batch_size):
             calls = {}
@@ -309,24 +323,24 @@ class ShardedCollection:
                              f"document; to delete everything call clear()")
         self._check_open()
         if ids is None:
-            calls = {s: (None, where) for s in range(len(self._actors))}
+            calls = {s: (None, where) for s in range(len(self._names))}
         else:
             ids = _checked_id_list(ids)
             calls = {s: ([ids[i] for i in positions], where)
-                     for s, positions in enumerate(layout.route(ids, len(self._actors)))
+                     for s, positions in enumerate(layout.route(ids, len(self._names)))
                      if len(positions)}
         return sum(self._call("delete", calls).values())
 
     def clear(self) -> None:
         """Delete every document of every shard."""
         self._check_open()
-        self._call_all("clear", [()] * len(self._actors))
+        self._call_all("clear", [()] * len(self._names))
 
     # ------------------------------------------------------------------ reads
     def count(self, where: Any = None) -> int:
         """Number of documents (matching ``where``, if given)."""
         filters_module.parse(where)
-        return sum(self._call_all("count", [(where,)] * len(self._actors)))
+        return sum(self._call_all("count", [(where,)] * len(self._names)))
 
     def get(self, ids: Sequence[str] | None = None, *, where: Any = None,
             limit: int | None = None, offset: int = 0,
@@ -343,12 +357,12 @@ class ShardedCollection:
         if ids is not None:
             ids = _checked_id_list(ids)
             calls = {s: ([ids[i] for i in positions], where, None, 0, include_vectors)
-                     for s, positions in enumerate(layout.route(ids, len(self._actors)))
+                     for s, positions in enumerate(layout.route(ids, len(self._names)))
                      if len(positions)}
             found = {hit.id: hit for hits in self._call("get", calls).values() for hit in hits}
             ordered = [found[i] for i in dict.fromkeys(ids) if i in found]
             return ordered[offset:None if limit is None else offset + limit]
-        counts = self._call_all("count", [(where,)] * len(self._actors))
+        counts = self._call_all("count", [(where,)] * len(self._names))
         calls, skip, wanted = {}, offset, limit
         for s, count in enumerate(counts):
             if skip >= count:
@@ -378,7 +392,7 @@ class ShardedCollection:
         query's statistics pool every shard's sample of rows in proportion to its size
         (:func:`~vecpress.distributed.results.pooled_stats`), so a hit's relevance is the one
         a single Collection gives it, up to sampling (exactly, up to ``SAMPLE_ROWS`` rows);
-        the mapping's parameters are the shards' (``shard-0000``'s)."""
+        the mapping's parameters are :attr:`relevance_params` (see :meth:`calibrate`)."""
         k, relevance, min_relevance, fetch_k = checked_search_options(
             k, mode, relevance, min_relevance, fusion, alpha, fetch_k)
         query = None if mode == "text" and vector is None else self._query_vector(vector, mode)
@@ -422,6 +436,48 @@ class ShardedCollection:
         missing = set(dense.missing_shards + text.missing_shards + corpus[3])
         return SearchResult(result, sorted(missing))
 
+    @property
+    def relevance_params(self) -> RelevanceParams:
+        """The parameters of the relevance mapping: the defaults, or those of the last
+        :meth:`calibrate` / :meth:`set_relevance_params` (every shard stores them, so a
+        reopened store has them; ``shard-0000``'s are read)."""
+        return self._relevance_params()
+
+    def set_relevance_params(self, params: RelevanceParams | None) -> None:
+        """Store relevance parameters in every shard (``None``: back to the defaults). Not one
+        transaction: after an error naming a shard, set them again."""
+        if params is not None and not isinstance(params, RelevanceParams):
+            raise TypeError(f"params must be a RelevanceParams or None, got "
+                            f"{type(params).__name__}")
+        self._params = None  # read again from shard-0000 if a shard fails below
+        self._call_all("set_relevance_params", [(params,)] * len(self._names))
+        self._params = DEFAULT_PARAMS if params is None else params
+
+    def calibrate(self, queries: Any, relevant_ids: Sequence[Sequence[str]], *, k: int = 10,
+                  where: Any = None, oversample: int | None = None,
+                  nprobe: int | None = None) -> RelevanceParams:
+        """Fit the relevance mapping to labelled queries and store it in every shard (as
+        :meth:`Collection.calibrate`, same arguments). Every query is searched over all
+        shards at once (one call per actor for them all) with the pooled statistics of
+        ``search(..., relevance=True)``; the fit runs here, on the driver, with
+        :func:`~vecpress.core.relevance.calibrated_params`. So the parameters are one
+        Collection's over the same documents, up to the pooled sample (exactly, up to
+        ``SAMPLE_ROWS`` documents, with exact codes). Returns them."""
+        matrix = as_matrix(queries, self.dim, "queries")
+        labels_of = _checked_relevant_ids(relevant_ids, len(matrix))
+        k = as_positive_int(k, "k")
+        node = filters_module.parse(where)
+        self._check_open()
+        options = {"oversample": oversample, "nprobe": nprobe, "include_vectors": False}
+        found = self._ranked_batch((k, repr(node), tuple(sorted(options.items())), False, True),
+                                   [(query, where) for query in matrix])
+        searches = [([h.score for h in hits], hits.stats, [h.id in relevant for h in hits],
+                     bool(relevant)) for hits, relevant in zip(found, labels_of)]
+        params = relevance_module.calibrated_params(searches, self.metric,
+                                                    self._relevance_params())
+        self.set_relevance_params(params)
+        return params
+
     def max_marginal_relevance_search(self, vector: Any, k: int = 4, fetch_k: int = 20,
                                       lambda_mult: float = 0.5, where: Any = None, *,
                                       oversample: int | None = None, nprobe: int | None = None,
@@ -453,7 +509,7 @@ class ShardedCollection:
         :func:`~vecpress.distributed.results.merged_stats`: sizes and counts summed,
         ``ram_bytes_per_vector`` over all vectors) and each shard's own
         ``Collection.stats()`` under ``"shards"``."""
-        per_shard = self._call_all("stats", [()] * len(self._actors))
+        per_shard = self._call_all("stats", [()] * len(self._names))
         info: dict[str, Any] = {"dim": self.dim, "metric": self.metric, "bits": self.bits,
                                 **merged_stats(per_shard)}
         info["shards"] = {name: s for name, s in zip(self._names, per_shard)}
@@ -485,13 +541,13 @@ class ShardedCollection:
 
     def _ranked_batch(self, key: tuple, requests: list[tuple[np.ndarray, Any]]
                       ) -> list[SearchResult]:
-        """:meth:`_ranked` for queries sharing ``key``: one call per shard for them all."""
+        """:meth:`_ranked` for queries sharing ``key``: one call per actor for them all."""
         k, _, options, allow_partial, relevance = key
         queries = np.stack([query for query, _ in requests])
         # with relevance, rank the candidates its terms read, then cut to k (as a Collection)
         fetch = max(k, CANDIDATES) if relevance else k
         calls = {s: (queries, fetch, requests[0][1], dict(options), relevance)
-                 for s in range(len(self._actors))}
+                 for s in range(len(self._names))}
         answers = self._call("search", calls, allow_partial=allow_partial)
         missing = self._missing(answers)
         results = []
@@ -519,7 +575,7 @@ class ShardedCollection:
                 ) -> tuple[int, int, list[int], list[str]]:
         """The BM25 statistics of the whole store for ``query_text`` (each shard's summed),
         and the shards that did not answer (``allow_partial``)."""
-        calls = {s: (query_text,) for s in range(len(self._actors))}
+        calls = {s: (query_text,) for s in range(len(self._names))}
         answers = self._call("text_statistics", calls, allow_partial=allow_partial)
         words = len(fts_phrases(query_text))
         rows = sum(a[0] for a in answers.values())
@@ -532,7 +588,7 @@ class ShardedCollection:
                      allow_partial: bool) -> SearchResult:
         """Every shard's best ``k`` text hits, scored with the store's statistics, merged."""
         calls = {s: (query_text, k, where, corpus[:3], include_vectors)
-                 for s in range(len(self._actors))}
+                 for s in range(len(self._names))}
         return self._merged(self._call("text_search", calls, allow_partial=allow_partial), k)
 
     def _merged(self, answers: dict[int, Ranked], k: int) -> SearchResult:
@@ -547,7 +603,7 @@ class ShardedCollection:
                    ) -> tuple[dict[str, float], dict[str, float]]:
         statistics = None if corpus is None else corpus[:3]
         calls = {s: ([ids[i] for i in positions], query, query_text, statistics)
-                 for s, positions in enumerate(layout.route(ids, len(self._actors)))
+                 for s, positions in enumerate(layout.route(ids, len(self._names)))
                  if len(positions)}
         dense: dict[str, float] = {}
         text: dict[str, float] = {}
@@ -565,6 +621,7 @@ class ShardedCollection:
         """``method(*args)`` on the shards ``calls`` names, all at once (see
         :func:`~vecpress.distributed.fanout.call_shards`); an error once closed."""
         self._check_open()
-        return call_shards(self._actors, self._names, method, calls, timeout=self._timeout,
+        return call_shards(self._actors, self._placement, self._names, method, calls,
+                           timeout=self._timeout,
                            max_restarts=self._max_restarts, allow_partial=allow_partial)
 

@@ -38,7 +38,7 @@ import numpy as np
 from .. import filters as filters_module
 from .. import relevance as relevance_module
 from .. import storage
-from ..docstore import DB_FILE, fts_query
+from ..docstore import DB_FILE, TextStatistics, fts_phrases, fts_query
 from ..index import Index
 from ..relevance import CANDIDATES, DEFAULT_PARAMS, RelevanceParams, ScoreSample
 from ..validate import as_durability, as_matrix, as_positive_int
@@ -404,6 +404,70 @@ class Collection(_Opening, _Search):
             for hit, value in zip(hits, values):
                 hit.relevance = value
             return SearchResults(hits, stats)
+
+    # ------------------------------------------------------------------ scores for a merger
+    # A caller that merges several collections (a sharded store's driver) needs each one's
+    # BM25 statistics, its text matches scored with the statistics of the union, and the
+    # exact scores of given documents: these three give it that without reading internals.
+    def text_statistics(self, query_text: str) -> TextStatistics:
+        """BM25's corpus statistics for the words of ``query_text``: ``(rows, tokens, [rows
+        matching each word])`` (rows without text count, as in FTS5's ``bm25()``). Summed
+        over several collections they are the statistics of their union (see
+        :meth:`text_search`)."""
+        if not isinstance(query_text, str):
+            raise TypeError(f"query_text must be a string, got {type(query_text).__name__}")
+        with self._rw.read():
+            return self._store.text_statistics(fts_phrases(query_text))
+
+    def text_search(self, query_text: str, k: int = 10, where: Any = None, *,
+                    statistics: TextStatistics | None = None,
+                    include_vectors: bool = False) -> list[Hit]:
+        """The best ``k`` documents matching a word of ``query_text`` (and ``where``), scored
+        by BM25 with ``statistics`` (:meth:`text_statistics`, or their sums over several
+        collections: each document then gets the score it has in their union); without
+        ``statistics``, this collection's own: ``search(mode="text")``. Ties by row id."""
+        if statistics is None:
+            return list(self.search(k=k, where=where, mode="text", query_text=query_text,
+                                    include_vectors=include_vectors))
+        k = as_positive_int(k, "k")
+        phrases = fts_phrases(query_text)
+        node = filters_module.parse(where)
+        with self._rw.read():
+            allowed = None if node is None else self._matching(node)
+            if not phrases or (allowed is not None and len(allowed) == 0):
+                return []
+            found = self._store.text_search_with(phrases, k, allowed, statistics)
+            return self._hits([(r, s, (i, t, m)) for r, s, i, t, m in found], include_vectors)
+
+    def scores_of(self, ids: Sequence[str], vector: Any = None, query_text: str | None = None,
+                  *, statistics: TextStatistics | None = None
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+        """The scores of documents by id, as hybrid fusion weighs them: ``(dense, text)``.
+
+        ``dense``: the exact score of ``vector`` against each document's kept vector (a
+        document without one gets the lowest of the others, as in ``search(mode="hybrid")``).
+        ``text``: the BM25 score for ``query_text`` with ``statistics`` (see
+        :meth:`text_search`; default this collection's own) of each document that matches;
+        one that does not is absent. Unknown ids are left out of both."""
+        ids = _checked_id_list(ids)
+        query = None if vector is None else self._query_vector(vector)
+        with self._rw.read():
+            by_row = {rowid: doc_id for doc_id, rowid in self._store.rowids_of(ids).items()}
+            dense: dict[str, float] = {}
+            if query is not None and by_row:
+                scores = self._dense_scores(query[0], list(by_row), {})
+                dense = {by_row[r]: float(s) for r, s in scores.items()}
+            text: dict[str, float] = {}
+            if query_text is not None and by_row:
+                if statistics is None:
+                    match = fts_query(query_text)
+                    found = {} if match is None else self._store.text_scores(match, by_row)
+                else:
+                    found = {r: s for r, s, *_ in self._store.text_search_with(
+                        fts_phrases(query_text), len(by_row), np.array(sorted(by_row)),
+                        statistics)}
+                text = {by_row[r]: float(s) for r, s in found.items()}
+            return dense, text
 
     @property
     def relevance_params(self) -> RelevanceParams:
