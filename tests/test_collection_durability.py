@@ -255,7 +255,10 @@ def kill_writer_after(path: Path, acks_wanted: int, extra_delay: float,
         time.sleep(extra_delay)
     finally:
         proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate()
+        # the lines readline() already buffered are in proc.stdout, not in communicate()'s
+        rest = proc.stdout.read()
+        proc.wait()
+        proc.stderr.close()
     for line in rest.split():
         last = int(line)
     return last

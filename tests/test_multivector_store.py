@@ -291,7 +291,10 @@ def test_kill_9_during_writes(tmp_path, durability, acks, delay):
         time.sleep(delay)
     finally:
         proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate()
+        # the lines readline() already buffered are in proc.stdout, not in communicate()'s
+        rest = proc.stdout.read()
+        proc.wait()
+        proc.stderr.close()
     for line in rest.split():
         last = int(line)
     expected = {f"d{step % 7}": step for step in range(last + 1)}
