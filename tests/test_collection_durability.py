@@ -470,6 +470,8 @@ FOLLOWER = textwrap.dedent("""
     col = Collection.open(path, read_only=True)
     errors, refreshes = [], 0
     rng = np.random.default_rng(0)
+    col.search(rng.standard_normal(8), k=5)
+    print("ready", flush=True)
     while not os.path.exists(stop):
         try:
             col.refresh()
@@ -502,6 +504,9 @@ def test_a_reader_process_follows_a_process_durability_writer(tmp_path, monkeypa
     reader = subprocess.Popen([sys.executable, "-c", FOLLOWER, str(path), str(stop)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # the writes start once the reader has opened and searched (a loaded machine can take
+        # seconds to start it, and a reader that starts after the last write follows nothing)
+        assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
         for step in range(1, 301):
             doc = f"d{int(rng.integers(0, 60))}"
             if step % 17 == 0 and doc in model:
