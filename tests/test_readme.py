@@ -1,7 +1,9 @@
-"""The README's Python examples run as written (each block in a fresh process and folder)."""
+"""The README's Python examples run as written: each block in its own folder and namespace,
+all of them in one fresh process (which loads torch and the model once, not once a block)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -38,12 +40,40 @@ def test_readme_has_the_quickstarts():
     assert "FIGURES_PLACEHOLDER" not in text
 
 
+RUNNER = """
+import contextlib, io, json, os, sys, traceback
+blocks, root = json.loads(sys.stdin.read()), sys.argv[1]
+outcomes = []
+for number, block in enumerate(blocks):
+    folder = os.path.join(root, f"block-{number}")
+    os.makedirs(folder)
+    os.chdir(folder)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, f"README block {number}", "exec"), {"__name__": "__main__"})
+        outcomes.append({"stdout": out.getvalue(), "error": None})
+    except BaseException:
+        outcomes.append({"stdout": out.getvalue(), "error": traceback.format_exc()})
+print(json.dumps(outcomes))
+"""
+
+
+@pytest.fixture(scope="module")
+def block_outcomes(tmp_path_factory) -> list[dict]:
+    """Every local block's printed output and error, run once for the module."""
+    root = tmp_path_factory.mktemp("readme")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", RUNNER, str(root)], cwd=root, env=env,
+                            input=json.dumps(local_blocks()), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("number", range(len(local_blocks())))
-def test_readme_block_runs(tmp_path, number):
-    block = local_blocks()[number]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip(), "every README example prints something"
+def test_readme_block_runs(block_outcomes, number):
+    outcome = block_outcomes[number]
+    assert outcome["error"] is None, outcome["error"][-3000:]
+    assert outcome["stdout"].strip(), "every README example prints something"
