@@ -178,3 +178,21 @@ def test_bad_arguments_are_errors_naming_the_argument():
         rank_lists(rows, centroids, "ip", 6)
     with pytest.raises(ValueError, match="n must"):
         rank_lists(rows, centroids, "ip", 0)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_rounds_on_a_coarse_subset_first_still_find_the_blobs(metric):
+    """With at least ``_COARSE_FACTOR`` x ``_COARSE_ROWS_PER_LIST`` rows a list the first half
+    of the rounds runs on a subset: the blobs are still found, the last rounds use every row
+    (L2 centroids are the means of their rows), and the result is reproducible."""
+    per_list = clustering._COARSE_FACTOR * clustering._COARSE_ROWS_PER_LIST
+    rows, blob = _blobs(6, per_list + 10, 16, metric, seed=12)
+    centroids = train_centroids(rows, 6, metric, iterations=6)
+    np.testing.assert_array_equal(centroids, train_centroids(rows, 6, metric, iterations=6))
+    labels = assign(rows, centroids, metric)
+    for b in range(6):
+        assert len(set(labels[blob == b].tolist())) == 1
+    assert len(set(labels.tolist())) == 6
+    if metric == "l2":
+        means = np.stack([rows[labels == c].mean(axis=0) for c in range(6)])
+        np.testing.assert_allclose(centroids, means, rtol=1e-4, atol=1e-4)

@@ -162,6 +162,44 @@ def test_segment_factors_round_trip_through_float16():
     np.testing.assert_allclose(got_sign, sign_factor, rtol=1e-6)
 
 
+@settings(max_examples=6, deadline=None)
+@given(bits=st.integers(1, 8), dim=st.sampled_from([100, 192]),
+       metric=st.sampled_from(["ip", "l2"]), fit_rows=st.sampled_from([0, 300, 1100]),
+       seed=st.integers(0, 2**16))
+def test_coded_factors_store_only_coded_segments_and_decode_the_same(bits, dim, metric,
+                                                                     fit_rows, seed):
+    """With ``coded_factors`` a row stores the ratios of the segments up to the last coded
+    one only; decoded factors, the numpy estimate and the scan are those of the layout with
+    every segment (the one older stores have), fitted or not."""
+    data = _anisotropic(1100, dim, seed % 97)
+    queries = _anisotropic(4, dim, seed % 97 + 1)
+    wide = SegmentCodec(dim, bits, metric, seed=seed)
+    narrow = SegmentCodec(dim, bits, metric, seed=seed, coded_factors=True)
+    if fit_rows:
+        wide.fit(data[:fit_rows])
+        narrow.fit(data[:fit_rows])
+    codes, factors = wide.encode(data[:300])
+    narrow_codes, narrow_factors = narrow.encode(data[:300])
+    np.testing.assert_array_equal(narrow_codes, codes)
+    coded = np.nonzero(wide.seg_bits)[0]
+    slots = int(coded.max()) + 1
+    assert narrow.ratio_slots == slots and wide.ratio_slots == wide.n_segments
+    assert narrow.factor_count == 1 + -(-slots // 2) + (metric == "l2") <= wide.factor_count
+    assert "coded_factors" not in wide.params() and narrow.params()["coded_factors"] is True
+    for got, want in zip(narrow.decode_factors(narrow_factors), wide.decode_factors(factors)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(narrow_factors[:, 0], factors[:, 0])
+    if metric == "l2":
+        np.testing.assert_array_equal(narrow_factors[:, -1], factors[:, -1])
+    np.testing.assert_array_equal(narrow.estimate(narrow_codes, narrow_factors, queries),
+                                  wide.estimate(codes, factors, queries))
+    flt = RowFilter(n_rows=300)
+    got = narrow.scan(narrow.scan_layout(narrow_codes), narrow_factors, queries, 7, flt)
+    want = wide.scan(wide.scan_layout(codes), factors, queries, 7, flt)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 def test_segment_codes_beat_plain_rabitq_on_anisotropic_data():
     """Where variance is uneven (as in sentence embeddings), spending bits by variance and
     scaling segments apart estimates inner products better at the same code size."""

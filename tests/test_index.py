@@ -255,6 +255,52 @@ def test_persistent_index_survives_reopen_and_continues(tmp_path):
     reopened.close()
 
 
+@pytest.mark.parametrize("metric", ["l2"])  # (ip / cosine: the codec test of coded_factors)
+def test_store_with_every_segment_factor_reopens_and_answers_the_same(tmp_path, monkeypatch,
+                                                                       metric):
+    """A store written before ``coded_factors`` (factor ratios for every saq segment, no key
+    in its config) reopens with that layout, answers as it did and as a store of the new
+    (narrower) layout on the same rows, and keeps its layout through adds and a refit."""
+    from vecpress.core.index import index as index_module
+
+    data = clustered_vectors(4500, 384, seed=40) * np.linspace(2.0, 0.1, 384)
+    queries = data[:12] + 0.05
+    make_config = index_module._make_config
+    monkeypatch.setattr(index_module, "_make_config",
+                        lambda **kw: make_config(**{**kw, "coded_factors": False}))
+    old = Index(384, bits=1, metric=metric, path=tmp_path / "old", partitions=None)
+    monkeypatch.undo()
+    new = Index(384, bits=1, metric=metric, path=tmp_path / "new", partitions=None)
+    for index in (old, new):
+        index.add(data[:1100])
+        index.remove([5, 6])
+    expected = old.search(queries, k=10)
+    old.close()
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    assert "coded_factors" not in manifest["config"]
+    assert "coded_factors" not in manifest["codec"]
+    reopened = Index.load(tmp_path / "old")
+    codec, new_codec = reopened._codec, new._codec
+    assert not codec.coded_factors and new_codec.coded_factors
+    np.testing.assert_array_equal(codec.seg_bits, new_codec.seg_bits)
+    assert codec.coded_prefix < codec.n_segments  # (otherwise the layouts are the same)
+    assert reopened._factors.view.shape[1] == 1 + 3 + (metric == "l2")
+    assert new._factors.view.shape[1] == (1 + -(-new_codec.coded_prefix // 2)
+                                         + (metric == "l2"))
+    for got in (reopened.search(queries, k=10), new.search(queries, k=10)):
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+    for index in (reopened, new):  # grows fourfold: the codec is refitted, every row re-encoded
+        index.add(data[1100:])
+        assert index._codec.fit_rows == len(index)
+    assert not reopened._codec.coded_factors
+    assert reopened._factors.view.shape[1] == 1 + 3 + (metric == "l2")
+    for got in (reopened.search(queries, k=10), Index.load(tmp_path / "old", read_only=True).search(queries, 10)):
+        np.testing.assert_array_equal(got[1], new.search(queries, k=10)[1])
+    reopened.close()
+    new.close()
+
+
 @pytest.mark.parametrize("bits", [1, 4, 32])
 def test_empty_persistent_index_reopens_and_accepts_vectors(tmp_path, bits):
     path = tmp_path / "store"
@@ -431,11 +477,13 @@ def test_stats_ram_is_codes_plus_small_overhead(tmp_path, bits, metric, code_byt
     stats = index.stats()
     per_vector = (stats["ram_bytes"] - stats["ram_fixed_bytes"]) / stats["count"]
     assert stats["code_bytes"] == code_bytes
-    # the factors: for the default (saq) codec, one float32 plus six float16 segment ratios
-    # packed in three float32 columns, plus |r|^2 for L2; the ids run consecutively, so they
-    # are implicit
-    assert index._codec.name == "saq" and index._codec.n_segments == 6
-    factors = 4 + (metric == "l2")
+    # the factors: for the default (saq) codec, one float32 plus a float16 ratio for each
+    # segment up to the last coded one, two per float32 column, plus |r|^2 for L2; the ids
+    # run consecutively, so they are implicit
+    codec = index._codec
+    assert codec.name == "saq" and codec.n_segments == 6
+    slots = int(np.nonzero(codec.seg_bits)[0].max()) + 1
+    factors = 1 + -(-slots // 2) + (metric == "l2")
     assert per_vector == code_bytes + 4 * factors
     assert per_vector <= code_bytes + 16 + 4 * (metric == "l2")
     index.add(random_vectors(1, 384), ids=[10**9])  # an id out of the run: ids become explicit

@@ -408,3 +408,23 @@ def test_stats_and_the_cli_show_the_lists():
     flat = Collection(16, partitions=None)
     flat.upsert(["a"], data[:1])
     assert flat.stats()["lists"] == 0 and "flat scan" in format_stats(store_stats(flat))
+
+
+@pytest.mark.parametrize("dense", [1, 10**9])  # every sample dense, or none
+def test_training_sample_reads_the_rows_asked_for(tmp_path, monkeypatch, dense):
+    """The training sample's originals, read row by row or (dense samples) through whole
+    segments in chunks, are the rows asked for, across segments and the row log."""
+    from vecpress.core.index import lists as lists_module
+
+    index = Index(24, bits=2, path=tmp_path / "store", partitions=None, durability="process")
+    data = clustered_vectors(2000, 24, seed=31)
+    for start in range(0, 1900, 300):
+        index.add(data[start:start + 300])
+    index.add(data[1900:1905])  # a small add: the row log
+    monkeypatch.setattr(lists_module, "DENSE_SAMPLE", dense)
+    monkeypatch.setattr(type(index), "_chunk_rows", 128)
+    rows = np.sort(np.random.default_rng(3).choice(len(index), 700, replace=False))
+    expected = index._originals.fetch(rows).astype(np.float32)
+    np.testing.assert_array_equal(index._sampled_originals(rows), expected)
+    assert index.stats()["segments"] > 1
+    index.close()

@@ -29,6 +29,13 @@ _SEED_ROUNDS = 16
 _SEED_ROWS_PER_LIST = 16
 #: relative size of the nudge that splits the largest cluster into two
 _SPLIT = 1e-3
+#: rows per list of the random subset the first half of the rounds run on, when the sample
+#: holds at least _COARSE_FACTOR times as many: early rounds only place the centroids roughly.
+#: On 1M synthetic vectors (512 lists, 256 sample rows a list) 10 rounds on 64 rows a list
+#: then 10 on all found 0.910 / 0.963 / 0.991 of the true top 10 in the 4 / 16 / 64 nearest
+#: lists, 20 rounds on all 0.910 / 0.965 / 0.992, for 15.3 against 18.5 CPU s (see #14 notes)
+_COARSE_ROWS_PER_LIST = 64
+_COARSE_FACTOR = 4
 
 
 def train_centroids(sample: np.ndarray, n_lists: int, metric: str, *, seed: int = 0,
@@ -39,7 +46,9 @@ def train_centroids(sample: np.ndarray, n_lists: int, metric: str, *, seed: int 
     then ``iterations`` rounds of: assign each row to its nearest centroid, move each centroid
     to the mean of its rows (and back onto the unit sphere for ``"ip"``). A centroid left
     without rows takes half of the largest cluster: that cluster's centroid is nudged apart
-    into two. The same arguments give the same centroids.
+    into two. The first half of the rounds run on a random subset of
+    ``_COARSE_ROWS_PER_LIST`` rows a list when the sample is at least ``_COARSE_FACTOR``
+    times larger. The same arguments give the same centroids.
     """
     _check_metric(metric)
     rows = _checked_rows(sample, "sample")
@@ -55,12 +64,17 @@ def train_centroids(sample: np.ndarray, n_lists: int, metric: str, *, seed: int 
     centroids = rows[_seeds(rows, n_lists, rng)]
     if metric == "ip":
         centroids = _on_sphere(centroids, centroids)
+    coarse = _COARSE_ROWS_PER_LIST * n_lists
+    subset = None
+    if len(rows) >= _COARSE_FACTOR * coarse:
+        subset = rows[np.sort(rng.choice(len(rows), coarse, replace=False))]
     labels = np.empty(len(rows), dtype=np.int32)
-    for _ in range(iterations):
-        _nearest(rows, centroids, _shift(centroids, metric), labels, "sample")
+    for round_number in range(iterations):
+        part = subset if subset is not None and 2 * round_number < iterations else rows
+        _nearest(part, centroids, _shift(centroids, metric), labels[:len(part)], "sample")
         sums = np.zeros(centroids.shape, dtype=np.float64)
         counts = np.zeros(n_lists, dtype=np.int64)
-        kernels.cluster_sums(rows, labels, sums, counts)
+        kernels.cluster_sums(part, labels[:len(part)], sums, counts)
         filled = counts > 0
         moved = centroids.astype(np.float64)
         moved[filled] = sums[filled] / counts[filled, None]

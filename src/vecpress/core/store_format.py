@@ -329,9 +329,11 @@ class StoreLayout:
                 "lists": ((), _INT32)}[part]
 
 
-def validate_layout(manifest: dict[str, Any], directory: Path, layout: StoreLayout) -> None:
-    """Check every file entry of a validated manifest against the codec's shapes and dtypes
-    (raises StoreCorruptedError); no file is read."""
+def validate_codec_files(manifest: dict[str, Any], directory: Path,
+                         layout: StoreLayout) -> None:
+    """Check the codec state entries of a validated manifest against the codec's state
+    layout (raises StoreCorruptedError); no file is read. The codec state comes first: some
+    segment shapes (the ``saq`` factor width) follow from it."""
     where = directory / MANIFEST
     for key, entry in manifest["codec_files"].items():
         if key not in layout.state:
@@ -339,6 +341,14 @@ def validate_layout(manifest: dict[str, Any], directory: Path, layout: StoreLayo
                                f"codec (it has {sorted(layout.state) or 'none'})")
         shape, dtype = layout.state[key]
         _expect(entry, list(shape), dtype, where, f"codec_files.{key}")
+
+
+def validate_layout(manifest: dict[str, Any], directory: Path, layout: StoreLayout) -> None:
+    """Check every file entry of a validated manifest against the codec's shapes and dtypes
+    (raises StoreCorruptedError); no file is read. ``layout`` is that of the codec with the
+    manifest's state loaded."""
+    where = directory / MANIFEST
+    validate_codec_files(manifest, directory, layout)
     for segment in manifest["segments"]:
         files = segment["files"]
         if ("originals" in files) != (layout.originals_dtype is not None):

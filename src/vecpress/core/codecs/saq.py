@@ -30,6 +30,13 @@ class SegmentCodec(Codec):
     1-bit code used to skip hopeless rows), which is float32: for 384-d vectors a row costs
     its code plus 16 bytes (20 for L2).
 
+    With ``coded_factors`` (every store created since it exists) the ratio columns hold the
+    segments up to the last coded one only (:attr:`ratio_slots`), not all ``MAX_SEGMENTS``:
+    once fitted on 384-d sentence embeddings, 1- and 2-bit codes code 3 and 4 of the 6
+    segments, so a row costs its code plus 12 bytes. The width then follows the fit (an
+    unfitted or data-oblivious codec codes every segment); a refit re-encodes every row
+    anyway. Without it (stores written before) the columns hold all segments.
+
     Before it has seen ``MIN_PCA_ROWS`` rows the codec is data-oblivious (a random rotation
     and ``bits`` in every segment), and the index refits it from its kept originals as it
     grows (see ``Index``); ``fit_rows`` records how many rows the current fit saw.
@@ -64,9 +71,10 @@ class SegmentCodec(Codec):
     N_SCALES = 3
 
     def __init__(self, dim: int, bits: int, metric: str, *, seed: int = 0,
-                 query_bits: int | None = None) -> None:
+                 query_bits: int | None = None, coded_factors: bool = False) -> None:
         super().__init__(dim, bits, metric)
         self.seed = seed
+        self.coded_factors = bool(coded_factors)
         self.query_bits = query_bits or self.DEFAULT_QUERY_BITS.get(bits, 8)
         if not 4 <= self.query_bits <= 8:
             raise ValueError(f"query_bits={self.query_bits} is out of range; use 4-8")
@@ -94,6 +102,9 @@ class SegmentCodec(Codec):
         self.seg_bits = np.asarray(seg_bits, dtype=np.int64)
         self.seg_weight = np.asarray(seg_weight, dtype=np.float64)
         self.seg_mid = ((1 << self.seg_bits) - 1) / 2.0
+        coded = np.nonzero(self.seg_bits > 0)[0]
+        #: segments up to the last one with bits (only those are projected when encoding)
+        self.coded_prefix = int(coded[-1]) + 1 if len(coded) else 0
         # where each plane starts in a row: the sign planes (top plane of every coded segment)
         # first, then each segment's lower planes
         self.plane_at = np.zeros((self.n_segments, 8), dtype=np.int64)
@@ -117,10 +128,16 @@ class SegmentCodec(Codec):
         return self.sign_word_count
 
     @property
+    def ratio_slots(self) -> int:
+        """Segments whose factor ratio a row stores: every segment, or with
+        ``coded_factors`` those up to the last coded one (the scan reads no other)."""
+        return self.coded_prefix if self.coded_factors else self.n_segments
+
+    @property
     def ratio_columns(self) -> slice:
         """Factor columns holding the float16 segment ratios, two per column (column 0 is the
         float32 sign-plane factor)."""
-        return slice(1, 1 + (self.n_segments + 1) // 2)
+        return slice(1, 1 + (self.ratio_slots + 1) // 2)
 
     @property
     def factor_count(self) -> int:
@@ -131,7 +148,10 @@ class SegmentCodec(Codec):
         return self.factor_count - 1
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "seed": self.seed, "query_bits": self.query_bits}
+        params = {**super().params(), "seed": self.seed, "query_bits": self.query_bits}
+        if self.coded_factors:  # (absent: the layout of stores written before it existed)
+            params["coded_factors"] = True
+        return params
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         if self.centroid is None:
@@ -286,7 +306,8 @@ class SegmentCodec(Codec):
         sign_factor = _ratio(r_sq.sum(axis=1), sign_dot @ self.seg_weight[:n_seg])
         factors = np.zeros((len(vectors), self.factor_count), dtype=np.float32)
         factors[:, 0] = sign_factor
-        _pack_relative(seg_factor, sign_factor, factors[:, self.ratio_columns])
+        _pack_relative(seg_factor[:, :self.ratio_slots], sign_factor,
+                       factors[:, self.ratio_columns])
         if self.metric == "l2":  # |r|^2 of the whole residual: |x|^2 - 2 <x, c> + |c|^2
             centroid = self.centroid.astype(np.float64)
             factors[:, self.l2_col] = (np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
@@ -294,18 +315,14 @@ class SegmentCodec(Codec):
                                        + centroid @ centroid)
         return codes, factors
 
-    @property
-    def coded_prefix(self) -> int:
-        """Segments up to the last one with bits (only those are projected when encoding)."""
-        coded = np.nonzero(self.seg_bits > 0)[0]
-        return int(coded[-1]) + 1 if len(coded) else 0
-
     def decode_factors(self, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(per-segment factors (n, S), sign-plane factor (n,)) as the scan reads them."""
         head = factors[:, 0].astype(np.float64)
         halves = np.ascontiguousarray(factors[:, self.ratio_columns]).view(
             np.float16).astype(np.float64)
-        return head[:, None] * halves[:, :self.n_segments], head
+        ratios = np.zeros((len(factors), self.n_segments))  # 0 for segments without a slot
+        ratios[:, :self.ratio_slots] = halves[:, :self.ratio_slots]
+        return head[:, None] * ratios, head
 
     def decode_levels(self, codes: np.ndarray) -> np.ndarray:
         """Centred levels (n, dim) of stored codes; 0 in segments without bits."""

@@ -28,8 +28,12 @@ _TINY_NORM = 1e-18
 
 def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, oversample: Any,
                  rerank_dtype: Any, truncate_dim: Any, seed: Any, query_bits: Any,
-                 partitions: Any = None) -> dict[str, Any]:
-    """Validate constructor arguments into the JSON config the manifest stores."""
+                 partitions: Any = None, coded_factors: Any = False) -> dict[str, Any]:
+    """Validate constructor arguments into the JSON config the manifest stores.
+
+    ``coded_factors`` is the ``saq`` factor layout (see ``SegmentCodec``): new indexes pass
+    True; a stored config without the key (written before it existed) reads as False, the
+    layout its files have."""
     dim = as_positive_int(dim, "dim")
     if not isinstance(metric, str) or metric.lower() not in METRIC_ALIASES:
         raise ValueError(f"metric={metric!r} is unknown; use 'cosine', 'ip' or 'l2'")
@@ -63,12 +67,16 @@ def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, o
         query_bits = as_positive_int(query_bits, "query_bits")
         if not 4 <= query_bits <= 8:
             raise ValueError(f"query_bits={query_bits} is out of range; use 4-8")
+    if not isinstance(coded_factors, (bool, np.bool_)):
+        raise TypeError(f"coded_factors must be True or False, got {coded_factors!r}")
     lossy = make_codec(codec, truncate_dim or dim, bits, "ip").lossy  # validates codec/bits
     partitions = _check_partitions(partitions, rerank=bool(rerank) and lossy)
     config = {"dim": dim, "metric": metric, "bits": bits, "rerank": bool(rerank),
               "codec": codec, "oversample": oversample, "rerank_dtype": rerank_dtype,
               "truncate_dim": truncate_dim, "seed": int(seed), "query_bits": query_bits,
               "partitions": partitions}
+    if coded_factors and codec == "saq":  # (absent: the layout of older stores)
+        config["coded_factors"] = True
     return config
 
 

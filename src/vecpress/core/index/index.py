@@ -89,6 +89,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         config = _make_config(dim=dim, metric=metric, bits=bits, rerank=rerank, codec=codec,
                               oversample=oversample, rerank_dtype=rerank_dtype,
                               truncate_dim=truncate_dim, seed=seed, query_bits=query_bits,
+                              coded_factors=True,
                               partitions=partitions)
         durability = as_durability(durability)
         self._setup(config, read_only=False)
@@ -108,6 +109,8 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         options = {}
         if config["codec"] in ("rabitq", "saq"):
             options = {"seed": config["seed"], "query_bits": config["query_bits"]}
+        if config.get("coded_factors") and config["codec"] == "saq":
+            options["coded_factors"] = True
         self._codec: Codec = make_codec(config["codec"], code_dim, self.bits, codec_metric,
                                         **options)
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
@@ -119,7 +122,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         self._labels = _Growable((), np.int32)
         self._trained_rows = 0
         self._codes = self._new_code_store()
-        self._factors = _Growable((self._codec.factor_count,), np.float32)
+        self._factors = self._new_factor_store()
         self._ids = _IdColumn()
         self._originals = _Blocks()
         self._memory_originals: _Growable | None = None
@@ -160,6 +163,11 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         if codes is not None:
             store.replace(codes)
         return store
+
+    def _new_factor_store(self) -> _Growable:
+        """An empty array of factor rows as wide as the current codec's (a ``saq`` codec's
+        width follows its fit: see ``SegmentCodec.ratio_slots``)."""
+        return _Growable((self._codec.factor_count,), np.float32)
 
     # ------------------------------------------------------------------ public API
     def __len__(self) -> int:
@@ -206,6 +214,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
             if fitting:
                 self._codec.fit(for_codes)
                 self._codes = self._new_code_store()  # (empty: only a first add fits)
+                self._factors = self._new_factor_store()
             codes, factors = self._codec.encode(for_codes)
             kept = for_originals.astype(self._rerank_dtype) if self.rerank else None
             labels = (None if self._lists is None else

@@ -104,8 +104,10 @@ class _Loading:
         checked against the codec before a file is read, then the ids and counts."""
         full = verify == "full"
         verify = bool(verify)
-        store_format.validate_layout(manifest, path, self._store_layout())
+        store_format.validate_codec_files(manifest, path, self._store_layout())
         self._load_codec_state(path, manifest, verify)
+        store_format.validate_layout(manifest, path, self._store_layout())
+        self._factors = self._new_factor_store()  # (as wide as the loaded state says)
         codes, factors, ids, labels = [], [], [], []
         lists = manifest.get("partitions")
         for segment in manifest["segments"]:
