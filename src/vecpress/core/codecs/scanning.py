@@ -75,8 +75,8 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
     extra = getattr(spans, "extra", None)
     if extra is not None and not len(extra[1]):
         extra = None
-    out_s = np.empty((n_queries, chunks, k), np.float32)
-    out_r = np.empty((n_queries, chunks, k), np.int64)
+    out_s = np.full((n_queries, chunks, k), -np.inf, np.float32)  # (empty heaps)
+    out_r = np.full((n_queries, chunks, k), -1, np.int64)
     common = (codes, factors, removed, check_removed, mask, check_mask)
     if serial:
         for q in range(n_queries):
@@ -85,16 +85,12 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
     else:
         with parallel_section(), parallel_chunksize(1):
             parallel(*common, rows, use_rows, bounds, offsets, *query_args, out_s, out_r)
-    if extra is not None:  # the explicit rows: one span of items per query, into its own heap
-        extra_offsets, extra_rows = extra
+    if extra is not None:  # the explicit rows, one span of items per query, into the heap
+        extra_offsets, extra_rows = extra  # its spans filled: only rows that beat it are scored
         items = np.stack([extra_offsets[:-1], extra_offsets[1:]], axis=1)
-        extra_s = np.empty((n_queries, 1, k), np.float32)
-        extra_r = np.empty((n_queries, 1, k), np.int64)
         for q in range(n_queries):
-            task(*common, extra_rows, True, items, q, q + 1, q, *query_args, extra_s[q, 0],
-                 extra_r[q, 0])
-        out_s = np.concatenate([out_s, extra_s], axis=1)
-        out_r = np.concatenate([out_r, extra_r], axis=1)
+            task(*common, extra_rows, True, items, q, q + 1, q, *query_args, out_s[q, 0],
+                 out_r[q, 0])
     return _sort_heaps(out_s, out_r, k)
 
 
