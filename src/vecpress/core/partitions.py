@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import clustering
+from . import clustering, kernels
 from .codecs import PlannedSpans
 from .store_format import MAX_LISTS
 
@@ -235,6 +235,10 @@ class ListLayout:
         lists as explicit positions (``PlannedSpans.extra``)."""
         nprobe = min(nprobe, self.n_lists)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(queries) == 1:  # one query: one compiled call, unless its lists hold too few
+            planned = self._one_query(queries, nprobe, allowed_counts, need, tail)
+            if planned is not None:
+                return planned
         nearest = self._ranked(queries, nprobe)
         if (allowed_counts[nearest].sum(axis=1) >= need).all():
             return self._spans_of(np.sort(nearest, axis=1), tail)
@@ -248,6 +252,24 @@ class ListLayout:
                 probed = order[: min(self.n_lists, max(nprobe, enough))]
             probed_lists.append(np.sort(probed))
         return self._ragged_spans(probed_lists, tail)
+
+    def _one_query(self, query: np.ndarray, nprobe: int, allowed_counts: np.ndarray, need: int,
+                   tail: "TailGroups | None") -> "PlannedSpans | None":
+        """:meth:`probe` of a single query in one compiled call (``kernels.plan_one_query``);
+        None when its ``nprobe`` lists hold fewer than ``need`` allowed rows."""
+        if self._shift is None:
+            self._shift = clustering.centroid_shift(self.centroids, self.metric)
+        scores = self.centroids @ query[0]
+        scores -= self._shift
+        held, bounds, rows = kernels.plan_one_query(
+            scores, nprobe, self.bounds, _NO_ROWS if tail is None else tail.order,
+            _NO_ROWS if tail is None else tail.bounds, allowed_counts)
+        if held < need:
+            return None
+        planned = PlannedSpans((np.array([0, len(bounds)], np.int64), bounds))
+        if tail is not None:
+            planned.extra = (np.array([0, len(rows)], np.int64), rows)
+        return planned
 
     def _ragged_spans(self, probed_lists: list[np.ndarray],
                       tail: "TailGroups | None") -> "PlannedSpans":
@@ -340,14 +362,7 @@ class TailGroups:
         return offsets, self.order[at]
 
 
-def _joined(spans: np.ndarray) -> np.ndarray:
-    """Sorted spans with touching neighbours joined (neighbouring lists are one run)."""
-    if len(spans) < 2:
-        return spans
-    breaks = np.nonzero(spans[1:, 0] != spans[:-1, 1])[0] + 1
-    starts = spans[np.concatenate([[0], breaks]), 0]
-    stops = spans[np.concatenate([breaks - 1, [len(spans) - 1]]), 1]
-    return np.stack([starts, stops], axis=1)
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 class Calibration:
