@@ -320,6 +320,7 @@ class TailGroups:
 
     order: np.ndarray  # (tail rows,) int64 positions
     bounds: np.ndarray  # (lists + 1,) int64
+    first: int = 0  # the tail's first position
 
     @classmethod
     def build(cls, tail_labels: np.ndarray, n_lists: int, first: int) -> "TailGroups":
@@ -331,19 +332,17 @@ class TailGroups:
         order = np.argsort(labels, kind="stable").astype(np.int64) + first
         bounds = np.zeros(n_lists + 1, np.int64)
         np.cumsum(np.bincount(tail_labels, minlength=n_lists), out=bounds[1:])
-        return cls(order=order, bounds=bounds)
+        return cls(order=order, bounds=bounds, first=first)
 
     @property
     def counts(self) -> np.ndarray:
         """Tail rows per list."""
         return np.diff(self.bounds)
 
-    def allowed_counts(self, allowed: np.ndarray, first: int) -> np.ndarray:
-        """Tail rows per list that ``allowed`` (bool by position, the tail from ``first``)
-        allows."""
-        flags = allowed[first:first + len(self.order)]
+    def allowed_counts(self, allowed: np.ndarray) -> np.ndarray:
+        """Tail rows per list that ``allowed`` (bool per tail row, in row order) allows."""
         sums = np.zeros(len(self.order) + 1, np.int64)
-        np.cumsum(flags[self.order - first], out=sums[1:])
+        np.cumsum(allowed[self.order - self.first], out=sums[1:])
         return np.diff(sums[self.bounds])
 
     def rows_of(self, probed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -234,13 +234,13 @@ def _scan_lists(snap: _Snapshot, queries: np.ndarray, candidates: int, flt: RowF
             counts = live_counts
             if tail is not None:
                 counts = counts + (tail.counts if removed is None
-                                   else tail.allowed_counts(~removed, end))
+                                   else tail.allowed_counts(~removed[end:]))
         else:
             in_lists = np.zeros(end + 1, np.int64)
             np.cumsum(allowed[:end], out=in_lists[1:])
             counts = np.diff(in_lists[lists.bounds])
             if tail is not None:
-                counts = counts + tail.allowed_counts(allowed, end)
+                counts = counts + tail.allowed_counts(allowed[end:])
         spans = lists.probe(queries, lists.nprobe if nprobe is None else nprobe,
                             allowed_counts=counts, need=candidates, tail=tail)
         by_position = RowFilter(n_rows=n_rows, removed=removed, mask=mask)
