@@ -57,10 +57,11 @@ def test_default_probe_finds_the_true_neighbours(metric):
     assert recall(found, truth) >= recall(flat_found, truth) - 0.02
 
 
-def test_one_list_probe_scans_only_that_list_and_the_tail():
+def test_one_list_probe_scans_only_that_list_and_its_tail_rows():
     data = clustered_vectors(3000, 16, seed=5)
     index = _partitioned(data)
     lists = index._lists
+    assert index._ids.size > lists.sorted_end  # (a tail, which the test is about)
     query = data[:1]
     rows_scanned = []
     codec = index._codec
@@ -68,7 +69,8 @@ def test_one_list_probe_scans_only_that_list_and_the_tail():
 
     def spy(self, codes, factors, queries, k, flt, spans=None):
         offsets, bounds = spans
-        rows_scanned.append(int((bounds[:, 1] - bounds[:, 0]).sum()))
+        extra = spans.extra[1] if spans.extra is not None else np.zeros(0, np.int64)
+        rows_scanned.append(int((bounds[:, 1] - bounds[:, 0]).sum()) + len(extra))
         return original(self, codes, factors, queries, k, flt, spans=spans)
 
     type(codec).scan = spy
@@ -79,7 +81,7 @@ def test_one_list_probe_scans_only_that_list_and_the_tail():
     nearest = clustering.rank_lists(index._prepare_vectors(query, "q")[0], lists.centroids,
                                     "ip", 1)[0, 0]
     size = lists.bounds[nearest + 1] - lists.bounds[nearest]
-    tail = index._ids.size - lists.sorted_end
+    tail = int((index._labels.view == nearest).sum())  # the tail's rows of that list alone
     assert rows_scanned == [size + tail] or rows_scanned[0] >= 5  # further lists only if short
 
 
@@ -342,24 +344,37 @@ def test_layout_positions_match_an_inverse_permutation(n_lists, rows, tail, seed
        st.integers(1, 8), st.integers(1, 4), st.integers(0, 2 ** 31 - 1))
 def test_probe_spans_are_each_querys_lists_in_row_order(labels, tail, nprobe, n_queries, seed):
     """The spans planned for a batch are, for each query, its ``nprobe`` nearest lists by a
-    brute-force ranking, then the tail: the same rows, in row order, none twice."""
+    brute-force ranking, in row order, none twice; its tail rows (``extra``) are those of the
+    same lists; a filter too tight for them probes further lists, nearest first."""
     rng = np.random.default_rng(seed)
     centroids = rng.standard_normal((8, 4)).astype(np.float32)
     layout = ListLayout.build(centroids, "ip", nprobe, np.array(labels, np.int32))
-    n_rows = len(labels) + tail
+    tail_labels = rng.integers(0, 8, tail).astype(np.int32)
+    groups = layout.tail_groups(tail_labels) if tail else None
+    counts = np.diff(layout.bounds) + np.bincount(tail_labels, minlength=8)
     queries = rng.standard_normal((n_queries, 4)).astype(np.float32)
-    offsets, bounds = layout.probe(queries, nprobe, n_rows, allowed_counts=np.diff(layout.bounds),
-                                   need=0, tail_allowed=tail)
+    need = int(rng.integers(0, len(labels) + tail + 2))
+    planned = layout.probe(queries, nprobe, allowed_counts=counts, need=need, tail=groups)
+    offsets, bounds = planned
     assert offsets[0] == 0 and offsets[-1] == len(bounds) and len(offsets) == n_queries + 1
     for q in range(n_queries):
-        nearest = np.argsort(-(centroids @ queries[q]), kind="stable")[:nprobe]
+        ranked = np.argsort(-(centroids @ queries[q]), kind="stable")
+        held = np.cumsum(counts[ranked])
+        reach = max(nprobe, int(np.searchsorted(held, need)) + 1) if held[nprobe - 1] < need \
+            else nprobe
+        nearest = ranked[:min(8, reach)]
         expected = [p for lst in sorted(nearest) for p in range(layout.bounds[lst],
                                                                 layout.bounds[lst + 1])]
-        expected += list(range(len(labels), n_rows))
         runs = bounds[offsets[q]:offsets[q + 1]]
         assert (runs[:, 1] > runs[:, 0]).all()
         assert (runs[1:, 0] > runs[:-1, 1]).all()  # touching runs are joined
         assert [p for start, stop in runs for p in range(start, stop)] == expected
+        if groups is None:
+            continue
+        extra_offsets, extra_rows = planned.extra
+        got = extra_rows[extra_offsets[q]:extra_offsets[q + 1]]
+        wanted = len(labels) + np.nonzero(np.isin(tail_labels, nearest))[0]
+        assert sorted(got.tolist()) == wanted.tolist()
 
 
 def test_collection_passes_partitions_and_nprobe(tmp_path):

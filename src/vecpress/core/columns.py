@@ -369,6 +369,7 @@ class _Snapshot:
     ids: _IdColumn
     originals: _Blocks
     lists: ListLayout | None = None  # partitioned: codes and factors are in position order
+    tail_labels: np.ndarray | None = None  # partitioned: the lists of the rows after the layout's
 
 
 def _row_filter(ids: _IdColumn, mask: Any) -> RowFilter:

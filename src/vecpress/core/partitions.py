@@ -3,9 +3,11 @@
 A partitioned :class:`~vecpress.core.index.Index` assigns every row to its nearest centroid
 (its *list*). In RAM the codes are kept in *position* order: the rows of list 0, then list 1,
 ..., so a list is one contiguous run that the flat scan kernels read as a span. Rows added
-since the layout was built sit after the lists, in row order (the *tail*: position = row),
-and every query scans them too; once the tail grows past :func:`tail_limit` the layout is
-rebuilt (in RAM only: the files keep rows in row order plus each row's list number).
+since the layout was built sit after the lists, in row order (the *tail*: position = row).
+A query scans only the tail rows of the lists it probes: :meth:`ListLayout.tail_groups` groups
+the tail's positions by list (in RAM, recomputed as the tail grows), and the scan reads them
+row by row. Once the tail grows past :func:`tail_limit` the layout is rebuilt (in RAM only: the
+files keep rows in row order plus each row's list number).
 
 The codes are not residuals: a row's code is the same whether or not the index is
 partitioned, so lists can be rebuilt, split or retrained without re-encoding. What
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import clustering
+from . import clustering, kernels
 from .codecs import PlannedSpans
 from .store_format import MAX_LISTS
 
@@ -116,6 +118,7 @@ class ListLayout:
     labels: np.ndarray  # (sorted_end,) uint8 / uint16 / int32, the smallest that holds the lists
     _removed_cache: tuple[Any, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _shift: np.ndarray | None = field(default=None, repr=False)
+    _tail_cache: "TailGroups | None" = field(default=None, repr=False)
 
     @classmethod
     def build(cls, centroids: np.ndarray, metric: str, nprobe: int,
@@ -207,54 +210,92 @@ class ListLayout:
             return None, counts
         return np.concatenate([flags, removed[self.sorted_end:n_rows]]), counts
 
+    def tail_groups(self, tail_labels: np.ndarray) -> "TailGroups":
+        """The tail's positions grouped by list, for the tail whose rows' lists are
+        ``tail_labels`` (the rows from ``sorted_end`` on). Cached per tail length: a layout's
+        tail only grows by appended rows, so the length names the tail."""
+        cache = self._tail_cache
+        if cache is None or len(cache.order) != len(tail_labels):
+            cache = TailGroups.build(tail_labels, self.n_lists, self.sorted_end)
+            self._tail_cache = cache
+        return cache
+
     def _ranked(self, queries: np.ndarray, n: int) -> np.ndarray:
         """The ``n`` nearest lists of each float32 query (the centroids' shift cached)."""
         if self._shift is None:
             self._shift = clustering.centroid_shift(self.centroids, self.metric)
         return clustering.ranked(queries, self.centroids, self._shift, n)
 
-    def probe(self, queries: np.ndarray, nprobe: int, n_rows: int, *,
-              allowed_counts: np.ndarray, need: int,
-              tail_allowed: int) -> tuple[np.ndarray, np.ndarray]:
+    def probe(self, queries: np.ndarray, nprobe: int, *, allowed_counts: np.ndarray,
+              need: int, tail: "TailGroups | None" = None) -> "PlannedSpans":
         """Spans ``(offsets, bounds)`` to scan per query (see ``codecs.run_scan``): the
         ``nprobe`` lists nearest each query, then further lists in order of nearness until
-        they hold ``need`` allowed rows (``allowed_counts`` per list, ``tail_allowed`` in the
-        tail, which is always scanned)."""
+        they hold ``need`` allowed rows (``allowed_counts`` per list, the tail's rows of each
+        list included). With a ``tail`` the spans carry each query's tail rows of its probed
+        lists as explicit positions (``PlannedSpans.extra``)."""
         nprobe = min(nprobe, self.n_lists)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if len(queries) == 1:  # one query: one compiled call, unless its lists hold too few
+            planned = self._one_query(queries, nprobe, allowed_counts, need, tail)
+            if planned is not None:
+                return planned
         nearest = self._ranked(queries, nprobe)
-        if (allowed_counts[nearest].sum(axis=1) + tail_allowed >= need).all():
-            return self._spans_of(nearest, n_rows)
-        offsets = np.zeros(len(queries) + 1, np.int64)
-        spans = []
+        if (allowed_counts[nearest].sum(axis=1) >= need).all():
+            return self._spans_of(np.sort(nearest, axis=1), tail)
+        probed_lists = []
         for q in range(len(queries)):
             probed = nearest[q]
-            if allowed_counts[probed].sum() + tail_allowed < need:
+            if allowed_counts[probed].sum() < need:
                 # too few allowed rows in the nearest lists: further lists, nearest first
                 order = self._ranked(queries[q:q + 1], self.n_lists)[0]
-                cumulative = np.cumsum(allowed_counts[order]) + tail_allowed
-                enough = int(np.searchsorted(cumulative, need)) + 1  # lists holding `need`
+                enough = int(np.searchsorted(np.cumsum(allowed_counts[order]), need)) + 1
                 probed = order[: min(self.n_lists, max(nprobe, enough))]
-            probed = np.sort(probed)
-            starts, stops = self.bounds[probed], self.bounds[probed + 1]
-            keep = stops > starts
-            pieces = np.stack([starts[keep], stops[keep]], axis=1)
-            if n_rows > self.sorted_end:
-                pieces = np.concatenate([pieces, [[self.sorted_end, n_rows]]])
-            spans.append(_joined(pieces))
-            offsets[q + 1] = offsets[q] + len(spans[-1])
-        bounds = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)
-        return PlannedSpans((offsets, np.ascontiguousarray(bounds, np.int64).reshape(-1, 2)))
+            probed_lists.append(np.sort(probed))
+        return self._ragged_spans(probed_lists, tail)
 
-    def _spans_of(self, probed: np.ndarray, n_rows: int) -> PlannedSpans:
-        """The spans of each query's ``probed`` lists (a (q, n) array) and the tail, all
-        queries at once: per query, its lists in row order, touching neighbours joined."""
+    def _one_query(self, query: np.ndarray, nprobe: int, allowed_counts: np.ndarray, need: int,
+                   tail: "TailGroups | None") -> "PlannedSpans | None":
+        """:meth:`probe` of a single query in one compiled call (``kernels.plan_one_query``);
+        None when its ``nprobe`` lists hold fewer than ``need`` allowed rows."""
+        if self._shift is None:
+            self._shift = clustering.centroid_shift(self.centroids, self.metric)
+        scores = self.centroids @ query[0]
+        scores -= self._shift
+        held, bounds, rows = kernels.plan_one_query(
+            scores, nprobe, self.bounds, _NO_ROWS if tail is None else tail.order,
+            _NO_ROWS if tail is None else tail.bounds, allowed_counts)
+        if held < need:
+            return None
+        planned = PlannedSpans((np.array([0, len(bounds)], np.int64), bounds))
+        if tail is not None:
+            planned.extra = (np.array([0, len(rows)], np.int64), rows)
+        return planned
+
+    def _ragged_spans(self, probed_lists: list[np.ndarray],
+                      tail: "TailGroups | None") -> "PlannedSpans":
+        """:meth:`_spans_of` for queries that probe different numbers of lists."""
+        offsets = np.zeros(len(probed_lists) + 1, np.int64)
+        spans, extra = [], []
+        for q, probed in enumerate(probed_lists):
+            one = self._spans_of(probed[None, :], tail)
+            spans.append(one[1])
+            offsets[q + 1] = offsets[q] + len(one[1])
+            if one.extra is not None:
+                extra.append(one.extra[1])
+        bounds = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)
+        planned = PlannedSpans((offsets, np.ascontiguousarray(bounds, np.int64).reshape(-1, 2)))
+        if tail is not None:
+            rows = np.concatenate(extra) if extra else np.zeros(0, np.int64)
+            counts = np.array([len(e) for e in extra], np.int64)
+            planned.extra = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), rows)
+        return planned
+
+    def _spans_of(self, probed: np.ndarray, tail: "TailGroups | None") -> "PlannedSpans":
+        """The spans of each query's ``probed`` lists (a (q, n) array, each row sorted), all
+        queries at once: per query, its lists in row order, touching neighbours joined; and
+        with a ``tail``, each query's tail rows of those lists (as ``extra``)."""
         n_queries = len(probed)
-        probed = np.sort(probed, axis=1)
-        starts = np.empty((n_queries, probed.shape[1] + 1), np.int64)
-        stops = np.empty_like(starts)
-        starts[:, :-1], stops[:, :-1] = self.bounds[probed], self.bounds[probed + 1]
-        starts[:, -1], stops[:, -1] = self.sorted_end, n_rows  # the tail (maybe empty)
+        starts, stops = self.bounds[probed], self.bounds[probed + 1]
         keep = stops > starts
         query = np.broadcast_to(np.arange(n_queries)[:, None], starts.shape)[keep]
         starts, stops = starts[keep], stops[keep]
@@ -266,17 +307,61 @@ class ListLayout:
         bounds = np.stack([starts[begins], stops[ends]], axis=1)
         offsets = np.zeros(n_queries + 1, np.int64)
         np.cumsum(np.bincount(query[begins], minlength=n_queries), out=offsets[1:])
-        return PlannedSpans((offsets, bounds))
+        planned = PlannedSpans((offsets, bounds))
+        if tail is not None:
+            planned.extra = tail.rows_of(probed)
+        return planned
 
 
-def _joined(spans: np.ndarray) -> np.ndarray:
-    """Sorted spans with touching neighbours joined (neighbouring lists are one run)."""
-    if len(spans) < 2:
-        return spans
-    breaks = np.nonzero(spans[1:, 0] != spans[:-1, 1])[0] + 1
-    starts = spans[np.concatenate([[0], breaks]), 0]
-    stops = spans[np.concatenate([breaks - 1, [len(spans) - 1]]), 1]
-    return np.stack([starts, stops], axis=1)
+@dataclass
+class TailGroups:
+    """The tail's positions grouped by list: list ``l``'s tail rows are
+    ``order[bounds[l]:bounds[l + 1]]``, ascending (positions, which in the tail are rows)."""
+
+    order: np.ndarray  # (tail rows,) int64 positions
+    bounds: np.ndarray  # (lists + 1,) int64
+    first: int = 0  # the tail's first position
+
+    @classmethod
+    def build(cls, tail_labels: np.ndarray, n_lists: int, first: int) -> "TailGroups":
+        """Groups of the tail rows from position ``first`` whose lists are ``tail_labels``:
+        a stable sort (a radix sort for list numbers below 2**16)."""
+        labels = np.asarray(tail_labels)
+        if n_lists <= 1 << 16:
+            labels = labels.astype(np.uint16)
+        order = np.argsort(labels, kind="stable").astype(np.int64) + first
+        bounds = np.zeros(n_lists + 1, np.int64)
+        np.cumsum(np.bincount(tail_labels, minlength=n_lists), out=bounds[1:])
+        return cls(order=order, bounds=bounds, first=first)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Tail rows per list."""
+        return np.diff(self.bounds)
+
+    def allowed_counts(self, allowed: np.ndarray) -> np.ndarray:
+        """Tail rows per list that ``allowed`` (bool per tail row, in row order) allows."""
+        sums = np.zeros(len(self.order) + 1, np.int64)
+        np.cumsum(allowed[self.order - self.first], out=sums[1:])
+        return np.diff(sums[self.bounds])
+
+    def rows_of(self, probed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets, positions)``: query ``q``'s tail rows of its ``probed[q]`` lists are
+        ``positions[offsets[q]:offsets[q + 1]]``, list by list."""
+        starts = self.bounds[probed].ravel()
+        lengths = self.bounds[probed + 1].ravel() - starts
+        per_query = lengths.reshape(len(probed), -1).sum(axis=1)
+        offsets = np.zeros(len(probed) + 1, np.int64)
+        np.cumsum(per_query, out=offsets[1:])
+        total = int(offsets[-1])
+        if not total:
+            return offsets, np.zeros(0, np.int64)
+        run_first = np.cumsum(lengths) - lengths  # where each list's run begins in the output
+        at = np.repeat(starts - run_first, lengths) + np.arange(total)
+        return offsets, self.order[at]
+
+
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 class Calibration:

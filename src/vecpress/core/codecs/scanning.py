@@ -72,23 +72,38 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
     if not serial and n_queries == 1:
         chunks = _chunk_count(work)
         offsets, bounds = _split_spans(bounds, chunks)
-    out_s = np.empty((n_queries, chunks, k), np.float32)
-    out_r = np.empty((n_queries, chunks, k), np.int64)
-    common = (codes, factors, removed, check_removed, mask, check_mask, rows, use_rows)
+    extra = getattr(spans, "extra", None)
+    if extra is not None and not len(extra[1]):
+        extra = None
+    out_s = np.full((n_queries, chunks, k), -np.inf, np.float32)  # (empty heaps)
+    out_r = np.full((n_queries, chunks, k), -1, np.int64)
+    common = (codes, factors, removed, check_removed, mask, check_mask)
     if serial:
         for q in range(n_queries):
-            task(*common, bounds, offsets[q], offsets[q + 1], q, *query_args, out_s[q, 0],
-                 out_r[q, 0])
+            task(*common, rows, use_rows, bounds, offsets[q], offsets[q + 1], q, *query_args,
+                 out_s[q, 0], out_r[q, 0])
     else:
         with parallel_section(), parallel_chunksize(1):
-            parallel(*common, bounds, offsets, *query_args, out_s, out_r)
+            parallel(*common, rows, use_rows, bounds, offsets, *query_args, out_s, out_r)
+    if extra is not None:  # the explicit rows, one span of items per query, into the heap
+        extra_offsets, extra_rows = extra  # its spans filled: only rows that beat it are scored
+        items = np.stack([extra_offsets[:-1], extra_offsets[1:]], axis=1)
+        for q in range(n_queries):
+            task(*common, extra_rows, True, items, q, q + 1, q, *query_args, out_s[q, 0],
+                 out_r[q, 0])
     return _sort_heaps(out_s, out_r, k)
 
 
 class PlannedSpans(tuple):
     """Spans ``(offsets, bounds)`` that a partition layout planned itself (contiguous int64,
     sorted, one run per query): :func:`checked_spans` checks only that they lie within the
-    rows, which spares a single query about 50 us of checks."""
+    rows, which spares a single query about 50 us of checks.
+
+    ``extra``: ``(offsets, positions)`` or None, rows scanned one by one besides the spans
+    (query ``q``: ``positions[offsets[q]:offsets[q + 1]]``; the tail rows of a partitioned
+    index's probed lists), into the same top k."""
+
+    extra: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def checked_spans(spans: Spans, n_queries: int, flt: RowFilter) -> Spans:
@@ -100,10 +115,12 @@ def checked_spans(spans: Spans, n_queries: int, flt: RowFilter) -> Spans:
                          "(RowFilter.rows); pass a mask instead")
     if isinstance(spans, PlannedSpans):
         offsets, bounds = spans
-        if len(offsets) != n_queries + 1 or (len(bounds) and bounds[:, 1].max() > flt.n_rows):
+        extra = spans.extra
+        reach = max(int(bounds[:, 1].max()) if len(bounds) else 0,
+                    int(extra[1].max()) + 1 if extra is not None and len(extra[1]) else 0)
+        if len(offsets) != n_queries + 1 or reach > flt.n_rows:
             raise ValueError(f"planned spans for {len(offsets) - 1} queries reach row "
-                             f"{bounds[:, 1].max() if len(bounds) else 0}; the scan has "
-                             f"{n_queries} queries and {flt.n_rows} rows")
+                             f"{reach}; the scan has {n_queries} queries and {flt.n_rows} rows")
         return offsets, bounds
     if not isinstance(spans, tuple) or len(spans) != 2:
         raise ValueError("spans must be a tuple (offsets, bounds)")

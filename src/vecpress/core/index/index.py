@@ -514,7 +514,8 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         with self._mutex:
             return _Snapshot(codec=self._codec, codes=self._codes.scan_view,
                              factors=self._factors.view, ids=self._ids.frozen(),
-                             originals=self._originals.frozen(), lists=self._lists)
+                             originals=self._originals.frozen(), lists=self._lists,
+                             tail_labels=None if self._lists is None else self._labels.view)
 
     def _rows_of(self, wanted: np.ndarray) -> np.ndarray:
         """Rows of live ids, in the order given; KeyError naming the unknown ones."""

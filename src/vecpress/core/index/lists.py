@@ -227,27 +227,33 @@ class _ListPlan:
 def _scan_lists(snap: _Snapshot, queries: np.ndarray, candidates: int, flt: RowFilter,
                 nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The scan of a partitioned snapshot: best ``candidates`` rows per query among the
-    lists it probes (every allowed row for a selective filter), as rows, not positions."""
+    lists it probes, their tail rows included (every allowed row for a selective filter),
+    as rows, not positions."""
     lists = snap.lists
     n_rows = snap.ids.size
+    end = lists.sorted_end
     removed, live_counts = lists.removal_flags(snap.ids.removal_key, flt.removed, n_rows)
     spans = None
     if flt.rows is not None:  # selective: few rows, scan them all
         by_position = RowFilter(n_rows=n_rows, removed=removed,
                                 rows=np.sort(lists.positions_of(flt.rows)))
     else:
+        tail = lists.tail_groups(snap.tail_labels) if n_rows > end else None
         mask = None if flt.mask is None else lists.to_positions(flt.mask)
         allowed = mask if removed is None or mask is None else mask & ~removed
-        if allowed is None and removed is None:
-            counts, tail = live_counts, n_rows - lists.sorted_end
-        elif allowed is None:
-            counts, tail = live_counts, int((~removed[lists.sorted_end:]).sum())
+        if allowed is None:
+            counts = live_counts
+            if tail is not None:
+                counts = counts + (tail.counts if removed is None
+                                   else tail.allowed_counts(~removed[end:]))
         else:
-            in_lists = np.zeros(lists.sorted_end + 1, np.int64)
-            np.cumsum(allowed[: lists.sorted_end], out=in_lists[1:])
-            counts, tail = np.diff(in_lists[lists.bounds]), int(allowed[lists.sorted_end:].sum())
-        spans = lists.probe(queries, lists.nprobe if nprobe is None else nprobe, n_rows,
-                            allowed_counts=counts, need=candidates, tail_allowed=tail)
+            in_lists = np.zeros(end + 1, np.int64)
+            np.cumsum(allowed[:end], out=in_lists[1:])
+            counts = np.diff(in_lists[lists.bounds])
+            if tail is not None:
+                counts = counts + tail.allowed_counts(allowed[end:])
+        spans = lists.probe(queries, lists.nprobe if nprobe is None else nprobe,
+                            allowed_counts=counts, need=candidates, tail=tail)
         by_position = RowFilter(n_rows=n_rows, removed=removed, mask=mask)
     scores, positions = snap.codec.scan(snap.codes, snap.factors, queries, candidates,
                                         by_position, spans=spans)

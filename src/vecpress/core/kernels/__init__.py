@@ -21,6 +21,7 @@ from .kmeans import cluster_sums, lower_nearest, nearest_of_scores, seed_gains  
 from .planes import (  # noqa: E402
     fit_levels, orthonormal_rows, pack_planes, pack_planes_parallel, quantize_planes,
     scan_planes_parallel, scan_planes_task, unpack_planes)
+from .probe import plan_one_query  # noqa: E402
 from .segments import (  # noqa: E402
     TILE_ROWS, encode_segments, pack_segments, read_tiles, scan_segments_parallel,
     scan_segments_task, unpack_segments, write_tiles)
@@ -34,7 +35,7 @@ SCANS = {
 
 __all__ = ["SCANS", "TILE_ROWS", "cluster_sums", "encode_segments", "fit_levels",
            "lower_nearest", "nearest_of_scores", "orthonormal_rows", "pack_planes",
-           "pack_planes_parallel", "pack_segments", "popcount64", "quantize_planes", "read_tiles",
+           "pack_planes_parallel", "pack_segments", "plan_one_query", "popcount64", "quantize_planes", "read_tiles",
            "seed_gains",
            "scan_bytes_parallel", "scan_bytes_task", "scan_planes_parallel", "scan_planes_task",
            "scan_segments_parallel", "scan_segments_task", "unpack_planes", "unpack_segments",

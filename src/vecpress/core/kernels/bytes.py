@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .heap import _finish, _heap_init, _heap_offer, _row_at
+from .heap import _finish, _heap_init, _heap_offer, _heap_size, _row_at
 from .intrinsics import _VECTORISE
 
 
@@ -15,8 +15,7 @@ def scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, ro
                     spans, span_lo, span_hi, q, table, queries, q_const, metric_l2, heap_s,
                     heap_r):
     """One byte per coordinate decoded through a 256-entry ``table`` (int8, float8)."""
-    _heap_init(heap_s, heap_r)
-    size = 0
+    size = _heap_size(heap_r)
     dim = codes.shape[1]
     query = queries[q]
     const = q_const[q]
@@ -42,6 +41,7 @@ def scan_bytes_parallel(codes, factors, removed, check_removed, mask, check_mask
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
+        _heap_init(out_scores[q, chunk], out_rows[q, chunk])  # (the task continues a heap)
         scan_bytes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                         spans, span_offsets[task], span_offsets[task + 1], q, table, queries,
                         q_const, metric_l2, out_scores[q, chunk], out_rows[q, chunk])

@@ -4,7 +4,8 @@ estimated inner product into a score.
 Each code family has an inline score function, a serial ``*_task`` that scans the candidate
 items of the spans ``spans[span_lo:span_hi]`` (rows ``[start, stop)`` of an int64 (m, 2)
 array, sorted, not overlapping) for query ``q`` into one bounded heap, and a ``*_parallel``
-driver that runs ``n_queries * n_chunks`` tasks, task ``t = q * n_chunks + c`` scanning the
+driver that runs ``n_queries * n_chunks`` tasks (each heap starts as its caller passes it:
+empty, all -inf and -1, or holding an earlier scan's best), task ``t = q * n_chunks + c`` scanning the
 spans ``span_offsets[t]:span_offsets[t + 1]`` into heap ``out_scores[q, c]``. A flat scan is
 one span ``[0, n_items)``; a partitioned one scans a query's lists, which lie contiguous. One
 query over many rows uses several chunks (both cores); a batch uses one chunk per query. Small
@@ -65,6 +66,17 @@ def _heap_init(heap_scores, heap_rows):
     for i in range(heap_scores.shape[0]):
         heap_scores[i] = -np.inf
         heap_rows[i] = _NO_ROW
+
+
+@njit(inline="always")
+def _heap_size(heap_rows):
+    """Entries held by a heap (its valid entries are a prefix, rows >= 0; the rest were set
+    to -inf / -1 before its first use): a task continues a heap its caller passes in, so
+    that the tail rows of a partitioned scan meet the heap of the lists, not a fresh one."""
+    size = 0
+    while size < heap_rows.shape[0] and heap_rows[size] != _NO_ROW:
+        size += 1
+    return size
 
 
 @njit(inline="always")

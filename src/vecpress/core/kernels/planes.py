@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .heap import _finish, _heap_init, _heap_offer, _row_at
+from .heap import _finish, _heap_init, _heap_offer, _heap_size, _row_at
 from .intrinsics import popcount64
 
 # --------------------------------------------------------------------------- bit packing
@@ -333,8 +333,7 @@ def scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, r
     the block's estimates, then a second loop filters and selects (LLVM optimises the popcount
     loops far better without branches around them).
     """
-    _heap_init(heap_s, heap_r)
-    size = 0
+    size = _heap_size(heap_r)
     capacity = heap_s.shape[0]
     query = qplanes[q]
     step, low, total, const = q_step[q], q_low[q], q_sum[q], q_const[q]
@@ -379,6 +378,7 @@ def scan_planes_parallel(codes, factors, removed, check_removed, mask, check_mas
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
+        _heap_init(out_scores[q, chunk], out_rows[q, chunk])  # (the task continues a heap)
         scan_planes_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                          spans, span_offsets[task], span_offsets[task + 1], q, qplanes, q_step,
                          q_low, q_sum, q_const, level_mid, metric_l2, prune_col, q_bound,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .heap import _finish, _heap_init, _heap_offer, _row_at
+from .heap import _finish, _heap_init, _heap_offer, _heap_size, _row_at
 from .intrinsics import _VECTORISE, _prefetch, popcount64
 
 # --------------------------------------------------------------------------- segment codes
@@ -332,7 +332,8 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
                        q_const, seg_starts, seg_bits, plane_at, seg_mid, metric_l2, l2_col, prune,
                        sign_planes, sign_step, sign_low, sign_sum, q_bound, heap_s, heap_r):
     """Segment codes in tiles (see :func:`write_tiles`) against query ``q`` of (q, words,
-    query_bits) planes.
+    query_bits) planes, into the heap ``heap_s`` / ``heap_r`` as given (empty, or holding an
+    earlier scan's best: see ``heap._heap_size``).
 
     Without ``prune`` every allowed row gets the full estimate. With it, every row is first
     bounded from above by its sign planes (a 1-bit code whose factor is column 0, scanned
@@ -346,8 +347,7 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
     runs across spans: scanning 32 lists of 1,024 rows then seeds from all of them at once,
     as a flat scan of the same rows would, rather than from the first list alone.
     """
-    _heap_init(heap_s, heap_r)
-    size = 0
+    size = _heap_size(heap_r)
     capacity = heap_s.shape[0]
     query = qplanes[q]
     step, low, const = q_step[q], q_low[q], q_const[q]
@@ -459,6 +459,7 @@ def scan_segments_parallel(codes, factors, removed, check_removed, mask, check_m
     n_queries, n_chunks, _ = out_scores.shape
     for task in prange(n_queries * n_chunks):
         q, chunk = task // n_chunks, task % n_chunks
+        _heap_init(out_scores[q, chunk], out_rows[q, chunk])  # (the task continues a heap)
         scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                            spans, span_offsets[task], span_offsets[task + 1], q, halves, qplanes,
                            q_step, q_low, q_seg_sums, q_const, seg_starts, seg_bits, plane_at,

@@ -1,0 +1,53 @@
+"""Planning one query's scan of a partitioned index in one compiled call: its nearest lists,
+their spans of positions (touching lists joined) and their tail rows (see
+``partitions.ListLayout.probe``, whose numpy steps cost a single query more than scanning a
+small list does)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def plan_one_query(scores, nprobe, bounds, tail_order, tail_bounds, allowed_counts):
+    """The ``nprobe`` lists with the highest ``scores`` (nearest first), and then:
+    ``(held, spans, rows)``: the allowed rows they hold (``allowed_counts`` per list), their
+    spans ``[start, stop)`` of positions in ascending order with touching lists joined, and
+    their tail rows (``tail_order`` grouped by ``tail_bounds``; empty arrays for no tail)."""
+    order = np.argsort(-scores, kind="mergesort")[:nprobe]
+    probed = np.sort(order)
+    held = 0
+    n_spans = 0
+    n_tail = 0
+    last_stop = -1
+    has_tail = tail_bounds.shape[0] > 0
+    for i in range(nprobe):
+        lst = probed[i]
+        held += allowed_counts[lst]
+        start, stop = bounds[lst], bounds[lst + 1]
+        if stop > start:
+            if start != last_stop:
+                n_spans += 1
+            last_stop = stop
+        if has_tail:
+            n_tail += tail_bounds[lst + 1] - tail_bounds[lst]
+    spans = np.empty((n_spans, 2), dtype=np.int64)
+    rows = np.empty(n_tail, dtype=np.int64)
+    at = -1
+    last_stop = -1
+    filled = 0
+    for i in range(nprobe):
+        lst = probed[i]
+        start, stop = bounds[lst], bounds[lst + 1]
+        if stop > start:
+            if start != last_stop:
+                at += 1
+                spans[at, 0] = start
+            spans[at, 1] = stop
+            last_stop = stop
+        if has_tail:
+            for j in range(tail_bounds[lst], tail_bounds[lst + 1]):
+                rows[filled] = tail_order[j]
+                filled += 1
+    return held, spans, rows
