@@ -71,6 +71,7 @@ def test_labelled_queries_are_synonyms_whose_synsets_are_relevant():
 def test_quick_suite_writes_a_row_for_every_method(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     result = subprocess.run([sys.executable, "-m", "benchmarks.bench_suite", "--quick",
+                             "--pq-iterations", "2", "--slow-queries", "4",
                              "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,4 +97,4 @@ def test_quick_suite_writes_a_row_for_every_method(tmp_path):
         points = rows[name]["sweep"]
         assert len(points) >= 4 and all(knob in p and 0 <= p["recall@10"] <= 1 for p in points)
     slow = rows["LangChain InMemoryVectorStore"]
-    assert slow["slow"] and slow["queries"] == 10 and slow["batch_qps"] is None
+    assert slow["slow"] and slow["queries"] == 4 and slow["batch_qps"] is None
