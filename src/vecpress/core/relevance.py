@@ -75,11 +75,11 @@ PARAM_KEYS = ("weight_score", "weight_median", "weight_upper", "bias")
 #: the query's best candidates the candidate features read: a search with relevance ranks at
 #: least this many whatever its ``k``, so a hit's relevance does not depend on ``k``
 CANDIDATES = 10
+#: the gate's parameters, in :func:`query_features` order
+GATE_KEYS = ("gate_median", "gate_upper", "gate_bias")
 #: the candidate terms' parameters (:attr:`RelevanceParams.candidates`): weights of the
 #: query's best score, the mean of its best :data:`CANDIDATES` and the hit's ``-log rank`` in
 #: the first factor, and of the best score in the gate
-#: the gate's parameters, in :func:`query_features` order
-GATE_KEYS = ("gate_median", "gate_upper", "gate_bias")
 CANDIDATE_KEYS = ("weight_best", "weight_mean", "weight_rank", "gate_best")
 
 
@@ -235,9 +235,9 @@ class RelevanceParams:
             raise ValueError(f"weight_score must be positive (the relevance must rise with the "
                              f"score), got {self.weight_score!r}")
         if self.candidates is not None and self.candidates[2] < 0:
-            raise ValueError(f"candidates[weight_rank] must not be negative (the relevance must rise with "
-                             f"the score, and a better score has a better rank), got "
-                             f"{self.candidates[2]!r}")
+            raise ValueError(f"candidates[weight_rank] must not be negative (the relevance "
+                             f"must rise with the score, and a better score has a better "
+                             f"rank), got {self.candidates[2]!r}")
         if isinstance(self.fitted_on, bool) or not isinstance(self.fitted_on, int) \
                 or self.fitted_on < 0:
             raise ValueError(f"fitted_on must be a non-negative integer, got {self.fitted_on!r}")

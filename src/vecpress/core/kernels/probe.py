@@ -15,14 +15,14 @@ def plan_one_query(scores, nprobe, bounds, tail_order, tail_bounds, allowed_coun
     ``(held, spans, rows)``: the allowed rows they hold (``allowed_counts`` per list), their
     spans ``[start, stop)`` of positions in ascending order with touching lists joined, and
     their tail rows (``tail_order`` grouped by ``tail_bounds``; empty arrays for no tail)."""
-    order = np.argsort(-scores, kind="mergesort")[:nprobe]
-    probed = np.sort(order)
+    probed = np.sort(np.argsort(-scores, kind="mergesort")[:nprobe])
+    count = probed.shape[0]  # (at most the number of lists, whatever ``nprobe`` says)
     held = 0
     n_spans = 0
     n_tail = 0
     last_stop = -1
     has_tail = tail_bounds.shape[0] > 0
-    for i in range(nprobe):
+    for i in range(count):
         lst = probed[i]
         held += allowed_counts[lst]
         start, stop = bounds[lst], bounds[lst + 1]
@@ -37,7 +37,7 @@ def plan_one_query(scores, nprobe, bounds, tail_order, tail_bounds, allowed_coun
     at = -1
     last_stop = -1
     filled = 0
-    for i in range(nprobe):
+    for i in range(count):
         lst = probed[i]
         start, stop = bounds[lst], bounds[lst + 1]
         if stop > start:
