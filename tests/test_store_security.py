@@ -452,6 +452,12 @@ def test_codec_state_of_the_wrong_shape_or_values_is_refused(tmp_path):
     rewrite_array(path, projection, forged)
     write_manifest(path, manifest)
     refused(path, "projection is not orthonormal")
+    rewrite_array(path, projection, np.eye(DIM, dtype=np.float32))
+    weights = manifest["codec_files"]["seg_weight"]
+    for forged_weight in (2.0 ** 40, 5e-324):  # (both found by the store fuzzer)
+        rewrite_array(path, weights, np.array([forged_weight]))
+        write_manifest(path, manifest)
+        refused(path, "seg_weight .* are not all within")
     del manifest["codec_files"]["seg_bits"]
     write_manifest(path, manifest)
     refused(path, "missing")

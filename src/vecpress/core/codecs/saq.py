@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,10 @@ from .base import Codec, _check_state
 from .queries import _quantize_query, _ratio, _rotated_queries, _serial_blas
 from .rabitq import RaBitQCodec, random_rotation
 from .scanning import run_scan
+
+#: the smallest non-zero weight a coded segment may have in a stored codec state (fits
+#: give 1e-3 or more)
+MIN_CODED_WEIGHT = 1e-6
 
 
 class SegmentCodec(Codec):
@@ -181,6 +187,16 @@ class SegmentCodec(Codec):
         if arrays["seg_weight"].min() < 0 or arrays["sign_sigma"][0] < 0 \
                 or arrays["fit_rows"][0] < 0:
             raise ValueError("seg_weight, sign_sigma and fit_rows must not be negative")
+        # a fit scales the weights to a root mean square of 1 over the coded dimensions, so
+        # none exceeds sqrt(dim), and holds a coded one at 1e-3 or more (0 in stores written
+        # before that floor); others (crafted files) overflow the encoded factors
+        weights = arrays["seg_weight"]
+        coded = weights[seg_bits > 0]
+        if weights.max() > math.sqrt(self.dim) * (1 + 1e-6) \
+                or ((coded != 0) & (coded < MIN_CODED_WEIGHT)).any():
+            raise ValueError(f"seg_weight {weights.tolist()} are not all within "
+                             f"[{MIN_CODED_WEIGHT:g}, sqrt(dim) = {math.sqrt(self.dim):.4g}] "
+                             f"(or 0), which every fit gives")
         self.centroid = np.asarray(arrays["centroid"], dtype=np.float32)
         self._projection = np.ascontiguousarray(arrays["projection"], dtype=np.float32)
         self._set_allocation(arrays["seg_bits"], arrays["seg_weight"])
@@ -413,9 +429,12 @@ def allocate_bits(weights: np.ndarray, seg_words: np.ndarray, budget: int,
 def _pack_relative(seg_factor: np.ndarray, sign_factor: np.ndarray, out: np.ndarray) -> None:
     """Write the segment factors as float16 ratios to the sign-plane factor, two per float32
     column of ``out``. The ratios are bounded (about sqrt(dim / segment dims) / 0.8 at most),
-    so float16 never overflows; a row whose sign factor is 0 has nothing coded."""
+    so float16 does not overflow for a fitted state; they are clipped to float16's range all
+    the same, as a crafted state could push them past it. A row whose sign factor is 0 has
+    nothing coded."""
     reference = np.where(sign_factor > 0, sign_factor, 1.0)[:, None]
     ratios = np.where(sign_factor[:, None] > 0, seg_factor / reference, 0.0)
     halves = np.zeros((len(ratios), 2 * out.shape[1]), dtype=np.float16)
-    halves[:, :ratios.shape[1]] = ratios
+    half_max = float(np.finfo(np.float16).max)
+    halves[:, :ratios.shape[1]] = np.clip(ratios, -half_max, half_max)
     out[:, :] = halves.view(np.float32)
