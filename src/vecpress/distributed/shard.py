@@ -23,7 +23,7 @@ import numpy as np
 
 from ..core.collection import Collection, Hit
 from ..core.docstore import TextStatistics
-from ..core.relevance import RelevanceParams, ScoreSample
+from ..core.relevance import RelevanceParams
 from .results import Ranked
 
 
@@ -38,23 +38,18 @@ class Shard:
         self._collection = Collection(
             settings["dim"], path=Path(path), bits=settings["bits"], metric=settings["metric"],
             durability=durability, **settings["index_options"])
-        #: the rows a query's relevance statistics come from, drawn after each write
-        self._sample: ScoreSample | None = None
 
     def count(self, where: Any = None) -> int:
         return self._collection.count(where)
 
     def upsert(self, ids: list[str], vectors: np.ndarray, texts: list[str | None],
                metadatas: list[dict | None]) -> int:
-        self._sample = None
         return len(self._collection.upsert(ids, vectors, texts, metadatas))
 
     def delete(self, ids: list[str] | None, where: Any) -> int:
-        self._sample = None
         return self._collection.delete(ids=ids, where=where)
 
     def clear(self) -> None:
-        self._sample = None
         self._collection.clear()
 
     def get(self, ids: list[str] | None, where: Any, limit: int | None, offset: int,
@@ -71,16 +66,9 @@ class Shard:
         answers = [Ranked.of(self._collection.search(query, k, where, **options),
                              include_vectors) for query in queries]
         if relevance:
-            sample = self._score_sample()
             for answer, query in zip(answers, queries):
-                answer.sample, answer.rows = sample.scores(query), sample.rows
+                answer.sample, answer.rows = self._collection.sample_scores(query)
         return answers
-
-    def _score_sample(self) -> ScoreSample:
-        sample = self._sample
-        if sample is None:  # (two threads may both draw it: the same rows)
-            sample = self._sample = ScoreSample(self._collection.index)
-        return sample
 
     def relevance_params(self) -> RelevanceParams:
         """The relevance mapping of this shard's collection (the defaults unless set)."""

@@ -469,6 +469,15 @@ class Collection(_Opening, _Search):
                 text = {by_row[r]: float(s) for r, s in found.items()}
             return dense, text
 
+    def sample_scores(self, vector: Any) -> tuple[np.ndarray, int]:
+        """The exact scores of ``vector`` against this collection's seeded sample of rows,
+        and how many rows that sample stands for: what ``search(..., relevance=True)`` takes
+        its statistics from. A merger of several collections pools them."""
+        query = self._query_vector(vector)
+        with self._rw.read():
+            sample = self._score_sample()
+            return sample.scores(query[0]), sample.rows
+
     @property
     def relevance_params(self) -> RelevanceParams:
         """The parameters of the relevance mapping: the defaults, or those of the last
