@@ -466,10 +466,10 @@ class ShardedCollection:
         matrix = as_matrix(queries, self.dim, "queries")
         labels_of = _checked_relevant_ids(relevant_ids, len(matrix))
         k = as_positive_int(k, "k")
-        node = filters_module.parse(where)
+        filters_module.parse(where)
         self._check_open()
         options = {"oversample": oversample, "nprobe": nprobe, "include_vectors": False}
-        found = self._ranked_batch((k, repr(node), tuple(sorted(options.items())), False, True),
+        found = self._ranked_batch(_batch_key(k, where, options, False, True),
                                    [(query, where) for query in matrix])
         searches = [([h.score for h in hits], hits.stats, [h.id in relevant for h in hits],
                      bool(relevant)) for hits, relevant in zip(found, labels_of)]
@@ -535,13 +535,13 @@ class ShardedCollection:
         """Every shard's best ``k`` dense hits merged on ``(score, id)``: the global best ``k``
         (with ``relevance``, each hit's and the query's statistics). Threads searching at once
         share shard calls (see :class:`QueryBatcher`)."""
-        key = (k, repr(filters_module.parse(where)), tuple(sorted(options.items())),
-               allow_partial, relevance)
-        return self._batcher.submit(key, (query, where))
+        return self._batcher.submit(_batch_key(k, where, options, allow_partial, relevance),
+                                    (query, where))
 
     def _ranked_batch(self, key: tuple, requests: list[tuple[np.ndarray, Any]]
                       ) -> list[SearchResult]:
-        """:meth:`_ranked` for queries sharing ``key``: one call per actor for them all."""
+        """:meth:`_ranked` for queries sharing ``key`` (:func:`_batch_key`): one call per
+        actor for them all."""
         k, _, options, allow_partial, relevance = key
         queries = np.stack([query for query, _ in requests])
         # with relevance, rank the candidates its terms read, then cut to k (as a Collection)
@@ -625,3 +625,11 @@ class ShardedCollection:
                            timeout=self._timeout,
                            max_restarts=self._max_restarts, allow_partial=allow_partial)
 
+
+def _batch_key(k: int, where: Any, options: dict[str, Any], allow_partial: bool,
+               relevance: bool) -> tuple:
+    """What dense searches must share to go to the shards in one call (``where`` by its
+    parsed form, so equal filters written differently share too); ``_ranked_batch`` unpacks
+    it."""
+    return (k, repr(filters_module.parse(where)), tuple(sorted(options.items())),
+            allow_partial, relevance)
