@@ -293,6 +293,8 @@ def test_calibration_keeps_each_query_s_exact_top_k_over_streamed_chunks(n, quer
                                    np.sort(scores[q, expected]), rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(np.sort(calibration.best_labels[q][kept]),
                                       np.sort(labels[expected]))
+        np.testing.assert_array_equal(np.sort(calibration.best_rows[q][kept]),
+                                      np.sort(expected))
 
 
 def test_calibration_finds_the_lists_of_the_true_neighbours():
@@ -305,6 +307,115 @@ def test_calibration_finds_the_lists_of_the_true_neighbours():
     calibration.observe(vectors[100:], np.arange(100, 200), labels[100:])
     # every neighbour of each query lies in its own (nearest) list: one list, times the margin
     assert calibration.nprobe(centroids) == int(np.ceil(1 * partitions.CALIBRATION_MARGIN))
+
+
+@settings(max_examples=60, deadline=None)
+@given(lower=st.integers(1, 80), n_lists=st.integers(1, 300), needed=st.integers(1, 400),
+       plateau=st.floats(0.5, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_searched_nprobe_is_the_smallest_count_that_reaches_the_target(lower, n_lists, needed,
+                                                                       plateau, seed):
+    """Against a recall that grows with nprobe (in random steps, up to ``plateau``, reached
+    from ``needed`` lists on): the smallest count at or above ``lower`` that reaches the
+    target when one exists within the reach, else the start of the plateau; never above the
+    reach or the lists, and each count searched once."""
+    rng = np.random.default_rng(seed)
+    steps = np.sort(rng.uniform(0, 1, n_lists + 1))
+    target = partitions.SEARCH_CALIBRATION_RECALL
+    curve = np.minimum(plateau, np.where(np.arange(n_lists + 1) >= needed, 1.0, 0.9 * steps))
+    calls = []
+
+    def recall_at(nprobe: int) -> float:
+        assert 1 <= nprobe <= n_lists
+        calls.append(nprobe)
+        return float(curve[nprobe])
+
+    nprobe, found = partitions.searched_nprobe(recall_at, lower, n_lists)
+    low = min(lower, n_lists)
+    reach = min(n_lists, low * partitions.SEARCH_CALIBRATION_REACH)
+    assert len(calls) == len(set(calls))
+    assert found == curve[nprobe] and low <= nprobe <= reach
+    reachable = [n for n in range(low, reach + 1) if curve[n] >= target]
+    if reachable:
+        assert nprobe == reachable[0]
+    else:
+        best = max(curve[n] for n in calls)
+        assert curve[nprobe] >= best - partitions.SEARCH_PLATEAU
+        assert all(curve[n] < best - partitions.SEARCH_PLATEAU for n in calls if n < nprobe)
+
+
+def test_search_recall_leaves_out_each_query_s_own_row():
+    calibration = Calibration(np.zeros((2, 4), np.float32), np.array([5, 9]), "ip")
+    calibration.best_rows = np.array([list(range(10)), list(range(10, 19)) + [-1]])
+    found = np.array([[5] + list(range(10)),  # own row first, then all ten
+                      list(range(10, 15)) + [9] + [40, 41, 42, 43, 44]])  # five of nine
+    assert calibration.search_recall(found) == pytest.approx(15 / 19)
+    calibration.renumber(np.array([1, 5, 7, 9, 12]))
+    assert calibration.query_rows.tolist() == [1, 3]
+    assert calibration.best_rows[1, -1] == -1 and calibration.best_rows[0, 5] == 1
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_tuning_measures_the_sample_s_recall_as_public_searches_do(metric, monkeypatch):
+    """Every recall the tuning measured (codes, rerank, own row left out) equals, within
+    float16 ties, the recall of public searches of the same sampled rows against a numpy
+    brute force; the index then has the count the tuning chose."""
+    from vecpress.core.index import lists as lists_module
+
+    rows_seen, measured, chosen = [], {}, []
+    searched = lists_module._Lists._searched_nprobe
+    tune = partitions.searched_nprobe
+
+    def recording_rows(self, calibration):
+        rows_seen.append(calibration.query_rows.copy())
+        return searched(self, calibration)
+
+    def recording_recalls(recall_at, lower, n_lists):
+        def recall_kept(nprobe):
+            measured[nprobe] = recall_at(nprobe)
+            return measured[nprobe]
+        chosen.append(tune(recall_kept, lower, n_lists))
+        return chosen[-1]
+
+    monkeypatch.setattr(lists_module._Lists, "_searched_nprobe", recording_rows)
+    monkeypatch.setattr(partitions, "searched_nprobe", recording_recalls)
+    data = clustered_vectors(6000, 24, seed=11)
+    index = Index(24, partitions=64, metric=metric)
+    index.add(data)
+    query_rows = rows_seen[-1]
+    assert index.stats()["nprobe"] == chosen[-1][0] and measured
+    stored = _stored(data, metric)
+    ranked = reference_topk(stored, stored[query_rows], 11, metric)[1]
+    truth = np.array([[r for r in row if r != own][:10] for row, own in zip(ranked, query_rows)])
+    for nprobe, value in measured.items():
+        found = index.search(stored[query_rows], k=11, nprobe=nprobe)[1]
+        public = recall(np.array([[r for r in row if r != own][:10]
+                                  for row, own in zip(found, query_rows)]), truth)
+        assert abs(public - value) <= 0.003, (nprobe, public, value)
+
+
+def test_tuned_nprobe_is_committed(tmp_path):
+    data = clustered_vectors(3000, 24, seed=12)
+    index = Index(24, partitions=32, path=tmp_path / "s")
+    index.add(data)
+    tuned = index.stats()["nprobe"]
+    index.close()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["partitions"]["nprobe"] == tuned
+    assert Index.load(tmp_path / "s").stats()["nprobe"] == tuned
+
+
+def test_a_failed_tuning_keeps_the_lists_alone_count(monkeypatch):
+    from vecpress.core.index import lists as lists_module
+
+    def failing(self, calibration):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(lists_module._Lists, "_searched_nprobe", failing)
+    data = clustered_vectors(3000, 24, seed=12)
+    index = Index(24, partitions=32)
+    with pytest.warns(RuntimeWarning, match="tuning nprobe"):
+        index.add(data)
+    assert len(index) == 3000 and 1 <= index.stats()["nprobe"] <= 32
 
 
 def test_layout_positions_round_trip():

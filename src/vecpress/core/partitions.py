@@ -16,14 +16,18 @@ because the rows of the nearest lists are all close to the query and their 1-bit
 prune fewer of them (residual codes, as FAISS's IVF uses, would keep the bounds tight).
 
 How many lists a query probes (``nprobe``) is calibrated when the lists are trained, on
-sampled rows of the index used as queries: the smallest count whose recall of their true ten
-nearest rows reaches :data:`CALIBRATION_RECALL` (see :class:`Calibration`). A filtered search
-probes further lists until it has found enough allowed rows.
+sampled rows of the index used as queries (see :class:`Calibration`): first from the lists
+alone (the smallest count whose lists hold :data:`CALIBRATION_RECALL` of their true ten
+nearest rows), then through the search itself once the lists are in place, codes, rerank and
+all (:func:`searched_nprobe`: the smallest count whose search finds
+:data:`SEARCH_CALIBRATION_RECALL` of them). A filtered search probes further lists until it
+has found enough allowed rows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +66,18 @@ CALIBRATION_RECALL = 0.995
 #: queries than held-out ones (on 100k WordNet glosses, 256 lists, the nprobe at which sampled
 #: rows reach 0.995 gives held-out glosses 0.99; see benchmarks/bench_partitions.py)
 CALIBRATION_MARGIN = 1.1
+#: the recall@CALIBRATION_K that the sampled rows' own searches must reach at the default
+#: nprobe (their own row left out). On 100k WordNet glosses (256 lists, 4-bit codes) it
+#: tracked held-out glosses' recall within 0.0015 from nprobe 48 to 112 (0.9918 against
+#: 0.9928 at 88), so 0.992 leaves held-out queries above 0.99 with room for the sample's noise
+SEARCH_CALIBRATION_RECALL = 0.992
+#: nprobe grows by this factor between the searched counts (then a bisection) ...
+SEARCH_CALIBRATION_STEP = 1.25
+#: ... up to this many times the lists-alone count: where recall stops growing (codes too
+#: coarse for the rerank's candidates, not too few lists) the smallest count within
+#: SEARCH_PLATEAU of the best recall seen is kept rather than probing every list
+SEARCH_CALIBRATION_REACH = 8
+SEARCH_PLATEAU = 0.001
 #: the layout is rebuilt once the tail holds more than this fraction of the rows ...
 TAIL_FRACTION = 1 / 32
 #: ... and more than this many rows
@@ -367,7 +383,8 @@ _NO_ROWS = np.zeros(0, np.int64)
 class Calibration:
     """Finds the ``nprobe`` at which sampled rows, used as queries, find their true nearest
     rows. Rows stream through :meth:`observe` (in any order, each once); the exact top
-    ``CALIBRATION_K`` of every sample query is kept, excluding the query's own row."""
+    ``CALIBRATION_K`` of every sample query is kept (its rows and their lists), excluding the
+    query's own row."""
 
     def __init__(self, queries: np.ndarray, query_rows: np.ndarray, metric: str) -> None:
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -376,6 +393,7 @@ class Calibration:
         k = CALIBRATION_K
         self.best_scores = np.full((len(queries), k), -np.inf, np.float32)
         self.best_labels = np.full((len(queries), k), -1, np.int64)
+        self.best_rows = np.full((len(queries), k), -1, np.int64)
 
     def observe(self, vectors: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> None:
         """Rows ``rows`` with code vectors ``vectors`` belong to lists ``labels``."""
@@ -387,24 +405,28 @@ class Calibration:
             scores = 2 * scores - np.einsum("ij,ij->i", vectors, vectors)[None, :]
         self._exclude_own_rows(scores, rows)
         # the chunk's own best K per query first: merging K columns, not the whole chunk's
-        labels = np.asarray(labels, dtype=np.int64)
         if np.isfinite(self.best_scores).all():  # most chunks: few rows beat the K-th best
-            scores, chunk_labels = self._entering(scores, labels)
+            scores, columns = self._entering(scores)
         elif scores.shape[1] > CALIBRATION_K:
-            best = np.argpartition(-scores, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
-            scores = np.take_along_axis(scores, best, axis=1)
-            chunk_labels = labels[best]
+            columns = np.argpartition(-scores, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
+            scores = np.take_along_axis(scores, columns, axis=1)
         else:
-            chunk_labels = np.broadcast_to(labels, scores.shape)
+            columns = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        taken = columns >= 0
+        at = np.where(taken, columns, 0)
+        chunk_labels = np.where(taken, np.asarray(labels, dtype=np.int64)[at], -1)
+        chunk_rows = np.where(taken, rows[at], -1)
         merged_s = np.concatenate([self.best_scores, scores], axis=1)
-        merged_l = np.concatenate([self.best_labels, chunk_labels], axis=1)
         top = np.argpartition(-merged_s, CALIBRATION_K - 1, axis=1)[:, :CALIBRATION_K]
         self.best_scores = np.take_along_axis(merged_s, top, axis=1)
-        self.best_labels = np.take_along_axis(merged_l, top, axis=1)
+        self.best_labels = np.take_along_axis(
+            np.concatenate([self.best_labels, chunk_labels], axis=1), top, axis=1)
+        self.best_rows = np.take_along_axis(
+            np.concatenate([self.best_rows, chunk_rows], axis=1), top, axis=1)
 
-    def _entering(self, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _entering(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each query's best K columns among those above its K-th best so far, (scores,
-        labels) padded with -inf / -1: once the top K are filled, few rows of a chunk beat
+        columns) padded with -inf / -1: once the top K are filled, few rows of a chunk beat
         them, so this sorts those few instead of partitioning every query's whole row."""
         k = CALIBRATION_K
         query, column = np.nonzero(scores > self.best_scores.min(axis=1)[:, None])
@@ -414,10 +436,10 @@ class Calibration:
         rank = np.arange(len(query)) - np.searchsorted(query, query)  # (first of its query)
         keep = rank < k
         out_scores = np.full((len(scores), k), -np.inf, np.float32)
-        out_labels = np.full((len(scores), k), -1, np.int64)
+        out_columns = np.full((len(scores), k), -1, np.int64)
         out_scores[query[keep], rank[keep]] = values[keep]
-        out_labels[query[keep], rank[keep]] = labels[column[keep]]
-        return out_scores, out_labels
+        out_columns[query[keep], rank[keep]] = column[keep]
+        return out_scores, out_columns
 
     def _exclude_own_rows(self, scores: np.ndarray, rows: np.ndarray) -> None:
         """A sample query is not its own neighbour: -inf where a column is the query's row."""
@@ -427,8 +449,10 @@ class Calibration:
         own = np.nonzero(rows[columns] == self.query_rows)[0]
         scores[own, columns[own]] = -np.inf
 
-    def nprobe(self, centroids: np.ndarray) -> int:
-        """The smallest nprobe whose recall reaches ``CALIBRATION_RECALL``, times the margin."""
+    def nprobe(self, centroids: np.ndarray, recall: float = CALIBRATION_RECALL,
+               margin: float = CALIBRATION_MARGIN) -> int:
+        """The smallest nprobe whose lists hold ``recall`` of the true neighbours, times
+        ``margin``."""
         n_lists = len(centroids)
         if not len(self.queries):
             return n_lists
@@ -439,9 +463,62 @@ class Calibration:
         needed = np.where(found, np.take_along_axis(rank, np.maximum(self.best_labels, 0),
                                                     axis=1), -1)
         counts = np.bincount(needed[found], minlength=n_lists)  # neighbours by list rank
-        recall = np.cumsum(counts) / max(1, int(found.sum()))
-        plain = int(np.searchsorted(recall, CALIBRATION_RECALL - 1e-12)) + 1
-        return int(min(n_lists, max(1, math.ceil(plain * CALIBRATION_MARGIN))))
+        share = np.cumsum(counts) / max(1, int(found.sum()))
+        plain = int(np.searchsorted(share, recall - 1e-12)) + 1
+        return int(min(n_lists, max(1, math.ceil(plain * margin))))
+
+    def renumber(self, live: np.ndarray) -> None:
+        """Rows were renumbered by a compaction keeping the sorted ``live`` rows (row ``r``
+        becomes ``searchsorted(live, r)``); the queries' and neighbours' rows follow."""
+        self.query_rows = np.searchsorted(live, self.query_rows)
+        self.best_rows = np.where(self.best_rows >= 0, np.searchsorted(live, self.best_rows), -1)
+
+    def search_recall(self, found: np.ndarray) -> float:
+        """The share of the sample queries' true neighbours among the rows their searches
+        ``found`` ((queries, at least K + 1) rows, best first, -1 padding): each query's own
+        row is left out, then its first ``CALIBRATION_K`` are counted."""
+        found = np.asarray(found, dtype=np.int64)
+        own = found == self.query_rows[:, None]
+        # (each row's own entry moved to the end: a stable sort on "is own")
+        kept = np.take_along_axis(found, np.argsort(own, axis=1, kind="stable"), axis=1)
+        kept = kept[:, :CALIBRATION_K]
+        true = self.best_rows
+        hits = ((kept[:, :, None] == true[:, None, :]) & (true[:, None, :] >= 0)).any(axis=1)
+        return float(hits.sum() / max(1, int((true >= 0).sum())))
+
+
+def searched_nprobe(recall_at: Callable[[int], float], lower: int, n_lists: int,
+                    target: float = SEARCH_CALIBRATION_RECALL) -> tuple[int, float]:
+    """``(nprobe, its recall)``: the smallest ``nprobe >= lower`` with ``recall_at(nprobe) >=
+    target``, searched upwards by SEARCH_CALIBRATION_STEP then bisected (recall is taken to
+    grow with nprobe). Up to SEARCH_CALIBRATION_REACH times ``lower`` (and ``n_lists``); when
+    the target is out of reach there, the smallest count searched whose recall is within
+    SEARCH_PLATEAU of the best seen. ``lower`` is the count the lists alone need for the
+    target: a search finds no more than its lists hold."""
+    lower = int(min(max(1, lower), n_lists))
+    reach = min(n_lists, lower * SEARCH_CALIBRATION_REACH)
+    seen: dict[int, float] = {}
+
+    def recall(nprobe: int) -> float:
+        if nprobe not in seen:
+            seen[nprobe] = float(recall_at(nprobe))
+        return seen[nprobe]
+
+    below, nprobe = 0, lower  # below: the largest count known to fall short
+    while recall(nprobe) < target:
+        if nprobe >= reach:
+            best = max(seen.values())
+            chosen = min(n for n, r in seen.items() if r >= best - SEARCH_PLATEAU)
+            return chosen, seen[chosen]
+        step = max(nprobe + 1, math.ceil(nprobe * SEARCH_CALIBRATION_STEP))
+        below, nprobe = nprobe, min(reach, step)
+    while nprobe - below > 1 and below:  # bisect (below, nprobe]
+        middle = (below + nprobe) // 2
+        if recall(middle) >= target:
+            nprobe = middle
+        else:
+            below = middle
+    return nprobe, seen[nprobe]
 
 
 def sample_rows(live: np.ndarray, count: int, seed: int) -> np.ndarray:

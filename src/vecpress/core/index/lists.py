@@ -4,6 +4,8 @@ folding the tail of new rows in, and the scan of a partitioned snapshot."""
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from .. import clustering, partitions, storage
 from ..codecs import Codec, RowFilter
-from ..columns import _Growable, _Snapshot, _TiledCodes
+from ..columns import _Growable, _row_filter, _Snapshot, _TiledCodes
 from ..partitions import Calibration, ListLayout
 from .upkeep import REENCODE_ROWS, _code_store
 
@@ -85,6 +87,57 @@ class _Lists:
         with self._mutex:  # (the layout orders every row: no tail, so no tail labels)
             self._codes, self._factors, self._labels = codes, factors, _Growable((), np.int32)
             self._lists, self._trained_rows = layout, plan.trained_rows
+        self._tune_nprobe(plan.calibration)
+
+    def _tune_nprobe(self, calibration: Calibration) -> None:
+        """Set the default ``nprobe`` of the lists just published through the search itself:
+        the sampled rows of ``calibration`` are searched (their own row left out) with the
+        codes and the rerank, and the smallest count whose recall reaches
+        ``partitions.SEARCH_CALIBRATION_RECALL`` is committed (see
+        :func:`partitions.searched_nprobe`). The lists alone cannot tell what the codes lose
+        (coarse codes need more lists, or no count is enough), nor how much margin their
+        count needs. A failure keeps the lists-alone count with a warning: the rows and the
+        lists are committed already."""
+        try:
+            layout, nprobe = self._searched_nprobe(calibration)
+        except Exception as exc:  # (tuning is an optimisation: never lose the write to it)
+            warnings.warn(f"vecpress: tuning nprobe by search failed ({exc!r}); the index keeps "
+                          f"the count its lists alone give", RuntimeWarning, stacklevel=3)
+            return
+        if layout is None or nprobe == layout.nprobe:
+            return
+        if self._path is not None:
+            manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+            manifest["partitions"] = dict(manifest["partitions"], nprobe=nprobe)
+            self._commit(manifest)
+        with self._mutex:
+            if self._lists is layout:
+                self._lists = dataclasses.replace(layout, nprobe=nprobe)
+
+    def _searched_nprobe(self, calibration: Calibration) -> tuple[ListLayout | None, int]:
+        """(the published layout, the nprobe its sampled rows' searches need). The rerank
+        reads the candidates' originals with ``pread`` (as the training sample is read), not
+        through the memory maps, which would pull whole blocks of a large store into the
+        process's resident memory."""
+        snap = self._snapshot()
+        layout = snap.lists
+        if layout is None or not len(calibration.query_rows):
+            return layout, 0
+        for_codes, full = self._prepare_vectors(
+            self._sampled_originals(calibration.query_rows), "kept originals")
+        flt = _row_filter(snap.ids, None)
+        k = partitions.CALIBRATION_K + 1  # (the query's own row is among its hits)
+        candidates = min(k * self.oversample, snap.ids.size)
+        reader = _ReadRows(self)
+
+        def recall_at(nprobe: int) -> float:
+            _, rows = _scan_lists(snap, for_codes, candidates, flt, nprobe)
+            _, rows = self._rerank(reader, full, rows, k)
+            return calibration.search_recall(rows)
+
+        lower = calibration.nprobe(layout.centroids, partitions.SEARCH_CALIBRATION_RECALL, 1.0)
+        nprobe, _ = partitions.searched_nprobe(recall_at, lower, layout.n_lists)
+        return layout, nprobe
 
     def _persist_lists(self, plan: "_ListPlan", labels: np.ndarray) -> None:
         """Commit new centroids and a new lists file for every segment (nothing else)."""
@@ -209,6 +262,17 @@ def _positions(inverse: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return rows
     ordered = rows < len(inverse)
     return np.where(ordered, inverse[np.where(ordered, rows, 0)], rows)
+
+
+class _ReadRows:
+    """Originals of sorted rows read with ``pread`` (``Index._sampled_originals``): what
+    ``Index._rerank`` fetches from."""
+
+    def __init__(self, index: Any) -> None:
+        self._index = index
+
+    def fetch(self, rows: np.ndarray) -> np.ndarray:
+        return self._index._sampled_originals(np.asarray(rows, dtype=np.int64))
 
 
 @dataclass

@@ -235,6 +235,9 @@ class _Upkeep:
             self._lists = layout
             self._trained_rows = lists.trained_rows if lists is not None else 0
             self._next_id = next_id
+        if training:  # (the sample's rows were the source's: now they are the live rows')
+            lists.calibration.renumber(live)
+            self._tune_nprobe(lists.calibration)
 
 
 
