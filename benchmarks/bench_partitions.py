@@ -26,6 +26,12 @@ vectors; it proves nothing about real text. Writes ``partitions_synthetic_<N>.*`
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions                 # about 5 minutes
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --crossover 25000 50000 100000
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --synthetic 1000000 --no-hnswlib
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --synthetic 1000000 --no-hnswlib --add-batch 0
+
+``--add-batch 0`` adds the vectors in one call (lists trained at the full size) and writes
+``partitions_synthetic_<N>_add_all.*``. The generator draws from 1,024 clusters (12
+sub-clusters each): once a method has about that many lists, its lists follow the generator's
+clusters and recall at a small ``nprobe`` is far higher than on real text.
 
 Writes ``benchmarks/results/partitions.md``, ``partitions.json`` and
 ``partitions_latency_vs_recall.png``.
@@ -71,8 +77,12 @@ def _latency_ms(search, queries: np.ndarray) -> float:
     return 1e3 * float(np.median(times))
 
 
-def _vecpress(base: np.ndarray, partitions: Any) -> tuple[Any, float]:
-    """An index on disk (its originals memory-mapped, RAM holds the codes) built by batches."""
+def _vecpress(base: np.ndarray, partitions: Any, add_batch: int = ADD_BATCH) -> tuple[Any, float]:
+    """An index on disk (its originals memory-mapped, RAM holds the codes) built by batches
+    of ``add_batch`` rows (0: one call). Lists are trained when the index first holds
+    enough rows and again after each fourfold growth, so a build by batches ends with the
+    lists of the last training (at 1M rows by 10k: trained at 270k, 512 lists), one call
+    with the lists of its full size (1,024)."""
     import tempfile
 
     from vecpress import Index
@@ -81,8 +91,9 @@ def _vecpress(base: np.ndarray, partitions: Any) -> tuple[Any, float]:
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     index = Index(base.shape[1], partitions=partitions, path=Path(folder) / "store")
     start = time.perf_counter()
-    for lo in range(0, len(base), ADD_BATCH):
-        index.add(base[lo:lo + ADD_BATCH])
+    step = add_batch or len(base)
+    for lo in range(0, len(base), step):
+        index.add(base[lo:lo + step])
     return index, time.perf_counter() - start
 
 
@@ -110,7 +121,8 @@ def _nprobes(lists: int) -> tuple[int, ...]:
 
 
 def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-            latency_queries: int, hnsw: bool = True) -> list[dict[str, Any]]:
+            latency_queries: int, hnsw: bool = True,
+            add_batch: int = ADD_BATCH) -> list[dict[str, Any]]:
     """Every method's rows (one per nprobe) on ``base``."""
     import faiss
 
@@ -119,14 +131,14 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     timed = unit_queries[:latency_queries]
     rows = []
 
-    flat, seconds = _vecpress(base, None)
+    flat, seconds = _vecpress(base, None, add_batch)
     rows.append({"method": "vecpress flat (4-bit saq + rerank)", "lists": 0, "nprobe": "-",
                  "recall@10": recall_at(flat.search(queries, K)[1], truth),
                  "p50_ms": _latency_ms(lambda q: flat.search(q, K), timed),
                  "build_s": seconds, "ram_b_per_vector": flat.stats()["ram_bytes"] / len(base)})
     del flat
 
-    lists, seconds = _vecpress(base, "auto")
+    lists, seconds = _vecpress(base, "auto", add_batch)
     stats = lists.stats()
     ram = stats["ram_bytes"] / len(base)
     for nprobe in [None, *_nprobes(stats["lists"])]:
@@ -262,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--synthetic", type=int, default=0, metavar="N",
                         help="N synthetic vectors (bench_scale's generator) instead of the corpus")
     parser.add_argument("--no-hnswlib", action="store_true", help="leave hnswlib out")
+    parser.add_argument("--add-batch", type=int, default=ADD_BATCH, metavar="ROWS",
+                        help="vecpress adds the vectors this many at a time (0: in one call, "
+                             "so its lists are trained at the full size)")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the plot from the --out folder's partitions.json")
     args = parser.parse_args(argv)
@@ -290,8 +305,13 @@ def main(argv: list[str] | None = None) -> None:
         header = (f"WordNet glosses, all-MiniLM-L6-v2 (384-d, cosine), {args.base:,} indexed, "
                   f"{args.queries:,} held-out glosses as queries, k={K}, 1 thread; vecpress: "
                   f"{source_version()}; {machine()}")
+    if args.add_batch != ADD_BATCH:
+        stem += f"_add_{args.add_batch or 'all'}"
+    header += ("; vecpress added the vectors in one call" if not args.add_batch else
+               f"; vecpress added the vectors {args.add_batch:,} at a time")
     truth = ground_truth(base, queries, K, "cosine")[1]
-    rows = measure(base, queries, truth, args.latency_queries, hnsw=not args.no_hnswlib)
+    rows = measure(base, queries, truth, args.latency_queries, hnsw=not args.no_hnswlib,
+                   add_batch=args.add_batch)
     cross = crossover(base, queries, args.crossover, args.latency_queries)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(markdown(rows, cross, header))
