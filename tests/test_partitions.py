@@ -488,6 +488,25 @@ def test_probe_spans_are_each_querys_lists_in_row_order(labels, tail, nprobe, n_
         assert sorted(got.tolist()) == wanted.tolist()
 
 
+@settings(max_examples=60, deadline=None)
+@given(scores=st.lists(st.integers(-3, 3), min_size=1, max_size=40), nprobe=st.integers(1, 45))
+def test_one_query_plan_takes_the_nearest_lists_with_ties_to_the_lower_number(scores, nprobe):
+    """The compiled plan's lists are the first ``nprobe`` of a stable sort by score, ties
+    (frequent here: integer scores) included."""
+    from vecpress.core import kernels
+
+    values = np.array(scores, np.float32)
+    n_lists = len(values)
+    bounds = np.arange(0, 2 * n_lists + 1, 2, dtype=np.int64)  # list l: positions 2l, 2l+1
+    empty = np.zeros(0, np.int64)
+    held, spans, _ = kernels.plan_one_query(values, nprobe, bounds, empty, empty,
+                                            np.ones(n_lists, np.int64))
+    expected = np.sort(np.argsort(-values, kind="stable")[:nprobe])
+    positions = [p for start, stop in spans for p in range(start, stop)]
+    assert positions == [p for lst in expected for p in (2 * lst, 2 * lst + 1)]
+    assert held == len(expected)
+
+
 def test_collection_passes_partitions_and_nprobe(tmp_path):
     data = clustered_vectors(1200, 16, seed=17)
     col = Collection(16, path=tmp_path / "c", partitions=4)
