@@ -453,10 +453,10 @@ def test_layout_positions_match_an_inverse_permutation(n_lists, rows, tail, seed
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 7), min_size=1, max_size=60), st.integers(0, 5),
        st.integers(1, 8), st.integers(1, 4), st.integers(0, 2 ** 31 - 1))
-def test_probe_spans_are_each_querys_lists_in_row_order(labels, tail, nprobe, n_queries, seed):
+def test_probe_spans_are_each_querys_lists_nearest_first(labels, tail, nprobe, n_queries, seed):
     """The spans planned for a batch are, for each query, its ``nprobe`` nearest lists by a
-    brute-force ranking, in row order, none twice; its tail rows (``extra``) are those of the
-    same lists; a filter too tight for them probes further lists, nearest first."""
+    brute-force ranking, nearest first, none twice; its tail rows (``extra``) are those of the
+    same lists, nearest list first; a filter too tight for them probes further lists."""
     rng = np.random.default_rng(seed)
     centroids = rng.standard_normal((8, 4)).astype(np.float32)
     layout = ListLayout.build(centroids, "ip", nprobe, np.array(labels, np.int32))
@@ -474,25 +474,25 @@ def test_probe_spans_are_each_querys_lists_in_row_order(labels, tail, nprobe, n_
         reach = max(nprobe, int(np.searchsorted(held, need)) + 1) if held[nprobe - 1] < need \
             else nprobe
         nearest = ranked[:min(8, reach)]
-        expected = [p for lst in sorted(nearest) for p in range(layout.bounds[lst],
-                                                                layout.bounds[lst + 1])]
+        expected = [p for lst in nearest for p in range(layout.bounds[lst],
+                                                        layout.bounds[lst + 1])]
         runs = bounds[offsets[q]:offsets[q + 1]]
         assert (runs[:, 1] > runs[:, 0]).all()
-        assert (runs[1:, 0] > runs[:-1, 1]).all()  # touching runs are joined
+        assert (runs[1:, 0] != runs[:-1, 1]).all()  # a list right after the last joins its run
         assert [p for start, stop in runs for p in range(start, stop)] == expected
         if groups is None:
             continue
         extra_offsets, extra_rows = planned.extra
         got = extra_rows[extra_offsets[q]:extra_offsets[q + 1]]
-        wanted = len(labels) + np.nonzero(np.isin(tail_labels, nearest))[0]
-        assert sorted(got.tolist()) == wanted.tolist()
+        wanted = [len(labels) + r for lst in nearest for r in np.nonzero(tail_labels == lst)[0]]
+        assert got.tolist() == wanted
 
 
 @settings(max_examples=60, deadline=None)
 @given(scores=st.lists(st.integers(-3, 3), min_size=1, max_size=40), nprobe=st.integers(1, 45))
 def test_one_query_plan_takes_the_nearest_lists_with_ties_to_the_lower_number(scores, nprobe):
-    """The compiled plan's lists are the first ``nprobe`` of a stable sort by score, ties
-    (frequent here: integer scores) included."""
+    """The compiled plan's lists are the first ``nprobe`` of a stable sort by score, in that
+    order, ties (frequent here: integer scores) included."""
     from vecpress.core import kernels
 
     values = np.array(scores, np.float32)
@@ -501,7 +501,7 @@ def test_one_query_plan_takes_the_nearest_lists_with_ties_to_the_lower_number(sc
     empty = np.zeros(0, np.int64)
     held, spans, _ = kernels.plan_one_query(values, nprobe, bounds, empty, empty,
                                             np.ones(n_lists, np.int64))
-    expected = np.sort(np.argsort(-values, kind="stable")[:nprobe])
+    expected = np.argsort(-values, kind="stable")[:nprobe]
     positions = [p for start, stop in spans for p in range(start, stop)]
     assert positions == [p for lst in expected for p in (2 * lst, 2 * lst + 1)]
     assert held == len(expected)

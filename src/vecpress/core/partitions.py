@@ -257,7 +257,7 @@ class ListLayout:
                 return planned
         nearest = self._ranked(queries, nprobe)
         if (allowed_counts[nearest].sum(axis=1) >= need).all():
-            return self._spans_of(np.sort(nearest, axis=1), tail)
+            return self._spans_of(nearest, tail)
         probed_lists = []
         for q in range(len(queries)):
             probed = nearest[q]
@@ -266,7 +266,7 @@ class ListLayout:
                 order = self._ranked(queries[q:q + 1], self.n_lists)[0]
                 enough = int(np.searchsorted(np.cumsum(allowed_counts[order]), need)) + 1
                 probed = order[: min(self.n_lists, max(nprobe, enough))]
-            probed_lists.append(np.sort(probed))
+            probed_lists.append(probed)
         return self._ragged_spans(probed_lists, tail)
 
     def _one_query(self, query: np.ndarray, nprobe: int, allowed_counts: np.ndarray, need: int,
@@ -307,9 +307,11 @@ class ListLayout:
         return planned
 
     def _spans_of(self, probed: np.ndarray, tail: "TailGroups | None") -> "PlannedSpans":
-        """The spans of each query's ``probed`` lists (a (q, n) array, each row sorted), all
-        queries at once: per query, its lists in row order, touching neighbours joined; and
-        with a ``tail``, each query's tail rows of those lists (as ``extra``)."""
+        """The spans of each query's ``probed`` lists (a (q, n) array, each row nearest list
+        first), all queries at once: per query, its lists in that order (nearest first, so
+        the scan's heap is near-final after the first lists and prunes the rest), a list
+        that follows the one before it in RAM joining its span; and with a ``tail``, each
+        query's tail rows of those lists (as ``extra``)."""
         n_queries = len(probed)
         starts, stops = self.bounds[probed], self.bounds[probed + 1]
         keep = stops > starts

@@ -71,7 +71,8 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
     chunks = 1
     if not serial and n_queries == 1:
         chunks = _chunk_count(work)
-        offsets, bounds = _split_spans(bounds, chunks)
+        # (planned spans come nearest list first; chunks are cut from them in RAM order)
+        offsets, bounds = _split_spans(bounds[np.argsort(bounds[:, 0], kind="stable")], chunks)
     extra = getattr(spans, "extra", None)
     if extra is not None and not len(extra[1]):
         extra = None
@@ -96,8 +97,9 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
 
 class PlannedSpans(tuple):
     """Spans ``(offsets, bounds)`` that a partition layout planned itself (contiguous int64,
-    sorted, one run per query): :func:`checked_spans` checks only that they lie within the
-    rows, which spares a single query about 50 us of checks.
+    one run per query, not overlapping, in the order to scan them: nearest list first, not
+    RAM order): :func:`checked_spans` checks only that they lie within the rows, which spares
+    a single query about 50 us of checks.
 
     ``extra``: ``(offsets, positions)`` or None, rows scanned one by one besides the spans
     (query ``q``: ``positions[offsets[q]:offsets[q + 1]]``; the tail rows of a partitioned

@@ -1,5 +1,5 @@
 """Planning one query's scan of a partitioned index in one compiled call: its nearest lists,
-their spans of positions (touching lists joined) and their tail rows (see
+nearest first, their spans of positions and their tail rows (see
 ``partitions.ListLayout.probe``, whose numpy steps cost a single query more than scanning a
 small list does)."""
 
@@ -13,7 +13,7 @@ from .heap import _heap_init, _heap_offer
 
 @njit(inline="always")
 def _nearest_lists(scores, n):
-    """The indices of the ``n`` highest ``scores``, ascending (of equal scores, the lower
+    """The indices of the ``n`` highest ``scores``, highest first (of equal scores, the lower
     index): a bounded heap, O(lists log n), where sorting every list's score cost a query at
     1,024 lists about as much as scanning a small list."""
     n = min(n, scores.shape[0])
@@ -23,15 +23,21 @@ def _nearest_lists(scores, n):
     size = 0
     for i in range(scores.shape[0]):  # (an equal score never displaces an earlier one)
         size = _heap_offer(heap_s, heap_r, size, np.float64(scores[i]), i)
-    return np.sort(heap_r[:size])
+    by_row = np.argsort(heap_r[:size])  # (ties: the lower index first, after the stable sort)
+    rows, values = heap_r[:size][by_row], heap_s[:size][by_row]
+    return rows[np.argsort(-values, kind="mergesort")]
 
 
 @njit(cache=True, nogil=True)
 def plan_one_query(scores, nprobe, bounds, tail_order, tail_bounds, allowed_counts):
-    """The ``nprobe`` lists with the highest ``scores`` (nearest first), and then:
-    ``(held, spans, rows)``: the allowed rows they hold (``allowed_counts`` per list), their
-    spans ``[start, stop)`` of positions in ascending order with touching lists joined, and
-    their tail rows (``tail_order`` grouped by ``tail_bounds``; empty arrays for no tail)."""
+    """The ``nprobe`` lists with the highest ``scores``, and then ``(held, spans, rows)``:
+    the allowed rows they hold (``allowed_counts`` per list), their spans ``[start, stop)``
+    of positions nearest list first (a list that follows the one before it in RAM joins its
+    span), and their tail rows, nearest list first (``tail_order`` grouped by
+    ``tail_bounds``; empty arrays for no tail). Nearest first, the scan's heap holds
+    near-final scores after the first lists, so the bounds prune the later ones: in RAM
+    order a query of 1M rows took 6.0 ms at 128 lists against 3.1 at 112, nearest first
+    3.6 ms (the same time as before at fewer lists; see ``segments.scan_segments_task``)."""
     probed = _nearest_lists(scores, nprobe)
     count = probed.shape[0]  # (at most the number of lists, whatever ``nprobe`` says)
     held = 0
