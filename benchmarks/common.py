@@ -50,9 +50,9 @@ def machine() -> str:
 
 
 def memory() -> dict[str, int]:
-    """Resident set, anonymous and file-backed parts, in bytes (Linux), after a garbage
-    collection and after handing freed heap pages back to the system (so that memory a store
-    no longer holds is not counted)."""
+    """Resident set, anonymous and file-backed parts and the peak resident set so far
+    (``VmHWM``), in bytes (Linux), after a garbage collection and after handing freed heap
+    pages back to the system (so that memory a store no longer holds is not counted)."""
     import ctypes
 
     gc.collect()
@@ -64,7 +64,7 @@ def memory() -> dict[str, int]:
     with open("/proc/self/status") as status:
         for line in status:
             key, _, rest = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
+            if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
                 values[key] = int(rest.split()[0]) * 1024
     return values
 

@@ -53,3 +53,29 @@ def test_scale_smoke_run_measures_each_method_in_its_own_process(tmp_path):
     rerank = report["rows"][1]
     assert rerank["disk_bytes_per_vector"] > 384 * 2  # float16 originals on disk
     assert "| 20,000 | vecpress 1-bit |" in (tmp_path / "scale.md").read_text()
+
+
+def test_lists_scale_brute_force_streams_the_exact_top_10():
+    from benchmarks.bench_lists_scale import brute_force
+
+    generator = SyntheticEmbeddings(load_spectrum(), seed=2)
+    queries = generator.queries(7)
+    whole = np.concatenate(list(generator.stream(2_500, chunk=600)))
+    expected = np.argsort(-(queries @ whole.T), axis=1, kind="stable")[:, :10]
+    found = brute_force(generator, 2_500, 600, queries)
+    assert [sorted(f) for f in found] == [sorted(e) for e in expected]
+
+
+@pytest.mark.slow
+def test_lists_scale_smoke_run_reports_the_targets_figures(tmp_path):
+    from benchmarks.bench_lists_scale import main
+
+    main(["--n", "70000", "--chunk", "35000", "--queries", "20", "--latency-queries", "3",
+          "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "lists_scale_70000.json").read_text())
+    assert result["lists"] >= 16 and 1 <= result["nprobe"] <= result["lists"]
+    assert result["ram_bytes_per_vector"] < 100  # (1 bit: a 48-byte code and its extras)
+    assert result["build_memory"]["VmHWM"] > 0 and result["bound_bytes"] > result["ram_bytes"]
+    assert result["rows"][0]["nprobe"] is None and len(result["rows"]) >= 2
+    assert all(0.5 <= row["recall@10"] <= 1.0 for row in result["rows"])
+    assert "#14 target" in (tmp_path / "lists_scale_70000.md").read_text()

@@ -3,8 +3,9 @@ restarts, never partial unless asked.
 
 A call reaches each actor once, carrying the work of every shard it holds. Every shard
 method is idempotent (an upsert replaces, a delete of what is gone deletes nothing), so a
-call that met a dead or restarting actor is simply sent again until the deadline; Ray restarts the actor (``max_restarts``), which reopens its directory. After the
-deadline, :class:`ShardUnavailableError` names the shard.
+call that met a dead or restarting actor is simply sent again until the deadline; Ray
+restarts the actor (``max_restarts``), which reopens its directory. After the deadline,
+:class:`ShardUnavailableError` names the shard.
 """
 
 from __future__ import annotations
