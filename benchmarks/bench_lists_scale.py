@@ -86,20 +86,24 @@ def brute_force(generator: SyntheticEmbeddings, n: int, chunk: int,
     return best_r
 
 
-def timed_rows(index: Any, queries: np.ndarray, truth: np.ndarray, nprobes: list[int | None],
+def timed_rows(index: Any, queries: np.ndarray, truth: np.ndarray,
+               settings: list[tuple[int | None, int | None]],
                latency_queries: int) -> list[dict[str, Any]]:
-    """Recall@10 and single-query p50 (one thread) at each ``nprobe`` (None: the default)."""
+    """Recall@10 and single-query p50 (one thread) at each ``(nprobe, oversample)`` (None:
+    the index's default)."""
     set_threads(1)
     rows = []
-    for nprobe in nprobes:
-        found = index.search(queries, K, nprobe=nprobe)[1]
-        index.search(queries[:1], K, nprobe=nprobe)
+    for nprobe, oversample in settings:
+        options = {"nprobe": nprobe, "oversample": oversample}
+        found = index.search(queries, K, **options)[1]
+        index.search(queries[:1], K, **options)
         times = []
         for q in range(min(latency_queries, len(queries))):
             start = time.perf_counter()
-            index.search(queries[q:q + 1], K, nprobe=nprobe)
+            index.search(queries[q:q + 1], K, **options)
             times.append(time.perf_counter() - start)
-        rows.append({"nprobe": nprobe, "recall@10": recall_at(found, truth),
+        rows.append({"nprobe": nprobe, "oversample": oversample,
+                     "recall@10": recall_at(found, truth),
                      "p50_ms": 1e3 * float(np.median(times))})
     return rows
 
@@ -120,10 +124,14 @@ def markdown(result: dict[str, Any]) -> str:
              f"= {bound / 2**20:,.0f} MiB |",
              f"| lists / default nprobe / list rows min-median-max | {result['lists']} / "
              f"{result['nprobe']} / {result['list_rows']} | |", "",
-             "| nprobe | recall@10 | p50 ms (1 thread) |", "| ---: | ---: | ---: |"]
+             "| nprobe | oversample | recall@10 | p50 ms (1 thread) |",
+             "| ---: | ---: | ---: | ---: |"]
     for row in result["rows"]:
-        name = f"{result['nprobe']} (default)" if row["nprobe"] is None else row["nprobe"]
-        lines.append(f"| {name} | {row['recall@10']:.4f} | {row['p50_ms']:.2f} |")
+        nprobe = f"{result['nprobe']} (default)" if row["nprobe"] is None else row["nprobe"]
+        oversample = (f"{result['oversample']} (default)" if row["oversample"] is None
+                      else row["oversample"])
+        lines.append(f"| {nprobe} | {oversample} | {row['recall@10']:.4f} | "
+                     f"{row['p50_ms']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bits", type=int, default=1)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--latency-queries", type=int, default=100)
+    parser.add_argument("--oversample", type=int, nargs="*", default=[20, 40],
+                        help="also search at the default nprobe with these candidates per hit")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     generator = SyntheticEmbeddings(load_spectrum())
@@ -153,8 +163,11 @@ def main(argv: list[str] | None = None) -> None:
         print("  brute force ...", flush=True)
         truth = brute_force(generator, args.n, args.chunk, queries)
         default = int(stats["nprobe"])
-        nprobes = [None] + sorted({max(1, default // 2), default * 2, default * 4} - {default})
-        rows = timed_rows(index, queries, truth, nprobes, args.latency_queries)
+        nprobes = sorted({max(1, default // 2), default * 2, default * 4} - {default})
+        settings = ([(None, None)] + [(n, None) for n in nprobes]
+                    + [(nprobe, factor) for factor in args.oversample
+                       for nprobe in (None, default * 2)])
+        rows = timed_rows(index, queries, truth, settings, args.latency_queries)
         index.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -162,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
               "vectors_per_s": args.n / wall, "vectors_per_cpu_s": args.n / cpu,
               "ram_bytes": stats["ram_bytes"], "ram_bytes_per_vector": stats["ram_bytes"] / args.n,
               "build_memory": build_memory, "bound_bytes": 2 * stats["ram_bytes"] + 2 * GIB,
-              "lists": stats["lists"], "nprobe": default,
+              "lists": stats["lists"], "nprobe": default, "oversample": index.oversample,
               "list_rows": f"{sizes.min():,} - {int(np.median(sizes)):,} - {sizes.max():,}",
               "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -77,5 +77,6 @@ def test_lists_scale_smoke_run_reports_the_targets_figures(tmp_path):
     assert result["ram_bytes_per_vector"] < 100  # (1 bit: a 48-byte code and its extras)
     assert result["build_memory"]["VmHWM"] > 0 and result["bound_bytes"] > result["ram_bytes"]
     assert result["rows"][0]["nprobe"] is None and len(result["rows"]) >= 2
+    assert [r["oversample"] for r in result["rows"]].count(40) == 2  # (default nprobe and 2x)
     assert all(0.5 <= row["recall@10"] <= 1.0 for row in result["rows"])
     assert "#14 target" in (tmp_path / "lists_scale_70000.md").read_text()
