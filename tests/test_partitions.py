@@ -418,6 +418,33 @@ def test_a_failed_tuning_keeps_the_lists_alone_count(monkeypatch):
     assert len(index) == 3000 and 1 <= index.stats()["nprobe"] <= 32
 
 
+def test_a_failed_tuning_commit_keeps_the_committed_count(tmp_path, monkeypatch):
+    """The tuned count's commit fails (a full disk, say): a warning, and RAM keeps the count
+    the files hold, so a reopen answers as before."""
+    from vecpress.core.index import lists as lists_module
+
+    searched = lists_module._Lists._searched_nprobe
+
+    def then_the_commit_fails(self, calibration):
+        layout, _ = searched(self, calibration)
+
+        def failing(manifest):
+            raise OSError("No space left on device")
+
+        self._commit = failing  # (an instance attribute: removed below)
+        return layout, layout.nprobe % layout.n_lists + 1  # (a count other than the current)
+
+    monkeypatch.setattr(lists_module._Lists, "_searched_nprobe", then_the_commit_fails)
+    index = Index(24, partitions=32, path=tmp_path / "s")
+    with pytest.warns(RuntimeWarning, match="tuning nprobe"):
+        index.add(clustered_vectors(3000, 24, seed=13))
+    del index._commit
+    held = index.stats()["nprobe"]
+    index.close()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["partitions"]["nprobe"] == held
+
+
 def test_layout_positions_round_trip():
     labels = np.array([2, 0, 1, 0, 2, 2], np.int32)
     layout = ListLayout.build(np.zeros((3, 2), np.float32), "ip", 1, labels)

@@ -96,20 +96,20 @@ class _Lists:
         ``partitions.SEARCH_CALIBRATION_RECALL`` is committed (see
         :func:`partitions.searched_nprobe`). The lists alone cannot tell what the codes lose
         (coarse codes need more lists, or no count is enough), nor how much margin their
-        count needs. A failure keeps the lists-alone count with a warning: the rows and the
-        lists are committed already."""
+        count needs. A failure (of the searches or of the commit) keeps the lists-alone
+        count with a warning: the rows and the lists are committed already."""
         try:
             layout, nprobe = self._searched_nprobe(calibration)
+            if layout is None or nprobe == layout.nprobe:
+                return
+            if self._path is not None:
+                manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
+                manifest["partitions"] = dict(manifest["partitions"], nprobe=nprobe)
+                self._commit(manifest)
         except Exception as exc:  # (tuning is an optimisation: never lose the write to it)
             warnings.warn(f"vecpress: tuning nprobe by search failed ({exc!r}); the index keeps "
                           f"the count its lists alone give", RuntimeWarning, stacklevel=3)
             return
-        if layout is None or nprobe == layout.nprobe:
-            return
-        if self._path is not None:
-            manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
-            manifest["partitions"] = dict(manifest["partitions"], nprobe=nprobe)
-            self._commit(manifest)
         with self._mutex:
             if self._lists is layout:
                 self._lists = dataclasses.replace(layout, nprobe=nprobe)
