@@ -228,7 +228,9 @@ def test_reader_refresh_sees_rows_added_to_a_partitioned_store(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["label_out_of_range", "lists_file_missing",
-                                    "centroids_not_finite", "nprobe_above_lists"])
+                                    "centroids_not_finite", "nprobe_above_lists",
+                                    "oversample_zero", "oversample_huge", "oversample_text",
+                                    "unknown_key"])
 def test_damaged_partition_files_are_refused(tmp_path, damage):
     path = tmp_path / "s"
     index = Index(8, partitions=4, path=path)
@@ -243,6 +245,14 @@ def test_damaged_partition_files_are_refused(tmp_path, damage):
         del segment["files"]["lists"]
     elif damage == "centroids_not_finite":
         _rewrite(path, manifest["partitions"]["centroids"], lambda a: a * np.nan)
+    elif damage == "oversample_zero":
+        manifest["partitions"]["oversample"] = 0
+    elif damage == "oversample_huge":  # (a search would gather k * 2**40 rows)
+        manifest["partitions"]["oversample"] = 2 ** 40
+    elif damage == "oversample_text":
+        manifest["partitions"]["oversample"] = "12"
+    elif damage == "unknown_key":
+        manifest["partitions"]["rerank_all"] = True
     else:
         manifest["partitions"]["nprobe"] = 5
     manifest_path.write_text(json.dumps(manifest))
@@ -346,9 +356,11 @@ def test_searched_nprobe_is_the_smallest_count_that_reaches_the_target(lower, n_
 def test_search_recall_leaves_out_each_query_s_own_row():
     calibration = Calibration(np.zeros((2, 4), np.float32), np.array([5, 9]), "ip")
     calibration.best_rows = np.array([list(range(10)), list(range(10, 19)) + [-1]])
+    calibration.best_scores = np.where(calibration.best_rows >= 0, 1.0, -np.inf)
+    calibration.best_scores[0, 9] = -np.inf  # (a row kept with no score is padding too)
     found = np.array([[5] + list(range(10)),  # own row first, then all ten
                       list(range(10, 15)) + [9] + [40, 41, 42, 43, 44]])  # five of nine
-    assert calibration.search_recall(found) == pytest.approx(15 / 19)
+    assert calibration.search_recall(found) == pytest.approx(14 / 18)
     calibration.renumber(np.array([1, 5, 7, 9, 12]))
     assert calibration.query_rows.tolist() == [1, 3]
     assert calibration.best_rows[1, -1] == -1 and calibration.best_rows[0, 5] == 1
@@ -356,52 +368,90 @@ def test_search_recall_leaves_out_each_query_s_own_row():
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_tuning_measures_the_sample_s_recall_as_public_searches_do(metric, monkeypatch):
-    """Every recall the tuning measured (codes, rerank, own row left out) equals, within
-    float16 ties, the recall of public searches of the same sampled rows against a numpy
-    brute force; the index then has the count the tuning chose."""
+    """Every recall the tuning measured (codes, rerank, own row left out, at each nprobe and
+    oversample it tried) equals, within float16 ties, the recall of public searches of the
+    same sampled rows against a numpy brute force; the index then has the setting the tuning
+    chose. (On these 24-d clusters cosine 4-bit codes stop short of the target with 3
+    candidates a hit, so the larger oversample is tried and kept.)"""
     from vecpress.core.index import lists as lists_module
 
     rows_seen, measured, chosen = [], {}, []
-    searched = lists_module._Lists._searched_nprobe
-    tune = partitions.searched_nprobe
+    searched = lists_module._Lists._searched_setting
+    tune = partitions.searched_setting
 
     def recording_rows(self, calibration):
         rows_seen.append(calibration.query_rows.copy())
         return searched(self, calibration)
 
-    def recording_recalls(recall_at, lower, n_lists):
-        def recall_kept(nprobe):
-            measured[nprobe] = recall_at(nprobe)
-            return measured[nprobe]
-        chosen.append(tune(recall_kept, lower, n_lists))
+    def recording_recalls(recall_at, *args, **kwargs):
+        def recall_kept(nprobe, oversample):
+            measured[nprobe, oversample] = recall_at(nprobe, oversample)
+            return measured[nprobe, oversample]
+        chosen.append(tune(recall_kept, *args, **kwargs))
         return chosen[-1]
 
-    monkeypatch.setattr(lists_module._Lists, "_searched_nprobe", recording_rows)
-    monkeypatch.setattr(partitions, "searched_nprobe", recording_recalls)
+    monkeypatch.setattr(lists_module._Lists, "_searched_setting", recording_rows)
+    monkeypatch.setattr(partitions, "searched_setting", recording_recalls)
     data = clustered_vectors(6000, 24, seed=11)
     index = Index(24, partitions=64, metric=metric)
     index.add(data)
     query_rows = rows_seen[-1]
-    assert index.stats()["nprobe"] == chosen[-1][0] and measured
+    nprobe, oversample, _ = chosen[-1]
+    assert index.stats()["nprobe"] == nprobe and measured
+    assert index.stats()["oversample"] == max(oversample, index.oversample)
     stored = _stored(data, metric)
     ranked = reference_topk(stored, stored[query_rows], 11, metric)[1]
     truth = np.array([[r for r in row if r != own][:10] for row, own in zip(ranked, query_rows)])
-    for nprobe, value in measured.items():
-        found = index.search(stored[query_rows], k=11, nprobe=nprobe)[1]
+    for (n, factor), value in measured.items():
+        found = index.search(stored[query_rows], k=11, nprobe=n, oversample=factor)[1]
         public = recall(np.array([[r for r in row if r != own][:10]
                                   for row, own in zip(found, query_rows)]), truth)
-        assert abs(public - value) <= 0.003, (nprobe, public, value)
+        assert abs(public - value) <= 0.003, (n, factor, public, value)
 
 
-def test_tuned_nprobe_is_committed(tmp_path):
-    data = clustered_vectors(3000, 24, seed=12)
-    index = Index(24, partitions=32, path=tmp_path / "s")
+@settings(max_examples=40, deadline=None)
+@given(plateaus=st.lists(st.floats(0.5, 1.0), min_size=3, max_size=3),
+       oversample=st.integers(1, 12), limit=st.integers(1, 60))
+def test_searched_setting_raises_oversample_only_while_the_target_is_out_of_reach(
+        plateaus, oversample, limit):
+    """Recall reaches ``plateaus[i]`` (from 4 lists on) at the i-th oversample factor: the
+    first factor whose plateau reaches the target is kept, else the best (the smaller on a
+    tie), never above ``limit``."""
+    factors = partitions.SEARCH_OVERSAMPLE_FACTORS
+    by_candidates = {}
+    for factor, plateau in zip(factors, plateaus):
+        by_candidates.setdefault(min(limit, oversample * factor), plateau)
+
+    def recall_at(nprobe, candidates):
+        return by_candidates[candidates] if nprobe >= 4 else 0.5
+
+    nprobe, chosen, value = partitions.searched_setting(recall_at, 2, 100, oversample, limit)
+    tried = list(by_candidates)  # (distinct counts, in the order of the factors)
+    target = partitions.SEARCH_CALIBRATION_RECALL
+    reaching = [c for c in tried if by_candidates[c] >= target]
+    if reaching:
+        assert chosen == reaching[0] and nprobe == 4
+    else:
+        best = max(by_candidates.values())
+        assert chosen == min(c for c in tried if by_candidates[c] == best)
+    assert value == by_candidates[chosen] and chosen <= max(limit, oversample)
+
+
+def test_tuned_nprobe_is_committed(tmp_path, monkeypatch):
+    data = clustered_vectors(6000, 24, seed=11)  # (cosine: the tuning raises oversample)
+    index = Index(24, partitions=64, path=tmp_path / "s")
     index.add(data)
-    tuned = index.stats()["nprobe"]
+    tuned = index.stats()["nprobe"], index.stats()["oversample"]
+    assert tuned[1] > index.oversample
     index.close()
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["partitions"]["nprobe"] == tuned
-    assert Index.load(tmp_path / "s").stats()["nprobe"] == tuned
+    assert (manifest["partitions"]["nprobe"], manifest["partitions"]["oversample"]) == tuned
+    reopened = Index.load(tmp_path / "s")
+    assert (reopened.stats()["nprobe"], reopened.stats()["oversample"]) == tuned
+    monkeypatch.setattr(partitions, "TAIL_MIN_ROWS", 0)  # (200 rows then outgrow the tail)
+    reopened.add(clustered_vectors(200, 24, seed=12))
+    assert reopened._lists.sorted_end == 6200  # (the layout was rebuilt ...)
+    assert reopened.stats()["oversample"] == tuned[1]  # (... and kept the tuned oversample)
 
 
 def test_a_failed_tuning_keeps_the_lists_alone_count(monkeypatch):
@@ -410,7 +460,7 @@ def test_a_failed_tuning_keeps_the_lists_alone_count(monkeypatch):
     def failing(self, calibration):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(lists_module._Lists, "_searched_nprobe", failing)
+    monkeypatch.setattr(lists_module._Lists, "_searched_setting", failing)
     data = clustered_vectors(3000, 24, seed=12)
     index = Index(24, partitions=32)
     with pytest.warns(RuntimeWarning, match="tuning nprobe"):
@@ -423,18 +473,18 @@ def test_a_failed_tuning_commit_keeps_the_committed_count(tmp_path, monkeypatch)
     the files hold, so a reopen answers as before."""
     from vecpress.core.index import lists as lists_module
 
-    searched = lists_module._Lists._searched_nprobe
+    searched = lists_module._Lists._searched_setting
 
     def then_the_commit_fails(self, calibration):
-        layout, _ = searched(self, calibration)
+        layout, _, _ = searched(self, calibration)
 
         def failing(manifest):
             raise OSError("No space left on device")
 
         self._commit = failing  # (an instance attribute: removed below)
-        return layout, layout.nprobe % layout.n_lists + 1  # (a count other than the current)
+        return layout, layout.nprobe % layout.n_lists + 1, None  # (another count)
 
-    monkeypatch.setattr(lists_module._Lists, "_searched_nprobe", then_the_commit_fails)
+    monkeypatch.setattr(lists_module._Lists, "_searched_setting", then_the_commit_fails)
     index = Index(24, partitions=32, path=tmp_path / "s")
     with pytest.warns(RuntimeWarning, match="tuning nprobe"):
         index.add(clustered_vectors(3000, 24, seed=13))

@@ -93,17 +93,18 @@ def bench_index(index: Index, n_queries: int = 200, k: int = 10, seed: int = 0) 
     query_ids = ids[picked]
     queries = index.get(query_ids)  # ValueError when no originals are kept
     truth = _exact_top(index, ids, queries, query_ids, k)
-    runs = {}
-    for name, oversample in (("codes", 1), ("rerank", index.oversample)):
-        found, latency = _search(index, queries, query_ids, k, oversample)
-        runs[name] = (_recall(found, truth), latency)
     stats = index.stats()
+    oversample = stats["oversample"]  # (a search's default: the lists' when tuned above)
+    runs = {}
+    for name, factor in (("codes", 1), ("rerank", oversample)):
+        found, latency = _search(index, queries, query_ids, k, factor)
+        runs[name] = (_recall(found, truth), latency)
     sweep = []
     for nprobe in _nprobe_values(stats["nprobe"], stats["lists"]):
-        found, latency = _search(index, queries, query_ids, k, index.oversample, nprobe)
+        found, latency = _search(index, queries, query_ids, k, oversample, nprobe)
         sweep.append({"nprobe": nprobe, "recall": _recall(found, truth), "latency_ms": latency})
     return StoreBench(count=len(ids), dim=index.dim, queries=len(queries), k=k,
-                      oversample=index.oversample,
+                      oversample=oversample,
                       recall_codes=runs["codes"][0], recall_rerank=runs["rerank"][0],
                       latency_ms_codes=runs["codes"][1], latency_ms_rerank=runs["rerank"][1],
                       ram_bytes_per_vector=stats["ram_bytes_per_vector"] or 0.0,

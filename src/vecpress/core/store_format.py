@@ -39,6 +39,9 @@ TOP_KEYS = frozenset({"format", "format_version", "config", "codec", "generation
 OPTIONAL_TOP_KEYS = frozenset({"log", "partitions"})
 LOG_KEYS = frozenset({"file"})
 PARTITION_KEYS = frozenset({"lists", "nprobe", "trained_rows", "centroids"})
+#: optional: the rerank's candidates per hit the lists were tuned with, when the index's own
+#: ``oversample`` was too few for its codes (see ``partitions.searched_setting``)
+PARTITION_OPTIONAL_KEYS = frozenset({"oversample"})
 SEGMENT_KEYS = frozenset({"name", "rows", "files"})
 ENTRY_KEYS = frozenset({"file", "crc32", "shape", "dtype"})
 BLOCK_KEYS = frozenset({"block_rows", "block_crc32"})
@@ -280,9 +283,11 @@ def _check_partitions(manifest: dict[str, Any], where: Path, seen: set[str]) -> 
     a flat store has neither."""
     partitions = manifest.get("partitions")
     if partitions is not None:
-        _keys(partitions, where, "partitions", PARTITION_KEYS)
+        _keys(partitions, where, "partitions", PARTITION_KEYS, PARTITION_OPTIONAL_KEYS)
         lists = _int(partitions["lists"], where, "partitions.lists", 1, MAX_LISTS)
         _int(partitions["nprobe"], where, "partitions.nprobe", 1, lists)
+        if "oversample" in partitions:
+            _int(partitions["oversample"], where, "partitions.oversample", 1, MAX_OVERSAMPLE)
         _int(partitions["trained_rows"], where, "partitions.trained_rows", 0, MAX_ROWS)
         entry = _check_entry(partitions["centroids"], where, "partitions.centroids",
                              CENTROIDS_FILE, seen)

@@ -334,7 +334,8 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         """
         queries = as_matrix(queries, self.dim, "queries", allow_1d=True)
         k = as_positive_int(k, "k")
-        oversample = self.oversample if oversample is None else as_positive_int(oversample, "oversample")
+        if oversample is not None:
+            oversample = as_positive_int(oversample, "oversample")
         if nprobe is not None:
             nprobe = as_positive_int(nprobe, "nprobe")
         for_codes, full = self._prepare_vectors(queries, "queries")
@@ -344,6 +345,8 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         flt = _row_filter(snap.ids, mask)
         if n_rows == 0:
             return _empty_result(len(queries), k)
+        if oversample is None:  # (the lists' own when their tuning needed more)
+            oversample = self._default_oversample(snap.lists)
         candidates = min(k * oversample if self.rerank else k, n_rows)
         if snap.lists is None:
             scores, rows = snap.codec.scan(snap.codes, snap.factors, for_codes, candidates, flt)
@@ -408,7 +411,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
                     if self._path is not None else 0)
             return {"count": len(self), "dim": self.dim, "bits": self.bits,
                     "metric": self.metric, "codec": self._codec.name, "rerank": self.rerank,
-                    "oversample": self.oversample, "rows": self._ids.size,
+                    "oversample": self._default_oversample(lists), "rows": self._ids.size,
                     "deleted": self._ids.deleted, "code_bytes": self._codec.code_bytes(),
                     "ram_bytes": int(ram), "ram_fixed_bytes": int(fixed),
                     "ram_reserved_bytes": int(reserved),
@@ -523,6 +526,13 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         if not found.all():
             raise KeyError(f"ids not in the index: {wanted[~found][:10].tolist()}")
         return rows
+
+    def _default_oversample(self, lists: "ListLayout | None") -> int:
+        """Candidates per hit a search takes unless told: the lists' tuned count when their
+        tuning found the index's ``oversample`` too few for its codes, else the index's."""
+        if lists is not None and lists.oversample is not None:
+            return lists.oversample
+        return self.oversample
 
     def _rerank(self, originals: "_Blocks", queries: np.ndarray, rows: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:

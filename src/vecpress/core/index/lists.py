@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import clustering, partitions, storage
+from .. import clustering, partitions, storage, store_format
 from ..codecs import Codec, RowFilter
 from ..columns import _Growable, _row_filter, _Snapshot, _TiledCodes
 from ..partitions import Calibration, ListLayout
@@ -93,18 +93,23 @@ class _Lists:
         """Set the default ``nprobe`` of the lists just published through the search itself:
         the sampled rows of ``calibration`` are searched (their own row left out) with the
         codes and the rerank, and the smallest count whose recall reaches
-        ``partitions.SEARCH_CALIBRATION_RECALL`` is committed (see
-        :func:`partitions.searched_nprobe`). The lists alone cannot tell what the codes lose
-        (coarse codes need more lists, or no count is enough), nor how much margin their
-        count needs. A failure (of the searches or of the commit) keeps the lists-alone
-        count with a warning: the rows and the lists are committed already."""
+        ``partitions.SEARCH_CALIBRATION_RECALL`` is committed; when no count reaches it with
+        the index's ``oversample`` (codes too coarse for that many candidates), a larger
+        oversample that does is committed with it (see :func:`partitions.searched_setting`).
+        The lists alone cannot tell what the codes lose, nor how much margin their count
+        needs. A failure (of the searches or of the commit) keeps the lists-alone count with
+        a warning: the rows and the lists are committed already."""
         try:
-            layout, nprobe = self._searched_nprobe(calibration)
-            if layout is None or nprobe == layout.nprobe:
+            layout, nprobe, oversample = self._searched_setting(calibration)
+            if layout is None or (nprobe, oversample) == (layout.nprobe, layout.oversample):
                 return
             if self._path is not None:
                 manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
-                manifest["partitions"] = dict(manifest["partitions"], nprobe=nprobe)
+                entry = dict(manifest["partitions"], nprobe=nprobe)
+                entry.pop("oversample", None)
+                if oversample is not None:
+                    entry["oversample"] = oversample
+                manifest["partitions"] = entry
                 self._commit(manifest)
         except Exception as exc:  # (tuning is an optimisation: never lose the write to it)
             warnings.warn(f"vecpress: tuning nprobe by search failed ({exc!r}); the index keeps "
@@ -112,32 +117,35 @@ class _Lists:
             return
         with self._mutex:
             if self._lists is layout:
-                self._lists = dataclasses.replace(layout, nprobe=nprobe)
+                self._lists = dataclasses.replace(layout, nprobe=nprobe, oversample=oversample)
 
-    def _searched_nprobe(self, calibration: Calibration) -> tuple[ListLayout | None, int]:
-        """(the published layout, the nprobe its sampled rows' searches need). The rerank
-        reads the candidates' originals with ``pread`` (as the training sample is read), not
-        through the memory maps, which would pull whole blocks of a large store into the
-        process's resident memory."""
+    def _searched_setting(self, calibration: Calibration
+                          ) -> tuple[ListLayout | None, int, int | None]:
+        """(the published layout, the nprobe its sampled rows' searches need, and the
+        oversample they need when it is above the index's, else None). The rerank reads the
+        candidates' originals with ``pread`` (as the training sample is read), not through
+        the memory maps, which would pull whole blocks of a large store into the process's
+        resident memory."""
         snap = self._snapshot()
         layout = snap.lists
         if layout is None or not len(calibration.query_rows):
-            return layout, 0
+            return layout, 0, None
         for_codes, full = self._prepare_vectors(
             self._sampled_originals(calibration.query_rows), "kept originals")
         flt = _row_filter(snap.ids, None)
         k = partitions.CALIBRATION_K + 1  # (the query's own row is among its hits)
-        candidates = min(k * self.oversample, snap.ids.size)
         reader = _ReadRows(self)
 
-        def recall_at(nprobe: int) -> float:
+        def recall_at(nprobe: int, oversample: int) -> float:
+            candidates = min(k * oversample, snap.ids.size)
             _, rows = _scan_lists(snap, for_codes, candidates, flt, nprobe)
             _, rows = self._rerank(reader, full, rows, k)
             return calibration.search_recall(rows)
 
         lower = calibration.nprobe(layout.centroids, partitions.SEARCH_CALIBRATION_RECALL, 1.0)
-        nprobe, _ = partitions.searched_nprobe(recall_at, lower, layout.n_lists)
-        return layout, nprobe
+        nprobe, oversample, _ = partitions.searched_setting(
+            recall_at, lower, layout.n_lists, self.oversample, store_format.MAX_OVERSAMPLE)
+        return layout, nprobe, oversample if oversample > self.oversample else None
 
     def _persist_lists(self, plan: "_ListPlan", labels: np.ndarray) -> None:
         """Commit new centroids and a new lists file for every segment (nothing else)."""
@@ -190,15 +198,18 @@ class _Lists:
         """The manifest's ``partitions`` entry for ``plan``, its centroids written first."""
         centroids = storage.write_array(self._path, f"part-{gen:08d}-centroids.npy",
                                         plan.centroids, sync=self._sync)
-        return {"lists": len(plan.centroids), "nprobe": plan.nprobe,
-                "trained_rows": plan.trained_rows, "centroids": centroids}
+        entry = {"lists": len(plan.centroids), "nprobe": plan.nprobe,
+                 "trained_rows": plan.trained_rows, "centroids": centroids}
+        if plan.oversample is not None:
+            entry["oversample"] = plan.oversample
+        return entry
 
     def _kept_lists(self) -> "_ListPlan | None":
         """The current lists, unchanged (None while flat)."""
         if self._lists is None:
             return None
         return _ListPlan(centroids=self._lists.centroids, nprobe=self._lists.nprobe,
-                         trained_rows=self._trained_rows)
+                         trained_rows=self._trained_rows, oversample=self._lists.oversample)
 
     def _row_labels(self, rows: np.ndarray) -> np.ndarray:
         """The list number (int32) of each of ``rows`` of a partitioned index: the layout's
@@ -246,7 +257,7 @@ class _Lists:
             if n_rows - old.sorted_end <= partitions.tail_limit(n_rows):
                 return
             layout = ListLayout.build(old.centroids, self._codec_metric, old.nprobe,
-                                      self._row_labels(np.arange(n_rows)))
+                                      self._row_labels(np.arange(n_rows)), old.oversample)
             codes, factors = self._reordered(self._codes, self._factors, layout, old,
                                              self._codec)
             with self._mutex:
@@ -285,6 +296,7 @@ class _ListPlan:
     nprobe: int
     trained_rows: int
     calibration: Calibration | None = None
+    oversample: int | None = None  # (see ListLayout.oversample)
 
 
 

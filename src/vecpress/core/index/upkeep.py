@@ -226,7 +226,7 @@ class _Upkeep:
         layout = None
         if lists is not None:  # (ordered by list before the publish: searches go on)
             layout = ListLayout.build(lists.centroids, self._codec_metric, lists.nprobe,
-                                      ram.labels.view)
+                                      ram.labels.view, lists.oversample)
             ram.codes, ram.factors = self._reordered(ram.codes, ram.factors, layout, None, codec)
             ram.labels = _Growable((), np.int32)  # (the layout orders every row: no tail)
         with self._mutex:  # one publish: a search never pairs the new codec with old codes
