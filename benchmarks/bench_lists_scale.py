@@ -8,7 +8,8 @@ what #14 asks of it at 10M:
 - RAM per vector as the index accounts it (``stats()``);
 - peak resident memory of the process during the build: ``VmHWM`` (anonymous plus
   file-backed pages, the issue's measure), against the bound 2 x RAM + 2 GiB;
-- the lists, the default ``nprobe`` (tuned when the lists were trained) and the list sizes;
+- the lists, the default ``nprobe`` and ``oversample`` (tuned when the lists were trained)
+  and the list sizes;
 - recall@10 of ``--queries`` generated queries against a brute force streamed over the same
   vectors, and single-query p50 on one thread, at the default ``nprobe`` and a few others.
 
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
               "vectors_per_s": args.n / wall, "vectors_per_cpu_s": args.n / cpu,
               "ram_bytes": stats["ram_bytes"], "ram_bytes_per_vector": stats["ram_bytes"] / args.n,
               "build_memory": build_memory, "bound_bytes": 2 * stats["ram_bytes"] + 2 * GIB,
-              "lists": stats["lists"], "nprobe": default, "oversample": index.oversample,
+              "lists": stats["lists"], "nprobe": default, "oversample": stats["oversample"],
               "list_rows": f"{sizes.min():,} - {int(np.median(sizes)):,} - {sizes.max():,}",
               "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
