@@ -143,7 +143,7 @@ class ShardedCollection:
                                            self._names[start:start + per_actor]],
                                           settings, self._durability)
                             for start in range(0, len(self._names), per_actor)]
-            self._call_all("count", [()] * len(self._names))  # every shard opened
+            self._call_all("count")  # every shard opened
         except BaseException:
             self._stop_actors()
             self._release_lock()
@@ -334,13 +334,13 @@ class ShardedCollection:
     def clear(self) -> None:
         """Delete every document of every shard."""
         self._check_open()
-        self._call_all("clear", [()] * len(self._names))
+        self._call_all("clear")
 
     # ------------------------------------------------------------------ reads
     def count(self, where: Any = None) -> int:
         """Number of documents (matching ``where``, if given)."""
         filters_module.parse(where)
-        return sum(self._call_all("count", [(where,)] * len(self._names)))
+        return sum(self._call_all("count", where))
 
     def get(self, ids: Sequence[str] | None = None, *, where: Any = None,
             limit: int | None = None, offset: int = 0,
@@ -362,7 +362,7 @@ class ShardedCollection:
             found = {hit.id: hit for hits in self._call("get", calls).values() for hit in hits}
             ordered = [found[i] for i in dict.fromkeys(ids) if i in found]
             return ordered[offset:None if limit is None else offset + limit]
-        counts = self._call_all("count", [(where,)] * len(self._names))
+        counts = self._call_all("count", where)
         calls, skip, wanted = {}, offset, limit
         for s, count in enumerate(counts):
             if skip >= count:
@@ -450,7 +450,7 @@ class ShardedCollection:
             raise TypeError(f"params must be a RelevanceParams or None, got "
                             f"{type(params).__name__}")
         self._params = None  # read again from shard-0000 if a shard fails below
-        self._call_all("set_relevance_params", [(params,)] * len(self._names))
+        self._call_all("set_relevance_params", params)
         self._params = DEFAULT_PARAMS if params is None else params
 
     def calibrate(self, queries: Any, relevant_ids: Sequence[Sequence[str]], *, k: int = 10,
@@ -509,7 +509,7 @@ class ShardedCollection:
         :func:`~vecpress.distributed.results.merged_stats`: sizes and counts summed,
         ``ram_bytes_per_vector`` over all vectors) and each shard's own
         ``Collection.stats()`` under ``"shards"``."""
-        per_shard = self._call_all("stats", [()] * len(self._names))
+        per_shard = self._call_all("stats")
         info: dict[str, Any] = {"dim": self.dim, "metric": self.metric, "bits": self.bits,
                                 **merged_stats(per_shard)}
         info["shards"] = {name: s for name, s in zip(self._names, per_shard)}
@@ -612,9 +612,10 @@ class ShardedCollection:
             text.update(shard_text)
         return dense, text
 
-    def _call_all(self, method: str, args: list[tuple]) -> list[Any]:
-        answers = self._call(method, dict(enumerate(args)))
-        return [answers[s] for s in range(len(args))]
+    def _call_all(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every shard; their answers in shard order."""
+        answers = self._call(method, {s: args for s in range(len(self._names))})
+        return [answers[s] for s in range(len(self._names))]
 
     def _call(self, method: str, calls: dict[int, tuple], *,
               allow_partial: bool = False) -> dict[int, Any]:

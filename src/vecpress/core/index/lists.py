@@ -87,10 +87,11 @@ class _Lists:
         with self._mutex:  # (the layout orders every row: no tail, so no tail labels)
             self._codes, self._factors, self._labels = codes, factors, _Growable((), np.int32)
             self._lists, self._trained_rows = layout, plan.trained_rows
-        self._tune_nprobe(plan.calibration)
+        self._tune_search_defaults(plan.calibration)
 
-    def _tune_nprobe(self, calibration: Calibration) -> None:
-        """Set the default ``nprobe`` of the lists just published through the search itself:
+    def _tune_search_defaults(self, calibration: Calibration) -> None:
+        """Set the search defaults of the lists just published (``nprobe``, and ``oversample``
+        when the codes need more candidates) through the search itself:
         the sampled rows of ``calibration`` are searched (their own row left out) with the
         codes and the rerank, and the smallest count whose recall reaches
         ``partitions.SEARCH_CALIBRATION_RECALL`` is committed; when no count reaches it with

@@ -237,7 +237,7 @@ class _Upkeep:
             self._next_id = next_id
         if training:  # (the sample's rows were the source's: now they are the live rows')
             lists.calibration.renumber(live)
-            self._tune_nprobe(lists.calibration)
+            self._tune_search_defaults(lists.calibration)
 
 
 

@@ -3,10 +3,11 @@ estimated inner product into a score.
 
 Each code family has an inline score function, a serial ``*_task`` that scans the candidate
 items of the spans ``spans[span_lo:span_hi]`` (rows ``[start, stop)`` of an int64 (m, 2)
-array, not overlapping, scanned in the order given) for query ``q`` into one bounded heap, and a ``*_parallel``
-driver that runs ``n_queries * n_chunks`` tasks (each heap starts as its caller passes it:
-empty, all -inf and -1, or holding an earlier scan's best), task ``t = q * n_chunks + c`` scanning the
-spans ``span_offsets[t]:span_offsets[t + 1]`` into heap ``out_scores[q, c]``. A flat scan is
+array, not overlapping, scanned in the order given) for query ``q`` into one bounded heap,
+and a ``*_parallel`` driver that runs ``n_queries * n_chunks`` tasks (each heap starts as its
+caller passes it: empty, all -inf and -1, or holding an earlier scan's best), task
+``t = q * n_chunks + c`` scanning the spans ``span_offsets[t]:span_offsets[t + 1]`` into heap
+``out_scores[q, c]``. A flat scan is
 one span ``[0, n_items)``; a partitioned one scans a query's lists, which lie contiguous. One
 query over many rows uses several chunks (both cores); a batch uses one chunk per query. Small
 scans call the task directly: waking a thread pool costs more than they do, and far more when
