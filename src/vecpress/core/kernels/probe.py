@@ -14,18 +14,39 @@ from .heap import _heap_init, _heap_offer
 @njit(inline="always")
 def _nearest_lists(scores, n):
     """The indices of the ``n`` highest ``scores``, highest first (of equal scores, the lower
-    index): a bounded heap, O(lists log n), where sorting every list's score cost a query at
-    1,024 lists about as much as scanning a small list."""
+    index): a bounded heap finds the ``n``-th highest score, O(lists log n), where sorting
+    every list's score cost a query at 1,024 lists about as much as scanning a small list.
+    The lists are then the ones above that score and, of those equal to it, the lowest
+    indices: which of several equal scores the heap kept depends on the order it met them."""
     n = min(n, scores.shape[0])
     heap_s = np.empty(n, dtype=np.float64)
     heap_r = np.empty(n, dtype=np.int64)
     _heap_init(heap_s, heap_r)
     size = 0
-    for i in range(scores.shape[0]):  # (an equal score never displaces an earlier one)
+    for i in range(scores.shape[0]):
         size = _heap_offer(heap_s, heap_r, size, np.float64(scores[i]), i)
-    by_row = np.argsort(heap_r[:size])  # (ties: the lower index first, after the stable sort)
-    rows, values = heap_r[:size][by_row], heap_s[:size][by_row]
-    return rows[np.argsort(-values, kind="mergesort")]
+    picked = np.empty(size, dtype=np.int64)
+    if size == 0:
+        return picked
+    floor = heap_s[0]  # the n-th highest score
+    above = 0
+    for i in range(scores.shape[0]):
+        if np.float64(scores[i]) > floor:
+            above += 1
+    ties_left = size - above
+    filled = 0
+    for i in range(scores.shape[0]):  # index order, so the sort below keeps ties in it
+        value = np.float64(scores[i])
+        if value > floor or (value == floor and ties_left > 0):
+            if value == floor:
+                ties_left -= 1
+            picked[filled] = i
+            filled += 1
+    picked = picked[:filled]  # (fewer only if a score is NaN, which queries are checked for)
+    values = np.empty(filled, dtype=np.float64)
+    for j in range(filled):
+        values[j] = scores[picked[j]]
+    return picked[np.argsort(-values, kind="mergesort")]
 
 
 @njit(cache=True, nogil=True)
