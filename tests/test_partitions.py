@@ -230,7 +230,7 @@ def test_reader_refresh_sees_rows_added_to_a_partitioned_store(tmp_path):
 @pytest.mark.parametrize("damage", ["label_out_of_range", "lists_file_missing",
                                     "centroids_not_finite", "nprobe_above_lists",
                                     "oversample_zero", "oversample_huge", "oversample_text",
-                                    "unknown_key"])
+                                    "tuned_rows_negative", "tuned_rows_float", "unknown_key"])
 def test_damaged_partition_files_are_refused(tmp_path, damage):
     path = tmp_path / "s"
     index = Index(8, partitions=4, path=path)
@@ -251,6 +251,10 @@ def test_damaged_partition_files_are_refused(tmp_path, damage):
         manifest["partitions"]["oversample"] = 2 ** 40
     elif damage == "oversample_text":
         manifest["partitions"]["oversample"] = "12"
+    elif damage == "tuned_rows_negative":
+        manifest["partitions"]["tuned_rows"] = -1
+    elif damage == "tuned_rows_float":
+        manifest["partitions"]["tuned_rows"] = 1e300
     elif damage == "unknown_key":
         manifest["partitions"]["rerank_all"] = True
     else:
@@ -493,6 +497,115 @@ def test_a_failed_tuning_commit_keeps_the_committed_count(tmp_path, monkeypatch)
     index.close()
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["partitions"]["nprobe"] == held
+
+
+def test_search_defaults_are_tuned_again_as_the_index_grows(tmp_path, monkeypatch):
+    """Between trainings (fourfold growth) the defaults are tuned again at each 1.5-fold
+    growth; the live count they were tuned at is committed, so a reopen does not tune again,
+    and a compaction that keeps the lists keeps it."""
+    from vecpress.core.index import lists as lists_module
+
+    retuned = []
+    retune = lists_module._Lists._retune_search_defaults
+
+    def counting(self):
+        retuned.append(len(self))
+        return retune(self)
+
+    monkeypatch.setattr(lists_module._Lists, "_retune_search_defaults", counting)
+    data = clustered_vectors(6000, 24, seed=21)
+    path = tmp_path / "s"
+    index = Index(24, partitions=16, path=path)
+    index.add(data[:1000])
+    assert index._trained_rows == 1000 and not retuned
+    index.add(data[1000:1499])
+    assert not retuned
+    index.add(data[1499:1500])
+    assert retuned == [1500] and index._tuned_rows == 1500
+    index.add(data[1500:2300])
+    assert retuned == [1500, 2300]
+    index.close()
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["partitions"]["tuned_rows"] == 2300
+    assert manifest["partitions"]["trained_rows"] == 1000
+    reopened = Index.load(path)
+    assert reopened._tuned_rows == 2300
+    reopened.add(data[2300:2400])
+    assert retuned == [1500, 2300]
+    reopened.remove(np.arange(0, 2400, 2)[:1300])  # (over half removed: a compaction)
+    assert reopened._lists is not None and reopened._tuned_rows == 2300
+    reopened.close()
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["partitions"]["tuned_rows"] == 2300
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_a_retuning_s_reference_is_the_exact_top_k_when_its_search_is_wide(metric):
+    """With every list probed and candidates enough, the wide search a retuning takes as its
+    reference returns each sampled row's exact top 10 (its own row left out), as a numpy brute
+    force does, with the lists those rows are in."""
+    data = clustered_vectors(3000, 24, seed=22)
+    index = Index(24, partitions=8, metric=metric, bits=8)  # (fine codes, lists <= 8 * nprobe)
+    index.add(data)
+    index._lists = __import__("dataclasses").replace(index._lists, nprobe=1, oversample=64)
+    calibration = index._widely_searched_sample(index._ids.live_rows())
+    assert len(calibration.query_rows) == partitions.CALIBRATION_QUERIES
+    stored = _stored(data, metric)
+    rows = calibration.query_rows
+    ranked = reference_topk(stored, stored[rows], 11, metric)[1]
+    truth = np.array([[r for r in row if r != own][:10] for row, own in zip(ranked, rows)])
+    assert recall(calibration.best_rows, truth) >= 0.99
+
+    def scores(found):  # (rows swapped at near-ties change no score by more than float error)
+        vectors = stored[found]
+        if metric == "l2":
+            return -((vectors - stored[rows][:, None, :]) ** 2).sum(axis=2)
+        return np.einsum("qkd,qd->qk", vectors, stored[rows])
+
+    np.testing.assert_allclose(np.sort(scores(calibration.best_rows), axis=1),
+                               np.sort(scores(truth), axis=1), atol=1e-4)
+    np.testing.assert_array_equal(calibration.best_labels,
+                                  index._row_labels(calibration.best_rows.ravel()
+                                                    ).reshape(truth.shape))
+    assert calibration.search_recall(ranked) >= 0.99
+
+
+def test_calibration_from_neighbours_leaves_each_query_s_own_row_out():
+    found = np.array([[7, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11],  # own row first
+                      [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12],  # own row (0) not found
+                      [3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1]])  # padding
+    labels = found % 3
+    calibration = Calibration.from_neighbours(np.zeros((3, 2), np.float32),
+                                              np.array([7, 0, 4]), found, labels, "ip")
+    assert calibration.best_rows.tolist() == [
+        [1, 2, 3, 4, 5, 6, 8, 9, 10, 11], [1, 2, 3, 4, 5, 6, 8, 9, 10, 11],
+        [3, 5] + [-1] * 8]
+    assert ((calibration.best_labels == calibration.best_rows % 3)
+            | (calibration.best_rows < 0)).all()
+    assert (calibration.best_labels[calibration.best_rows < 0] == -1).all()
+    assert calibration.search_recall(found) == 1.0
+    assert calibration.search_recall(found[:, ::-1].copy()) < 1.0
+
+
+def test_a_failed_retuning_warns_and_waits_for_the_next_growth(monkeypatch):
+    from vecpress.core.index import lists as lists_module
+
+    def failing(self, live):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(lists_module._Lists, "_widely_searched_sample", failing)
+    data = clustered_vectors(2000, 24, seed=23)
+    index = Index(24, partitions=16)
+    index.add(data[:1000])
+    held = index.stats()["nprobe"]
+    with pytest.warns(RuntimeWarning, match="tuning nprobe"):
+        index.add(data[1000:1500])
+    assert index.stats()["nprobe"] == held and index._tuned_rows == 1500
+    import warnings as warnings_module
+    with warnings_module.catch_warnings():
+        warnings_module.simplefilter("error")
+        index.add(data[1500:1600])  # (no new try before 2,250 rows)
+    assert len(index) == 1600
 
 
 def test_layout_positions_round_trip():

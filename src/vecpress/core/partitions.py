@@ -82,6 +82,13 @@ SEARCH_PLATEAU = 0.001
 #: the target is reached: at 10M synthetic vectors with 1-bit codes recall stopped at 0.9745
 #: whatever the nprobe with 10 candidates a hit, and reached 0.998 with 20
 SEARCH_OVERSAMPLE_FACTORS = (1, 2, 4)
+#: between trainings the search defaults are tuned again each time the index has grown by this
+#: factor since they were: denser lists need more candidates from coarse codes (10M synthetic
+#: vectors, 1 bit, lists trained and tuned at 6.4M: recall 0.9915 there, 0.9745 at 10M)
+RETUNE_GROWTH = 1.5
+#: a retuning's reference neighbours come from a search this many times wider (nprobe and
+#: oversample) than the defaults it replaces: an exact pass would read every original
+RETUNE_TRUTH_WIDTH = 8
 #: the layout is rebuilt once the tail holds more than this fraction of the rows ...
 TAIL_FRACTION = 1 / 32
 #: ... and more than this many rows
@@ -450,6 +457,28 @@ class Calibration:
         out_columns[query[keep], rank[keep]] = column[keep]
         return out_scores, out_columns
 
+    @classmethod
+    def from_neighbours(cls, queries: np.ndarray, query_rows: np.ndarray, found: np.ndarray,
+                        labels: np.ndarray, metric: str) -> "Calibration":
+        """A calibration whose reference neighbours are given rather than observed: ``found``
+        ((queries, at least K + 1) rows, best first, -1 padding; each query's own row is left
+        out) in lists ``labels`` (same shape)."""
+        calibration = cls(queries, query_rows, metric)
+        found = np.asarray(found, dtype=np.int64)
+        order = calibration._own_row_last(found)
+        rows = np.take_along_axis(found, order, axis=1)[:, :CALIBRATION_K]
+        lists = np.take_along_axis(np.asarray(labels, np.int64), order, axis=1)[:, :CALIBRATION_K]
+        known = (rows >= 0) & (rows != calibration.query_rows[:, None])
+        calibration.best_rows = np.where(known, rows, -1)
+        calibration.best_labels = np.where(known, lists, -1)
+        calibration.best_scores = np.where(known, 0.0, -np.inf).astype(np.float32)
+        return calibration
+
+    def _own_row_last(self, found: np.ndarray) -> np.ndarray:
+        """The column order that moves each query's own row (if found) to the end of its
+        row of ``found``, the rest kept in order (a stable sort on "is own")."""
+        return np.argsort(found == self.query_rows[:, None], axis=1, kind="stable")
+
     def _exclude_own_rows(self, scores: np.ndarray, rows: np.ndarray) -> None:
         """A sample query is not its own neighbour: -inf where a column is the query's row."""
         order = np.argsort(rows, kind="stable")
@@ -487,10 +516,7 @@ class Calibration:
         ``found`` ((queries, at least K + 1) rows, best first, -1 padding): each query's own
         row is left out, then its first ``CALIBRATION_K`` are counted."""
         found = np.asarray(found, dtype=np.int64)
-        own = found == self.query_rows[:, None]
-        # (each row's own entry moved to the end: a stable sort on "is own")
-        kept = np.take_along_axis(found, np.argsort(own, axis=1, kind="stable"), axis=1)
-        kept = kept[:, :CALIBRATION_K]
+        kept = np.take_along_axis(found, self._own_row_last(found), axis=1)[:, :CALIBRATION_K]
         known = (self.best_rows >= 0) & np.isfinite(self.best_scores)  # (not padding)
         true = np.where(known, self.best_rows, -2)
         hits = (kept[:, :, None] == true[:, None, :]).any(axis=1)

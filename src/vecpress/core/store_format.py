@@ -40,8 +40,9 @@ OPTIONAL_TOP_KEYS = frozenset({"log", "partitions"})
 LOG_KEYS = frozenset({"file"})
 PARTITION_KEYS = frozenset({"lists", "nprobe", "trained_rows", "centroids"})
 #: optional: the rerank's candidates per hit the lists were tuned with, when the index's own
-#: ``oversample`` was too few for its codes (see ``partitions.searched_setting``)
-PARTITION_OPTIONAL_KEYS = frozenset({"oversample"})
+#: ``oversample`` was too few for its codes (see ``partitions.searched_setting``), and the
+#: live rows the search defaults were last tuned at when that was after the training
+PARTITION_OPTIONAL_KEYS = frozenset({"oversample", "tuned_rows"})
 SEGMENT_KEYS = frozenset({"name", "rows", "files"})
 ENTRY_KEYS = frozenset({"file", "crc32", "shape", "dtype"})
 BLOCK_KEYS = frozenset({"block_rows", "block_crc32"})
@@ -289,6 +290,8 @@ def _check_partitions(manifest: dict[str, Any], where: Path, seen: set[str]) -> 
         if "oversample" in partitions:
             _int(partitions["oversample"], where, "partitions.oversample", 1, MAX_OVERSAMPLE)
         _int(partitions["trained_rows"], where, "partitions.trained_rows", 0, MAX_ROWS)
+        if "tuned_rows" in partitions:
+            _int(partitions["tuned_rows"], where, "partitions.tuned_rows", 0, MAX_ROWS)
         entry = _check_entry(partitions["centroids"], where, "partitions.centroids",
                              CENTROIDS_FILE, seen)
         if len(entry["shape"]) != 2 or entry["shape"][0] != lists or entry["dtype"] != _FLOAT32:

@@ -121,6 +121,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         self._lists: ListLayout | None = None
         self._labels = _Growable((), np.int32)
         self._trained_rows = 0
+        self._tuned_rows = 0  # (live rows when the search defaults were last tuned)
         self._codes = self._new_code_store()
         self._factors = self._new_factor_store()
         self._ids = _IdColumn()

@@ -42,6 +42,13 @@ class _Lists:
             return live >= needed
         return live >= partitions.RETRAIN_GROWTH * max(1, self._trained_rows)
 
+    def _retune_due(self) -> bool:
+        """Whether the next upkeep tunes the search defaults again (the lists are kept): once
+        the index has grown ``partitions.RETUNE_GROWTH``-fold since they were tuned."""
+        if self._lists is None or not self.rerank:
+            return False
+        return len(self) >= partitions.RETUNE_GROWTH * max(1, self._tuned_rows)
+
     def _planned_lists(self, live: np.ndarray) -> "_ListPlan | None":
         """The lists a compaction of the ``live`` rows gives them: new centroids when
         training is due (trained on a sample of their originals), else the current ones."""
@@ -87,9 +94,56 @@ class _Lists:
         with self._mutex:  # (the layout orders every row: no tail, so no tail labels)
             self._codes, self._factors, self._labels = codes, factors, _Growable((), np.int32)
             self._lists, self._trained_rows = layout, plan.trained_rows
+            self._tuned_rows = plan.trained_rows
         self._tune_search_defaults(plan.calibration)
 
-    def _tune_search_defaults(self, calibration: Calibration) -> None:
+    def _retune_search_defaults(self) -> None:
+        """Tune the search defaults of the lists again as the index grows: sampled live rows
+        are searched as in a training's tuning, their reference neighbours found by a search
+        ``partitions.RETUNE_TRUTH_WIDTH`` times wider in nprobe and in oversample than the
+        current defaults (the exact neighbours would take a pass over every original). The
+        live count it was tuned at is committed with the result, so a reopen does not tune
+        again; a failure warns, and the next try waits for the next growth."""
+        live = self._ids.live_rows()
+        self._tuned_rows = len(live)
+        try:
+            calibration = self._widely_searched_sample(live)
+        except Exception as exc:  # (tuning is an optimisation: never lose the write to it)
+            _warn_tuning_failed(exc)
+            return
+        self._tune_search_defaults(calibration, tuned_rows=len(live))
+
+    def _widely_searched_sample(self, live: np.ndarray) -> Calibration:
+        """A :class:`Calibration` of ``CALIBRATION_QUERIES`` sampled ``live`` rows whose
+        reference neighbours are those of a search wider than the defaults (see
+        :meth:`_retune_search_defaults`)."""
+        snap = self._snapshot()
+        layout = snap.lists
+        rows = partitions.sample_rows(live, partitions.CALIBRATION_QUERIES,
+                                      self._config["seed"] + len(live))
+        for_codes, full = self._prepare_vectors(self._sampled_originals(rows), "kept originals")
+        width = partitions.RETUNE_TRUTH_WIDTH
+        nprobe = min(layout.n_lists, width * layout.nprobe)
+        oversample = min(store_format.MAX_OVERSAMPLE, width * self._default_oversample(layout))
+        found = self._sample_searched(snap, for_codes, full, nprobe, oversample)
+        labels = self._row_labels(np.maximum(found, 0).ravel()).reshape(found.shape)
+        return Calibration.from_neighbours(for_codes, rows, found, labels, self._codec_metric)
+
+    def _sample_searched(self, snap: _Snapshot, for_codes: np.ndarray, full: np.ndarray,
+                         nprobe: int, oversample: int) -> np.ndarray:
+        """The rows (best first, -1 padding) of the ``CALIBRATION_K + 1`` best hits of each
+        sampled query (one of them its own row) with ``nprobe`` lists and ``oversample``
+        candidates a hit. The rerank reads the candidates' originals with ``pread`` (as the
+        training sample is read), not through the memory maps, which would pull whole blocks
+        of a large store into the process's resident memory."""
+        k = partitions.CALIBRATION_K + 1
+        candidates = min(k * oversample, snap.ids.size)
+        _, rows = _scan_lists(snap, for_codes, candidates, _row_filter(snap.ids, None), nprobe)
+        _, rows = self._rerank(_ReadRows(self), full, rows, k)
+        return rows
+
+    def _tune_search_defaults(self, calibration: Calibration,
+                              tuned_rows: int | None = None) -> None:
         """Set the search defaults of the lists just published (``nprobe``, and ``oversample``
         when the codes need more candidates) through the search itself:
         the sampled rows of ``calibration`` are searched (their own row left out) with the
@@ -98,23 +152,29 @@ class _Lists:
         the index's ``oversample`` (codes too coarse for that many candidates), a larger
         oversample that does is committed with it (see :func:`partitions.searched_setting`).
         The lists alone cannot tell what the codes lose, nor how much margin their count
-        needs. A failure (of the searches or of the commit) keeps the lists-alone count with
-        a warning: the rows and the lists are committed already."""
+        needs. A failure (of the searches or of the commit) keeps the count the index had with
+        a warning: the rows and the lists are committed already. ``tuned_rows`` (a retuning)
+        is committed with the result, changed or not."""
         try:
             layout, nprobe, oversample = self._searched_setting(calibration)
-            if layout is None or (nprobe, oversample) == (layout.nprobe, layout.oversample):
+            unchanged = layout is None or (nprobe, oversample) == (layout.nprobe,
+                                                                   layout.oversample)
+            if unchanged and tuned_rows is None:
                 return
-            if self._path is not None:
+            if self._path is not None and layout is not None:
                 manifest = dict(self._manifest, generation=self._manifest["generation"] + 1)
                 entry = dict(manifest["partitions"], nprobe=nprobe)
                 entry.pop("oversample", None)
                 if oversample is not None:
                     entry["oversample"] = oversample
+                if tuned_rows is not None:
+                    entry["tuned_rows"] = tuned_rows
                 manifest["partitions"] = entry
                 self._commit(manifest)
         except Exception as exc:  # (tuning is an optimisation: never lose the write to it)
-            warnings.warn(f"vecpress: tuning nprobe by search failed ({exc!r}); the index keeps "
-                          f"the count its lists alone give", RuntimeWarning, stacklevel=3)
+            _warn_tuning_failed(exc)
+            return
+        if unchanged:
             return
         with self._mutex:
             if self._lists is layout:
@@ -123,25 +183,17 @@ class _Lists:
     def _searched_setting(self, calibration: Calibration
                           ) -> tuple[ListLayout | None, int, int | None]:
         """(the published layout, the nprobe its sampled rows' searches need, and the
-        oversample they need when it is above the index's, else None). The rerank reads the
-        candidates' originals with ``pread`` (as the training sample is read), not through
-        the memory maps, which would pull whole blocks of a large store into the process's
-        resident memory."""
+        oversample they need when it is above the index's, else None)."""
         snap = self._snapshot()
         layout = snap.lists
         if layout is None or not len(calibration.query_rows):
             return layout, 0, None
         for_codes, full = self._prepare_vectors(
             self._sampled_originals(calibration.query_rows), "kept originals")
-        flt = _row_filter(snap.ids, None)
-        k = partitions.CALIBRATION_K + 1  # (the query's own row is among its hits)
-        reader = _ReadRows(self)
 
         def recall_at(nprobe: int, oversample: int) -> float:
-            candidates = min(k * oversample, snap.ids.size)
-            _, rows = _scan_lists(snap, for_codes, candidates, flt, nprobe)
-            _, rows = self._rerank(reader, full, rows, k)
-            return calibration.search_recall(rows)
+            found = self._sample_searched(snap, for_codes, full, nprobe, oversample)
+            return calibration.search_recall(found)
 
         lower = calibration.nprobe(layout.centroids, partitions.SEARCH_CALIBRATION_RECALL, 1.0)
         nprobe, oversample, _ = partitions.searched_setting(
@@ -203,6 +255,8 @@ class _Lists:
                  "trained_rows": plan.trained_rows, "centroids": centroids}
         if plan.oversample is not None:
             entry["oversample"] = plan.oversample
+        if plan.tuned_rows is not None and plan.tuned_rows != plan.trained_rows:
+            entry["tuned_rows"] = plan.tuned_rows
         return entry
 
     def _kept_lists(self) -> "_ListPlan | None":
@@ -210,7 +264,8 @@ class _Lists:
         if self._lists is None:
             return None
         return _ListPlan(centroids=self._lists.centroids, nprobe=self._lists.nprobe,
-                         trained_rows=self._trained_rows, oversample=self._lists.oversample)
+                         trained_rows=self._trained_rows, oversample=self._lists.oversample,
+                         tuned_rows=self._tuned_rows)
 
     def _row_labels(self, rows: np.ndarray) -> np.ndarray:
         """The list number (int32) of each of ``rows`` of a partitioned index: the layout's
@@ -267,6 +322,11 @@ class _Lists:
 
 
 
+def _warn_tuning_failed(exc: Exception) -> None:
+    warnings.warn(f"vecpress: tuning nprobe by search failed ({exc!r}); the index keeps the "
+                  f"count it had", RuntimeWarning, stacklevel=4)
+
+
 def _positions(inverse: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Positions of ``rows`` under a layout whose :meth:`ListLayout.inverse` is ``inverse``
     (rows after the ones it orders keep their number)."""
@@ -298,6 +358,7 @@ class _ListPlan:
     trained_rows: int
     calibration: Calibration | None = None
     oversample: int | None = None  # (see ListLayout.oversample)
+    tuned_rows: int | None = None  # (live rows at the last tuning, when after the training)
 
 
 

@@ -127,6 +127,7 @@ class _Loading:
             centroids = _read_centroids(path, lists["centroids"], verify)
             self._labels.replace(np.concatenate(labels) if labels else np.zeros(0, np.int32))
             self._trained_rows = int(lists["trained_rows"])
+            self._tuned_rows = int(lists.get("tuned_rows", self._trained_rows))
             layout = ListLayout.build(centroids, self._codec_metric, int(lists["nprobe"]),
                                       self._labels.view, lists.get("oversample"))
             self._codes, self._factors = self._reordered(self._codes, self._factors, layout,

@@ -69,6 +69,9 @@ class _Upkeep:
                     self._upkeep_step(self._train_lists)
             else:
                 self._fold_tail()
+                if self._retune_due():
+                    with activity.step(f"tuning nprobe again at {live} rows"):
+                        self._retune_search_defaults()
 
     def _upkeep_step(self, step: Callable[[], None]) -> None:
         """Run a refit or a training: the write that triggered it is committed already, so a
@@ -234,6 +237,7 @@ class _Upkeep:
             ram.install(self, originals)
             self._lists = layout
             self._trained_rows = lists.trained_rows if lists is not None else 0
+            self._tuned_rows = 0 if lists is None else lists.tuned_rows or lists.trained_rows
             self._next_id = next_id
         if training:  # (the sample's rows were the source's: now they are the live rows')
             lists.calibration.renumber(live)
