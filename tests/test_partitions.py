@@ -570,6 +570,22 @@ def test_a_retuning_s_reference_is_the_exact_top_k_when_its_search_is_wide(metri
     assert calibration.search_recall(ranked) >= 0.99
 
 
+def test_sample_searches_in_small_batches_find_what_one_batch_finds(monkeypatch):
+    """The tuning searches its sampled rows a few at a time (bounded memory): the same rows
+    come back as from one batch."""
+    from vecpress.core.index import lists as lists_module
+
+    data = clustered_vectors(3000, 24, seed=24)
+    index = Index(24, partitions=8)
+    index.add(data)
+    snap = index._snapshot()
+    for_codes, full = index._prepare_vectors(data[:40], "queries")
+    whole = index._sample_searched(snap, for_codes, full, 3, 4)
+    monkeypatch.setattr(lists_module, "SAMPLE_SEARCH_ROWS", 7 * 11 * 4)  # 7 queries a batch
+    np.testing.assert_array_equal(index._sample_searched(snap, for_codes, full, 3, 4), whole)
+    assert whole.shape == (40, 11) and (whole >= 0).all()
+
+
 def test_calibration_from_neighbours_leaves_each_query_s_own_row_out():
     found = np.array([[7, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11],  # own row first
                       [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12],  # own row (0) not found

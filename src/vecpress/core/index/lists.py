@@ -23,6 +23,10 @@ from .upkeep import REENCODE_ROWS, _code_store
 #: second training took 1.9 CPU s row by row: about 14 us a ``pread``, against well under one
 #: for a row of a sequential read)
 DENSE_SAMPLE = 16
+#: the sampled queries of a tuning are searched a few at a time, so that their candidates'
+#: originals (float32, read for the rerank) stay under this many rows: all 512 queries of a
+#: retuning at once, 880 candidates each, raised a 10M build's peak memory by 320 MiB
+SAMPLE_SEARCH_ROWS = 32_768
 
 
 class _Lists:
@@ -138,9 +142,14 @@ class _Lists:
         of a large store into the process's resident memory."""
         k = partitions.CALIBRATION_K + 1
         candidates = min(k * oversample, snap.ids.size)
-        _, rows = _scan_lists(snap, for_codes, candidates, _row_filter(snap.ids, None), nprobe)
-        _, rows = self._rerank(_ReadRows(self), full, rows, k)
-        return rows
+        flt, reader = _row_filter(snap.ids, None), _ReadRows(self)
+        found = np.empty((len(for_codes), k), np.int64)
+        step = max(1, SAMPLE_SEARCH_ROWS // candidates)
+        for lo in range(0, len(for_codes), step):
+            hi = lo + step
+            _, rows = _scan_lists(snap, for_codes[lo:hi], candidates, flt, nprobe)
+            found[lo:hi] = self._rerank(reader, full[lo:hi], rows, k)[1]
+        return found
 
     def _tune_search_defaults(self, calibration: Calibration,
                               tuned_rows: int | None = None) -> None:
