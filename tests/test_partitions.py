@@ -545,9 +545,10 @@ def test_a_retuning_s_reference_is_the_exact_top_k_when_its_search_is_wide(metri
     reference returns each sampled row's exact top 10 (its own row left out), as a numpy brute
     force does, with the lists those rows are in."""
     data = clustered_vectors(3000, 24, seed=22)
-    index = Index(24, partitions=8, metric=metric, bits=8)  # (fine codes, lists <= 8 * nprobe)
+    index = Index(24, partitions=8, metric=metric, bits=8)  # (fine codes)
     index.add(data)
-    index._lists = __import__("dataclasses").replace(index._lists, nprobe=1, oversample=64)
+    nprobe = index._lists.n_lists // partitions.RETUNE_TRUTH_NPROBE  # (every list probed)
+    index._lists = __import__("dataclasses").replace(index._lists, nprobe=nprobe, oversample=32)
     calibration = index._widely_searched_sample(index._ids.live_rows())
     assert len(calibration.query_rows) == partitions.CALIBRATION_QUERIES
     stored = _stored(data, metric)

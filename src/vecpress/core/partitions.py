@@ -86,9 +86,11 @@ SEARCH_OVERSAMPLE_FACTORS = (1, 2, 4)
 #: factor since they were: denser lists need more candidates from coarse codes (10M synthetic
 #: vectors, 1 bit, lists trained and tuned at 6.4M: recall 0.9915 there, 0.9745 at 10M)
 RETUNE_GROWTH = 1.5
-#: a retuning's reference neighbours come from a search this many times wider (nprobe and
-#: oversample) than the defaults it replaces: an exact pass would read every original
-RETUNE_TRUTH_WIDTH = 8
+#: a retuning's reference neighbours come from a search with this many times the default
+#: nprobe and oversample (an exact pass would read every original). Its cost grows with
+#: both: at 900k rows 8x and 8x took 28 s, most of it scanning for 880 candidates a query
+RETUNE_TRUTH_NPROBE = 4
+RETUNE_TRUTH_OVERSAMPLE = 2
 #: the layout is rebuilt once the tail holds more than this fraction of the rows ...
 TAIL_FRACTION = 1 / 32
 #: ... and more than this many rows

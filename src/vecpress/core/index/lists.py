@@ -104,8 +104,8 @@ class _Lists:
     def _retune_search_defaults(self) -> None:
         """Tune the search defaults of the lists again as the index grows: sampled live rows
         are searched as in a training's tuning, their reference neighbours found by a search
-        ``partitions.RETUNE_TRUTH_WIDTH`` times wider in nprobe and in oversample than the
-        current defaults (the exact neighbours would take a pass over every original). The
+        wider in nprobe and in oversample than the current defaults (``RETUNE_TRUTH_*`` in
+        ``partitions``; the exact neighbours would take a pass over every original). The
         live count it was tuned at is committed with the result, so a reopen does not tune
         again; a failure warns, and the next try waits for the next growth."""
         live = self._ids.live_rows()
@@ -126,9 +126,9 @@ class _Lists:
         rows = partitions.sample_rows(live, partitions.CALIBRATION_QUERIES,
                                       self._config["seed"] + len(live))
         for_codes, full = self._prepare_vectors(self._sampled_originals(rows), "kept originals")
-        width = partitions.RETUNE_TRUTH_WIDTH
-        nprobe = min(layout.n_lists, width * layout.nprobe)
-        oversample = min(store_format.MAX_OVERSAMPLE, width * self._default_oversample(layout))
+        nprobe = min(layout.n_lists, partitions.RETUNE_TRUTH_NPROBE * layout.nprobe)
+        oversample = min(store_format.MAX_OVERSAMPLE,
+                         partitions.RETUNE_TRUTH_OVERSAMPLE * self._default_oversample(layout))
         found = self._sample_searched(snap, for_codes, full, nprobe, oversample)
         labels = self._row_labels(np.maximum(found, 0).ravel()).reshape(found.shape)
         return Calibration.from_neighbours(for_codes, rows, found, labels, self._codec_metric)
