@@ -458,13 +458,18 @@ def test_tuned_nprobe_is_committed(tmp_path, monkeypatch):
     assert reopened.stats()["oversample"] == tuned[1]  # (... and kept the tuned oversample)
 
 
-def test_a_failed_tuning_keeps_the_lists_alone_count(monkeypatch):
+def _make_fail(monkeypatch, method: str) -> None:
+    """``Index.<method>`` (a step of the tuning) raises MemoryError from now on."""
     from vecpress.core.index import lists as lists_module
 
-    def failing(self, calibration):
+    def failing(self, *args):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(lists_module._Lists, "_searched_setting", failing)
+    monkeypatch.setattr(lists_module._Lists, method, failing)
+
+
+def test_a_failed_tuning_keeps_the_lists_alone_count(monkeypatch):
+    _make_fail(monkeypatch, "_searched_setting")
     data = clustered_vectors(3000, 24, seed=12)
     index = Index(24, partitions=32)
     with pytest.warns(RuntimeWarning, match="tuning nprobe"):
@@ -605,12 +610,7 @@ def test_calibration_from_neighbours_leaves_each_query_s_own_row_out():
 
 
 def test_a_failed_retuning_warns_and_waits_for_the_next_growth(monkeypatch):
-    from vecpress.core.index import lists as lists_module
-
-    def failing(self, live):
-        raise MemoryError("no room")
-
-    monkeypatch.setattr(lists_module._Lists, "_widely_searched_sample", failing)
+    _make_fail(monkeypatch, "_widely_searched_sample")
     data = clustered_vectors(2000, 24, seed=23)
     index = Index(24, partitions=16)
     index.add(data[:1000])
