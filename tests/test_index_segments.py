@@ -233,8 +233,8 @@ def test_compaction_streams_without_materialising_originals(tmp_path, persistent
     index.add(data)
     index.remove(np.arange(0, 3000, 3))
     fetched = []
-    real_fetch = columns._Blocks.fetch
-    monkeypatch.setattr(columns._Blocks, "fetch",
+    real_fetch = columns._Blocks.fetch_sorted  # (fetch reads through it too)
+    monkeypatch.setattr(columns._Blocks, "fetch_sorted",
                         lambda self, rows: fetched.append(len(rows)) or real_fetch(self, rows))
     index.compact()
     index.save(tmp_path / "copy")
@@ -247,6 +247,25 @@ def test_compaction_streams_without_materialising_originals(tmp_path, persistent
     np.testing.assert_array_equal(copy.search(data[:5], k=3)[1], index.search(data[:5], k=3)[1])
     copy.close()
     index.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+       picks=st.lists(st.integers(0, 10_000), max_size=50))
+def test_blocks_fetch_reads_the_rows_of_the_concatenated_blocks(sizes, picks):
+    """``_Blocks.fetch`` (any order, repeats) and ``fetch_sorted`` (ascending) give float32
+    rows equal to indexing the blocks' concatenation."""
+    rng = np.random.default_rng(len(sizes))
+    parts = [rng.standard_normal((n, 3)).astype(np.float16) for n in sizes]
+    blocks = columns._Blocks()
+    for part in parts:
+        blocks.append(part)
+    whole = np.concatenate(parts).astype(np.float32)
+    rows = np.asarray(picks, dtype=np.int64) % len(whole)
+    fetched = blocks.fetch(rows)
+    assert fetched.dtype == np.float32
+    np.testing.assert_array_equal(fetched, whole[rows])
+    np.testing.assert_array_equal(blocks.fetch_sorted(np.sort(rows)), whole[np.sort(rows)])
 
 
 def test_merge_refuses_a_damaged_source_file(tmp_path):

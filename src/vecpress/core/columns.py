@@ -323,14 +323,21 @@ class _Blocks:
     def fetch(self, rows: np.ndarray) -> np.ndarray:
         """float32 originals of ``rows`` (any order), reading only those rows."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.blocks[0].shape[1]), dtype=np.float32)
         order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        edges = np.searchsorted(sorted_rows, self.starts + [self.rows])
+        out = np.empty((len(rows), self.blocks[0].shape[1]), dtype=np.float32)
+        out[order] = self.fetch_sorted(rows[order])
+        return out
+
+    def fetch_sorted(self, rows: np.ndarray) -> np.ndarray:
+        """float32 originals of ``rows`` (sorted ascending): each block's rows are one run of
+        the result, so a search's rerank makes one read per block it touches."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.blocks[0].shape[1]), dtype=np.float32)
+        edges = np.searchsorted(rows, self.starts + [self.rows]).tolist()
         for b, block in enumerate(self.blocks):
             lo, hi = edges[b], edges[b + 1]
             if lo < hi:
-                out[order[lo:hi]] = block[sorted_rows[lo:hi] - self.starts[b]]
+                out[lo:hi] = block[rows[lo:hi] - self.starts[b]]
         return out
 
     def span(self, start: int, stop: int) -> np.ndarray:

@@ -123,6 +123,11 @@ class SegmentCodec(Codec):
         self.sign_query_words = np.concatenate(
             [np.arange(self.seg_starts[s] // 64, self.seg_starts[s] // 64 + self.seg_words[s])
              for s in range(self.n_segments) if self.seg_bits[s]] or [np.zeros(0)]).astype(np.int64)
+        # per dimension, for the scan's query (the same for every query, so made once here)
+        widths = np.diff(self.seg_starts)
+        self._coded_dims = np.repeat(self.seg_bits > 0, widths)
+        self._dim_weight = np.repeat(self.seg_weight, widths)[None, :]
+        self._coded_fraction = float(np.sqrt(self._coded_dims.sum() / 6.0))
         for s in range(self.n_segments):
             for b in range(self.seg_bits[s] - 1):
                 self.plane_at[s, b] = at
@@ -355,18 +360,18 @@ class SegmentCodec(Codec):
         rotated, const = _rotated_queries(self, queries)
         seg_sums = np.add.reduceat(rotated.astype(np.float64), self.seg_starts[:-1], axis=1)
         quantized = _quantize_query(rotated, self.query_bits, self.words)
-        coded = np.repeat(self.seg_bits > 0, np.diff(self.seg_starts))
         prune = bool((self.seg_bits > 1).any())
         # the sign-plane pass: a 4-bit query weighted by the segments' scales, gathered in the
         # order of the rows' sign words
-        weighted = rotated * np.repeat(self.seg_weight, np.diff(self.seg_starts))[None, :]
+        weighted = rotated * self._dim_weight
         signs = _quantize_query(weighted, 4, self.words, dither=self.dither)
         sign_planes = np.ascontiguousarray(signs["planes"][:, self.sign_query_words, :])
         # the code's error and the query's (dithered) rounding error are independent: their
         # variances add
-        bound = self.PRUNE_EPSILON * np.hypot(
-            self.sign_sigma * np.linalg.norm(rotated[:, coded], axis=1),
-            0.5 * signs["step"] * np.sqrt(coded.sum() / 6.0))
+        coded_rotated = rotated[:, self._coded_dims]
+        bound = self.PRUNE_EPSILON * np.sqrt(
+            (self.sign_sigma ** 2) * np.einsum("qd,qd->q", coded_rotated, coded_rotated)
+            + (0.5 * signs["step"] * self._coded_fraction) ** 2)
         halves = factors.view(np.uint16)  # the float16 ratios, read bit by bit by the scan
         return run_scan("segments", codes, factors, flt, len(queries), k, halves,
                         quantized["planes"], quantized["step"], quantized["low"], seg_sums,

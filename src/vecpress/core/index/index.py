@@ -542,7 +542,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         unique = np.unique(rows[valid])
         if unique.size == 0:
             return _empty_result(len(queries), k)
-        vectors = originals.fetch(unique)
+        vectors = originals.fetch_sorted(unique)
         positions = np.searchsorted(unique, np.where(valid, rows, unique[0]))
         gathered = vectors[positions]  # (q, K, dim)
         scores = np.einsum("qkd,qd->qk", gathered, queries)
@@ -553,8 +553,8 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
             scores = np.clip(scores, -1.0, 1.0)  # float16 originals can overshoot by ~1e-4
         scores = np.where(valid, scores, -np.inf)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return (np.take_along_axis(scores, order, axis=1).astype(np.float32),
-                np.take_along_axis(rows, order, axis=1))
+        line = np.arange(len(rows))[:, None]
+        return scores[line, order].astype(np.float32), rows[line, order]
 
     def _append_originals(self, kept: np.ndarray) -> None:
         """In memory, originals grow in one array (on disk, _persist_add maps each segment)."""

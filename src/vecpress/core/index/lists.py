@@ -347,12 +347,12 @@ def _positions(inverse: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 class _ReadRows:
     """Originals of sorted rows read with ``pread`` (``Index._sampled_originals``): what
-    ``Index._rerank`` fetches from."""
+    ``Index._rerank`` fetches from (as it fetches from ``_Blocks``)."""
 
     def __init__(self, index: Any) -> None:
         self._index = index
 
-    def fetch(self, rows: np.ndarray) -> np.ndarray:
+    def fetch_sorted(self, rows: np.ndarray) -> np.ndarray:
         return self._index._sampled_originals(np.asarray(rows, dtype=np.int64))
 
 
