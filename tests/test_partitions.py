@@ -143,16 +143,18 @@ def test_adds_after_training_join_the_tail_then_the_lists():
     np.testing.assert_array_equal(found[:, 0], np.arange(2150, 2160))
 
 
-def test_lists_are_retrained_as_the_index_grows_fourfold():
+def test_lists_are_retrained_as_the_index_grows():
+    growth = partitions.RETRAIN_GROWTH
     data = clustered_vectors(5000, 16, seed=10)
     index = Index(16, partitions=4)
     index.add(data[:100])
     first = index._lists
     assert first is not None and index._trained_rows == 100
-    index.add(data[100:399])
+    index.add(data[100:100 * growth - 1])
     assert index._lists.centroids is first.centroids
-    index.add(data[399:400])
-    assert index._trained_rows == 400 and index._lists.centroids is not first.centroids
+    index.add(data[100 * growth - 1:100 * growth])
+    assert index._trained_rows == 100 * growth
+    assert index._lists.centroids is not first.centroids
 
 
 def test_training_draws_its_sample_per_list_and_rounds_by_work(monkeypatch):
@@ -166,9 +168,12 @@ def test_training_draws_its_sample_per_list_and_rounds_by_work(monkeypatch):
     monkeypatch.setattr(clustering, "train_centroids", recording)
     data = clustered_vectors(12_000, 16, seed=12)
     _partitioned(data, lists=16)
-    # trained on the first batch of 700 rows, retrained at 4x (2,800) and 16x (11,200) that:
-    # every row while there are at most 256 a list, then a sample of 256 a list
-    assert calls == [(700, 16, 20), (2800, 16, 20), (4096, 16, 20)]
+    # trained on the first batch of 700 rows, retrained at each RETRAIN_GROWTH-fold growth
+    # (batches of 700 reach each of those counts exactly): every row while there are at
+    # most 256 a list, then a sample of 256 a list
+    trained = [700 * partitions.RETRAIN_GROWTH ** i for i in range(8)]
+    expected = [(min(rows, 256 * 16), 16, 20) for rows in trained if rows <= 12_000]
+    assert len(expected) >= 3 and calls == expected
     assert partitions.training_iterations(partitions.MAX_TRAIN_ROWS, 4096) == 10
     assert partitions.training_iterations(131_072, 1024) == 20
 
@@ -505,10 +510,12 @@ def test_a_failed_tuning_commit_keeps_the_committed_count(tmp_path, monkeypatch)
 
 
 def test_search_defaults_are_tuned_again_as_the_index_grows(tmp_path, monkeypatch):
-    """Between trainings (fourfold growth) the defaults are tuned again at each 1.5-fold
-    growth; the live count they were tuned at is committed, so a reopen does not tune again,
-    and a compaction that keeps the lists keeps it."""
+    """Between trainings (here at fourfold growth) the defaults are tuned again at each
+    1.5-fold growth; the live count they were tuned at is committed, so a reopen does not
+    tune again, and a compaction that keeps the lists keeps it."""
     from vecpress.core.index import lists as lists_module
+
+    monkeypatch.setattr(partitions, "RETRAIN_GROWTH", 4)
 
     retuned = []
     retune = lists_module._Lists._retune_search_defaults

@@ -40,8 +40,12 @@ from .store_format import MAX_LISTS
 #: below this many rows ``partitions="auto"`` keeps the flat scan (see benchmarks/bench_partitions)
 AUTO_MIN_ROWS = 65_536
 #: a partitioned index is retrained (new centroids) once it holds this many times the rows it
-#: was trained on
-RETRAIN_GROWTH = 4
+#: was trained on. 4 let lists grow to about 4x their trained size before the next training:
+#: 1M synthetic vectors added 10k at a time were then searched with the 512 lists of 270k
+#: rows (0.9521 at 1.38 ms, nprobe 16); with 2 the lists are those of the last doubling
+#: (1,024 at 524k). The trainings cost more in all (each row is assigned about twice, not
+#: 1.33 times; see benchmarks/bench_lists_scale.py)
+RETRAIN_GROWTH = 2
 #: training rows drawn per list (and at most MAX_TRAIN_ROWS). 256 rows and 20 iterations
 #: against 64 and 10: the share of true top-10 in the 4 / 16 / 64 nearest lists rose from
 #: 0.774 / 0.923 / 0.985 to 0.798 / 0.936 / 0.988 on 100k WordNet glosses (256 lists) and

@@ -61,7 +61,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         seed: seed of the random rotation (and of the lists' training).
         partitions: ``"auto"`` (default): a flat scan of every code while the index is small,
             inverted lists once it holds ``partitions.AUTO_MIN_ROWS`` rows (about
-            sqrt(rows) lists, retrained as the index grows fourfold); an int: that many
+            sqrt(rows) lists, retrained each time the index doubles); an int: that many
             lists, trained once the index holds 16 rows per list; ``None``: always flat.
             Lists are trained from the kept originals, so they need ``rerank=True``.
         durability: what a returned write on disk survives. ``"full"`` (default): its files,

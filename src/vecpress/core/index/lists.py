@@ -35,7 +35,8 @@ class _Lists:
     # ------------------------------------------------------------------ internals: lists
     def _training_due(self) -> bool:
         """Whether the next upkeep trains the lists: the first time once the index is large
-        enough for its ``partitions`` setting, then each time it has grown fourfold."""
+        enough for its ``partitions`` setting, then each time it has grown
+        ``partitions.RETRAIN_GROWTH``-fold."""
         setting = self._config.get("partitions")
         if setting is None or not self.rerank:
             return False
@@ -74,8 +75,8 @@ class _Lists:
                          calibration=calibration)
 
     def _train_lists(self) -> None:
-        """Train new lists (the first time, or after fourfold growth) without renumbering a
-        row: every row's originals stream through once to get its list (and to calibrate
+        """Train new lists (the first time, or after ``RETRAIN_GROWTH``-fold growth) without
+        renumbering a row: every row's originals stream through once to get its list (and to calibrate
         nprobe), each segment gets a new lists file and the manifest commits; then the codes
         are reordered in RAM and published at once. Codes and originals are not rewritten,
         so searches (and a Collection's cached filter masks) are unaffected."""
