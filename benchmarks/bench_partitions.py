@@ -81,7 +81,7 @@ def _vecpress(base: np.ndarray, partitions: Any, add_batch: int = ADD_BATCH) -> 
     """An index on disk (its originals memory-mapped, RAM holds the codes) built by batches
     of ``add_batch`` rows (0: one call). Lists are trained when the index first holds
     enough rows and again each time it doubles, so a build by batches ends with the
-    lists of the last training (at 1M rows by 10k: trained at 270k, 512 lists), one call
+    lists of the last training (at 1M rows by 10k: trained at 524k, 1,024 lists), one call
     with the lists of its full size (1,024)."""
     import tempfile
 

@@ -263,7 +263,8 @@ TestDefaultCodecModel.settings = settings(max_examples=12, stateful_step_count=1
 
 class PartitionedCodecModel(DefaultCodecModel):
     """The same, partitioned into 4 lists: trained at 64 rows, retrained at each
-    ``RETRAIN_GROWTH``-fold growth, the tail of new rows folded into the lists, all through compactions and reopens.
+    ``RETRAIN_GROWTH``-fold growth, the tail of new rows folded into the lists, all through
+    compactions and reopens.
     The exhaustive search must probe every list (its candidates cover every row), and the
     default search still returns live ids with their exact scores."""
 

@@ -43,8 +43,9 @@ AUTO_MIN_ROWS = 65_536
 #: was trained on. 4 let lists grow to about 4x their trained size before the next training:
 #: 1M synthetic vectors added 10k at a time were then searched with the 512 lists of 270k
 #: rows (0.9521 at 1.38 ms, nprobe 16); with 2 the lists are those of the last doubling
-#: (1,024 at 524k). The trainings cost more in all (each row is assigned about twice, not
-#: 1.33 times; see benchmarks/bench_lists_scale.py)
+#: (1,024 at 524k): 0.9966 at 0.34 ms. The trainings cost more in all (each row is assigned
+#: about twice, not 1.33 times): a 10M build by adds of 100k took 514 s against 371 s
+#: (benchmarks/results/lists_scale_10000000*.md)
 RETRAIN_GROWTH = 2
 #: training rows drawn per list (and at most MAX_TRAIN_ROWS). 256 rows and 20 iterations
 #: against 64 and 10: the share of true top-10 in the 4 / 16 / 64 nearest lists rose from

@@ -76,10 +76,10 @@ class _Lists:
 
     def _train_lists(self) -> None:
         """Train new lists (the first time, or after ``RETRAIN_GROWTH``-fold growth) without
-        renumbering a row: every row's originals stream through once to get its list (and to calibrate
-        nprobe), each segment gets a new lists file and the manifest commits; then the codes
-        are reordered in RAM and published at once. Codes and originals are not rewritten,
-        so searches (and a Collection's cached filter masks) are unaffected."""
+        renumbering a row: every row's originals stream through once to get its list (and to
+        calibrate nprobe), each segment gets a new lists file and the manifest commits; then
+        the codes are reordered in RAM and published at once. Codes and originals are not
+        rewritten, so searches (and a Collection's cached filter masks) are unaffected."""
         live = self._ids.live_rows()
         plan = self._planned_lists(live)
         n_rows = self._ids.size
