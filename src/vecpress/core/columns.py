@@ -341,7 +341,7 @@ class _Blocks:
         return out
 
     def span(self, start: int, stop: int) -> np.ndarray:
-        return self.fetch(np.arange(start, stop))
+        return self.fetch_sorted(np.arange(start, stop))
 
     def frozen(self) -> "_Blocks":
         """A snapshot: appends to this object do not change it."""

@@ -127,7 +127,8 @@ class SegmentCodec(Codec):
         widths = np.diff(self.seg_starts)
         self._coded_dims = np.repeat(self.seg_bits > 0, widths)
         self._dim_weight = np.repeat(self.seg_weight, widths)[None, :]
-        self._coded_fraction = float(np.sqrt(self._coded_dims.sum() / 6.0))
+        #: the query's rounding error over the coded dimensions, in half steps
+        self._rounding_scale = float(np.sqrt(self._coded_dims.sum() / 6.0))
         for s in range(self.n_segments):
             for b in range(self.seg_bits[s] - 1):
                 self.plane_at[s, b] = at
@@ -371,7 +372,7 @@ class SegmentCodec(Codec):
         coded_rotated = rotated[:, self._coded_dims]
         bound = self.PRUNE_EPSILON * np.sqrt(
             (self.sign_sigma ** 2) * np.einsum("qd,qd->q", coded_rotated, coded_rotated)
-            + (0.5 * signs["step"] * self._coded_fraction) ** 2)
+            + (0.5 * signs["step"] * self._rounding_scale) ** 2)
         halves = factors.view(np.uint16)  # the float16 ratios, read bit by bit by the scan
         return run_scan("segments", codes, factors, flt, len(queries), k, halves,
                         quantized["planes"], quantized["step"], quantized["low"], seg_sums,

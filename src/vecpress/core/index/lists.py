@@ -236,7 +236,7 @@ class _Lists:
         block of the originals (and checksum it whole), leaving gigabytes of file pages in
         the process's resident memory (5 GB in a 10M build)."""
         if self._path is None:
-            return self._originals.fetch(rows)
+            return self._originals.fetch_sorted(rows)
         out = np.empty((len(rows), self.dim), np.float32)
         start = 0
         for segment in self._manifest["segments"]:
@@ -254,7 +254,7 @@ class _Lists:
             start = stop
         beyond = int(np.searchsorted(rows, start))  # rows of the row log, kept in RAM
         if beyond < len(rows):
-            out[beyond:] = self._originals.fetch(rows[beyond:])
+            out[beyond:] = self._originals.fetch_sorted(rows[beyond:])
         return out
 
     def _partitions_entry(self, gen: int, plan: "_ListPlan") -> dict[str, Any]:

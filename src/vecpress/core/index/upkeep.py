@@ -43,7 +43,7 @@ class _Upkeep:
             picked = np.random.default_rng(self._config["seed"]).choice(len(live), limit,
                                                                         replace=False)
             sample = live[np.sort(picked)]
-        codec.fit(self._code_vectors(self._originals.fetch(sample)))
+        codec.fit(self._code_vectors(self._originals.fetch_sorted(sample)))  # (rows ascending)
         return codec
 
     def _code_vectors(self, originals: np.ndarray) -> np.ndarray:
