@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vecpress import Index
-from vecpress.core import columns, segments, storage
+from vecpress.core import columns, kernels, segments, storage
 from vecpress.core.index import upkeep as upkeep_module
 from vecpress.core.index import writes as writes_module
 
@@ -266,6 +266,45 @@ def test_blocks_fetch_reads_the_rows_of_the_concatenated_blocks(sizes, picks):
     assert fetched.dtype == np.float32
     np.testing.assert_array_equal(fetched, whole[rows])
     np.testing.assert_array_equal(blocks.fetch_sorted(np.sort(rows)), whole[np.sort(rows)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+       picks=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 2)), max_size=50),
+       dtype=st.sampled_from([np.float16, np.float32]))
+def test_blocks_exact_scores_match_numpy_on_the_concatenated_blocks(sizes, picks, dtype):
+    """``_Blocks.exact_scores`` (sorted rows, repeats, each row with its own query) gives the
+    float64 inner products and squared norms numpy computes on the blocks' concatenation."""
+    rng = np.random.default_rng(len(sizes) + len(picks))
+    parts = [rng.standard_normal((n, 70)).astype(dtype) for n in sizes]
+    blocks = columns._Blocks()
+    for part in parts:
+        blocks.append(part)
+    whole = np.concatenate(parts).astype(np.float64)
+    queries = rng.standard_normal((3, 70)).astype(np.float32)
+    rows = np.array([row for row, _ in picks], dtype=np.int64) % len(whole)
+    query_of = np.array([query for _, query in picks], dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows, query_of = rows[order], query_of[order]
+    dots, squares = blocks.exact_scores(rows, queries, query_of)
+    np.testing.assert_allclose(dots, np.einsum("jd,jd->j", whole[rows], queries[query_of]),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(squares, np.einsum("jd,jd->j", whole[rows], whole[rows]),
+                               rtol=1e-12)
+
+
+def test_exact_scores_read_every_float16_value_as_numpy_does():
+    """The rerank kernel reads float16 originals by their bits: all 65,536 of them (zeros,
+    subnormals, infinities, NaNs) widen to numpy's float32 values."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    dots = np.empty(len(bits))
+    squares = np.empty(len(bits))
+    kernels.exact_scores(bits[:, None], np.arange(len(bits)), np.ones((1, 1), np.float32),
+                         np.zeros(len(bits), np.int64), dots, squares)
+    with np.errstate(invalid="ignore"):  # (numpy warns while widening NaNs)
+        expected = bits.view(np.float16).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(dots, expected)  # (NaNs compare equal here)
+    np.testing.assert_array_equal(squares, expected * expected)
 
 
 def test_merge_refuses_a_damaged_source_file(tmp_path):

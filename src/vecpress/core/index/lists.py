@@ -348,13 +348,21 @@ def _positions(inverse: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 class _ReadRows:
     """Originals of sorted rows read with ``pread`` (``Index._sampled_originals``): what
-    ``Index._rerank`` fetches from (as it fetches from ``_Blocks``)."""
+    ``Index._rerank`` scores from during a tuning (as it scores from ``_Blocks``)."""
 
     def __init__(self, index: Any) -> None:
         self._index = index
 
     def fetch_sorted(self, rows: np.ndarray) -> np.ndarray:
         return self._index._sampled_originals(np.asarray(rows, dtype=np.int64))
+
+    def exact_scores(self, rows: np.ndarray, queries: np.ndarray,
+                     query_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As ``_Blocks.exact_scores`` (rows sorted, repeats allowed), from rows read once."""
+        unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        vectors = self.fetch_sorted(unique)[inverse].astype(np.float64)
+        return (np.einsum("jd,jd->j", vectors, queries[query_of]),
+                np.einsum("jd,jd->j", vectors, vectors))
 
 
 @dataclass

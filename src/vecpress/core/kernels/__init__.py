@@ -4,8 +4,9 @@ Plain module-level functions on arrays, compiled once with ``cache=True``. They 
 user data and know nothing of documents or files: the Python layers validate before calling.
 One module per family: ``planes`` (bit-plane codes, ``rabitq``), ``segments`` (segment codes
 in tiles, ``saq``), ``bytes`` (``int8``/``fp8``), with the shared top-k heap in ``heap``, the
-LLVM intrinsics in ``intrinsics`` and the k-means loops in ``kmeans``. This package re-exports
-the names the codecs, the column store and the clustering use.
+LLVM intrinsics in ``intrinsics``, the k-means loops in ``kmeans`` and the rerank's exact
+scores in ``rerank``. This package re-exports the names the codecs, the column store and the
+clustering use.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .planes import (  # noqa: E402
     fit_levels, orthonormal_rows, pack_planes, pack_planes_parallel, quantize_planes,
     scan_planes_parallel, scan_planes_task, unpack_planes)
 from .probe import plan_one_query  # noqa: E402
+from .rerank import exact_scores  # noqa: E402
 from .segments import (  # noqa: E402
     TILE_ROWS, encode_segments, pack_segments, read_tiles, scan_segments_parallel,
     scan_segments_task, unpack_segments, write_tiles)
@@ -33,10 +35,9 @@ SCANS = {
     "segments": (scan_segments_task, scan_segments_parallel),
 }
 
-__all__ = ["SCANS", "TILE_ROWS", "cluster_sums", "encode_segments", "fit_levels",
-           "lower_nearest", "nearest_of_scores", "orthonormal_rows", "pack_planes",
-           "pack_planes_parallel", "pack_segments", "plan_one_query", "popcount64", "quantize_planes", "read_tiles",
-           "seed_gains",
-           "scan_bytes_parallel", "scan_bytes_task", "scan_planes_parallel", "scan_planes_task",
-           "scan_segments_parallel", "scan_segments_task", "unpack_planes", "unpack_segments",
-           "write_tiles"]
+__all__ = ["cluster_sums", "encode_segments", "exact_scores", "fit_levels", "lower_nearest",
+           "nearest_of_scores", "orthonormal_rows", "pack_planes", "pack_planes_parallel",
+           "pack_segments", "plan_one_query", "popcount64", "quantize_planes", "read_tiles",
+           "scan_bytes_parallel", "scan_bytes_task", "scan_planes_parallel",
+           "scan_planes_task", "scan_segments_parallel", "scan_segments_task", "SCANS",
+           "seed_gains", "TILE_ROWS", "unpack_planes", "unpack_segments", "write_tiles"]

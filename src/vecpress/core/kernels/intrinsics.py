@@ -1,4 +1,5 @@
-"""LLVM intrinsics the scans use: hardware popcount and a cache prefetch hint."""
+"""LLVM intrinsics the scans use: hardware popcount, a cache prefetch hint and the float16
+to float32 conversion."""
 
 from __future__ import annotations
 
@@ -47,5 +48,18 @@ def _prefetch(typingctx, array, i, j):
         builder.call(fn, [builder.bitcast(ptr, byte_ptr), _ir.Constant(i32, 0),
                           _ir.Constant(i32, 3), _ir.Constant(i32, 1)])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def half_to_float(typingctx, bits):
+    """The float32 value of a float16 given by its 16 bits (LLVM ``fpext half``: one
+    ``vcvtph2ps`` per 8 or 16 values on x86 with F16C). numba has no float16 type on the CPU,
+    and numpy's float16 -> float32 cast cost a rerank of 30 rows about 20 us."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
 
     return sig, codegen
