@@ -60,6 +60,36 @@ def test_heap_top_k_equals_sorting(scores, k):
     np.testing.assert_array_equal(scores[got_r[0][: len(expected)]], expected)
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), queries=st.integers(1, 3), chunks=st.integers(1, 3),
+       capacity=st.integers(1, 40), k=st.integers(1, 50))
+def test_merged_heaps_are_the_best_k_best_first(data, queries, chunks, capacity, k):
+    """Merging per-chunk heaps gives each query's best ``k`` scores best first, each with a
+    row that holds it (distinct rows; ties in any order), -1 rows for unfilled slots. A few
+    small heaps go through ``kernels.sorted_heaps``, which keeps ties in slot order exactly
+    as numpy's stable sort does."""
+    from vecpress.core.codecs.scanning import _sort_heaps
+
+    scores = data.draw(arrays(np.float32, (queries, chunks, capacity), elements=st.one_of(
+        st.sampled_from([-np.inf, 0.0, 0.5, 1.0]), st.floats(-10, 10, width=32))))
+    rows = np.arange(scores.size, dtype=np.int64).reshape(scores.shape)
+    flat_s, flat_r = scores.reshape(queries, -1), rows.reshape(queries, -1)
+    order = np.argsort(-flat_s, axis=1, kind="stable")[:, :min(k, flat_s.shape[1])]
+    want_s = np.take_along_axis(flat_s, order, axis=1)
+    want_r = np.where(np.isfinite(want_s), np.take_along_axis(flat_r, order, axis=1), -1)
+    got_s, got_r = _sort_heaps(scores, rows, k)
+    np.testing.assert_array_equal(got_s, want_s)
+    assert got_s.dtype == np.float32 and got_r.dtype == np.int64
+    for q in range(queries):
+        found = got_r[q][got_r[q] >= 0]
+        assert len(set(found.tolist())) == len(found)
+        np.testing.assert_array_equal(scores.ravel()[found], got_s[q][got_r[q] >= 0])
+        assert ((got_r[q] < 0) == ~np.isfinite(got_s[q])).all()
+    exact_s, exact_r = kernels.sorted_heaps(flat_s, flat_r, k)
+    np.testing.assert_array_equal(exact_s, want_s)
+    np.testing.assert_array_equal(exact_r, want_r)
+
+
 def _anisotropic(n: int, dim: int, seed: int) -> np.ndarray:
     """Clustered vectors with a decaying spectrum, like sentence embeddings."""
     return (clustered_vectors(n, dim, seed=seed) * np.linspace(2.0, 0.1, dim)).astype(np.float32)
@@ -133,6 +163,40 @@ def test_bit_allocation_is_the_cheapest_exact_spend(weights, bits, data):
     best = min(cost(a) for a in itertools.product(range(9), repeat=len(weights))
                if (np.array(a) * words).sum() == budget)
     assert cost(got) <= best + 1e-9 * max(1.0, best)
+
+
+@settings(max_examples=10, deadline=None)
+@given(bits=st.integers(1, 8), n_queries=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_prepared_queries_equal_their_numpy_steps(bits, n_queries, seed):
+    """``kernels.prepare_queries`` (one call per scan) gives what the scan's query steps give
+    in numpy: the quantized planes, per-segment sums, the dithered weighted sign-pass query
+    at the rows' sign words, its sum, and the prune margin of every query."""
+    from vecpress.core.codecs import _quantize_query
+
+    codec = SegmentCodec(192, bits, "ip")
+    codec.fit(_anisotropic(1500, 192, 5))
+    rotated = codec.rotate(clustered_vectors(n_queries, 192, seed=seed))
+    got = kernels.prepare_queries(
+        rotated, codec.seg_starts, codec._dim_weight, codec._coded_dims, codec.sign_query_words,
+        codec.dither, codec.query_bits, codec.words, codec.sign_sigma, codec._rounding_scale,
+        codec.PRUNE_EPSILON)
+    planes, step, low, seg_sums, sign_planes, sign_step, sign_low, sign_sum, bound = got
+    quantized = _quantize_query(rotated, codec.query_bits, codec.words)
+    weighted = rotated.astype(np.float64) * codec._dim_weight
+    signs = _quantize_query(weighted, 4, codec.words, dither=codec.dither)
+    coded = rotated[:, codec._coded_dims].astype(np.float64)
+    np.testing.assert_array_equal(planes, quantized["planes"])
+    np.testing.assert_array_equal(step, quantized["step"])
+    np.testing.assert_array_equal(low, quantized["low"])
+    np.testing.assert_allclose(seg_sums, np.add.reduceat(
+        rotated.astype(np.float64), codec.seg_starts[:-1], axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(sign_planes, signs["planes"][:, codec.sign_query_words, :])
+    np.testing.assert_array_equal(sign_step, signs["step"])
+    np.testing.assert_array_equal(sign_low, signs["low"])
+    np.testing.assert_allclose(sign_sum, weighted.sum(axis=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(bound, codec.PRUNE_EPSILON * np.sqrt(
+        codec.sign_sigma ** 2 * (coded ** 2).sum(axis=1)
+        + (0.5 * signs["step"] * codec._rounding_scale) ** 2), rtol=1e-12)
 
 
 def test_segment_factors_round_trip_through_float16():

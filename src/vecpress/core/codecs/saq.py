@@ -126,7 +126,9 @@ class SegmentCodec(Codec):
         # per dimension, for the scan's query (the same for every query, so made once here)
         widths = np.diff(self.seg_starts)
         self._coded_dims = np.repeat(self.seg_bits > 0, widths)
-        self._dim_weight = np.repeat(self.seg_weight, widths)[None, :]
+        self._dim_weight = np.repeat(self.seg_weight, widths).astype(np.float64)
+        #: whether the scan prunes by sign planes (not when no segment has more than 1 bit)
+        self._prunes = bool((self.seg_bits > 1).any())
         #: the query's rounding error over the coded dimensions, in half steps
         self._rounding_scale = float(np.sqrt(self._coded_dims.sum() / 6.0))
         for s in range(self.n_segments):
@@ -359,27 +361,17 @@ class SegmentCodec(Codec):
             raise ValueError(f"codes of shape {codes.shape} are not in the tiled layout this "
                              f"codec scans; pass codec.scan_layout(codes)")
         rotated, const = _rotated_queries(self, queries)
-        seg_sums = np.add.reduceat(rotated.astype(np.float64), self.seg_starts[:-1], axis=1)
-        quantized = _quantize_query(rotated, self.query_bits, self.words)
-        prune = bool((self.seg_bits > 1).any())
-        # the sign-plane pass: a 4-bit query weighted by the segments' scales, gathered in the
-        # order of the rows' sign words
-        weighted = rotated * self._dim_weight
-        signs = _quantize_query(weighted, 4, self.words, dither=self.dither)
-        sign_planes = np.ascontiguousarray(signs["planes"][:, self.sign_query_words, :])
-        # the code's error and the query's (dithered) rounding error are independent: their
-        # variances add
-        coded_rotated = rotated[:, self._coded_dims]
-        bound = self.PRUNE_EPSILON * np.sqrt(
-            (self.sign_sigma ** 2) * np.einsum("qd,qd->q", coded_rotated, coded_rotated)
-            + (0.5 * signs["step"] * self._rounding_scale) ** 2)
+        (planes, step, low, seg_sums, sign_planes, sign_step, sign_low, sign_sum,
+         bound) = kernels.prepare_queries(
+            rotated, self.seg_starts, self._dim_weight, self._coded_dims, self.sign_query_words,
+            self.dither, self.query_bits, self.words, float(self.sign_sigma),
+            self._rounding_scale, float(self.PRUNE_EPSILON))
+        prune = self._prunes
         halves = factors.view(np.uint16)  # the float16 ratios, read bit by bit by the scan
-        return run_scan("segments", codes, factors, flt, len(queries), k, halves,
-                        quantized["planes"], quantized["step"], quantized["low"], seg_sums,
-                        np.asarray(const, dtype=np.float64), self.seg_starts, self.seg_bits,
-                        self.plane_at, self.seg_mid, self.metric == "l2", self.l2_col, prune,
-                        sign_planes, signs["step"], signs["low"],
-                        weighted.sum(axis=1, dtype=np.float64), bound.astype(np.float64),
+        return run_scan("segments", codes, factors, flt, len(queries), k, halves, planes, step,
+                        low, seg_sums, np.asarray(const, dtype=np.float64), self.seg_starts,
+                        self.seg_bits, self.plane_at, self.seg_mid, self.metric == "l2",
+                        self.l2_col, prune, sign_planes, sign_step, sign_low, sign_sum, bound,
                         spans=spans)
 
     def query_step(self, queries: np.ndarray) -> np.ndarray:

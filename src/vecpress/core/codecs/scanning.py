@@ -180,11 +180,18 @@ def _thread_count() -> int:
     return max(1, int(get_num_threads()))
 
 
+#: heap slots per query up to which the heaps are merged by ``kernels.sorted_heaps``
+_FEW_SLOTS = 512
+
+
 def _sort_heaps(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-chunk heaps (..., chunks, K) into the best ``k`` per query, best first."""
     scores = scores.reshape(scores.shape[0], -1)
     rows = rows.reshape(rows.shape[0], -1)
     k = min(k, scores.shape[1])
+    if (scores.shape[1] <= min(4 * k, _FEW_SLOTS) and scores.dtype == np.float32
+            and rows.dtype == np.int64):  # (a search's heaps: one or a few, small)
+        return kernels.sorted_heaps(scores, rows, k)
     line = np.arange(scores.shape[0])[:, None]
     if scores.shape[1] > 4 * k:  # many chunks: the best k of each query first
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]

@@ -22,11 +22,12 @@ from .kmeans import cluster_sums, lower_nearest, nearest_of_scores, seed_gains  
 from .planes import (  # noqa: E402
     fit_levels, orthonormal_rows, pack_planes, pack_planes_parallel, quantize_planes,
     scan_planes_parallel, scan_planes_task, unpack_planes)
+from .heap import sorted_heaps  # noqa: E402
 from .probe import plan_one_query  # noqa: E402
 from .rerank import exact_scores  # noqa: E402
 from .segments import (  # noqa: E402
-    TILE_ROWS, encode_segments, pack_segments, read_tiles, scan_segments_parallel,
-    scan_segments_task, unpack_segments, write_tiles)
+    TILE_ROWS, encode_segments, pack_segments, prepare_queries, read_tiles,
+    scan_segments_parallel, scan_segments_task, unpack_segments, write_tiles)
 
 #: serial task and parallel driver of each code family
 SCANS = {
@@ -37,7 +38,8 @@ SCANS = {
 
 __all__ = ["cluster_sums", "encode_segments", "exact_scores", "fit_levels", "lower_nearest",
            "nearest_of_scores", "orthonormal_rows", "pack_planes", "pack_planes_parallel",
-           "pack_segments", "plan_one_query", "popcount64", "quantize_planes", "read_tiles",
-           "scan_bytes_parallel", "scan_bytes_task", "scan_planes_parallel",
-           "scan_planes_task", "scan_segments_parallel", "scan_segments_task", "SCANS",
-           "seed_gains", "TILE_ROWS", "unpack_planes", "unpack_segments", "write_tiles"]
+           "pack_segments", "plan_one_query", "popcount64", "prepare_queries",
+           "quantize_planes", "read_tiles", "scan_bytes_parallel", "scan_bytes_task",
+           "scan_planes_parallel", "scan_planes_task", "scan_segments_parallel",
+           "scan_segments_task", "SCANS", "seed_gains", "sorted_heaps", "TILE_ROWS",
+           "unpack_planes", "unpack_segments", "write_tiles"]

@@ -94,3 +94,34 @@ def _finish(ip, factors, row, metric_l2, l2_col, q_const):
     if metric_l2:
         return -(factors[row, l2_col] + q_const - 2.0 * ip)
     return ip + q_const
+
+
+@njit(cache=True, nogil=True)
+def sorted_heaps(scores, rows, k):
+    """The best ``k`` of each query's heaps (q, K), best first, of equal scores the earlier
+    slot first (numpy's stable sort; numba's "mergesort" argsort is not stable): float32
+    scores and int64 rows, -1 where a score is not finite (an unfilled slot). An insertion
+    into the best ``k`` so far, O(K k): for the few hundred slots of a search's heaps one
+    call costs what numpy's sort and gathers took in about 12 us a query."""
+    n, capacity = scores.shape
+    k = min(k, capacity)
+    out_scores = np.empty((n, k), dtype=np.float32)
+    out_rows = np.empty((n, k), dtype=np.int64)
+    best = np.empty(k, dtype=np.int64)
+    for q in range(n):
+        filled = 0
+        for slot in range(capacity):
+            value = scores[q, slot]
+            if filled == k and not value > scores[q, best[k - 1]]:
+                continue
+            at = min(filled, k - 1)  # (the last place is dropped when the list is full)
+            while at > 0 and value > scores[q, best[at - 1]]:
+                best[at] = best[at - 1]
+                at -= 1
+            best[at] = slot
+            filled = min(filled + 1, k)
+        for j in range(k):
+            value = scores[q, best[j]]
+            out_scores[q, j] = value
+            out_rows[q, j] = rows[q, best[j]] if np.isfinite(value) else _NO_ROW
+    return out_scores, out_rows
