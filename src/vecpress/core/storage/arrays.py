@@ -1,51 +1,23 @@
-"""Durable files for an index directory: ``.npy`` arrays with CRC32 checksums and a JSON manifest.
-
-The manifest is the single commit point. Array files are written (and fsynced) under names no
-manifest refers to yet; then the new manifest is written to a temporary file, fsynced and
-atomically renamed over the old one, and the directory is fsynced. A crash at any moment leaves
-either the old manifest or the new one, each naming complete files. Files that no manifest names
-are leftovers of an interrupted write and are removed when the store is next opened for writing;
-the files a commit replaced are removed by a later commit (``Index`` keeps them a little longer
-for readers that have just read the replaced manifest). With ``sync=False`` (an index's
-``durability="process"``) nothing is fsynced: the rename still makes a commit atomic for other
-processes and for ``kill -9``, and after a power loss the checksums refuse a manifest whose
-files did not reach the disk. Large files are written in chunks by
-:class:`ArrayWriter` and read back in chunks by :class:`RowReader`, so that copying a file never
-holds it whole in memory.
-
-A store directory is untrusted input (people download and share them). Every file in it is
-opened without following a symbolic link and without blocking, and must be a regular file;
-``.npy`` headers are parsed here and checked against the manifest and the file's size before
-anything is allocated or mapped; the manifest is size-capped before it is parsed. Nothing here
-uses pickle or ``np.load``. What the manifest may say is checked by
-:mod:`vecpress.core.store_format`.
-"""
+"""``.npy`` arrays of a store: headers parsed and checked before anything is allocated or
+mapped, CRC32 checksums (per file, and per block of rows for originals), whole-array reads and
+writes, chunked writes (:class:`ArrayWriter`) and reads (:class:`RowReader`), and the lazily
+checked rows of a mapped originals file (:class:`CheckedRows`)."""
 
 from __future__ import annotations
 
-import errno
 import io
-import json
 import math
 import os
-import stat
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-MANIFEST = "manifest.json"
-LOCK_FILE = "LOCK"
-FORMAT_NAME = "vecpress-index"
-#: 2: ``"tombstones"`` is a list of entries, each naming rows removed by one write (version 1
-#: stored one entry listing every removed row, or null; both are still read)
-FORMAT_VERSION = 2
-#: the version of a manifest that names a row log (``"log"``, see :mod:`vecpress.core.rowlog`)
-#: or partitions (``"partitions"``, see :mod:`vecpress.core.partitions`): older versions, which
-#: would miss the log's rows or the lists, refuse it; a store with neither stays version 2
-EXTENDED_FORMAT_VERSION = 3
+from .files import StoreCorruptedError, _one_line, create_new_file, open_regular_file
+
+
 #: rows per checksummed block of an originals file (``block_crc32`` in its manifest entry): a
 #: block is verified the first time a rerank reads from it
 ORIGINALS_BLOCK_ROWS = 4096
@@ -53,24 +25,6 @@ ORIGINALS_BLOCK_ROWS = 4096
 ARRAY_DTYPES = frozenset(np.dtype(t).str for t in
                          (np.uint8, np.uint64, np.int32, np.int64, np.float16, np.float32,
                           np.float64))
-#: a manifest larger than this is refused before it is parsed (one of a 100M-row store is
-#: well under 1 MB; parsing 8 MB takes about 0.4 s)
-MAX_MANIFEST_BYTES = 8 << 20
-#: JSON objects and arrays a manifest may hold (a segment needs eleven): bounds the memory
-#: that parsing a hostile manifest can take
-MAX_MANIFEST_CONTAINERS = 100_000
-
-_READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-               | getattr(os, "O_CLOEXEC", 0))
-_LOCK_FLAGS = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-               | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-_CREATE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                 | getattr(os, "O_CLOEXEC", 0))
-
-
-class StoreCorruptedError(ValueError):
-    """A file of the store is missing, truncated, does not match its checksum, or breaks a
-    rule of the store format (the message names the file and the rule)."""
 
 
 def checksum(array: np.ndarray) -> int:
@@ -87,113 +41,6 @@ def block_checksums(array: np.ndarray, block_rows: int = ORIGINALS_BLOCK_ROWS) -
     """
     return [checksum(array[start:start + block_rows])
             for start in range(0, len(array), block_rows)]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_files(directory: Path, names: Iterable[str]) -> None:
-    """fsync the files ``names`` of ``directory`` (those that exist), then the directory: what
-    was written without fsyncs (``sync=False``) becomes durable."""
-    for name in names:
-        try:
-            fd = open_regular_file(directory / name)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(directory)
-
-
-# ---------------------------------------------------------------------- opening files
-
-
-def open_regular_file(path: Path, flags: int = _READ_FLAGS) -> int:
-    """Open a file of a store as a file descriptor, refusing anything but a regular file.
-
-    Symbolic links are not followed and FIFOs do not block: either is refused at once with
-    a :class:`StoreCorruptedError` naming the file (``FileNotFoundError`` when it is absent).
-    """
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreCorruptedError(
-                f"{path}: is a symbolic link; the files of a store must be regular files in "
-                f"its directory (replace the link by the file it points to)") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
-            raise StoreCorruptedError(f"{path}: is not a regular file; the files of a store "
-                                      f"must be regular files (remove it)") from None
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise StoreCorruptedError(
-                f"{path}: is a {_file_kind(mode)}, not a regular file; the files of a store "
-                f"must be regular files (remove it)")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISREG, "regular file"), (stat.S_ISFIFO, "FIFO"),
-                       (stat.S_ISDIR, "directory"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return name
-    return "special file"
-
-
-def require_plain(path: Path, *, directory: bool = False) -> None:
-    """Refuse a link or special file at ``path`` (absence is fine), for entries of a store that
-    another library opens by name (SQLite follows links): checked just before it does."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(mode):
-        raise StoreCorruptedError(
-            f"{path}: is a symbolic link; the files of a store must be regular files in its "
-            f"directory (replace the link by what it points to)")
-    if not (stat.S_ISDIR(mode) if directory else stat.S_ISREG(mode)):
-        want = "a directory" if directory else "a regular file"
-        raise StoreCorruptedError(f"{path}: is a {_file_kind(mode)}, not {want}; remove it")
-
-
-def create_new_file(path: Path) -> int:
-    """Create ``path`` for writing (a file descriptor), never through a link.
-
-    Callers write names that no committed manifest refers to, so a file or link already at
-    that name is a leftover: it is unlinked first (unlink does not follow links), then the
-    file is created exclusively without following links.
-    """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except IsADirectoryError:
-        raise StoreCorruptedError(f"{path}: a directory stands where the store writes a file; "
-                                  f"remove it") from None
-    return os.open(path, _CREATE_FLAGS, 0o644)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
-# ---------------------------------------------------------------------- arrays
 
 
 def write_array(directory: Path, name: str, array: np.ndarray, *,
@@ -376,177 +223,6 @@ class CheckedRows:
                 f"{self.path}: block {block} (rows {start}-{stop - 1}) fails its checksum; "
                 f"the file is corrupted (restore the store from a copy)")
         self._verified[block] = True
-
-
-# ---------------------------------------------------------------------- manifest
-
-
-def write_manifest(directory: Path, manifest: dict[str, Any], *, sync: bool = True) -> None:
-    """Atomically replace the manifest (the commit point of every write). ``sync=False``
-    skips the fsyncs (of the file and of the directory): the rename is still atomic for
-    other processes, but after a power loss the old manifest may be back."""
-    temporary = directory / (MANIFEST + ".tmp")
-    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))  # (C encoder: fast)
-    with os.fdopen(create_new_file(temporary), "wb") as handle:
-        handle.write(text.encode("utf-8"))
-        handle.flush()
-        if sync:
-            os.fsync(handle.fileno())
-    os.replace(temporary, directory / MANIFEST)  # replaces a link there, never follows it
-    if sync:
-        fsync_dir(directory)
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """The parsed manifest of a store, opened like every store file (no links, no FIFOs) and
-    refused above :data:`MAX_MANIFEST_BYTES` before it is parsed. Its content is checked by
-    :func:`vecpress.core.store_format.validate_manifest`."""
-    path = directory / MANIFEST
-    try:
-        fd = open_regular_file(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{directory} holds no vecpress index ({MANIFEST} is missing); create one with "
-            f"Index(dim=..., path={str(directory)!r})") from None
-    with open(fd, "rb") as handle:
-        size = os.fstat(fd).st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise StoreCorruptedError(
-                f"{path}: is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may "
-                f"have; it is not a vecpress manifest")
-        raw = handle.read(MAX_MANIFEST_BYTES + 1)
-    manifest = _parse_json(raw, path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise StoreCorruptedError(f"{path}: not a vecpress index manifest")
-    version = manifest.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise StoreCorruptedError(f"{path}: format_version {version!r} is not a positive "
-                                  f"integer; the manifest is corrupted")
-    if version > EXTENDED_FORMAT_VERSION:
-        raise StoreCorruptedError(
-            f"{path}: format version {version!r} is newer than this vecpress supports "
-            f"({EXTENDED_FORMAT_VERSION}); upgrade vecpress to open it")
-    return manifest
-
-
-def _parse_json(raw: bytes, path: Path) -> Any:
-    containers = raw.count(b"{") + raw.count(b"[")
-    if containers > MAX_MANIFEST_CONTAINERS:
-        raise StoreCorruptedError(
-            f"{path}: holds {containers} JSON objects and arrays, more than the "
-            f"{MAX_MANIFEST_CONTAINERS} a manifest may have; it is not a vecpress manifest")
-    try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise StoreCorruptedError(f"{path}: not valid JSON ({_one_line(exc)})") from None
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number a manifest may hold")
-
-
-def tombstone_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The tombstone file entries of a manifest: ``tombstones`` is ``null``, one entry (as
-    format 1 first wrote it) or a list of entries."""
-    tombstones = manifest.get("tombstones")
-    if not tombstones:
-        return []
-    return list(tombstones) if isinstance(tombstones, list) else [tombstones]
-
-
-def manifest_files(manifest: dict[str, Any]) -> set[str]:
-    """Every file name a manifest refers to."""
-    names = {entry["file"] for entry in manifest.get("codec_files", {}).values()}
-    for segment in manifest.get("segments", []):
-        names.update(entry["file"] for entry in segment["files"].values())
-    names.update(entry["file"] for entry in tombstone_entries(manifest))
-    if manifest.get("partitions"):
-        names.add(manifest["partitions"]["centroids"]["file"])
-    if manifest.get("log"):
-        names.add(manifest["log"]["file"])
-    return names
-
-
-def remove_unreferenced(directory: Path, manifest: dict[str, Any]) -> None:
-    """Delete array files that the committed manifest does not name (interrupted writes)."""
-    remove_files_except(directory, manifest_files(manifest))
-
-
-def remove_files(directory: Path, names: Iterable[str]) -> None:
-    """Delete the files ``names`` of ``directory`` (those already gone are skipped)."""
-    for name in names:
-        try:
-            os.unlink(directory / name)
-        except (FileNotFoundError, IsADirectoryError):
-            pass
-
-
-def remove_files_except(directory: Path, keep: set[str]) -> None:
-    """Delete the ``.npy`` and ``.log`` files not named in ``keep``, and a leftover temporary
-    manifest."""
-    for path in directory.iterdir():
-        if ((path.suffix in (".npy", ".log") and path.name not in keep)
-                or path.name == MANIFEST + ".tmp"):
-            try:
-                path.unlink()
-            except (FileNotFoundError, IsADirectoryError):
-                pass  # gone already, or a directory: not something a write left behind
-
-
-def disk_bytes(directory: Path, manifest: dict[str, Any]) -> int:
-    total = os.lstat(directory / MANIFEST).st_size
-    for name in manifest_files(manifest):
-        try:
-            total += os.lstat(directory / name).st_size
-        except FileNotFoundError:
-            pass
-    return total
-
-
-class StoreLockedError(RuntimeError):
-    """The store is open for writing elsewhere (its directory lock is held)."""
-
-
-class DirectoryLock:
-    """An exclusive advisory lock so that only one process writes a store at a time.
-
-    ``LOCK`` is created or opened without following a link and must be a regular file, so
-    a link planted there cannot make the store create or touch a file elsewhere.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        import fcntl
-
-        self._fd: int | None = open_regular_file(directory / LOCK_FILE, _LOCK_FLAGS)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            self.release()
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise StoreLockedError(
-                    f"{directory} is already open for writing (by another process, or by a "
-                    f"store in this one that was not closed); close that one, or open with "
-                    f"read_only=True to search it meanwhile") from None
-            raise
-
-    def release(self) -> None:
-        """Release the lock (idempotent)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def lock_new_directory(path: Path, kind: str) -> DirectoryLock:
-    """Make ``path`` (new, or an empty directory) the home of a new store of ``kind`` and hold
-    its write lock. Refuses a file, and a directory that holds anything but a lock, before
-    anything is written there."""
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"path={str(path)!r} is a file; give a directory")
-    if path.exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
-        raise FileExistsError(f"path={str(path)!r} is a non-empty directory that holds no "
-                              f"{kind}; choose a new or empty directory")
-    path.mkdir(parents=True, exist_ok=True)
-    return DirectoryLock(path)
 
 
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
