@@ -128,6 +128,36 @@ def test_quantized_rerank_reaches_floor_from_error_bound(bits, metric, codec):
     assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
+@pytest.mark.parametrize("rerank", [True, False])
+def test_a_reranking_index_prunes_its_scan_with_the_reranked_margin(rerank, monkeypatch,
+                                                                   tmp_path):
+    """With the exact rerank after it, the segment scan prunes with the codec's
+    RERANKED_PRUNE_EPSILON; without it (its estimates are the answer) with PRUNE_EPSILON.
+    The setting survives a refit (which works on a copy of the codec) and a reopen."""
+    from vecpress.core import kernels
+    from vecpress.core.codecs.saq import SegmentCodec
+
+    margins = []
+    real = kernels.prepare_queries
+
+    def spy(*args):
+        margins.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(kernels, "prepare_queries", spy)
+    expected = SegmentCodec.RERANKED_PRUNE_EPSILON if rerank else SegmentCodec.PRUNE_EPSILON
+    assert SegmentCodec.RERANKED_PRUNE_EPSILON < SegmentCodec.PRUNE_EPSILON
+    data = _anisotropic(2500, 128, seed=4)
+    index = Index(128, bits=4, rerank=rerank, path=tmp_path / "store")
+    index.add(data[:500])
+    index.add(data[500:])  # past the refit threshold: a new fit on a copy of the codec
+    assert index._codec.fit_rows == (2500 if rerank else 500)
+    index.search(data[:3], k=5)
+    index.close()
+    Index.load(tmp_path / "store").search(data[:3], k=5)
+    assert margins == [expected, expected]
+
+
 @pytest.mark.parametrize("bits", [1, 4, 8])
 def test_quantized_recall_on_clustered_data(bits):
     """A sanity floor on hard synthetic clusters (neighbours nearly tied), measured with a

@@ -114,6 +114,8 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         self._codec: Codec = make_codec(config["codec"], code_dim, self.bits, codec_metric,
                                         **options)
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
+        if self.rerank and hasattr(self._codec, "reranked"):
+            self._codec.reranked = True  # (its scan may prune harder: see SegmentCodec)
         self._codec_metric = codec_metric
         #: partitioned: the lists (None while flat; they hold the list number of every row
         #: they order) and the list numbers of the tail's rows, those after the layout's
