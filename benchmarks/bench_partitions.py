@@ -24,6 +24,7 @@ generator (fitted to this corpus's spectrum, clusters and nearest-neighbour simi
 vectors; it proves nothing about real text. Writes ``partitions_synthetic_<N>.*``.
 
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions                 # about 5 minutes
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --repeat 3      # medians of 3 runs
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --crossover 25000 50000 100000
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --synthetic 1000000 --no-hnswlib
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_partitions --synthetic 1000000 --no-hnswlib --add-batch 0
@@ -219,6 +220,19 @@ def crossover(base: np.ndarray, queries: np.ndarray, sizes: list[int],
     return out
 
 
+def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The first run's rows, each with the median of the runs' p50 latencies (every run
+    measures the same methods and settings in the same order) and the runs' p50s beside it."""
+    rows = []
+    for same in zip(*runs):
+        row = dict(same[0])
+        row["p50_ms"] = float(np.median([r["p50_ms"] for r in same]))
+        if len(same) > 1:
+            row["p50_ms_runs"] = [r["p50_ms"] for r in same]
+        rows.append(row)
+    return rows
+
+
 def markdown(rows: list[dict[str, Any]], cross: list[dict[str, Any]], header: str) -> str:
     lines = [header, "",
              "| method | lists | nprobe | recall@10 | p50 ms (1 thread) | build s | RAM B/vector |",
@@ -277,9 +291,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--add-batch", type=int, default=ADD_BATCH, metavar="ROWS",
                         help="vecpress adds the vectors this many at a time (0: in one call, "
                              "so its lists are trained at the full size)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="measure N times and report each row's median p50 (a noisy "
+                             "machine's medians move 10-20%% between runs)")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the plot from the --out folder's partitions.json")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: give 1 or more runs")
     if args.replot:
         saved = json.loads((args.out / "partitions.json").read_text())
         plot(saved["rows"], saved["header"][:110] + "...",
@@ -310,8 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     header += ("; vecpress added the vectors in one call" if not args.add_batch else
                f"; vecpress added the vectors {args.add_batch:,} at a time")
     truth = ground_truth(base, queries, K, "cosine")[1]
-    rows = measure(base, queries, truth, args.latency_queries, hnsw=not args.no_hnswlib,
-                   add_batch=args.add_batch)
+    runs = [measure(base, queries, truth, args.latency_queries, hnsw=not args.no_hnswlib,
+                    add_batch=args.add_batch) for _ in range(args.repeat)]
+    rows = median_rows(runs)
+    if args.repeat > 1:
+        header += f"; p50 ms: the median of {args.repeat} runs (builds included)"
     cross = crossover(base, queries, args.crossover, args.latency_queries)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.md").write_text(markdown(rows, cross, header))

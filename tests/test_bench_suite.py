@@ -98,3 +98,19 @@ def test_quick_suite_writes_a_row_for_every_method(tmp_path):
         assert len(points) >= 4 and all(knob in p and 0 <= p["recall@10"] <= 1 for p in points)
     slow = rows["LangChain InMemoryVectorStore"]
     assert slow["slow"] and slow["queries"] == 4 and slow["batch_qps"] is None
+
+
+def test_partitions_bench_reports_each_rows_median_over_runs():
+    """``bench_partitions --repeat``: each row keeps the first run's fields and the median of
+    the runs' p50s (odd and even counts), with every run's p50 beside it."""
+    from benchmarks.bench_partitions import median_rows
+
+    runs = [[{"method": "a", "nprobe": 4, "p50_ms": p50, "recall@10": 0.9},
+             {"method": "b", "nprobe": 8, "p50_ms": 10 * p50, "recall@10": 0.8}]
+            for p50 in (3.0, 1.0, 2.0, 7.0)]
+    three = median_rows(runs[:3])
+    assert [r["p50_ms"] for r in three] == [2.0, 20.0]
+    assert three[0]["p50_ms_runs"] == [3.0, 1.0, 2.0]
+    assert [r["method"] for r in three] == ["a", "b"] and three[1]["recall@10"] == 0.8
+    assert [r["p50_ms"] for r in median_rows(runs)] == [2.5, 25.0]
+    assert "p50_ms_runs" not in median_rows(runs[:1])[0]
