@@ -88,6 +88,7 @@ def test_merged_heaps_are_the_best_k_best_first(data, queries, chunks, capacity,
     exact_s, exact_r = kernels.sorted_heaps(flat_s, flat_r, k)
     np.testing.assert_array_equal(exact_s, want_s)
     np.testing.assert_array_equal(exact_r, want_r)
+    assert kernels.sorted_heaps(flat_s, flat_r, 0)[0].shape == (queries, 0)
 
 
 def _anisotropic(n: int, dim: int, seed: int) -> np.ndarray:

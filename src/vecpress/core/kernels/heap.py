@@ -104,11 +104,11 @@ def sorted_heaps(scores, rows, k):
     into the best ``k`` so far, O(K k): for the few hundred slots of a search's heaps one
     call costs what numpy's sort and gathers took in about 12 us a query."""
     n, capacity = scores.shape
-    k = min(k, capacity)
+    k = max(0, min(k, capacity))
     out_scores = np.empty((n, k), dtype=np.float32)
     out_rows = np.empty((n, k), dtype=np.int64)
     best = np.empty(k, dtype=np.int64)
-    for q in range(n):
+    for q in range(n if k > 0 else 0):
         filled = 0
         for slot in range(capacity):
             value = scores[q, slot]
