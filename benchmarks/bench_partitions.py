@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                              "so its lists are trained at the full size)")
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="measure N times and report each row's median p50 (a noisy "
-                             "machine's medians move 10-20%% between runs)")
+                             "machine's p50s can differ by 20-80%% between runs)")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the plot from the --out folder's partitions.json")
     args = parser.parse_args(argv)
