@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 from copy import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -333,11 +333,8 @@ class _Blocks:
         the result, so a search's rerank makes one read per block it touches."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.blocks[0].shape[1]), dtype=np.float32)
-        edges = np.searchsorted(rows, self.starts + [self.rows]).tolist()
-        for b, block in enumerate(self.blocks):
-            lo, hi = edges[b], edges[b + 1]
-            if lo < hi:
-                out[lo:hi] = block[rows[lo:hi] - self.starts[b]]
+        for block, lo, hi, local in self._runs(rows):
+            out[lo:hi] = block[local]
         return out
 
     def exact_scores(self, rows: np.ndarray, queries: np.ndarray,
@@ -348,17 +345,22 @@ class _Blocks:
         rows = np.asarray(rows, dtype=np.int64)
         dots = np.empty(len(rows), dtype=np.float64)
         squares = np.empty(len(rows), dtype=np.float64)
+        for block, lo, hi, local in self._runs(rows):
+            array = block.checked_array(local) if hasattr(block, "checked_array") else block
+            if array.dtype == np.float16:
+                array = array.view(np.uint16)  # (the kernel reads float16 by its bits)
+            kernels.exact_scores(array, local, queries, query_of[lo:hi], dots[lo:hi],
+                                 squares[lo:hi])
+        return dots, squares
+
+    def _runs(self, rows: np.ndarray) -> Iterator[tuple[Any, int, int, np.ndarray]]:
+        """For sorted int64 ``rows``: ``(block, lo, hi, local)`` for each block they touch,
+        ``rows[lo:hi]`` being its rows and ``local`` their positions within it."""
         edges = np.searchsorted(rows, self.starts + [self.rows]).tolist()
         for b, block in enumerate(self.blocks):
             lo, hi = edges[b], edges[b + 1]
             if lo < hi:
-                local = rows[lo:hi] - self.starts[b]
-                array = block.checked_array(local) if hasattr(block, "checked_array") else block
-                if array.dtype == np.float16:
-                    array = array.view(np.uint16)  # (the kernel reads float16 by its bits)
-                kernels.exact_scores(array, local, queries, query_of[lo:hi], dots[lo:hi],
-                                     squares[lo:hi])
-        return dots, squares
+                yield block, lo, hi, rows[lo:hi] - self.starts[b]
 
     def span(self, start: int, stop: int) -> np.ndarray:
         return self.fetch_sorted(np.arange(start, stop))

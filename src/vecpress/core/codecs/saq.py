@@ -84,7 +84,8 @@ class SegmentCodec(Codec):
     N_SCALES = 3
 
     def __init__(self, dim: int, bits: int, metric: str, *, seed: int = 0,
-                 query_bits: int | None = None, coded_factors: bool = False) -> None:
+                 query_bits: int | None = None, coded_factors: bool = False,
+                 reranked: bool = False) -> None:
         super().__init__(dim, bits, metric)
         self.seed = seed
         self.coded_factors = bool(coded_factors)
@@ -111,7 +112,7 @@ class SegmentCodec(Codec):
         self.sign_sigma = self.DEFAULT_SIGN_SIGMA
         #: whether the scan's candidates are reranked exactly afterwards (an ``Index`` with
         #: ``rerank=True`` says so): the scan then prunes with ``RERANKED_PRUNE_EPSILON``
-        self.reranked = False
+        self.reranked = bool(reranked)
 
     # -- state ------------------------------------------------------------------------------
     def _set_allocation(self, seg_bits: np.ndarray, seg_weight: np.ndarray) -> None:

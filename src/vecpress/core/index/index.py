@@ -111,11 +111,11 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
             options = {"seed": config["seed"], "query_bits": config["query_bits"]}
         if config.get("coded_factors") and config["codec"] == "saq":
             options["coded_factors"] = True
+        if config["rerank"] and config["codec"] == "saq":
+            options["reranked"] = True  # (its scan may prune harder: see SegmentCodec)
         self._codec: Codec = make_codec(config["codec"], code_dim, self.bits, codec_metric,
                                         **options)
         self.rerank: bool = bool(config["rerank"]) and self._codec.lossy
-        if self.rerank and hasattr(self._codec, "reranked"):
-            self._codec.reranked = True  # (its scan may prune harder: see SegmentCodec)
         self._codec_metric = codec_metric
         #: partitioned: the lists (None while flat; they hold the list number of every row
         #: they order) and the list numbers of the tail's rows, those after the layout's
@@ -545,17 +545,16 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         query_of, slot = np.nonzero(rows >= 0)
         if not len(query_of):
             return _empty_result(len(queries), k)
-        wanted = rows[query_of, slot]
-        order = np.argsort(wanted, kind="stable")
-        dots, squares = originals.exact_scores(wanted[order], queries, query_of[order])
-        exact = np.empty(len(wanted), dtype=np.float64)
+        order = np.argsort(rows[query_of, slot], kind="stable")
+        query_of, slot = query_of[order], slot[order]  # (the candidates in row order)
+        dots, squares = originals.exact_scores(rows[query_of, slot], queries, query_of)
         if self.metric == "l2":
             query_squares = np.einsum("qd,qd->q", queries, queries, dtype=np.float64)
-            exact[order] = 2 * dots - squares - query_squares[query_of[order]]
+            exact = 2 * dots - squares - query_squares[query_of]
         elif self.metric == "cosine":
-            exact[order] = np.clip(dots, -1.0, 1.0)  # float16 originals can overshoot by ~1e-4
+            exact = np.clip(dots, -1.0, 1.0)  # float16 originals can overshoot by ~1e-4
         else:
-            exact[order] = dots
+            exact = dots
         scores = np.full(rows.shape, -np.inf)
         scores[query_of, slot] = exact
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]

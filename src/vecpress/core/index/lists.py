@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import clustering, partitions, storage, store_format
+from .. import clustering, kernels, partitions, storage, store_format
 from ..codecs import Codec, RowFilter
 from ..columns import _Growable, _row_filter, _Snapshot, _TiledCodes
 from ..partitions import Calibration, ListLayout
@@ -358,11 +358,14 @@ class _ReadRows:
 
     def exact_scores(self, rows: np.ndarray, queries: np.ndarray,
                      query_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """As ``_Blocks.exact_scores`` (rows sorted, repeats allowed), from rows read once."""
+        """As ``_Blocks.exact_scores`` (rows sorted, repeats allowed), by the same kernel on
+        the rows read once."""
         unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        vectors = self.fetch_sorted(unique)[inverse].astype(np.float64)
-        return (np.einsum("jd,jd->j", vectors, queries[query_of]),
-                np.einsum("jd,jd->j", vectors, vectors))
+        dots = np.empty(len(inverse), dtype=np.float64)
+        squares = np.empty(len(inverse), dtype=np.float64)
+        kernels.exact_scores(self.fetch_sorted(unique), inverse.astype(np.int64), queries,
+                             query_of, dots, squares)
+        return dots, squares
 
 
 @dataclass

@@ -186,6 +186,7 @@ class CheckedRows:
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         """The rows at integer positions ``rows`` (an array), after checking their blocks."""
+        rows = np.asarray(rows, dtype=np.int64)
         return self.checked_array(rows)[rows]
 
     def checked_array(self, rows: np.ndarray) -> np.ndarray:
