@@ -314,11 +314,13 @@ class _Blocks:
         self.blocks: list[np.ndarray] = []
         self.starts: list[int] = []
         self.rows = 0
+        self._table: _BlockTable | None = None  # built by a rerank, shared by twins
 
     def append(self, block: np.ndarray) -> None:
         self.blocks.append(block)
         self.starts.append(self.rows)
         self.rows += len(block)
+        self._table = None
 
     def fetch(self, rows: np.ndarray) -> np.ndarray:
         """float32 originals of ``rows`` (any order), reading only those rows."""
@@ -340,18 +342,35 @@ class _Blocks:
     def exact_scores(self, rows: np.ndarray, queries: np.ndarray,
                      query_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(<x, q>, |x|^2)`` in float64 for each of ``rows`` (sorted ascending) against its
-        query ``queries[query_of[j]]`` (float32 rows), read in place by a kernel: no float32
-        copy of the rows is made (numpy's float16 cast cost a rerank about 20 us)."""
+        query ``queries[query_of[j]]`` (float32 rows), read in place by one kernel call over
+        every block (see :class:`_BlockTable`): no float32 copy of the rows is made."""
         rows = np.asarray(rows, dtype=np.int64)
         dots = np.empty(len(rows), dtype=np.float64)
         squares = np.empty(len(rows), dtype=np.float64)
-        for block, lo, hi, local in self._runs(rows):
-            array = block.checked_array(local) if hasattr(block, "checked_array") else block
-            if array.dtype == np.float16:
-                array = array.view(np.uint16)  # (the kernel reads float16 by its bits)
-            kernels.exact_scores(array, local, queries, query_of[lo:hi], dots[lo:hi],
-                                 squares[lo:hi])
+        if not len(rows):
+            return dots, squares
+        if rows[0] < 0 or rows[-1] >= self.rows:  # (the kernel reads the blocks by address)
+            raise IndexError(f"rows {rows[0]}..{rows[-1]} lie outside the {self.rows} kept")
+        table = self._kernel_table()
+        if not table.verified:
+            table.verified = self._verify_rows(rows)
+        kernels.exact_scores_at(table.addresses, table.halves, table.starts, table.dim, rows,
+                                queries, query_of, dots, squares)
         return dots, squares
+
+    def _kernel_table(self) -> "_BlockTable":
+        """The blocks as :func:`kernels.exact_scores_at` reads them (built once per blocks)."""
+        if self._table is None:
+            self._table = _BlockTable.of(self.blocks, self.starts, self.rows)
+        return self._table
+
+    def _verify_rows(self, rows: np.ndarray) -> bool:
+        """Check the CRC32 of the blocks of the checked files that sorted ``rows`` touch;
+        True once every block of every file has passed (no later read needs a check)."""
+        for block, _lo, _hi, local in self._runs(rows):
+            if hasattr(block, "checked_array"):
+                block.checked_array(local)
+        return all(getattr(block, "_all_verified", True) for block in self.blocks)
 
     def _runs(self, rows: np.ndarray) -> Iterator[tuple[Any, int, int, np.ndarray]]:
         """For sorted int64 ``rows``: ``(block, lo, hi, local)`` for each block they touch,
@@ -369,12 +388,44 @@ class _Blocks:
         """A snapshot: appends to this object do not change it."""
         twin = _Blocks()
         twin.blocks, twin.starts, twin.rows = list(self.blocks), list(self.starts), self.rows
+        if self.blocks:
+            twin._table = self._kernel_table()  # (built once, not per snapshot)
         return twin
 
     @property
     def nbytes(self) -> int:
         return int(sum(b.nbytes for b in self.blocks
                        if isinstance(b, np.ndarray) and not _file_mapped(b)))
+
+
+@dataclass
+class _BlockTable:
+    """Where each block of kept originals lies in memory, for a rerank in one kernel call.
+    It holds the arrays it points into, so they outlive every read through the addresses."""
+
+    arrays: list[np.ndarray]
+    addresses: np.ndarray  # (blocks,) int64: each array's first byte
+    halves: np.ndarray  # (blocks,) bool: float16 (else float32)
+    starts: np.ndarray  # (blocks + 1,) int64: the first row of each block, then the rows
+    dim: int
+    verified: bool  # every block of every checked file has passed its CRC32
+
+    @classmethod
+    def of(cls, blocks: list[Any], starts: list[int], rows: int) -> "_BlockTable":
+        """The table of ``blocks`` (float16 or float32 rows: a block that is not C-contiguous
+        is copied, which none of the index's blocks needs)."""
+        arrays = [np.ascontiguousarray(getattr(block, "array", block)) for block in blocks]
+        for array in arrays:
+            if array.ndim != 2 or array.shape[1] != arrays[0].shape[1] or array.dtype not in (
+                    np.float16, np.float32):
+                raise TypeError(f"kept originals must be (n, dim) float16 or float32 blocks, "
+                                f"got {array.dtype} {array.shape}")
+        return cls(arrays=arrays,
+                   addresses=np.array([a.ctypes.data for a in arrays], dtype=np.int64),
+                   halves=np.array([a.dtype == np.float16 for a in arrays], dtype=np.bool_),
+                   starts=np.array(starts + [rows], dtype=np.int64),
+                   dim=arrays[0].shape[1] if arrays else 0,
+                   verified=all(getattr(block, "_all_verified", True) for block in blocks))
 
 
 def _file_mapped(array: np.ndarray) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import clustering, rowlog, storage
+from .. import clustering, kernels, rowlog, storage
 from ..codecs import Codec, make_codec
 from ..columns import _Blocks, _Growable, _IdColumn, _row_filter, _Snapshot, _TiledCodes
 from ..partitions import ListLayout
@@ -542,12 +542,11 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
         """Exact scores of the candidate rows from the kept originals; best ``k`` per query.
         Each candidate is scored against its own query where its original lies (in row order,
         so each originals file is visited once): a query's 30 candidates cost about 20 us."""
-        query_of, slot = np.nonzero(rows >= 0)
-        if not len(query_of):
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        candidates, query_of, slot = kernels.candidates_by_row(rows)
+        if not len(candidates):
             return _empty_result(len(queries), k)
-        order = np.argsort(rows[query_of, slot], kind="stable")
-        query_of, slot = query_of[order], slot[order]  # (the candidates in row order)
-        dots, squares = originals.exact_scores(rows[query_of, slot], queries, query_of)
+        dots, squares = originals.exact_scores(candidates, queries, query_of)
         if self.metric == "l2":
             query_squares = np.einsum("qd,qd->q", queries, queries, dtype=np.float64)
             exact = 2 * dots - squares - query_squares[query_of]
@@ -555,11 +554,7 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
             exact = np.clip(dots, -1.0, 1.0)  # float16 originals can overshoot by ~1e-4
         else:
             exact = dots
-        scores = np.full(rows.shape, -np.inf)
-        scores[query_of, slot] = exact
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        line = np.arange(len(rows))[:, None]
-        return scores[line, best].astype(np.float32), rows[line, best]
+        return kernels.best_candidates(rows, query_of, slot, exact, k)
 
     def _append_originals(self, kept: np.ndarray) -> None:
         """In memory, originals grow in one array (on disk, _persist_add maps each segment)."""

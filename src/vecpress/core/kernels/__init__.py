@@ -24,7 +24,8 @@ from .planes import (  # noqa: E402
     scan_planes_parallel, scan_planes_task, unpack_planes)
 from .heap import sorted_heaps  # noqa: E402
 from .probe import plan_one_query  # noqa: E402
-from .rerank import exact_scores  # noqa: E402
+from .rerank import (  # noqa: E402
+    best_candidates, candidates_by_row, exact_scores, exact_scores_at)
 from .segments import (  # noqa: E402
     TILE_ROWS, encode_segments, pack_segments, prepare_queries, read_tiles,
     scan_segments_parallel, scan_segments_task, unpack_segments, write_tiles)
@@ -36,7 +37,8 @@ SCANS = {
     "segments": (scan_segments_task, scan_segments_parallel),
 }
 
-__all__ = ["cluster_sums", "encode_segments", "exact_scores", "fit_levels", "lower_nearest",
+__all__ = ["best_candidates", "candidates_by_row", "cluster_sums", "encode_segments",
+           "exact_scores", "exact_scores_at", "fit_levels", "lower_nearest",
            "nearest_of_scores", "orthonormal_rows", "pack_planes", "pack_planes_parallel",
            "pack_segments", "plan_one_query", "popcount64", "prepare_queries",
            "quantize_planes", "read_tiles", "scan_bytes_parallel", "scan_bytes_task",

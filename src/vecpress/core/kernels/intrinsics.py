@@ -63,3 +63,44 @@ def half_to_float(typingctx, bits):
         return builder.fpext(builder.bitcast(args[0], _ir.HalfType()), _ir.FloatType())
 
     return sig, codegen
+
+
+def _loader(value_type: types.Type, llvm_type: _ir.Type):
+    """An intrinsic ``load(address, index)``: the ``index``-th value of ``value_type`` at the
+    int64 ``address`` (a load through a raw pointer: the caller keeps the memory alive and the
+    index in range)."""
+
+    @intrinsic
+    def load(typingctx, address, index):
+        sig = value_type(types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            pointer = builder.inttoptr(args[0], llvm_type.as_pointer())
+            return builder.load(builder.gep(pointer, [args[1]]))
+
+        return sig, codegen
+
+    return load
+
+
+#: the float32 at ``address + 4 * index`` (rows of arrays the kernels reach by address)
+load_float32 = _loader(types.float32, _ir.FloatType())
+#: the 16 bits of the float16 at ``address + 2 * index``
+load_half_bits = _loader(types.uint16, _ir.IntType(16))
+
+
+@intrinsic
+def prefetch_address(typingctx, address):
+    """:func:`_prefetch` of the cache line at the int64 ``address`` (a hint: it never faults)."""
+    sig = types.void(types.int64)
+
+    def codegen(context, builder, signature, args):
+        byte_ptr = _ir.IntType(8).as_pointer()
+        i32 = _ir.IntType(32)
+        fnty = _ir.FunctionType(_ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _PREFETCH_NAME)
+        builder.call(fn, [builder.inttoptr(args[0], byte_ptr), _ir.Constant(i32, 0),
+                          _ir.Constant(i32, 3), _ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen

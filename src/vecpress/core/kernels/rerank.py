@@ -7,7 +7,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .intrinsics import _VECTORISE, half_to_float
+from .intrinsics import (_VECTORISE, half_to_float, load_float32, load_half_bits,
+                         prefetch_address)
 
 
 def _widened(value):  # pragma: no cover - replaced by the overload below in compiled code
@@ -39,3 +40,87 @@ def exact_scores(block, rows, queries, query_of, dots, squares):
             square += value * value
         dots[j] = dot
         squares[j] = square
+
+
+@njit(cache=True, nogil=True, fastmath=_VECTORISE)
+def exact_scores_at(addresses, halves, starts, dim, rows, queries, query_of, dots, squares):
+    """:func:`exact_scores` over many blocks in one call: block ``b`` holds rows
+    ``[starts[b], starts[b + 1])``, C-contiguous (n, ``dim``) at ``addresses[b]``, float16
+    where ``halves[b]`` and float32 elsewhere. ``rows`` must be sorted and lie in
+    ``[0, starts[-1])`` (the caller checks; the blocks are read by address). One call instead
+    of one per block spared a rerank over seven segment files about 60 us."""
+    b = 0
+    for j in range(rows.shape[0]):  # every row's cache lines asked for before any is read
+        while rows[j] >= starts[b + 1]:
+            b += 1
+        width = 2 if halves[b] else 4
+        begin = addresses[b] + (rows[j] - starts[b]) * dim * width
+        for line in range(begin - begin % 64, begin + dim * width, 64):
+            prefetch_address(line)
+    b = 0
+    for j in range(rows.shape[0]):
+        row = rows[j]
+        while row >= starts[b + 1]:
+            b += 1
+        first = (row - starts[b]) * dim
+        address = addresses[b]
+        query = queries[query_of[j]]
+        dot = 0.0
+        square = 0.0
+        if halves[b]:
+            for d in range(dim):
+                value = np.float64(half_to_float(load_half_bits(address, first + d)))
+                dot += value * query[d]
+                square += value * value
+        else:
+            for d in range(dim):
+                value = np.float64(load_float32(address, first + d))
+                dot += value * query[d]
+                square += value * value
+        dots[j] = dot
+        squares[j] = square
+
+
+@njit(cache=True, nogil=True)
+def candidates_by_row(rows):
+    """The candidates of ``rows`` (q, width) int64, -1 where a slot holds none, in row order:
+    ``(rows, query_of, slot)`` of each, so a rerank reads each originals file once, in order."""
+    n_queries, width = rows.shape
+    count = 0
+    for q in range(n_queries):
+        for c in range(width):
+            if rows[q, c] >= 0:
+                count += 1
+    flat = np.empty(count, dtype=np.int64)
+    query_of = np.empty(count, dtype=np.int64)
+    slot = np.empty(count, dtype=np.int64)
+    i = 0
+    for q in range(n_queries):
+        for c in range(width):
+            if rows[q, c] >= 0:
+                flat[i] = rows[q, c]
+                query_of[i] = q
+                slot[i] = c
+                i += 1
+    order = np.argsort(flat, kind="mergesort")
+    return flat[order], query_of[order], slot[order]
+
+
+@njit(cache=True, nogil=True)
+def best_candidates(rows, query_of, slot, exact, k):
+    """The best ``k`` of each query's candidates by their ``exact`` scores (candidate ``i``
+    being ``rows[query_of[i], slot[i]]``), best first, ties in slot order: ``(scores
+    float32, rows)`` of shape (q, min(k, width)), -inf where a query had fewer."""
+    n_queries, width = rows.shape
+    scores = np.full((n_queries, width), -np.inf)
+    for i in range(exact.shape[0]):
+        scores[query_of[i], slot[i]] = exact[i]
+    kept = min(k, width)
+    out_scores = np.empty((n_queries, kept), dtype=np.float32)
+    out_rows = np.empty((n_queries, kept), dtype=np.int64)
+    for q in range(n_queries):
+        order = np.argsort(-scores[q], kind="mergesort")
+        for j in range(kept):
+            out_scores[q, j] = scores[q, order[j]]
+            out_rows[q, j] = rows[q, order[j]]
+    return out_scores, out_rows
