@@ -71,8 +71,9 @@ def test_thousands_of_short_lived_threads_hold_a_bounded_number_of_handles(tmp_p
     # the pool keeps at most MAX_IDLE_READERS connections (two handles each: file and WAL)
     assert len(col._store._readers._idle) <= docstore.MAX_IDLE_READERS
     # ... plus a few handles SQLite keeps after a close while another connection holds a
-    # lock on the file (its unix VFS reuses them at the next open): 16-18 of 40 seen
-    assert open_fds() - baseline <= 2 * docstore.MAX_IDLE_READERS + 4
+    # lock on the file (its unix VFS reuses them at the next open): 16-22 seen, and on one
+    # machine 19 after 1,000 threads, 21 from 2,400 to 6,000 (a leak would keep growing)
+    assert open_fds() - baseline <= 2 * docstore.MAX_IDLE_READERS + 8
     writer.close()
     if read_only:
         col.close()

@@ -551,7 +551,8 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
             query_squares = np.einsum("qd,qd->q", queries, queries, dtype=np.float64)
             exact = 2 * dots - squares - query_squares[query_of]
         elif self.metric == "cosine":
-            exact = np.clip(dots, -1.0, 1.0)  # float16 originals can overshoot by ~1e-4
+            # float16 originals can overshoot by ~1e-4 (in place: np.clip costs ~4 us)
+            exact = np.minimum(np.maximum(dots, -1.0, out=dots), 1.0, out=dots)
         else:
             exact = dots
         return kernels.best_candidates(rows, query_of, slot, exact, k)
