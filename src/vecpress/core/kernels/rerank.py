@@ -42,6 +42,11 @@ def exact_scores(block, rows, queries, query_of, dots, squares):
         squares[j] = square
 
 
+#: rows of originals whose cache lines are asked for before the rerank reads them: a query's
+#: 30 float16 candidates scored in 9.7 us with every row prefetched first, 18 us without
+_AHEAD = 32
+
+
 @njit(cache=True, nogil=True, fastmath=_VECTORISE)
 def exact_scores_at(addresses, halves, starts, dim, rows, queries, query_of, dots, squares):
     """:func:`exact_scores` over many blocks in one call: block ``b`` holds rows
@@ -49,16 +54,18 @@ def exact_scores_at(addresses, halves, starts, dim, rows, queries, query_of, dot
     where ``halves[b]`` and float32 elsewhere. ``rows`` must be sorted and lie in
     ``[0, starts[-1])`` (the caller checks; the blocks are read by address). One call instead
     of one per block spared a rerank over seven segment files about 60 us."""
-    b = 0
-    for j in range(rows.shape[0]):  # every row's cache lines asked for before any is read
-        while rows[j] >= starts[b + 1]:
-            b += 1
-        width = 2 if halves[b] else 4
-        begin = addresses[b] + (rows[j] - starts[b]) * dim * width
-        for line in range(begin - begin % 64, begin + dim * width, 64):
-            prefetch_address(line)
+    ahead = 0  # the next row whose cache lines are asked for, _AHEAD rows before its read
+    b_ahead = 0
     b = 0
     for j in range(rows.shape[0]):
+        while ahead < rows.shape[0] and ahead < j + _AHEAD:
+            while rows[ahead] >= starts[b_ahead + 1]:
+                b_ahead += 1
+            width = 2 if halves[b_ahead] else 4
+            begin = addresses[b_ahead] + (rows[ahead] - starts[b_ahead]) * dim * width
+            for line in range(begin - begin % 64, begin + dim * width, 64):
+                prefetch_address(line)
+            ahead += 1
         row = rows[j]
         while row >= starts[b + 1]:
             b += 1
