@@ -787,3 +787,21 @@ def test_training_sample_reads_the_rows_asked_for(tmp_path, monkeypatch, dense):
     np.testing.assert_array_equal(index._sampled_originals(rows), expected)
     assert index.stats()["segments"] > 1
     index.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_rows=st.integers(0, 40), extra=st.integers(0, 5), shape=st.sampled_from([(7,), (2, 5)]),
+       wide=st.booleans(), seed=st.integers(0, 2**16))
+def test_rows_at_maps_positions_as_numpy_does(n_rows, extra, shape, wide, seed):
+    """Ordered positions map through the permutation, the tail's and -1 stay as they are."""
+    from vecpress.core import kernels
+
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_rows).astype(np.int64 if wide else np.int32)
+    positions = rng.integers(-1, n_rows + extra, shape).astype(np.int64)
+    inside = (positions >= 0) & (positions < n_rows)
+    expected = positions.copy()
+    expected[inside] = perm[positions[inside]]
+    got = kernels.rows_at(perm, n_rows, positions)
+    assert got.shape == positions.shape and got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)

@@ -185,11 +185,8 @@ class ListLayout:
 
     def rows_at(self, positions: np.ndarray) -> np.ndarray:
         """The rows at ``positions`` (-1 stays -1)."""
-        positions = np.asarray(positions, dtype=np.int64)
-        inside = (positions >= 0) & (positions < self.sorted_end)
-        rows = positions.copy()
-        rows[inside] = self.perm[positions[inside]]
-        return rows
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        return kernels.rows_at(self.perm, self.sorted_end, positions)
 
     def positions_of(self, rows: np.ndarray) -> np.ndarray:
         """The positions of ``rows``: a binary search of each ordered row's list, all rows

@@ -95,3 +95,17 @@ def plan_one_query(scores, nprobe, bounds, tail_order, tail_bounds, allowed_coun
                 rows[filled] = tail_order[j]
                 filled += 1
     return held, spans, rows
+
+
+@njit(cache=True, nogil=True)
+def rows_at(perm, end, positions):
+    """The rows at ``positions`` (any shape of int64) of a layout whose first ``end``
+    positions hold the rows ``perm`` and later ones their own row; -1 stays -1. (numpy's
+    masks and fancy indexing cost a query's 30 candidates about 10 us.)"""
+    flat = positions.ravel()
+    end = min(end, perm.shape[0])
+    out = np.empty(flat.shape[0], dtype=np.int64)
+    for i in range(flat.shape[0]):
+        position = flat[i]
+        out[i] = perm[position] if 0 <= position < end else position
+    return out.reshape(positions.shape)
