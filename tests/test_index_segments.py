@@ -93,6 +93,30 @@ def test_row_reader_reads_ranges_and_checks_crc(tmp_path):
             reader.check()
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(picks=st.lists(st.integers(0, 2999), max_size=60), half=st.booleans(),
+       window=st.sampled_from([1, 5000, 40_000, 1 << 26]))
+def test_row_reader_gathers_sorted_rows_window_by_window(tmp_path, monkeypatch, picks, half,
+                                                         window):
+    """Windows from a single row's bytes to the whole file (one map each) give the rows a
+    plain read gives, repeats included; rows outside the file are refused before a map."""
+    dtype = np.float16 if half else np.float32
+    name = f"g-{int(half)}.npy"
+    if not (tmp_path / name).exists():
+        storage.write_array(tmp_path, name, np.arange(3000 * 6, dtype=dtype).reshape(3000, 6))
+    array = np.load(tmp_path / name)
+    entry = {"file": name, "shape": [3000, 6], "dtype": np.dtype(dtype).str,
+             "crc32": storage.checksum(array)}
+    monkeypatch.setattr(storage.arrays, "GATHER_WINDOW_BYTES", window)
+    rows = np.sort(np.array(picks, dtype=np.int64))
+    out = np.full((len(rows), 6), -1.0, np.float32)
+    with storage.RowReader(tmp_path, entry) as reader:
+        reader.gather(rows, out)
+        np.testing.assert_array_equal(out, array[rows].astype(np.float32))
+        with pytest.raises(IndexError, match="outside its 3000 rows"):
+            reader.gather(np.array([5, 3000]), np.empty((2, 6), np.float32))
+
+
 # ---------------------------------------------------------------------- merge policy
 
 

@@ -231,10 +231,12 @@ class _Lists:
         self._pending_removals = []
 
     def _sampled_originals(self, rows: np.ndarray) -> np.ndarray:
-        """float32 originals of the sorted ``rows``, read from disk with ``pread`` rather
-        than through the memory maps: a sample spread over the whole store would map every
-        block of the originals (and checksum it whole), leaving gigabytes of file pages in
-        the process's resident memory (5 GB in a 10M build)."""
+        """float32 originals of the sorted ``rows``, read from disk rather than through the
+        store's memory maps: a sample spread over the whole store would map every block of
+        the originals (and checksum it whole), leaving gigabytes of file pages in the
+        process's resident memory (5 GB in a 10M build). A dense sample reads its segments
+        in order, checking their CRC32; a sparse one maps a window of the file at a time
+        (``RowReader.gather``)."""
         if self._path is None:
             return self._originals.fetch_sorted(rows)
         out = np.empty((len(rows), self.dim), np.float32)
@@ -249,8 +251,7 @@ class _Lists:
                         _read_dense(reader, segment["rows"], wanted, out[first:last],
                                     self._chunk_rows)
                     else:
-                        for i, row in enumerate(wanted.tolist()):
-                            out[first + i] = reader.read(row, row + 1)[0]
+                        reader.gather(wanted, out[first:last])
             start = stop
         beyond = int(np.searchsorted(rows, start))  # rows of the row log, kept in RAM
         if beyond < len(rows):
