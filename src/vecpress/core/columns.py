@@ -352,6 +352,9 @@ class _Blocks:
         if rows[0] < 0 or rows[-1] >= self.rows:  # (the kernel reads the blocks by address)
             raise IndexError(f"rows {rows[0]}..{rows[-1]} lie outside the {self.rows} kept")
         table = self._kernel_table()
+        if queries.shape[1] != table.dim:
+            raise ValueError(f"queries have {queries.shape[1]} dimensions, the originals "
+                             f"{table.dim}")
         if not table.verified:
             table.verified = self._verify_rows(rows)
         kernels.exact_scores_at(table.addresses, table.halves, table.starts, table.dim, rows,

@@ -43,7 +43,8 @@ def exact_scores(block, rows, queries, query_of, dots, squares):
 
 
 #: rows of originals whose cache lines are asked for before the rerank reads them: a query's
-#: 30 float16 candidates scored in 9.7 us with every row prefetched first, 18 us without
+#: 30 float16 candidates (rows spread over 77 MB) scored in 8.7 us with 32 rows ahead, 9.7
+#: with every row asked for first, 18 without
 _AHEAD = 32
 
 
