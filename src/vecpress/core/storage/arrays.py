@@ -396,13 +396,15 @@ class RowReader:
             start = self._offset + first * self._row_bytes
             aligned = start - start % mmap.ALLOCATIONGRANULARITY
             length = self._offset + last * self._row_bytes - aligned
+            values = (last - first) * (self._row_bytes // self.dtype.itemsize)
             mapped = mmap.mmap(self._fd, length, prot=mmap.PROT_READ, offset=aligned)
+            block = None
             try:
                 block = np.frombuffer(mapped, dtype=self.dtype, offset=start - aligned,
-                                      count=(last - first) * (self._row_bytes // self.dtype.itemsize))
-                out[lo:hi] = block.reshape(last - first, *self.shape[1:])[rows[lo:hi] - first]
-                del block
+                                      count=values).reshape(last - first, *self.shape[1:])
+                out[lo:hi] = block[rows[lo:hi] - first]
             finally:
+                block = None  # (no view of the map may outlive it)
                 mapped.close()
             lo = hi
 
