@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vecpress import Index
-from vecpress.core import columns, kernels, segments, storage
+from vecpress.core import columns, segments, storage
 from vecpress.core.index import upkeep as upkeep_module
 from vecpress.core.index import writes as writes_module
 
@@ -321,10 +321,10 @@ def test_exact_scores_read_every_float16_value_as_numpy_does():
     """The rerank kernel reads float16 originals by their bits: all 65,536 of them (zeros,
     subnormals, infinities, NaNs) widen to numpy's float32 values."""
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
-    dots = np.empty(len(bits))
-    squares = np.empty(len(bits))
-    kernels.exact_scores(bits[:, None], np.arange(len(bits)), np.ones((1, 1), np.float32),
-                         np.zeros(len(bits), np.int64), dots, squares)
+    blocks = columns._Blocks()
+    blocks.append(bits.view(np.float16)[:, None])
+    dots, squares = blocks.exact_scores(np.arange(len(bits)), np.ones((1, 1), np.float32),
+                                        np.zeros(len(bits), np.int64))
     with np.errstate(invalid="ignore"):  # (numpy warns while widening NaNs)
         expected = bits.view(np.float16).astype(np.float32).astype(np.float64)
     np.testing.assert_array_equal(dots, expected)  # (NaNs compare equal here)

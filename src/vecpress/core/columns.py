@@ -411,7 +411,7 @@ class _BlockTable:
     halves: np.ndarray  # (blocks,) bool: float16 (else float32)
     starts: np.ndarray  # (blocks + 1,) int64: the first row of each block, then the rows
     dim: int
-    verified: bool  # every block of every checked file has passed its CRC32
+    verified: bool = False  # every block of every checked file has passed its CRC32
 
     @classmethod
     def of(cls, blocks: list[Any], starts: list[int], rows: int) -> "_BlockTable":
@@ -427,8 +427,7 @@ class _BlockTable:
                    addresses=np.array([a.ctypes.data for a in arrays], dtype=np.int64),
                    halves=np.array([a.dtype == np.float16 for a in arrays], dtype=np.bool_),
                    starts=np.array(starts + [rows], dtype=np.int64),
-                   dim=arrays[0].shape[1] if arrays else 0,
-                   verified=all(getattr(block, "_all_verified", True) for block in blocks))
+                   dim=arrays[0].shape[1] if arrays else 0)
 
 
 def _file_mapped(array: np.ndarray) -> bool:

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import clustering, kernels, partitions, storage, store_format
+from .. import clustering, partitions, storage, store_format
 from ..codecs import Codec, RowFilter
-from ..columns import _Growable, _row_filter, _Snapshot, _TiledCodes
+from ..columns import _Blocks, _Growable, _row_filter, _Snapshot, _TiledCodes
 from ..partitions import Calibration, ListLayout
 from .upkeep import REENCODE_ROWS, _code_store
 
@@ -359,14 +359,12 @@ class _ReadRows:
 
     def exact_scores(self, rows: np.ndarray, queries: np.ndarray,
                      query_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """As ``_Blocks.exact_scores`` (rows sorted, repeats allowed), by the same kernel on
-        the rows read once."""
+        """As ``_Blocks.exact_scores`` (rows sorted, repeats allowed): the rows are read once,
+        then scored as one block of originals is."""
         unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        dots = np.empty(len(inverse), dtype=np.float64)
-        squares = np.empty(len(inverse), dtype=np.float64)
-        kernels.exact_scores(self.fetch_sorted(unique), inverse.astype(np.int64), queries,
-                             query_of, dots, squares)
-        return dots, squares
+        read = _Blocks()
+        read.append(self.fetch_sorted(unique))
+        return read.exact_scores(inverse.astype(np.int64), queries, query_of)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from .planes import (  # noqa: E402
 from .heap import sorted_heaps  # noqa: E402
 from .probe import plan_one_query, rows_at  # noqa: E402
 from .rerank import (  # noqa: E402
-    best_candidates, candidates_by_row, exact_scores, exact_scores_at)
+    best_candidates, candidates_by_row, exact_scores_at)
 from .segments import (  # noqa: E402
     TILE_ROWS, encode_segments, pack_segments, prepare_queries, read_tiles,
     scan_segments_parallel, scan_segments_task, unpack_segments, write_tiles)
@@ -38,7 +38,7 @@ SCANS = {
 }
 
 __all__ = ["best_candidates", "candidates_by_row", "cluster_sums", "encode_segments",
-           "exact_scores", "exact_scores_at", "fit_levels", "lower_nearest",
+           "exact_scores_at", "fit_levels", "lower_nearest",
            "nearest_of_scores", "orthonormal_rows", "pack_planes", "pack_planes_parallel",
            "pack_segments", "plan_one_query", "popcount64", "prepare_queries",
            "quantize_planes", "read_tiles", "rows_at", "scan_bytes_parallel", "scan_bytes_task",
