@@ -104,3 +104,39 @@ def prefetch_address(typingctx, address):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def weighted_popcount8(typingctx, word, planes, i):
+    """``sum_j popcount(word & planes[i, j]) << j`` for ``j < 8``: a uint64 against the
+    eight bit planes of row ``i`` of a C-contiguous (rows, 8) uint64 array, as one 8-lane
+    vector operation (an AND, a ``vpopcntq`` on AVX-512, per-lane shifts, a sum) instead of
+    eight scalar popcounts, shifts and adds: a 4-bit code row scored against an 8-bit query
+    took 73 against 23 ns in this form. The caller guarantees the row has eight columns."""
+    if not (isinstance(planes, types.Array) and planes.ndim == 2 and planes.layout == "C"
+            and planes.dtype == types.uint64):
+        return None
+    sig = types.uint64(types.uint64, planes, types.intp)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[1]
+        array = context.make_array(array_type)(context, builder, args[1])
+        zero = context.get_constant(types.intp, 0)
+        first = cgutils.get_item_pointer(context, builder, array_type, array, [args[2], zero],
+                                         wraparound=False)
+        i64, i32 = _ir.IntType(64), _ir.IntType(32)
+        lanes = _ir.VectorType(i64, 8)
+        row = builder.load(builder.bitcast(first, lanes.as_pointer()), align=8)
+        undefined = _ir.Constant(lanes, _ir.Undefined)
+        one = builder.insert_element(undefined, args[0], _ir.Constant(i32, 0))
+        spread = builder.shuffle_vector(one, undefined,
+                                        _ir.Constant(_ir.VectorType(i32, 8), [0] * 8))
+        popcount = cgutils.get_or_insert_function(
+            builder.module, _ir.FunctionType(lanes, [lanes]), "llvm.ctpop.v8i64")
+        counts = builder.call(popcount, [builder.and_(spread, row)])
+        weighted = builder.shl(counts, _ir.Constant(lanes, list(range(8))))
+        total = cgutils.get_or_insert_function(
+            builder.module, _ir.FunctionType(i64, [lanes]), "llvm.vector.reduce.add.v8i64")
+        return builder.call(total, [weighted])
+
+    return sig, codegen

@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from .heap import _finish, _heap_init, _heap_offer, _heap_size, _row_at
-from .intrinsics import _VECTORISE, _prefetch, popcount64
+from .intrinsics import _VECTORISE, _prefetch, popcount64, weighted_popcount8
 from .planes import quantize_planes
 
 # --------------------------------------------------------------------------- segment codes
@@ -202,19 +202,6 @@ def _half_ratio(halves, row, s):
 
 
 @njit(inline="always")
-def _plane_dot8(cw, query, w):
-    """sum_j popcount(cw & query[w, j]) << j for an 8-bit query (unrolled)."""
-    return (popcount64(cw & query[w, 0])
-            + (popcount64(cw & query[w, 1]) << np.uint64(1))
-            + (popcount64(cw & query[w, 2]) << np.uint64(2))
-            + (popcount64(cw & query[w, 3]) << np.uint64(3))
-            + (popcount64(cw & query[w, 4]) << np.uint64(4))
-            + (popcount64(cw & query[w, 5]) << np.uint64(5))
-            + (popcount64(cw & query[w, 6]) << np.uint64(6))
-            + (popcount64(cw & query[w, 7]) << np.uint64(7)))
-
-
-@njit(inline="always")
 def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
                    seg_bits, plane_at, seg_mid, n_sign, width):
     """Estimated <r, q> of one row (tiled layout): per segment, factor * <level - mid, q'>."""
@@ -235,7 +222,7 @@ def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_
                 cw = _code_word(codes, row, base + w, n_sign, width)
                 level_sum += popcount64(cw) << shift
                 if eight:
-                    acc += _plane_dot8(cw, query, first + w) << shift
+                    acc += weighted_popcount8(cw, query, first + w) << shift
                 else:
                     for j in range(query.shape[1]):
                         acc += popcount64(cw & query[first + w, j]) << np.uint64(b + j)
@@ -289,13 +276,15 @@ def _tile_sign_sums(codes, tile, sign_query, acc, ones):
             acc[lane] += _sign_dot(cw, sign_query, i)
 
 
-@njit(inline="always")
-def _sign_estimates(codes, factors, rows, use_rows, start, count, sign_query, sign_step,
-                    sign_low, sign_sum, acc, ones, out):
-    """1-bit estimates of <r, q> for ``count`` candidates from ``start`` (within one tile
-    unless ``use_rows``) from their sign planes (the top plane of each coded segment)
-    against the 4-bit query ``sign_query`` (words, 4) that was weighted by each segment's
-    typical scale."""
+@njit(inline="always", fastmath=_VECTORISE)
+def _sign_bounds(codes, factors, rows, use_rows, start, count, sign_query, sign_step,
+                 sign_low, sign_sum, bound, metric_l2, l2_col, q_const, acc, ones, out, at):
+    """Upper bounds of the scores of ``count`` candidates from ``start`` (within one tile
+    unless ``use_rows``) into ``out[at:at + count]``: each row's 1-bit estimate of <r, q>
+    from its sign planes (the top plane of each coded segment) against the 4-bit query
+    ``sign_query`` (words, 4) that was weighted by each segment's typical scale, plus
+    ``bound`` standard errors scaled by the row's factor, turned into a score. The
+    per-row arithmetic is one loop over the lanes, which the compiler vectorises."""
     n_sign = sign_query.shape[0]
     if use_rows:
         width = codes.shape[1] >> _TILE_SHIFT
@@ -313,11 +302,14 @@ def _sign_estimates(codes, factors, rows, use_rows, start, count, sign_query, si
         _prefetch_tile(codes, factors, tile + _PREFETCH_TILES, n_sign)
         _tile_sign_sums(codes, tile, sign_query, acc, ones)
         first = start & _TILE_MASK
+    half_sum = 0.5 * sign_sum
     for j in range(count):
         row = _row_at(start + j, rows, use_rows)
-        out[j] = np.float64(factors[row, 0]) * (
-            sign_step * np.float64(np.int64(acc[first + j]))
-            + sign_low * np.float64(np.int64(ones[first + j])) - 0.5 * sign_sum)
+        factor = np.float64(factors[row, 0])
+        estimate = factor * (sign_step * np.float64(np.int64(acc[first + j]))
+                             + sign_low * np.float64(np.int64(ones[first + j])) - half_sum)
+        out[at + j] = _finish(estimate + abs(factor) * bound, factors, row, metric_l2, l2_col,
+                              q_const)
 
 
 @njit(cache=True, nogil=True)
@@ -423,7 +415,6 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
     seed_r = np.empty(n_seeds, dtype=np.int64)
     acc = np.empty(TILE_ROWS, dtype=np.uint64)
     ones = np.empty(TILE_ROWS, dtype=np.uint64)
-    estimates = np.empty(TILE_ROWS, dtype=np.float64)
     span = span_lo
     item = spans[span_lo, 0] if span_lo < span_hi else 0
     while span < span_hi:
@@ -439,32 +430,36 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
             block = item
             while block < end:
                 count = min(end, (block | _TILE_MASK) + 1) - block  # up to the end of the tile
-                _sign_estimates(codes, factors, rows, use_rows, block, count, sign_query,
-                                sign_step[q], sign_low[q], sign_sum[q], acc, ones, estimates)
-                for j in range(count):
-                    at = filled + block - item + j
-                    row = _row_at(block + j, rows, use_rows)
-                    upper[at] = -np.inf
-                    # (two plain ifs: a helper function here slows the whole scan ten-fold)
-                    if check_removed and removed[row]:
-                        continue
-                    if check_mask and not mask[row]:
-                        continue
-                    margin = abs(np.float64(factors[row, 0])) * bound
-                    ub = _finish(estimates[j] + margin, factors, row, metric_l2, l2_col, const)
-                    if seeding:
-                        upper[at] = ub
-                        items[at] = block + j
+                place = filled + block - item  # (of the tile's first candidate in the window)
+                _sign_bounds(codes, factors, rows, use_rows, block, count, sign_query,
+                             sign_step[q], sign_low[q], sign_sum[q], bound, metric_l2, l2_col,
+                             const, acc, ones, upper, place)
+                if check_removed or check_mask:
+                    for j in range(count):
+                        row = _row_at(block + j, rows, use_rows)
+                        # (two plain ifs: a helper function here slows the whole scan ten-fold)
+                        if check_removed and removed[row]:
+                            upper[place + j] = -np.inf
+                        if check_mask and not mask[row]:
+                            upper[place + j] = -np.inf
+                if seeding:
+                    for j in range(count):
+                        items[place + j] = block + j
+                    for j in range(count):
+                        ub = upper[place + j]
                         # (a heap's root is its minimum only once it is full)
-                        if seeds < n_seeds or ub > seed_s[0]:
-                            seeds = _heap_offer(seed_s, seed_r, seeds, ub, at)
-                    elif ub > heap_s[0]:
-                        ip = _segment_score(codes, factors, halves, row, query, step, low,
-                                            seg_sums, seg_starts, seg_bits, plane_at, seg_mid,
-                                            n_sign, width)
-                        size = _heap_offer(heap_s, heap_r, size,
-                                           _finish(ip, factors, row, metric_l2, l2_col, const),
-                                           row)
+                        if ub != -np.inf and (seeds < n_seeds or ub > seed_s[0]):
+                            seeds = _heap_offer(seed_s, seed_r, seeds, ub, place + j)
+                else:
+                    for j in range(count):
+                        if upper[place + j] > heap_s[0]:
+                            row = _row_at(block + j, rows, use_rows)
+                            ip = _segment_score(codes, factors, halves, row, query, step, low,
+                                                seg_sums, seg_starts, seg_bits, plane_at,
+                                                seg_mid, n_sign, width)
+                            size = _heap_offer(heap_s, heap_r, size,
+                                               _finish(ip, factors, row, metric_l2, l2_col,
+                                                       const), row)
                 block += count
             filled += end - item
             item = end
