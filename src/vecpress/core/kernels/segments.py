@@ -265,10 +265,25 @@ def _prefetch_tile(codes, factors, tile, n_sign):
 def _tile_sign_sums(codes, tile, sign_query, acc, ones):
     """Sign-plane sums of all TILE_ROWS lanes of ``tile``: ``acc`` (query-weighted) and
     ``ones`` (set bits). One run of 256 words per sign word: a vectorised loop."""
+    n_sign = sign_query.shape[0]
+    done = n_sign - n_sign % 6
     for lane in range(TILE_ROWS):
         acc[lane] = 0
         ones[lane] = 0
-    for i in range(sign_query.shape[0]):
+    for i in range(0, done, 6):  # six words a pass: fewer passes over acc and ones
+        for lane in range(TILE_ROWS):
+            w0 = codes[tile, (i << _TILE_SHIFT) + lane]
+            w1 = codes[tile, ((i + 1) << _TILE_SHIFT) + lane]
+            w2 = codes[tile, ((i + 2) << _TILE_SHIFT) + lane]
+            w3 = codes[tile, ((i + 3) << _TILE_SHIFT) + lane]
+            w4 = codes[tile, ((i + 4) << _TILE_SHIFT) + lane]
+            w5 = codes[tile, ((i + 5) << _TILE_SHIFT) + lane]
+            ones[lane] += (popcount64(w0) + popcount64(w1) + popcount64(w2) + popcount64(w3)
+                           + popcount64(w4) + popcount64(w5))
+            acc[lane] += (_sign_dot(w0, sign_query, i) + _sign_dot(w1, sign_query, i + 1)
+                          + _sign_dot(w2, sign_query, i + 2) + _sign_dot(w3, sign_query, i + 3)
+                          + _sign_dot(w4, sign_query, i + 4) + _sign_dot(w5, sign_query, i + 5))
+    for i in range(done, n_sign):
         at = i << _TILE_SHIFT
         for lane in range(TILE_ROWS):
             cw = codes[tile, at + lane]
