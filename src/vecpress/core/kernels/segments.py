@@ -264,7 +264,9 @@ def _prefetch_tile(codes, factors, tile, n_sign):
 @njit(inline="always")
 def _tile_sign_sums(codes, tile, sign_query, acc, ones):
     """Sign-plane sums of all TILE_ROWS lanes of ``tile``: ``acc`` (query-weighted) and
-    ``ones`` (set bits). One run of 256 words per sign word: a vectorised loop."""
+    ``ones`` (set bits). Each sign word is a run of 256 words, one per lane: a vectorised
+    loop over the lanes reads six runs at once (then any left over one at a time), so each
+    lane's sums are updated once per six words rather than once per word."""
     n_sign = sign_query.shape[0]
     done = n_sign - n_sign % 6
     for lane in range(TILE_ROWS):
