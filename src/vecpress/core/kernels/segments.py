@@ -261,36 +261,41 @@ def _prefetch_tile(codes, factors, tile, n_sign):
         _prefetch(factors, row, 0)
 
 
+#: sign words the 1-bit pass adds to each lane's sums per pass over a tile (all six of a
+#: 384-d row): a lane's sums are then read and written once per six words, not once per word
+_SIGN_WORDS_PER_PASS = 6
+
+
 @njit(inline="always")
 def _tile_sign_sums(codes, tile, sign_query, acc, ones):
     """Sign-plane sums of all TILE_ROWS lanes of ``tile``: ``acc`` (query-weighted) and
     ``ones`` (set bits). Each sign word is a run of 256 words, one per lane: a vectorised
-    loop over the lanes reads six runs at once (then any left over one at a time), so each
-    lane's sums are updated once per six words rather than once per word."""
+    loop over the lanes reads ``_SIGN_WORDS_PER_PASS`` runs at once (then any left over one
+    at a time)."""
     n_sign = sign_query.shape[0]
-    done = n_sign - n_sign % 6
+    done = n_sign - n_sign % _SIGN_WORDS_PER_PASS
     for lane in range(TILE_ROWS):
         acc[lane] = 0
         ones[lane] = 0
-    for i in range(0, done, 6):  # six words a pass: fewer passes over acc and ones
-        for lane in range(TILE_ROWS):
-            w0 = codes[tile, (i << _TILE_SHIFT) + lane]
-            w1 = codes[tile, ((i + 1) << _TILE_SHIFT) + lane]
-            w2 = codes[tile, ((i + 2) << _TILE_SHIFT) + lane]
-            w3 = codes[tile, ((i + 3) << _TILE_SHIFT) + lane]
-            w4 = codes[tile, ((i + 4) << _TILE_SHIFT) + lane]
-            w5 = codes[tile, ((i + 5) << _TILE_SHIFT) + lane]
-            ones[lane] += (popcount64(w0) + popcount64(w1) + popcount64(w2) + popcount64(w3)
-                           + popcount64(w4) + popcount64(w5))
-            acc[lane] += (_sign_dot(w0, sign_query, i) + _sign_dot(w1, sign_query, i + 1)
-                          + _sign_dot(w2, sign_query, i + 2) + _sign_dot(w3, sign_query, i + 3)
-                          + _sign_dot(w4, sign_query, i + 4) + _sign_dot(w5, sign_query, i + 5))
+    for i in range(0, done, _SIGN_WORDS_PER_PASS):
+        _add_sign_words(codes, tile, sign_query, i, _SIGN_WORDS_PER_PASS, acc, ones)
     for i in range(done, n_sign):
-        at = i << _TILE_SHIFT
-        for lane in range(TILE_ROWS):
-            cw = codes[tile, at + lane]
-            ones[lane] += popcount64(cw)
-            acc[lane] += _sign_dot(cw, sign_query, i)
+        _add_sign_words(codes, tile, sign_query, i, 1, acc, ones)
+
+
+@njit(inline="always")
+def _add_sign_words(codes, tile, sign_query, first, words, acc, ones):
+    """Add sign words ``first .. first + words`` of every lane of ``tile`` to its sums (a
+    constant ``words``, so the compiler unrolls them and vectorises over the lanes)."""
+    for lane in range(TILE_ROWS):
+        weighted = np.uint64(0)
+        set_bits = np.uint64(0)
+        for i in range(first, first + words):
+            cw = codes[tile, (i << _TILE_SHIFT) + lane]
+            set_bits += popcount64(cw)
+            weighted += _sign_dot(cw, sign_query, i)
+        acc[lane] += weighted
+        ones[lane] += set_bits
 
 
 @njit(inline="always", fastmath=_VECTORISE)
