@@ -417,6 +417,33 @@ def test_top_plane_pruning_keeps_the_best_candidates(monkeypatch, bits, metric, 
     assert np.allclose(full_s[:, -1], kth, rtol=0.05, atol=0.05 * np.abs(kth).max())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("masked", [False, True])
+def test_pruned_scan_past_its_first_window_keeps_the_full_scans_best(monkeypatch, masked):
+    """Past the first window of bounded rows (65,536) the scan scores rows as their bound
+    beats the heap, in prefetched batches: it keeps the unpruned scan's best candidates with
+    the same scores, and only allowed rows."""
+    codec = SegmentCodec(128, 4, "ip")
+    data, queries = _anisotropic(150_000, 128, 61), _anisotropic(12, 128, 62)
+    codec.fit(data[:20_000])
+    codes, factors = codec.encode(data)
+    mask = np.random.default_rng(63).random(len(data)) < 0.5 if masked else None
+    flt = RowFilter(n_rows=len(data), mask=mask)
+    pruned_s, pruned_r = codec.scan(codec.scan_layout(codes), factors, queries, 30, flt)
+    monkeypatch.setattr(type(codec), "PRUNE_EPSILON", 1e12)
+    monkeypatch.setattr(type(codec), "RERANKED_PRUNE_EPSILON", 1e12)
+    full_s, full_r = codec.scan(codec.scan_layout(codes), factors, queries, 30, flt)
+    overlap = np.mean([len(set(a) & set(b)) / 30 for a, b in zip(pruned_r, full_r)])
+    assert overlap >= 0.98
+    for q in range(len(queries)):
+        full = dict(zip(full_r[q].tolist(), full_s[q].tolist()))
+        shared = [(s, full[r]) for r, s in zip(pruned_r[q].tolist(), pruned_s[q].tolist())
+                  if r in full]
+        assert shared and all(a == b for a, b in shared)
+    if masked:
+        assert mask[pruned_r].all()
+
+
 @pytest.mark.parametrize("dim", [1, 7, 64, 384])
 def test_random_rotation_is_orthogonal_and_seeded(dim):
     from vecpress.core.codecs import random_rotation

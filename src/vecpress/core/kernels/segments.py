@@ -261,6 +261,27 @@ def _prefetch_tile(codes, factors, tile, n_sign):
         _prefetch(factors, row, 0)
 
 
+#: candidates ahead of the one being scored in full whose cache lines are prefetched
+_PREFETCH_ROWS = 6
+
+
+@njit(inline="always")
+def _prefetch_row(codes, factors, row, n_sign, width):
+    """Prefetch every cache line a full score of ``row`` reads (tiled layout): its sign words
+    (one line per word: they lie in runs of ``TILE_ROWS``), the rest of its words and its
+    factors."""
+    tile = row >> _TILE_SHIFT
+    lane = row & _TILE_MASK
+    for i in range(n_sign):
+        _prefetch(codes, tile, (i << _TILE_SHIFT) + lane)
+    first = (n_sign << _TILE_SHIFT) + lane * (width - n_sign)
+    last = first + width - n_sign - 1
+    for at in range(first, last, 8):
+        _prefetch(codes, tile, at)
+    _prefetch(codes, tile, last)
+    _prefetch(factors, row, 0)
+
+
 #: sign words the 1-bit pass adds to each lane's sums per pass over a tile (all six of a
 #: 384-d row): a lane's sums are then read and written once per six words, not once per word
 _SIGN_WORDS_PER_PASS = 6
@@ -384,6 +405,33 @@ _WINDOW = 65_536
 _SEEDS_PER_HIT = 2
 
 
+#: rows a scan picks for a full score before it scores them (prefetching ahead as it goes)
+_PICK_BATCH = TILE_ROWS
+
+
+@njit(inline="always")
+def _score_picks(codes, factors, halves, picks, pick_upper, n_picks, query, step, low,
+                 seg_sums, seg_starts, seg_bits, plane_at, seg_mid, n_sign, width, metric_l2,
+                 l2_col, const, heap_s, heap_r, size):
+    """Full scores of rows ``picks[:n_picks]`` into the heap, each while its upper bound
+    ``pick_upper[i]`` still beats the heap, the lines of the rows ``_PREFETCH_ROWS`` ahead
+    prefetched: picked rows lie apart, so each would otherwise wait for its own cache lines."""
+    capacity = heap_s.shape[0]
+    for i in range(min(n_picks, _PREFETCH_ROWS)):
+        _prefetch_row(codes, factors, picks[i], n_sign, width)
+    for i in range(n_picks):
+        if i + _PREFETCH_ROWS < n_picks:
+            _prefetch_row(codes, factors, picks[i + _PREFETCH_ROWS], n_sign, width)
+        if size == capacity and pick_upper[i] <= heap_s[0]:
+            continue
+        row = picks[i]
+        ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
+                            seg_bits, plane_at, seg_mid, n_sign, width)
+        size = _heap_offer(heap_s, heap_r, size,
+                           _finish(ip, factors, row, metric_l2, l2_col, const), row)
+    return size
+
+
 @njit(cache=True, nogil=True)
 def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask, rows, use_rows,
                        spans, span_lo, span_hi, q, halves, qplanes, q_step, q_low, q_seg_sums,
@@ -437,6 +485,8 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
     seed_r = np.empty(n_seeds, dtype=np.int64)
     acc = np.empty(TILE_ROWS, dtype=np.uint64)
     ones = np.empty(TILE_ROWS, dtype=np.uint64)
+    picks = np.empty(max(n_seeds, _PICK_BATCH), dtype=np.int64)
+    pick_upper = np.empty(picks.shape[0], dtype=np.float64)
     span = span_lo
     item = spans[span_lo, 0] if span_lo < span_hi else 0
     while span < span_hi:
@@ -473,15 +523,16 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
                         if ub != -np.inf and (seeds < n_seeds or ub > seed_s[0]):
                             seeds = _heap_offer(seed_s, seed_r, seeds, ub, place + j)
                 else:
+                    n_picks = 0
                     for j in range(count):
                         if upper[place + j] > heap_s[0]:
-                            row = _row_at(block + j, rows, use_rows)
-                            ip = _segment_score(codes, factors, halves, row, query, step, low,
-                                                seg_sums, seg_starts, seg_bits, plane_at,
-                                                seg_mid, n_sign, width)
-                            size = _heap_offer(heap_s, heap_r, size,
-                                               _finish(ip, factors, row, metric_l2, l2_col,
-                                                       const), row)
+                            picks[n_picks] = _row_at(block + j, rows, use_rows)
+                            pick_upper[n_picks] = upper[place + j]
+                            n_picks += 1
+                    size = _score_picks(codes, factors, halves, picks, pick_upper, n_picks,
+                                        query, step, low, seg_sums, seg_starts, seg_bits,
+                                        plane_at, seg_mid, n_sign, width, metric_l2, l2_col,
+                                        const, heap_s, heap_r, size)
                 block += count
             filled += end - item
             item = end
@@ -494,21 +545,29 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
         # the seeds in full: the heap is then close to final
         for i in range(seeds):
             at = seed_r[i]
-            row = _row_at(items[at], rows, use_rows)
+            picks[i] = _row_at(items[at], rows, use_rows)
+            pick_upper[i] = upper[at]
             upper[at] = -np.inf
-            ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
-                                seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
-            size = _heap_offer(heap_s, heap_r, size,
-                               _finish(ip, factors, row, metric_l2, l2_col, const), row)
-        # the window's other rows whose bound beats the heap
+        size = _score_picks(codes, factors, halves, picks, pick_upper, seeds, query, step, low,
+                            seg_sums, seg_starts, seg_bits, plane_at, seg_mid, n_sign, width,
+                            metric_l2, l2_col, const, heap_s, heap_r, size)
+        # the window's other rows whose bound beats the heap, a batch at a time
+        n_picks = 0
         for at in range(filled):
             if upper[at] == -np.inf or (size == capacity and upper[at] <= heap_s[0]):
                 continue
-            row = _row_at(items[at], rows, use_rows)
-            ip = _segment_score(codes, factors, halves, row, query, step, low, seg_sums,
-                                seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
-            size = _heap_offer(heap_s, heap_r, size,
-                               _finish(ip, factors, row, metric_l2, l2_col, const), row)
+            picks[n_picks] = _row_at(items[at], rows, use_rows)
+            pick_upper[n_picks] = upper[at]
+            n_picks += 1
+            if n_picks == picks.shape[0]:
+                size = _score_picks(codes, factors, halves, picks, pick_upper, n_picks, query,
+                                    step, low, seg_sums, seg_starts, seg_bits, plane_at, seg_mid,
+                                    n_sign, width, metric_l2, l2_col, const, heap_s, heap_r,
+                                    size)
+                n_picks = 0
+        size = _score_picks(codes, factors, halves, picks, pick_upper, n_picks, query, step,
+                            low, seg_sums, seg_starts, seg_bits, plane_at, seg_mid, n_sign, width,
+                            metric_l2, l2_col, const, heap_s, heap_r, size)
 
 
 @njit(cache=True, nogil=True, parallel=True)
