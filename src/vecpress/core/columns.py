@@ -14,7 +14,6 @@ Nothing here touches files or knows about documents.
 from __future__ import annotations
 
 import mmap
-from copy import copy
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -116,11 +115,11 @@ class _IdColumn:
         """A snapshot: later appends and removals do not change it."""
         if self._explicit is not None and not self._ascending:
             self._sorted_tail()  # computed once here rather than by every snapshot
-        twin = copy(self)
+        twin = _shallow_copy(self)
         for name in ("_explicit", "_removed"):
             part = getattr(self, name)
             if part is not None:
-                setattr(twin, name, copy(part))
+                setattr(twin, name, _shallow_copy(part))
         return twin
 
     @property
@@ -176,6 +175,12 @@ class _IdColumn:
         if self._explicit is None:
             return self._first + rows
         return self._explicit.view[rows]
+
+    def of_found(self, rows: np.ndarray) -> np.ndarray:
+        """Ids of a search's ``rows`` (int64), -1 where a row is -1 (no hit), as a new array."""
+        if self._explicit is None:
+            return np.where(rows >= 0, rows + self._first, -1)
+        return np.where(rows >= 0, self._explicit.view[rows], -1)  # (row -1 reads the last)
 
     def all(self) -> np.ndarray:
         """The id of every row, -1 for removed rows (a new array)."""
@@ -438,6 +443,14 @@ def _file_mapped(array: np.ndarray) -> bool:
             return True
         array = getattr(array, "base", None)
     return False
+
+
+def _shallow_copy(obj: Any) -> Any:
+    """A new object of ``obj``'s class sharing its attributes (``copy.copy`` of a plain object,
+    without the pickle protocol's detour: a snapshot takes two or three per search)."""
+    twin = object.__new__(type(obj))
+    twin.__dict__.update(obj.__dict__)
+    return twin
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ MAX_NESTING = 32
 
 def as_matrix(value: Any, dim: int, name: str, *, allow_1d: bool = False) -> np.ndarray:
     """A finite float32 (n, dim) C-contiguous matrix from array-like ``value``, n >= 1."""
+    if type(value) is np.ndarray and value.dtype == np.float32:  # (a search's usual query)
+        return _checked_matrix(value, dim, name, allow_1d)
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array of shape (n, {dim}), got {type(value).__name__}")
     try:
@@ -31,6 +33,11 @@ def as_matrix(value: Any, dim: int, name: str, *, allow_1d: bool = False) -> np.
             f"dtype=np.float32)")
     if np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real-valued, got dtype {array.dtype}")
+    return _checked_matrix(array, dim, name, allow_1d)
+
+
+def _checked_matrix(array: np.ndarray, dim: int, name: str, allow_1d: bool) -> np.ndarray:
+    """``as_matrix``'s checks of shape and finiteness, for an array of real numbers."""
     if array.ndim == 1 and allow_1d:
         array = array[None, :]
     if array.ndim != 2:

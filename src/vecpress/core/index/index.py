@@ -359,11 +359,10 @@ class Index(_Loading, _Writes, _Upkeep, _Lists):
             scores, rows = self._rerank(snap.originals, full, rows, k)
         else:
             scores, rows = scores[:, :k], rows[:, :k]
-        found = np.where(rows >= 0, snap.ids.of_rows(np.maximum(rows, 0)), -1)
+        found = snap.ids.of_found(rows)  # (a slot without a hit: row -1, score -inf)
         if found.shape[1] < k:
             scores, found = _pad(scores, found, k)
-        scores = np.where(found >= 0, scores, -np.inf).astype(np.float32)
-        return scores, found
+        return np.ascontiguousarray(scores, dtype=np.float32), found
 
     def get(self, ids: Any) -> np.ndarray:
         """Kept original vectors of ``ids`` as float32 (normalised for cosine)."""
