@@ -3,8 +3,12 @@
 The corpus is the WordNet glosses embedded with all-MiniLM-L6-v2 (384-d, cosine): the first
 ``--base`` of the seeded shuffle are indexed, 1,000 held-out glosses are the queries (the same
 split as every other benchmark here). For each method: recall@10 against the exact top-10,
-single-query latency p50 on one thread (``--latency-queries`` queries, one call each), build
-seconds, and RAM bytes per vector as the library accounts it.
+single-query latency p50 on one thread, warm and cold (``--latency-queries`` queries, one
+call each; every index is built first, then the settings take turns: by blocks of 20
+consecutive queries for *warm*, each call finding the caches as its own previous call left
+them, and query by query for *cold*, each call following another method's search, so a noisy
+minute on a shared machine slows every method alike), build seconds, and RAM bytes per vector
+as the library accounts it.
 
 - ``vecpress flat``: ``partitions=None``, the scan of every code;
 - ``vecpress lists``: the default ``partitions="auto"`` (its lists and calibrated ``nprobe``),
@@ -47,7 +51,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if not __package__:  # run as `python benchmarks/bench_partitions.py`
     _here = Path(__file__).resolve().parent
@@ -121,23 +125,77 @@ def _nprobes(lists: int) -> tuple[int, ...]:
     return NPROBES + LARGE_NPROBES if lists > 512 else NPROBES
 
 
+#: one timed setting: an untimed setup (a peer's nprobe or ef, set on its shared object) and
+#: the timed search of query number ``j`` alone
+Timed = tuple[Callable[[], Any] | None, Callable[[int], Any]]
+
+
+#: consecutive queries a setting answers in its turn when timed warm
+WARM_BLOCK = 20
+
+
+def _blocked_p50_ms(settings: list[Timed], n_queries: int,
+                    block: int = WARM_BLOCK) -> list[float]:
+    """Median wall time in ms of one single-query call of each setting, warm: the settings
+    take turns by blocks of ``block`` consecutive queries (after one untimed call), so each
+    call finds the caches as its own previous call left them, as in a service that only
+    searches, while a slow minute of a shared machine still falls on every setting alike."""
+    times: list[list[float]] = [[] for _ in settings]
+    for turn, first in enumerate(range(0, n_queries, block)):
+        for k in range(len(settings)):
+            i = (turn + k) % len(settings)
+            setup, search = settings[i]
+            if setup is not None:
+                setup()
+            search(first)  # (untimed: the switch from another setting)
+            for j in range(first, min(first + block, n_queries)):
+                start = time.perf_counter()
+                search(j)
+                times[i].append(time.perf_counter() - start)
+    return [1e3 * float(np.median(t)) for t in times]
+
+
+def _interleaved_p50_ms(settings: list[Timed], n_queries: int) -> list[float]:
+    """Median wall time in ms of one single-query call of each setting over ``n_queries``
+    queries, cold: the settings take turns query by query (each query's turn starting one
+    setting later), so every call follows another method's search, which has evicted much
+    of what this one's previous call left in the caches (as when a service runs other work,
+    an embedding model or an LLM call, between its searches)."""
+    for setup, search in settings:  # two warm-up calls each
+        for j in range(min(2, n_queries)):
+            if setup is not None:
+                setup()
+            search(j)
+    times: list[list[float]] = [[] for _ in settings]
+    for j in range(n_queries):
+        for turn in range(len(settings)):
+            i = (j + turn) % len(settings)
+            setup, search = settings[i]
+            if setup is not None:
+                setup()
+            start = time.perf_counter()
+            search(j)
+            times[i].append(time.perf_counter() - start)
+    return [1e3 * float(np.median(t)) for t in times]
+
+
 def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
             latency_queries: int, hnsw: bool = True,
             add_batch: int = ADD_BATCH) -> list[dict[str, Any]]:
-    """Every method's rows (one per nprobe) on ``base``."""
+    """Every method's rows (one per nprobe) on ``base``: every index is built first, then
+    their latencies are timed interleaved (:func:`_interleaved_p50_ms`)."""
     import faiss
 
     unit = base / np.linalg.norm(base, axis=1, keepdims=True)
     unit_queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    timed = unit_queries[:latency_queries]
-    rows = []
+    rows: list[dict[str, Any]] = []
+    timed: list[Timed] = []  # (timed[i] measures rows[i])
 
     flat, seconds = _vecpress(base, None, add_batch)
     rows.append({"method": "vecpress flat (4-bit saq + rerank)", "lists": 0, "nprobe": "-",
                  "recall@10": recall_at(flat.search(queries, K)[1], truth),
-                 "p50_ms": _latency_ms(lambda q: flat.search(q, K), timed),
                  "build_s": seconds, "ram_b_per_vector": flat.stats()["ram_bytes"] / len(base)})
-    del flat
+    timed.append((None, lambda j: flat.search(queries[j:j + 1], K)))
 
     lists, seconds = _vecpress(base, "auto", add_batch)
     stats = lists.stats()
@@ -148,10 +206,9 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
         rows.append({"method": "vecpress lists (4-bit saq + rerank)", "lists": stats["lists"],
                      "nprobe": f"{stats['nprobe']} (default)" if nprobe is None else nprobe,
                      "recall@10": recall_at(lists.search(queries, K, nprobe=nprobe)[1], truth),
-                     "p50_ms": _latency_ms(lambda q: lists.search(q, K, nprobe=nprobe), timed),
                      "build_s": seconds, "ram_b_per_vector": ram})
+        timed.append((None, lambda j, n=nprobe: lists.search(queries[j:j + 1], K, nprobe=n)))
     n_lists = max(1, stats["lists"])
-    del lists
 
     for description, label in (("IVF{lists},RaBitQ4,RFlat", "faiss IVF,RaBitQ4,RFlat x3"),
                                ("IVF{lists},Flat", "faiss IVF,Flat (float32)")):
@@ -167,20 +224,26 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
             found = index.search(unit_queries, K)[1]
             rows.append({"method": label, "lists": n_lists, "nprobe": nprobe,
                          "recall@10": recall_at(found, truth),
-                         "p50_ms": _latency_ms(lambda q: index.search(q, K), timed),
                          "build_s": seconds, "ram_b_per_vector": ram})
-        del index
+            timed.append((lambda i=index, n=nprobe: _faiss_nprobe(i, n),
+                          lambda j, i=index: i.search(unit_queries[j:j + 1], K)))
     if hnsw:
-        rows += _hnswlib_rows(unit, unit_queries, truth, timed)
+        hnsw_rows, hnsw_timed = _hnswlib_rows(unit, unit_queries, truth)
+        rows += hnsw_rows
+        timed += hnsw_timed
+    n_timed = min(latency_queries, len(queries))
+    warm = _blocked_p50_ms(timed, n_timed)
+    cold = _interleaved_p50_ms(timed, n_timed)
+    for row, warm_ms, cold_ms in zip(rows, warm, cold):
+        row["p50_ms"], row["p50_cold_ms"] = warm_ms, cold_ms
     return rows
 
 
-def _hnswlib_rows(unit: np.ndarray, unit_queries: np.ndarray, truth: np.ndarray,
-                  timed: np.ndarray) -> list[dict[str, Any]]:
+def _hnswlib_rows(unit: np.ndarray, unit_queries: np.ndarray,
+                  truth: np.ndarray) -> tuple[list[dict[str, Any]], list[Timed]]:
     import hnswlib
 
-    rows = []
-
+    rows, timed = [], []
     graph = hnswlib.Index(space="ip", dim=unit.shape[1])
     graph.init_index(max_elements=len(unit), M=16, ef_construction=128)
     start = time.perf_counter()
@@ -195,10 +258,10 @@ def _hnswlib_rows(unit: np.ndarray, unit_queries: np.ndarray, truth: np.ndarray,
         found = graph.knn_query(unit_queries, k=K, num_threads=1)[0]
         rows.append({"method": "hnswlib M=16 (float32 graph)", "lists": 0, "nprobe": f"ef={ef}",
                      "recall@10": recall_at(found, truth),
-                     "p50_ms": _latency_ms(lambda q: graph.knn_query(q, k=K, num_threads=1),
-                                           timed),
                      "build_s": seconds, "ram_b_per_vector": ram})
-    return rows
+        timed.append((lambda e=ef: graph.set_ef(e),
+                      lambda j: graph.knn_query(unit_queries[j:j + 1], k=K, num_threads=1)))
+    return rows, timed
 
 
 def crossover(base: np.ndarray, queries: np.ndarray, sizes: list[int],
@@ -221,26 +284,32 @@ def crossover(base: np.ndarray, queries: np.ndarray, sizes: list[int],
 
 
 def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The first run's rows, each with the median of the runs' p50 latencies (every run
-    measures the same methods and settings in the same order) and the runs' p50s beside it."""
+    """The first run's rows, each with the median of the runs' p50 latencies, warm and cold
+    (every run measures the same methods and settings in the same order), and the runs' p50s
+    beside them."""
     rows = []
     for same in zip(*runs):
         row = dict(same[0])
-        row["p50_ms"] = float(np.median([r["p50_ms"] for r in same]))
-        if len(same) > 1:
-            row["p50_ms_runs"] = [r["p50_ms"] for r in same]
+        for key in ("p50_ms", "p50_cold_ms"):
+            if key not in row:
+                continue
+            row[key] = float(np.median([r[key] for r in same]))
+            if len(same) > 1:
+                row[f"{key}_runs"] = [r[key] for r in same]
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict[str, Any]], cross: list[dict[str, Any]], header: str) -> str:
     lines = [header, "",
-             "| method | lists | nprobe | recall@10 | p50 ms (1 thread) | build s | RAM B/vector |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| method | lists | nprobe | recall@10 | p50 ms warm | p50 ms cold | build s | "
+             "RAM B/vector |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        cold = f"{r['p50_cold_ms']:.2f}" if "p50_cold_ms" in r else "-"
         lines.append(f"| {r['method']} | {r['lists'] or '-'} | {r['nprobe']} | "
-                     f"{r['recall@10']:.4f} | {r['p50_ms']:.2f} | {r['build_s']:.1f} | "
-                     f"{r['ram_b_per_vector']:.1f} |")
+                     f"{r['recall@10']:.4f} | {r['p50_ms']:.2f} | {cold} | "
+                     f"{r['build_s']:.1f} | {r['ram_b_per_vector']:.1f} |")
     if cross:
         lines += ["", "Crossover: flat scan against lists at the calibrated nprobe, on "
                   "prefixes of the corpus (sqrt(n) lists).", "",
@@ -269,7 +338,7 @@ def plot(rows: list[dict[str, Any]], title: str, path: Path) -> None:
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_yscale("log")
     ax.set_xlabel("recall@10 vs exact")
-    ax.set_ylabel("single-query latency p50, 1 thread (ms, log scale)")
+    ax.set_ylabel("single-query latency p50, warm, 1 thread (ms, log scale)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -114,3 +114,42 @@ def test_partitions_bench_reports_each_rows_median_over_runs():
     assert [r["method"] for r in three] == ["a", "b"] and three[1]["recall@10"] == 0.8
     assert [r["p50_ms"] for r in median_rows(runs)] == [2.5, 25.0]
     assert "p50_ms_runs" not in median_rows(runs[:1])[0]
+
+
+@pytest.mark.parametrize("n_queries", [1, 7, 45])
+def test_partitions_bench_times_every_setting_on_every_query_with_its_own_setup(n_queries):
+    """``bench_partitions``' warm and cold timings: each setting's search is timed once per
+    query, always right after its own setup (a peer's nprobe is set on a shared object), warm
+    in blocks of consecutive queries, cold with every timed call following another setting's
+    call."""
+    from benchmarks import bench_partitions as bench
+
+    for helper in (bench._blocked_p50_ms, bench._interleaved_p50_ms):
+        state = {"current": None}
+        calls: list[tuple[str, int]] = []
+
+        def setting(name: str):
+            def setup() -> None:
+                state["current"] = name
+
+            def search(j: int) -> None:
+                assert state["current"] == name  # (its setup ran since another's)
+                calls.append((name, j))
+            return setup, search
+
+        names = ["a", "b", "c"]
+        p50 = helper([setting(n) for n in names], n_queries)
+        assert len(p50) == 3 and all(ms >= 0 for ms in p50)
+        blocks = -(-n_queries // bench.WARM_BLOCK)
+        untimed = min(2, n_queries) if helper is bench._interleaved_p50_ms else blocks
+        for name in names:
+            seen = [j for n, j in calls if n == name]
+            assert set(seen) == set(range(n_queries)) and len(seen) == n_queries + untimed
+        if helper is bench._interleaved_p50_ms:
+            timed = calls[3 * min(2, n_queries):]  # after two warm-up calls per setting
+            assert len(timed) == 3 * n_queries
+            assert all(a[0] != b[0] for a, b in zip(timed, timed[1:]))
+        else:
+            runs = [n for n, _ in calls]
+            switches = sum(a != b for a, b in zip(runs, runs[1:]))
+            assert switches == 3 * blocks - 1
