@@ -64,8 +64,9 @@ def test_cosine_normalises_huge_and_tiny_rows_instead_of_zeroing_them():
        scale=st.sampled_from([1e-40, 1e-25, 1e-3, 1.0, 1e18, 1e30, 3e38]),
        zero_at=st.none() | st.integers(0, 5))
 def test_unit_rows_match_a_float64_reference_at_any_scale(seed, rows, dim, scale, zero_at):
-    """The compiled normalisation against numpy in float64, from subnormal to float32's
-    largest values; an all-zero row is refused by its number."""
+    """The cosine normalisation against numpy in float64, from subnormal to float32's
+    largest values (rows whose squares leave float32's range are rescaled first); an
+    all-zero row is refused by its number."""
     from vecpress.core.index import _normalized
 
     rng = np.random.default_rng(seed)
