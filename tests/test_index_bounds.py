@@ -59,11 +59,13 @@ def test_cosine_normalises_huge_and_tiny_rows_instead_of_zeroing_them():
     scores, found = index.search(unit[0] * 3e30, k=1)
     assert found[0, 0] == 0 and abs(scores[0, 0] - 1.0) < 1e-5
 
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 6), dim=st.integers(1, 40),
        scale=st.sampled_from([1e-40, 1e-25, 1e-3, 1.0, 1e18, 1e30, 3e38]),
        zero_at=st.none() | st.integers(0, 5))
-def test_unit_rows_match_a_float64_reference_at_any_scale(seed, rows, dim, scale, zero_at):
+def test_cosine_normalisation_matches_a_float64_reference_at_any_scale(seed, rows, dim, scale,
+                                                                      zero_at):
     """The cosine normalisation against numpy in float64, from subnormal to float32's
     largest values (rows whose squares leave float32's range are rescaled first); an
     all-zero row is refused by its number."""
@@ -80,7 +82,6 @@ def test_unit_rows_match_a_float64_reference_at_any_scale(seed, rows, dim, scale
     wide = vectors.astype(np.float64)
     expected = wide / np.linalg.norm(wide, axis=1, keepdims=True)
     np.testing.assert_allclose(_normalized(vectors, "vectors"), expected, rtol=1e-6, atol=1e-7)
-
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2"])
