@@ -616,7 +616,10 @@ def test_langchain_store_serves_a_sharded_collection(empty):
     single.upsert(ids, embeddings.embed_documents(texts))
     want = single.search(embeddings.embed_query(texts[12]), 3, relevance=True)
     assert [d.id for d, _ in scored] == [h.id for h in want]
-    assert [r for _, r in scored] == pytest.approx([h.relevance for h in want], abs=1e-9)
+    # (float32 scores: a sample scored through the shards' index and one scored by numpy can
+    # differ in the last bit, which moves a relevance by about 1e-8; one shard's own statistics
+    # instead of the pooled ones move it by about 0.1)
+    assert [r for _, r in scored] == pytest.approx([h.relevance for h in want], abs=1e-6)
     single.close()
     store.delete(ids[:5])
     assert [d.id for d in store.get_by_ids(ids[:7])] == ids[5:7]
@@ -645,7 +648,7 @@ def test_llama_index_store_serves_a_sharded_collection(empty):
         VectorStoreQuery(query_embedding=vectors[9].tolist(), similarity_top_k=3))
     want = single.search(vectors[9], 3, relevance=True)
     assert scored.ids == [h.id for h in want]
-    assert scored.similarities == pytest.approx([h.relevance for h in want], abs=1e-9)
+    assert scored.similarities == pytest.approx([h.relevance for h in want], abs=1e-6)
     single.close()
 
 

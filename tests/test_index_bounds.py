@@ -66,9 +66,8 @@ def test_cosine_normalises_huge_and_tiny_rows_instead_of_zeroing_them():
        zero_at=st.none() | st.integers(0, 5))
 def test_cosine_normalisation_matches_a_float64_reference_at_any_scale(seed, rows, dim, scale,
                                                                       zero_at):
-    """The cosine normalisation against numpy in float64, from subnormal to float32's
-    largest values (rows whose squares leave float32's range are rescaled first); an
-    all-zero row is refused by its number."""
+    """The cosine normalisation against numpy in float64, from subnormal values to float32's
+    largest; an all-zero row is refused by its number."""
     from vecpress.core.index import _normalized
 
     rng = np.random.default_rng(seed)

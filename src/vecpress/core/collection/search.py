@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import filters as filters_module
 from .. import relevance as relevance_module
+from ..index.config import _normalized
 from ..relevance import ScoreSample, ScoreStats
 from ..validate import as_matrix, as_positive_int
 from .results import Hit
@@ -247,8 +248,8 @@ class _Search:
         """The metric's score of ``query`` against the kept vectors of ``rowids``."""
         vectors = self._index.get(rowids)
         q = query.astype(np.float32)
-        if self.metric == "cosine":
-            q = q / np.linalg.norm(q)
+        if self.metric == "cosine":  # (scaled as the index scales its queries)
+            q = _normalized(q[None, :], "query")[0]
         if self.metric == "l2":
             values = -np.sum((vectors - q) ** 2, axis=1)
         else:

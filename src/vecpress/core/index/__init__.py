@@ -18,7 +18,7 @@ not on this package, which only re-exports it.
 """
 
 from .config import (DEFAULT_OVERSAMPLE, FLOAT16_MAX, METRIC_ALIASES, RERANK_DTYPES,
-                     _MAX_SQUARED_NORM, _TINY_NORM, _check_partitions, _empty_result,
+                     _MAX_SQUARED_NORM, _check_partitions, _empty_result,
                      _make_config, _normalized, _pad, _spread, ram_bytes_per_vector)
 from .index import MAX_PADDED_K, Index
 from .lists import _ListPlan, _scan_lists

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import store_format
+from .. import kernels, store_format
 from ..codecs import default_codec_name, make_codec
 from ..validate import as_positive_int
 
@@ -22,8 +22,6 @@ RERANK_DTYPES = {"float16": np.float16, "float32": np.float32}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: largest squared norm of a vector whose scores stay finite in float32
 _MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
-#: norms below this lose precision in float32 (squares near the subnormal range)
-_TINY_NORM = 1e-18
 
 
 def _make_config(*, dim: Any, metric: Any, bits: Any, rerank: Any, codec: Any, oversample: Any,
@@ -119,23 +117,16 @@ def _spread(sizes: np.ndarray | None) -> dict[str, int]:
 
 
 def _normalized(vectors: np.ndarray, name: str) -> np.ndarray:
-    """Rows scaled to unit length. Rows whose squared norm overflows float32 (values near
-    1e19 and above) or underflows it (near 1e-19 and below) are first divided by their largest
-    magnitude, so a row of 1e20s is normalised instead of becoming zeros."""
-    with np.errstate(over="ignore", under="ignore"):
-        norms = np.linalg.norm(vectors, axis=1)
-    awkward = ~np.isfinite(norms) | (norms < _TINY_NORM)
-    if awkward.any():
-        rows = vectors[awkward].astype(np.float64)
-        peak = np.abs(rows).max(axis=1, keepdims=True)
-        rows = np.divide(rows, peak, out=np.zeros_like(rows), where=peak > 0)
-        vectors = vectors.copy()
-        vectors[awkward] = rows.astype(np.float32)
-        norms[awkward] = np.linalg.norm(vectors[awkward], axis=1)
-    if (norms == 0).any():
-        row = int(np.nonzero(norms == 0)[0][0])
-        raise ValueError(f"{name} row {row} is all zeros; cosine similarity needs non-zero vectors")
-    return np.ascontiguousarray(vectors / norms[:, None], dtype=np.float32)
+    """Rows scaled to unit length (a new float32 array), the norms taken in float64 so rows of
+    values near 1e20 or 1e-20, whose squares leave float32's range, are scaled like any other
+    (see ``kernels.unit_rows``); ``ValueError`` naming the first all-zero row."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    out = np.empty_like(vectors)
+    zero = kernels.unit_rows(vectors, out)
+    if zero >= 0:
+        raise ValueError(f"{name} row {zero} is all zeros; cosine similarity needs non-zero "
+                         f"vectors")
+    return out
 
 
 def _empty_result(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,9 +4,9 @@ Plain module-level functions on arrays, compiled once with ``cache=True``. They 
 user data and know nothing of documents or files: the Python layers validate before calling.
 One module per family: ``planes`` (bit-plane codes, ``rabitq``), ``segments`` (segment codes
 in tiles, ``saq``), ``bytes`` (``int8``/``fp8``), with the shared top-k heap in ``heap``, the
-LLVM intrinsics in ``intrinsics``, the k-means loops in ``kmeans`` and the rerank's exact
-scores in ``rerank``. This package re-exports the names the codecs, the column store and the
-clustering use.
+LLVM intrinsics in ``intrinsics``, the k-means loops in ``kmeans``, the rerank's exact
+scores in ``rerank`` and unit-length rows for cosine in ``vectors``. This package re-exports
+the names the codecs, the column store, the index and the clustering use.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .rerank import (  # noqa: E402
 from .segments import (  # noqa: E402
     TILE_ROWS, encode_segments, pack_segments, prepare_queries, read_tiles,
     scan_segments_parallel, scan_segments_task, unpack_segments, write_tiles)
+from .vectors import unit_rows  # noqa: E402
 
 #: serial task and parallel driver of each code family
 SCANS = {
@@ -44,4 +45,4 @@ __all__ = ["best_candidates", "candidates_by_row", "cluster_sums", "encode_segme
            "quantize_planes", "read_tiles", "rows_at", "scan_bytes_parallel", "scan_bytes_task",
            "scan_planes_parallel", "scan_planes_task", "scan_segments_parallel",
            "scan_segments_task", "SCANS", "seed_gains", "sorted_heaps", "TILE_ROWS",
-           "unpack_planes", "unpack_segments", "write_tiles"]
+           "unit_rows", "unpack_planes", "unpack_segments", "write_tiles"]
