@@ -134,6 +134,16 @@ Timed = tuple[Callable[[], Any] | None, Callable[[int], Any]]
 WARM_BLOCK = 20
 
 
+def _seconds(setting: Timed, j: int) -> float:
+    """Wall time of one search of ``setting`` (query ``j``), its setup run first, untimed."""
+    setup, search = setting
+    if setup is not None:
+        setup()
+    start = time.perf_counter()
+    search(j)
+    return time.perf_counter() - start
+
+
 def _blocked_p50_ms(settings: list[Timed], n_queries: int,
                     block: int = WARM_BLOCK) -> list[float]:
     """Median wall time in ms of one single-query call of each setting, warm: the settings
@@ -144,14 +154,10 @@ def _blocked_p50_ms(settings: list[Timed], n_queries: int,
     for turn, first in enumerate(range(0, n_queries, block)):
         for k in range(len(settings)):
             i = (turn + k) % len(settings)
-            setup, search = settings[i]
-            if setup is not None:
-                setup()
-            search(first)  # (untimed: the switch from another setting)
+            _seconds(settings[i], first)  # (not kept: the switch from another setting)
+            search_only = (None, settings[i][1])  # (its setup holds for the whole block)
             for j in range(first, min(first + block, n_queries)):
-                start = time.perf_counter()
-                search(j)
-                times[i].append(time.perf_counter() - start)
+                times[i].append(_seconds(search_only, j))
     return [1e3 * float(np.median(t)) for t in times]
 
 
@@ -161,21 +167,14 @@ def _interleaved_p50_ms(settings: list[Timed], n_queries: int) -> list[float]:
     setting later), so every call follows another method's search, which has evicted much
     of what this one's previous call left in the caches (as when a service runs other work,
     an embedding model or an LLM call, between its searches)."""
-    for setup, search in settings:  # two warm-up calls each
+    for setting in settings:
         for j in range(min(2, n_queries)):
-            if setup is not None:
-                setup()
-            search(j)
+            _seconds(setting, j)  # (two warm-up calls each, not kept)
     times: list[list[float]] = [[] for _ in settings]
     for j in range(n_queries):
         for turn in range(len(settings)):
             i = (j + turn) % len(settings)
-            setup, search = settings[i]
-            if setup is not None:
-                setup()
-            start = time.perf_counter()
-            search(j)
-            times[i].append(time.perf_counter() - start)
+            times[i].append(_seconds(settings[i], j))
     return [1e3 * float(np.median(t)) for t in times]
 
 
@@ -183,7 +182,8 @@ def measure(base: np.ndarray, queries: np.ndarray, truth: np.ndarray,
             latency_queries: int, hnsw: bool = True,
             add_batch: int = ADD_BATCH) -> list[dict[str, Any]]:
     """Every method's rows (one per nprobe) on ``base``: every index is built first, then
-    their latencies are timed interleaved (:func:`_interleaved_p50_ms`)."""
+    their latencies are timed warm (:func:`_blocked_p50_ms`) and cold
+    (:func:`_interleaved_p50_ms`)."""
     import faiss
 
     unit = base / np.linalg.norm(base, axis=1, keepdims=True)
