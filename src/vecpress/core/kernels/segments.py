@@ -261,6 +261,22 @@ def _prefetch_tile(codes, factors, tile, n_sign):
         _prefetch(factors, row, 0)
 
 
+@njit(inline="always")
+def _prefetch_lanes(codes, factors, start, stop, n_sign):
+    """Prefetch the sign words and factors of rows ``start .. stop`` of one tile: the part
+    of a tile a list of a partitioned index holds (the next list's first rows, or the last
+    rows of this one), where a whole tile's prefetch would mostly fetch other lists."""
+    tile = start >> _TILE_SHIFT
+    lo = start & _TILE_MASK
+    hi = ((stop - 1) & _TILE_MASK) + 1
+    for i in range(n_sign):
+        for lane in range(lo - lo % 8, hi, 8):
+            _prefetch(codes, tile, (i << _TILE_SHIFT) + lane)
+    step = max(1, 64 // (4 * factors.shape[1]))
+    for row in range(start - start % step, stop, step):
+        _prefetch(factors, row, 0)
+
+
 #: candidates ahead of the one being scored in full whose cache lines are prefetched
 _PREFETCH_ROWS = 6
 
@@ -362,7 +378,6 @@ def _sign_bounds(codes, factors, rows, use_rows, start, count, sign_query, sign_
         return
     tile = start >> _TILE_SHIFT
     first = start & _TILE_MASK
-    _prefetch_tile(codes, factors, tile + _PREFETCH_TILES, n_sign)
     if count == TILE_ROWS:  # (constant bounds: the compiler's best loop for a whole tile)
         _tile_sign_sums(codes, tile, sign_query, acc, ones, 0, TILE_ROWS)
     else:
@@ -528,9 +543,22 @@ def scan_segments_task(codes, factors, removed, check_removed, mask, check_mask,
         filled = 0
         while filled < _WINDOW and span < span_hi:
             end = min(spans[span, 1], item + _WINDOW - filled)
+            # (prefetching: the next span's first rows as a span begins, and within a span
+            # the rows _PREFETCH_TILES tiles ahead. On 390-row lists this took a query's scan
+            # of 16 or 64 lists 4-8% faster than prefetching two whole tiles ahead always)
+            if not use_rows and item == spans[span, 0] and span + 1 < span_hi:
+                nxt = spans[span + 1, 0]
+                _prefetch_lanes(codes, factors, nxt,
+                                min(spans[span + 1, 1], (nxt | _TILE_MASK) + 1), n_sign)
             block = item
             while block < end:
                 count = min(end, (block | _TILE_MASK) + 1) - block  # up to the end of the tile
+                if not use_rows:
+                    ahead = (block >> _TILE_SHIFT) + _PREFETCH_TILES
+                    if (ahead + 1) << _TILE_SHIFT <= end:
+                        _prefetch_tile(codes, factors, ahead, n_sign)
+                    elif ahead << _TILE_SHIFT < end:
+                        _prefetch_lanes(codes, factors, ahead << _TILE_SHIFT, end, n_sign)
                 place = filled + block - item  # (of the tile's first candidate in the window)
                 _sign_bounds(codes, factors, rows, use_rows, block, count, sign_query,
                              sign_step[q], sign_low[q], sign_sum[q], bound, metric_l2, l2_col,
