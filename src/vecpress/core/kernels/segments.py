@@ -266,6 +266,8 @@ def _prefetch_lanes(codes, factors, start, stop, n_sign):
     """Prefetch the sign words and factors of rows ``start .. stop`` of one tile: the part
     of a tile a list of a partitioned index holds (the next list's first rows, or the last
     rows of this one), where a whole tile's prefetch would mostly fetch other lists."""
+    if stop <= start:  # (an empty span: nothing to fetch, and its tile may lie past the end)
+        return
     tile = start >> _TILE_SHIFT
     lo = start & _TILE_MASK
     hi = ((stop - 1) & _TILE_MASK) + 1
