@@ -346,6 +346,17 @@ def _add_sign_words(codes, tile, sign_query, first, words, acc, ones, lo, hi):
 
 
 @njit(inline="always", fastmath=_VECTORISE)
+def _sign_upper(factor, weighted, set_bits, sign_step, sign_low, half_sum, bound):
+    """A row's upper bound of <r, q> from its sign-plane sums (``weighted``, ``set_bits``)
+    and its factor: the 1-bit estimate plus ``bound`` standard errors scaled by the factor.
+    (The sums go to float through int64: a uint64 to float takes several instructions.)"""
+    factor = np.float64(factor)
+    estimate = factor * (sign_step * np.float64(np.int64(weighted))
+                         + sign_low * np.float64(np.int64(set_bits)) - half_sum)
+    return estimate + abs(factor) * bound
+
+
+@njit(inline="always", fastmath=_VECTORISE)
 def _sign_bounds(codes, factors, rows, use_rows, start, count, sign_query, sign_step,
                  sign_low, sign_sum, bound, metric_l2, l2_col, q_const, acc, ones, out, at):
     """Upper bounds of the scores of ``count`` candidates from ``start`` (within one tile
@@ -372,11 +383,9 @@ def _sign_bounds(codes, factors, rows, use_rows, start, count, sign_query, sign_
                 cw = _code_word(codes, row, i, n_sign, codes.shape[1] >> _TILE_SHIFT)
                 set_bits += popcount64(cw)
                 weighted += _sign_dot(cw, sign_query, i)
-            factor = np.float64(factors[row, 0])
-            estimate = factor * (sign_step * np.float64(np.int64(weighted))
-                                 + sign_low * np.float64(np.int64(set_bits)) - half_sum)
-            out[at + j] = _finish(estimate + abs(factor) * bound, factors, row, metric_l2,
-                                  l2_col, q_const)
+            ip = _sign_upper(factors[row, 0], weighted, set_bits, sign_step, sign_low,
+                             half_sum, bound)
+            out[at + j] = _finish(ip, factors, row, metric_l2, l2_col, q_const)
         return
     tile = start >> _TILE_SHIFT
     first = start & _TILE_MASK
@@ -384,19 +393,17 @@ def _sign_bounds(codes, factors, rows, use_rows, start, count, sign_query, sign_
         _tile_sign_sums(codes, tile, sign_query, acc, ones, 0, TILE_ROWS)
     else:
         _tile_sign_sums(codes, tile, sign_query, acc, ones, first, first + count)
+    # (one loop per metric, each passing _finish a constant, so neither tests it per row)
     if metric_l2:
         for j in range(count):
-            factor = np.float64(factors[start + j, 0])
-            estimate = factor * (sign_step * np.float64(np.int64(acc[first + j]))
-                                 + sign_low * np.float64(np.int64(ones[first + j])) - half_sum)
-            out[at + j] = -(factors[start + j, l2_col] + q_const
-                            - 2.0 * (estimate + abs(factor) * bound))
+            ip = _sign_upper(factors[start + j, 0], acc[first + j], ones[first + j],
+                             sign_step, sign_low, half_sum, bound)
+            out[at + j] = _finish(ip, factors, start + j, True, l2_col, q_const)
     else:
         for j in range(count):
-            factor = np.float64(factors[start + j, 0])
-            estimate = factor * (sign_step * np.float64(np.int64(acc[first + j]))
-                                 + sign_low * np.float64(np.int64(ones[first + j])) - half_sum)
-            out[at + j] = estimate + abs(factor) * bound + q_const
+            ip = _sign_upper(factors[start + j, 0], acc[first + j], ones[first + j],
+                             sign_step, sign_low, half_sum, bound)
+            out[at + j] = _finish(ip, factors, start + j, False, l2_col, q_const)
 
 
 @njit(cache=True, nogil=True)
