@@ -204,7 +204,69 @@ def _half_ratio(halves, row, s):
 @njit(inline="always")
 def _segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
                    seg_bits, plane_at, seg_mid, n_sign, width):
-    """Estimated <r, q> of one row (tiled layout): per segment, factor * <level - mid, q'>."""
+    """Estimated <r, q> of one row (tiled layout): per segment, factor * <level - mid, q'>.
+    Segments of one word each (every code of up to 384 dimensions) take
+    :func:`_one_word_segment_score`, which computes the same in loops the compiler unrolls."""
+    if seg_starts[1] - seg_starts[0] <= 64:
+        return _one_word_segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                                       seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
+    return _any_segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                              seg_starts, seg_bits, plane_at, seg_mid, n_sign, width)
+
+
+@njit(inline="always")
+def _plane_dot(cw, query, i, eight):
+    """sum_j popcount(cw & query[i, j]) << j over the query's planes (8: one vector op)."""
+    if eight:
+        return weighted_popcount8(cw, query, i)
+    acc = np.uint64(0)
+    for j in range(query.shape[1]):
+        acc += popcount64(cw & query[i, j]) << np.uint64(j)
+    return acc
+
+
+#: the most bit planes below a segment's sign plane (8-bit codes)
+_MAX_LOWER_PLANES = 7
+
+
+@njit(inline="always")
+def _one_word_segment_score(codes, factors, halves, row, query, step, low, seg_sums,
+                            seg_starts, seg_bits, plane_at, seg_mid, n_sign, width):
+    """:func:`_any_segment_score` where every segment is one word: the sign plane's word
+    from the sign runs, then the lower planes, which lie next to each other in the row's
+    other words, in a loop of constant length that the compiler unrolls. With loops of the
+    segment's own plane and word counts a full score took about 1.7 times as long (90
+    against 50 ns a row in cache on the benchmark's codes of 6, 5, 5, 4, 3 and 1 bits)."""
+    tile = row >> _TILE_SHIFT
+    lane = row & _TILE_MASK
+    rest = (n_sign << _TILE_SHIFT) + lane * (width - n_sign) - n_sign  # (+ word: its place)
+    eight = query.shape[1] == 8
+    total = 0.0
+    for s in range(seg_bits.shape[0]):
+        bits = seg_bits[s]
+        if bits == 0:
+            continue
+        i = seg_starts[s] >> 6  # (the segment's query word)
+        top = bits - 1
+        cw = codes[tile, (plane_at[s, top] << _TILE_SHIFT) + lane]
+        level_sum = popcount64(cw) << np.uint64(top)
+        acc = _plane_dot(cw, query, i, eight) << np.uint64(top)
+        lower = rest + plane_at[s, 0]
+        for b in range(_MAX_LOWER_PLANES):
+            if b < top:
+                cw = codes[tile, lower + b]
+                level_sum += popcount64(cw) << np.uint64(b)
+                acc += _plane_dot(cw, query, i, eight) << np.uint64(b)
+        dot = (step * np.float64(np.int64(acc)) + low * np.float64(np.int64(level_sum))
+               - seg_mid[s] * seg_sums[s])
+        total += _half_ratio(halves, row, s) * dot
+    return np.float64(factors[row, 0]) * total
+
+
+@njit(inline="always")
+def _any_segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
+                       seg_bits, plane_at, seg_mid, n_sign, width):
+    """:func:`_segment_score` for segments of any number of words."""
     total = 0.0
     eight = query.shape[1] == 8
     for s in range(seg_bits.shape[0]):
