@@ -503,6 +503,53 @@ def test_blocks_are_checked_only_where_read(tmp_path):
     assert isinstance(rows, storage.CheckedRows) and rows._verified.tolist() == [True, True, False]
 
 
+def test_searches_never_pass_a_block_that_failed_or_was_not_read(tmp_path):
+    """A search records the checksum blocks its rerank found sound, so later searches skip
+    them; a block that failed, or that no search has read yet, is still checked each time."""
+    path = tmp_path / "store"
+    data = random_vectors(9000, 4, seed=3)
+    with Index(4, bits=4, path=path) as index:
+        index.add(data)
+    entry = entry_of(read_manifest(path), "originals")
+    _flip_last_bit(path / entry["file"])  # in block 2 (rows 8192-8999)
+    index = Index.load(path)
+    for _ in range(2):  # rows of blocks 0 and 1 only: sound, then skipped
+        assert index.search(data[:2], k=1)[1][:, 0].tolist() == [0, 1]
+    for _ in range(2):
+        with pytest.raises(StoreCorruptedError, match="block 2"):
+            index.search(data[:1], k=9000)
+    assert index._originals._kernel_table().checked.tolist() == [True, True, False]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), sizes=st.lists(st.integers(1, 40), min_size=1, max_size=4))
+def test_the_rerank_s_record_of_checked_blocks_matches_a_reference(data, sizes):
+    """``kernels.rows_checked`` over files of ``sizes`` rows (each in checksum blocks of its
+    own size, or unchecked): True exactly when every block the rows touch is flagged, and
+    with ``mark`` it flags exactly those blocks."""
+    from vecpress.core import kernels
+
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    per = np.array([data.draw(st.integers(0, 8)) for _ in sizes], dtype=np.int64)
+    counts = [-(-n // int(p)) if p else 0 for n, p in zip(sizes, per)]
+    base = np.concatenate([[0], np.cumsum(counts)])[:-1].astype(np.int64)
+    checked = np.array(data.draw(st.lists(st.booleans(), min_size=sum(counts),
+                                          max_size=sum(counts))), dtype=np.bool_)
+    rows = np.sort(np.array(data.draw(st.lists(st.integers(0, int(starts[-1]) - 1),
+                                               max_size=20)), dtype=np.int64))
+    touched = set()
+    for row in rows.tolist():
+        b = int(np.searchsorted(starts, row, side="right")) - 1
+        if per[b]:
+            touched.add(int(base[b] + (row - starts[b]) // per[b]))
+    expected = checked.copy()
+    expected[sorted(touched)] = True
+    assert kernels.rows_checked(rows, starts, base, per, checked, False) == all(
+        checked[t] for t in touched)
+    kernels.rows_checked(rows, starts, base, per, checked, True)
+    np.testing.assert_array_equal(checked, expected)
+
+
 def test_stores_without_block_checksums_keep_working(tmp_path):
     path = make_store(tmp_path / "store", remove=0)
     manifest = read_manifest(path)

@@ -360,8 +360,11 @@ class _Blocks:
         if queries.shape[1] != table.dim:
             raise ValueError(f"queries have {queries.shape[1]} dimensions, the originals "
                              f"{table.dim}")
-        if not table.verified:
-            table.verified = self._verify_rows(rows)
+        if not table.verified and not kernels.rows_checked(
+                rows, table.starts, table.check_base, table.check_rows, table.checked, False):
+            table.verified = self._verify_rows(rows)  # (raises on a block that fails)
+            kernels.rows_checked(rows, table.starts, table.check_base, table.check_rows,
+                                 table.checked, True)
         kernels.exact_scores_at(table.addresses, table.halves, table.starts, table.dim, rows,
                                 queries, query_of, dots, squares)
         return dots, squares
@@ -416,6 +419,13 @@ class _BlockTable:
     halves: np.ndarray  # (blocks,) bool: float16 (else float32)
     starts: np.ndarray  # (blocks + 1,) int64: the first row of each block, then the rows
     dim: int
+    #: per block: where its files' checksum blocks' flags start in ``checked``, and the rows
+    #: of each checksum block (0: an in-memory block, nothing to check)
+    check_base: np.ndarray
+    check_rows: np.ndarray
+    #: per checksum block of every checked file: passed (a search's record, so that rows
+    #: already checked cost no Python; ``CheckedRows`` keeps the authoritative flags)
+    checked: np.ndarray
     verified: bool = False  # every block of every checked file has passed its CRC32
 
     @classmethod
@@ -428,11 +438,17 @@ class _BlockTable:
                     np.float16, np.float32):
                 raise TypeError(f"kept originals must be (n, dim) float16 or float32 blocks, "
                                 f"got {array.dtype} {array.shape}")
+        flags = [np.array(getattr(block, "_verified", np.zeros(0, np.bool_)), dtype=np.bool_)
+                 for block in blocks]  # (copies: CheckedRows keeps its own)
         return cls(arrays=arrays,
                    addresses=np.array([a.ctypes.data for a in arrays], dtype=np.int64),
                    halves=np.array([a.dtype == np.float16 for a in arrays], dtype=np.bool_),
                    starts=np.array(starts + [rows], dtype=np.int64),
-                   dim=arrays[0].shape[1] if arrays else 0)
+                   dim=arrays[0].shape[1] if arrays else 0,
+                   check_base=np.cumsum([0] + [len(f) for f in flags])[:-1].astype(np.int64),
+                   check_rows=np.array([getattr(block, "block_rows", 0) if len(f) else 0
+                                        for block, f in zip(blocks, flags)], dtype=np.int64),
+                   checked=np.concatenate(flags + [np.zeros(0, np.bool_)]))
 
 
 def _file_mapped(array: np.ndarray) -> bool:

@@ -25,7 +25,7 @@ from .planes import (  # noqa: E402
 from .heap import sorted_heaps  # noqa: E402
 from .probe import plan_one_query, rows_at  # noqa: E402
 from .rerank import (  # noqa: E402
-    best_candidates, candidates_by_row, exact_scores_at)
+    best_candidates, candidates_by_row, exact_scores_at, rows_checked)
 from .segments import (  # noqa: E402
     TILE_ROWS, encode_segments, pack_segments, prepare_queries, read_tiles,
     scan_segments_parallel, scan_segments_task, unpack_segments, write_tiles)
@@ -42,7 +42,7 @@ __all__ = ["best_candidates", "candidates_by_row", "cluster_sums", "encode_segme
            "exact_scores_at", "fit_levels", "lower_nearest",
            "nearest_of_scores", "orthonormal_rows", "pack_planes", "pack_planes_parallel",
            "pack_segments", "plan_one_query", "popcount64", "prepare_queries",
-           "quantize_planes", "read_tiles", "rows_at", "scan_bytes_parallel", "scan_bytes_task",
+           "quantize_planes", "read_tiles", "rows_at", "rows_checked", "scan_bytes_parallel", "scan_bytes_task",
            "scan_planes_parallel", "scan_planes_task", "scan_segments_parallel",
            "scan_segments_task", "SCANS", "seed_gains", "sorted_heaps", "TILE_ROWS",
            "unit_rows", "unpack_planes", "unpack_segments", "write_tiles"]
