@@ -52,6 +52,7 @@ def quantize_planes(rotated, bits, words, dither, use_dither):
     steps = np.empty(n, dtype=np.float64)
     lows = np.empty(n, dtype=np.float64)
     one = np.uint64(1)
+    levels = np.empty(64, dtype=np.uint64)  # (one word's levels)
     for r in range(n):
         low = rotated[r, 0]
         high = rotated[r, 0]
@@ -61,18 +62,23 @@ def quantize_planes(rotated, bits, words, dither, use_dither):
         step = (high - low) / np.float32(top)
         if step == 0:
             step = np.float32(1.0)
-        for i in range(dim):
-            scaled = (rotated[r, i] - low) / step
-            if use_dither:
-                level = np.floor(np.float64(scaled) + dither[i])
-            else:
-                level = np.float64(np.rint(scaled))
-            level = min(max(level, 0.0), np.float64(top))
-            bits_of = np.uint64(level)
-            word = i >> 6
-            at = np.uint64(i & 63)
+        # a word's 64 levels first, then each plane's word built in a register (setting
+        # the bits in the planes array one by one cost a query about 4 us per call)
+        for word in range(min(words, (dim + 63) >> 6)):
+            first = word << 6
+            count = min(64, dim - first)
+            for j in range(count):
+                scaled = (rotated[r, first + j] - low) / step
+                if use_dither:
+                    level = np.floor(np.float64(scaled) + dither[first + j])
+                else:
+                    level = np.float64(np.rint(scaled))
+                levels[j] = np.uint64(min(max(level, 0.0), np.float64(top)))
             for b in range(bits):
-                planes[r, word, b] |= ((bits_of >> np.uint64(b)) & one) << at
+                packed = np.uint64(0)
+                for j in range(count):
+                    packed |= ((levels[j] >> np.uint64(b)) & one) << np.uint64(j)
+                planes[r, word, b] = packed
         steps[r] = step
         lows[r] = low
     return planes, steps, lows
