@@ -255,8 +255,29 @@ def test_bad_spans_are_value_errors():
         scan((np.array([0, 2, 2]), np.array([[0, 10], [5, 20]])))
     with pytest.raises(ValueError, match="integer"):
         scan((np.array([0, 1, 2]), np.array([[0.0, 10.0], [5.0, 20.0]])))
+    planned = codecs.PlannedSpans((np.array([0, 1, 2]), np.array([[0, 10], [5, N_ROWS]])))
+    scan(planned)
+    for reach_past in (np.array([[0, 10], [5, N_ROWS + 1]]), np.array([[0, N_ROWS + 1], [5, 9]])):
+        with pytest.raises(ValueError, match=f"reach row {N_ROWS + 1}"):
+            scan(codecs.PlannedSpans((np.array([0, 1, 2]), reach_past)))
+    planned.extra = (np.array([0, 1, 2]), np.array([3, N_ROWS], np.int64))  # (a tail row)
+    with pytest.raises(ValueError, match=f"reach row {N_ROWS + 1}"):
+        scan(planned)
     exact = make_codec("float32", 8, 32, "ip")
     with pytest.raises(ValueError, match="overlap"):
         exact.scan(np.zeros((30, 8), np.float32), np.zeros((30, 0), np.float32),
                    np.ones((1, 8), np.float32), 3, RowFilter(n_rows=30),
                    spans=(np.array([0, 2]), np.array([[10, 20], [0, 5]])))
+
+
+@settings(max_examples=50, deadline=None)
+@given(spans=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 1000)), max_size=8),
+       extra=st.lists(st.integers(0, 10**6), max_size=8))
+def test_span_extent_is_the_reach_and_row_count_numpy_gives(spans, extra):
+    from vecpress.core import kernels
+
+    bounds = np.array([[a, a + n] for a, n in spans], np.int64).reshape(-1, 2)
+    rows = np.array(extra, np.int64)
+    reach, count = kernels.span_extent(bounds, rows)
+    assert reach == max([0, *bounds[:, 1].tolist(), *(rows + 1).tolist()])
+    assert count == int((bounds[:, 1] - bounds[:, 0]).sum())

@@ -65,9 +65,9 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
         work = n_items * n_queries
     else:
         offsets, bounds = checked_spans(spans, n_queries, flt)
-        work = int((bounds[:, 1] - bounds[:, 0]).sum())
+        work = int(kernels.span_extent(bounds, _EMPTY_ROWS[:0])[1])
     minimum = PARALLEL_MIN_ROWS_ONE_QUERY if n_queries == 1 else PARALLEL_MIN_ROWS
-    serial = _thread_count() == 1 or work < minimum
+    serial = work < minimum or _thread_count() == 1
     chunks = 1
     if not serial and n_queries == 1:
         chunks = _chunk_count(work)
@@ -118,8 +118,8 @@ def checked_spans(spans: Spans, n_queries: int, flt: RowFilter) -> Spans:
     if isinstance(spans, PlannedSpans):
         offsets, bounds = spans
         extra = spans.extra
-        reach = max(int(bounds[:, 1].max()) if len(bounds) else 0,
-                    int(extra[1].max()) + 1 if extra is not None and len(extra[1]) else 0)
+        reach = int(kernels.span_extent(bounds, _EMPTY_ROWS[:0] if extra is None
+                                        else np.ascontiguousarray(extra[1], np.int64))[0])
         if len(offsets) != n_queries + 1 or reach > flt.n_rows:
             raise ValueError(f"planned spans for {len(offsets) - 1} queries reach row "
                              f"{reach}; the scan has {n_queries} queries and {flt.n_rows} rows")

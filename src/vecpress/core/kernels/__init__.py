@@ -23,7 +23,7 @@ from .planes import (  # noqa: E402
     fit_levels, orthonormal_rows, pack_planes, pack_planes_parallel, quantize_planes,
     scan_planes_parallel, scan_planes_task, unpack_planes)
 from .heap import sorted_heaps  # noqa: E402
-from .probe import plan_one_query, rows_at  # noqa: E402
+from .probe import plan_one_query, rows_at, span_extent  # noqa: E402
 from .rerank import (  # noqa: E402
     best_candidates, candidates_by_row, exact_scores_at, rows_checked)
 from .segments import (  # noqa: E402
@@ -39,10 +39,10 @@ SCANS = {
 }
 
 __all__ = ["best_candidates", "candidates_by_row", "cluster_sums", "encode_segments",
-           "exact_scores_at", "fit_levels", "lower_nearest",
-           "nearest_of_scores", "orthonormal_rows", "pack_planes", "pack_planes_parallel",
-           "pack_segments", "plan_one_query", "popcount64", "prepare_queries",
-           "quantize_planes", "read_tiles", "rows_at", "rows_checked", "scan_bytes_parallel", "scan_bytes_task",
+           "exact_scores_at", "fit_levels", "lower_nearest", "nearest_of_scores",
+           "orthonormal_rows", "pack_planes", "pack_planes_parallel", "pack_segments",
+           "plan_one_query", "popcount64", "prepare_queries", "quantize_planes", "read_tiles",
+           "rows_at", "rows_checked", "scan_bytes_parallel", "scan_bytes_task",
            "scan_planes_parallel", "scan_planes_task", "scan_segments_parallel",
-           "scan_segments_task", "SCANS", "seed_gains", "sorted_heaps", "TILE_ROWS",
-           "unit_rows", "unpack_planes", "unpack_segments", "write_tiles"]
+           "scan_segments_task", "SCANS", "seed_gains", "sorted_heaps", "span_extent",
+           "TILE_ROWS", "unit_rows", "unpack_planes", "unpack_segments", "write_tiles"]

@@ -109,3 +109,18 @@ def rows_at(perm, end, positions):
         position = flat[i]
         out[i] = perm[position] if 0 <= position < end else position
     return out.reshape(positions.shape)
+
+
+@njit(cache=True, nogil=True)
+def span_extent(bounds, extra_rows):
+    """``(reach, rows)`` of spans ``bounds`` (m, 2) and explicit rows ``extra_rows``: one past
+    the last row either touches (0 for none) and the rows the spans hold. One call where
+    numpy took four (about 6 us of a single query's search)."""
+    reach = 0
+    rows = 0
+    for i in range(bounds.shape[0]):
+        reach = max(reach, bounds[i, 1])
+        rows += bounds[i, 1] - bounds[i, 0]
+    for i in range(extra_rows.shape[0]):
+        reach = max(reach, extra_rows[i] + 1)
+    return reach, rows
