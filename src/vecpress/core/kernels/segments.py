@@ -239,7 +239,7 @@ def _one_word_segment_score(codes, factors, halves, row, query, step, low, seg_s
     against 50 ns a row in cache on the benchmark's codes of 6, 5, 5, 4, 3 and 1 bits)."""
     tile = row >> _TILE_SHIFT
     lane = row & _TILE_MASK
-    rest = (n_sign << _TILE_SHIFT) + lane * (width - n_sign) - n_sign  # (+ word: its place)
+    rest = (n_sign << _TILE_SHIFT) + lane * (width - n_sign) - n_sign  # (word p: at rest + p)
     eight = query.shape[1] == 8
     total = 0.0
     for s in range(seg_bits.shape[0]):
