@@ -66,7 +66,7 @@ from benchmarks.common import RESULTS, machine, recall_at, set_threads, source_v
 from benchmarks.datasets import ground_truth, load_embeddings, release_model
 
 K = 10
-NPROBES = (4, 8, 16, 32, 64, 96, 128)
+NPROBES = (4, 8, 16, 32, 64, 96, 128, 192)
 LARGE_NPROBES = (192, 256, 384)  # also swept when there are more than 512 lists
 HNSW_EFS = (16, 32, 64, 128)
 ADD_BATCH = 10_000
@@ -309,7 +309,44 @@ def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], cross: list[dict[str, Any]], header: str) -> str:
+#: the peer the vecpress curves are compared with at equal recall, and the lowest recall
+#: compared (issue #14: at or left of it at every recall >= 0.9)
+PEER = "faiss IVF,RaBitQ4,RFlat x3"
+RECALL_FLOOR = 0.9
+
+
+def equal_recall_ratios(runs: list[list[dict[str, Any]]], method: str, peer: str = PEER,
+                        floor: float = RECALL_FLOOR) -> list[dict[str, Any]]:
+    """``method``'s latency over ``peer``'s at each recall of the peer's sweep (from
+    ``floor`` up to the method's best), warm and cold: within each run, the method's p50 at
+    that recall from its own sweep (log-linear between its two nearest settings, its default
+    setting left out), over the peer's p50 in the same run. Reported as the median of the
+    runs' ratios, with each run's: the settings of one run are timed side by side, so a ratio
+    within a run survives the machine's speed changing between runs, which a ratio of two
+    medians over runs does not."""
+    out = []
+    for r_peer in (r for r in runs[0] if r["method"] == peer):
+        recall = r_peer["recall@10"]
+        warm, cold = [], []
+        for run in runs:
+            own = sorted((r["recall@10"], r["p50_ms"], r["p50_cold_ms"]) for r in run
+                         if r["method"] == method and "default" not in str(r["nprobe"]))
+            if not own or not floor <= recall <= own[-1][0]:
+                break
+            at = [np.exp(np.interp(recall, [o[0] for o in own], np.log([o[i] for o in own])))
+                  for i in (1, 2)]
+            same = next(r for r in run if r["method"] == peer and r["nprobe"] == r_peer["nprobe"])
+            warm.append(float(at[0] / same["p50_ms"]))
+            cold.append(float(at[1] / same["p50_cold_ms"]))
+        if len(warm) == len(runs):
+            out.append({"method": method, "recall@10": recall, "peer_nprobe": r_peer["nprobe"],
+                        "warm": float(np.median(warm)), "cold": float(np.median(cold)),
+                        "warm_runs": warm, "cold_runs": cold})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], cross: list[dict[str, Any]], header: str,
+             ratios: list[dict[str, Any]] | None = None) -> str:
     lines = [header, "",
              "| method | lists | nprobe | recall@10 | p50 ms warm | p50 ms cold | build s | "
              "RAM B/vector |",
@@ -319,6 +356,17 @@ def markdown(rows: list[dict[str, Any]], cross: list[dict[str, Any]], header: st
         lines.append(f"| {r['method']} | {r['lists'] or '-'} | {r['nprobe']} | "
                      f"{r['recall@10']:.4f} | {r['p50_ms']:.2f} | {cold} | "
                      f"{r['build_s']:.1f} | {r['ram_b_per_vector']:.1f} |")
+    if ratios:
+        lines += ["", f"At equal recall: vecpress's latency over {PEER}'s at the recall of each "
+                  f"of its settings (the median over runs of each run's ratio; below 1: "
+                  f"vecpress is faster).", "",
+                  "| method | recall@10 | peer nprobe | ratio warm | ratio cold | runs warm | "
+                  "runs cold |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+        for r in ratios:
+            lines.append(f"| {r['method']} | {r['recall@10']:.4f} | {r['peer_nprobe']} | "
+                         f"{r['warm']:.2f} | {r['cold']:.2f} | "
+                         f"{' '.join(f'{x:.2f}' for x in r['warm_runs'])} | "
+                         f"{' '.join(f'{x:.2f}' for x in r['cold_runs'])} |")
     if cross:
         lines += ["", "Crossover: flat scan against lists at the calibrated nprobe, on "
                   "prefixes of the corpus (sqrt(n) lists).", "",
@@ -410,15 +458,18 @@ def main(argv: list[str] | None = None) -> None:
     runs = [measure(base, queries, truth, args.latency_queries, hnsw=not args.no_hnswlib,
                     add_batch=args.add_batch) for _ in range(args.repeat)]
     rows = median_rows(runs)
+    ratios = [ratio for bits in LIST_BITS for ratio in equal_recall_ratios(
+        runs, f"vecpress lists ({bits}-bit saq + rerank)")]
     if args.repeat > 1:
         header += f"; p50 ms: the median of {args.repeat} runs (builds included)"
     cross = crossover(base, queries, args.crossover, args.latency_queries)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.md").write_text(markdown(rows, cross, header))
+    (args.out / f"{stem}.md").write_text(markdown(rows, cross, header, ratios))
     (args.out / f"{stem}.json").write_text(json.dumps(
-        {"header": header, "rows": rows, "crossover": cross}, indent=1))
+        {"header": header, "rows": rows, "crossover": cross, "equal_recall": ratios},
+        indent=1))
     plot(rows, header[:110] + "...", args.out / f"{stem}_latency_vs_recall.png")
-    print(markdown(rows, cross, header))
+    print(markdown(rows, cross, header, ratios))
 
 
 if __name__ == "__main__":

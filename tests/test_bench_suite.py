@@ -116,6 +116,33 @@ def test_partitions_bench_reports_each_rows_median_over_runs():
     assert "p50_ms_runs" not in median_rows(runs[:1])[0]
 
 
+def test_partitions_bench_compares_curves_at_equal_recall_within_each_run():
+    """``equal_recall_ratios``: at each recall of the peer's sweep, the method's p50 read off
+    its own sweep of the same run (log-linear), over the peer's; the median over runs. Recalls
+    below the floor, beyond the method's best, and the method's default row are left out."""
+    from benchmarks.bench_partitions import equal_recall_ratios
+
+    def run(speed: float) -> list[dict]:
+        mine = [(4, 0.80, 1.0), (8, 0.92, 2.0), (16, 0.96, 8.0)]
+        peer = [(4, 0.85, 3.0), (8, 0.94, 2.0), (16, 0.95, 4.0), (32, 0.99, 9.0)]
+        rows = [{"method": "me", "nprobe": n, "recall@10": r, "p50_ms": speed * ms,
+                 "p50_cold_ms": 2 * speed * ms} for n, r, ms in mine]
+        rows.append({"method": "me", "nprobe": "9 (default)", "recall@10": 0.94,
+                     "p50_ms": 100.0, "p50_cold_ms": 100.0})
+        rows += [{"method": "peer", "nprobe": n, "recall@10": r, "p50_ms": ms,
+                  "p50_cold_ms": ms} for n, r, ms in peer]
+        return rows
+
+    ratios = equal_recall_ratios([run(1.0), run(3.0), run(2.0)], "me", peer="peer")
+    assert [r["peer_nprobe"] for r in ratios] == [8, 16]  # (0.85 < floor, 0.99 > 0.96)
+    at_094 = float(np.exp(np.log(2.0) + 0.5 * (np.log(8.0) - np.log(2.0))))  # (halfway: 4)
+    assert ratios[0]["warm_runs"] == pytest.approx([at_094 / 2.0 * s for s in (1, 3, 2)])
+    assert ratios[0]["warm"] == pytest.approx(2 * at_094 / 2.0)
+    assert ratios[0]["cold"] == pytest.approx(2 * ratios[0]["warm"])
+    at_095 = float(np.exp(np.log(2.0) + 0.75 * (np.log(8.0) - np.log(2.0))))
+    assert ratios[1]["warm"] == pytest.approx(2 * at_095 / 4.0)
+
+
 @pytest.mark.parametrize("n_queries", [1, 7, 45])
 def test_partitions_bench_times_every_setting_on_every_query_with_its_own_setup(n_queries):
     """``bench_partitions``' warm and cold timings: each setting's search is timed once per
