@@ -266,28 +266,37 @@ def _one_word_segment_score(codes, factors, halves, row, query, step, low, seg_s
 @njit(inline="always")
 def _any_segment_score(codes, factors, halves, row, query, step, low, seg_sums, seg_starts,
                        seg_bits, plane_at, seg_mid, n_sign, width):
-    """:func:`_segment_score` for segments of any number of words."""
-    total = 0.0
+    """:func:`_segment_score` for segments of any number of words: per word of the segment,
+    its sign plane's word from the sign runs, then its lower planes (``words`` apart in the
+    row's other words) in the loop of constant length of :func:`_one_word_segment_score`.
+    Looping over the planes by the segment's own count, and over the words inside, took 1.4
+    to 1.7 times as long (340 against 215 ns a row at 768 dimensions and 4 bits, 300
+    against 215 at 1,536)."""
+    tile = row >> _TILE_SHIFT
+    lane = row & _TILE_MASK
+    rest = (n_sign << _TILE_SHIFT) + lane * (width - n_sign) - n_sign  # (word p: at rest + p)
     eight = query.shape[1] == 8
+    total = 0.0
     for s in range(seg_bits.shape[0]):
         bits = seg_bits[s]
         if bits == 0:
             continue
         first = seg_starts[s] >> 6
         words = (seg_starts[s + 1] - seg_starts[s] + 63) >> 6
+        top = bits - 1
+        sign_at = plane_at[s, top]
+        lower = rest + plane_at[s, 0]
         acc = np.uint64(0)
         level_sum = np.uint64(0)
-        for b in range(bits):
-            base = plane_at[s, b]
-            shift = np.uint64(b)
-            for w in range(words):
-                cw = _code_word(codes, row, base + w, n_sign, width)
-                level_sum += popcount64(cw) << shift
-                if eight:
-                    acc += weighted_popcount8(cw, query, first + w) << shift
-                else:
-                    for j in range(query.shape[1]):
-                        acc += popcount64(cw & query[first + w, j]) << np.uint64(b + j)
+        for w in range(words):
+            cw = codes[tile, ((sign_at + w) << _TILE_SHIFT) + lane]
+            level_sum += popcount64(cw) << np.uint64(top)
+            acc += _plane_dot(cw, query, first + w, eight) << np.uint64(top)
+            for b in range(_MAX_LOWER_PLANES):
+                if b < top:
+                    cw = codes[tile, lower + b * words + w]
+                    level_sum += popcount64(cw) << np.uint64(b)
+                    acc += _plane_dot(cw, query, first + w, eight) << np.uint64(b)
         # (through int64: converting a uint64 to float takes several instructions on x86)
         dot = (step * np.float64(np.int64(acc)) + low * np.float64(np.int64(level_sum))
                - seg_mid[s] * seg_sums[s])
