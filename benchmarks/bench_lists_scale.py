@@ -18,6 +18,7 @@ nothing about real text (the generator draws from 1,024 clusters; see ``bench_sc
 
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_lists_scale               # 10M, about 30 min
     HF_HUB_OFFLINE=1 python -m benchmarks.bench_lists_scale --n 1000000
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_lists_scale --partitions 256   # fixed lists
 
 The store (7.7 GB of float16 originals at 10M) goes under the system's temporary folder or
 ``$VECPRESS_SCALE_TMP`` and is removed at the end. Writes
@@ -51,11 +52,11 @@ GIB = 1 << 30
 
 
 def build(generator: SyntheticEmbeddings, n: int, chunk: int, bits: int,
-          folder: Path) -> tuple[Any, float, float]:
+          folder: Path, partitions: Any = "auto") -> tuple[Any, float, float]:
     """The index, and the wall and CPU seconds spent inside ``add`` (generation excluded)."""
     from vecpress import Index
 
-    index = Index(generator.dim, bits=bits, partitions="auto", path=folder / "store")
+    index = Index(generator.dim, bits=bits, partitions=partitions, path=folder / "store")
     wall = cpu = 0.0
     done = 0
     for vectors in generator.stream(n, chunk):
@@ -145,19 +146,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--oversample", type=int, nargs="*", default=[20, 40],
                         help="also search at the default nprobe with these candidates per hit")
+    parser.add_argument("--partitions", default="auto",
+                        help="'auto' (about sqrt(n) lists) or a fixed number of lists: fewer "
+                             "lists cost each add less to assign and each query more to scan")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    partitions = args.partitions if args.partitions == "auto" else int(args.partitions)
     generator = SyntheticEmbeddings(load_spectrum())
     queries = generator.queries(args.queries)
     header = (f"Synthetic 384-d vectors (bench_scale's generator: recall compares settings on "
               f"the same vectors, not real text), {args.n:,} added {args.chunk:,} at a time, "
-              f"{args.bits}-bit saq + rerank (float16 originals on disk), partitions='auto'; "
+              f"{args.bits}-bit saq + rerank (float16 originals on disk), "
+              f"partitions={partitions!r}; "
               f"{args.queries:,} generated queries; vecpress: {source_version()}; {machine()}")
     print(header, flush=True)
     folder = Path(tempfile.mkdtemp(prefix="vecpress-lists-scale-",
                                    dir=os.environ.get("VECPRESS_SCALE_TMP")))
     try:
-        index, wall, cpu = build(generator, args.n, args.chunk, args.bits, folder)
+        index, wall, cpu = build(generator, args.n, args.chunk, args.bits, folder, partitions)
         build_memory = memory()
         stats = index.stats()
         sizes = np.diff(index._lists.bounds)
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
               "list_rows": f"{sizes.min():,} - {int(np.median(sizes)):,} - {sizes.max():,}",
               "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"lists_scale_{args.n}"
+    stem = f"lists_scale_{args.n}" + ("" if partitions == "auto" else f"_lists_{partitions}")
     (args.out / f"{stem}.md").write_text(markdown(result))
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=int))
     print(markdown(result))
