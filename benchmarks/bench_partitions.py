@@ -67,7 +67,7 @@ from benchmarks.datasets import ground_truth, load_embeddings, release_model
 
 K = 10
 NPROBES = (4, 8, 16, 32, 64, 96, 128, 192)
-LARGE_NPROBES = (192, 256, 384)  # also swept when there are more than 512 lists
+LARGE_NPROBES = (256, 384)  # also swept when there are more than 512 lists
 HNSW_EFS = (16, 32, 64, 128)
 ADD_BATCH = 10_000
 #: code widths of the partitioned vecpress rows (4: the default)
