@@ -132,9 +132,9 @@ def test_quantized_rerank_reaches_floor_from_error_bound(bits, metric, codec):
 def test_a_reranking_index_prunes_its_scan_with_the_reranked_margin(rerank, monkeypatch,
                                                                    tmp_path):
     """With the exact rerank after it, the segment scan prunes with the codec's
-    RERANKED_PRUNE_EPSILON (LISTS_PRUNE_EPSILON over the lists of a partitioned index);
-    without it (its estimates are the answer) with PRUNE_EPSILON. The setting survives a
-    refit (which works on a copy of the codec) and a reopen."""
+    RERANKED_PRUNE_EPSILON (LISTS_PRUNE_EPSILON over some of the lists of a partitioned
+    index); without it (its estimates are the answer) with PRUNE_EPSILON. The setting
+    survives a refit (which works on a copy of the codec) and a reopen."""
     from vecpress.core import kernels
     from vecpress.core.codecs.saq import SegmentCodec
 
@@ -157,12 +157,13 @@ def test_a_reranking_index_prunes_its_scan_with_the_reranked_margin(rerank, monk
     index.close()
     Index.load(tmp_path / "store").search(data[:3], k=5)
     assert margins == [expected, expected]
-    if rerank:  # (lists need the kept originals) a partitioned index's lists: narrower still
-        lists = Index(128, bits=4, partitions=8)
+    if rerank:  # (lists need the kept originals) some of a partitioned index's lists:
+        lists = Index(128, bits=4, partitions=8)  # narrower still; all of them: the flat one
         lists.add(data)
         margins.clear()  # (the lists' calibration searched too)
-        lists.search(data[:3], k=5)
-        assert margins == [SegmentCodec.LISTS_PRUNE_EPSILON]
+        lists.search(data[:3], k=5, nprobe=2)
+        lists.search(data[:3], k=5, nprobe=8)
+        assert margins == [SegmentCodec.LISTS_PRUNE_EPSILON, expected]
         assert SegmentCodec.LISTS_PRUNE_EPSILON < SegmentCodec.RERANKED_PRUNE_EPSILON
 
 

@@ -268,7 +268,16 @@ class ListLayout:
         list included). With a ``tail`` the spans carry each query's tail rows of its probed
         lists as explicit positions (``PlannedSpans.extra``)."""
         nprobe = min(nprobe, self.n_lists)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        planned = self._planned(np.ascontiguousarray(queries, dtype=np.float32), nprobe,
+                                allowed_counts, need, tail)
+        # (a probe of every list must find what the flat scan finds; a filter's extra lists
+        # do not make a partial probe exhaustive, and its promise is k hits, not exactness)
+        planned.partial = nprobe < self.n_lists
+        return planned
+
+    def _planned(self, queries: np.ndarray, nprobe: int, allowed_counts: np.ndarray,
+                 need: int, tail: "TailGroups | None") -> "PlannedSpans":
+        """:meth:`probe`'s spans."""
         if len(queries) == 1:  # one query: one compiled call, unless its lists hold too few
             planned = self._one_query(queries, nprobe, allowed_counts, need, tail)
             if planned is not None:

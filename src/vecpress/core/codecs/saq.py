@@ -73,12 +73,13 @@ class SegmentCodec(Codec):
     #: 12-14% faster scan; 1.5 lost 0.0003 (25% faster). Flat scans of 2-5 bit codes kept
     #: their recall@10 (0.9999); 8-bit ones (oversample 2) went from 0.9999 to 0.9998
     RERANKED_PRUNE_EPSILON = 2.0
-    #: the reranked margin of a partitioned index's scans (``spans`` given): its recall is
-    #: the probed lists' anyway, and its default ``nprobe`` is calibrated through the search
-    #: itself. On the real 100k glosses (4 bits, 256 lists, 1,000 queries) 1.5 lost 0.0003
-    #: recall@10 against 2.0 at every nprobe from 4 to 256 (3 of 10,000 results; 1.25 lost
-    #: 0.0005, 1.0 0.0011) and took 12-15% less time at 4, 16 and 64 lists, where 0.0003 of
-    #: recall costs 2-5% more lists
+    #: the reranked margin of a partitioned index's scans of some of its lists
+    #: (``PlannedSpans.partial``; a probe of every list keeps the flat scan's margin and its
+    #: answers): its recall is the probed lists' anyway, and its default ``nprobe`` is
+    #: calibrated through the search itself. On the real 100k glosses (4 bits, 256 lists,
+    #: 1,000 queries) 1.5 lost 0.0003 recall@10 against 2.0 at every nprobe from 4 to 256 (3
+    #: of 10,000 results; 1.25 lost 0.0005, 1.0 0.0011) and took 12-15% less time at 4, 16
+    #: and 64 lists, where 0.0003 of recall costs 2-5% more lists
     LISTS_PRUNE_EPSILON = 1.5
     DEFAULT_SIGN_SIGMA = 0.3
     #: rows and queries (from the fit sample) that measure ``sign_sigma``
@@ -385,7 +386,7 @@ class SegmentCodec(Codec):
          bound) = kernels.prepare_queries(
             rotated, self.seg_starts, self._dim_weight, self._coded_dims, self.sign_query_words,
             self.dither, self.query_bits, self.words, float(self.sign_sigma),
-            self._rounding_scale, self._prune_margin(partitioned=spans is not None))
+            self._rounding_scale, self._prune_margin(partial=getattr(spans, "partial", False)))
         prune = self._prunes
         halves = factors.view(np.uint16)  # the float16 ratios, read bit by bit by the scan
         return run_scan("segments", codes, factors, flt, len(queries), k, halves, planes, step,
@@ -394,11 +395,12 @@ class SegmentCodec(Codec):
                         self.l2_col, prune, sign_planes, sign_step, sign_low, sign_sum, bound,
                         spans=spans)
 
-    def _prune_margin(self, partitioned: bool) -> float:
-        """Standard errors of the sign-plane estimate a scan adds before it prunes a row."""
+    def _prune_margin(self, partial: bool) -> float:
+        """Standard errors of the sign-plane estimate a scan adds before it prunes a row
+        (``partial``: the scan covers some of a partitioned index's lists)."""
         if not self.reranked:
             return float(self.PRUNE_EPSILON)
-        return float(self.LISTS_PRUNE_EPSILON if partitioned else self.RERANKED_PRUNE_EPSILON)
+        return float(self.LISTS_PRUNE_EPSILON if partial else self.RERANKED_PRUNE_EPSILON)
 
     def query_step(self, queries: np.ndarray) -> np.ndarray:
         """Quantization step of each query."""

@@ -103,9 +103,14 @@ class PlannedSpans(tuple):
 
     ``extra``: ``(offsets, positions)`` or None, rows scanned one by one besides the spans
     (query ``q``: ``positions[offsets[q]:offsets[q + 1]]``; the tail rows of a partitioned
-    index's probed lists), into the same top k."""
+    index's probed lists), into the same top k.
+
+    ``partial``: the queries probe only some of the lists, so the probe bounds their recall
+    anyway and a scan may prune harder; a probe of every list is a flat scan in another
+    order and must find what the flat scan finds."""
 
     extra: tuple[np.ndarray, np.ndarray] | None = None
+    partial: bool = False
 
 
 def checked_spans(spans: Spans, n_queries: int, flt: RowFilter) -> Spans:
