@@ -16,17 +16,19 @@ import numpy as np
 import pytest
 
 from benchmarks.wordnet_queries import build_queries, ndcg_at, synset_lemmas
+from vecpress.core.index import DEFAULT_OVERSAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_METHODS = [
     "faiss IndexFlatIP (exact)", "faiss SQ8", "faiss SQ4", "faiss IndexPQ 48x8",
     "faiss RaBitQ 1-bit", "faiss RaBitQ 1-bit + RefineFlat x10", "faiss RaBitQ 2-bit",
-    "faiss RaBitQ 2-bit + RefineFlat x6", "faiss RaBitQ 4-bit",
+    f"faiss RaBitQ 2-bit + RefineFlat x{DEFAULT_OVERSAMPLE[2]}", "faiss RaBitQ 4-bit",
     "faiss RaBitQ 4-bit + RefineFlat x3", "faiss IVFRaBitQ 1-bit nprobe=32/256",
     "faiss IVFRaBitQ 1-bit nprobe=32/256 + RefineFlat x10", "faiss HNSWFlat M=32 ef=64",
     "hnswlib M=16 ef=64", "usearch f32 M=16 ef=64", "usearch i8 M=16 ef=64",
     "usearch b1 M=16 ef=64", "vecpress 1-bit", "vecpress 1-bit + rerank x10", "vecpress 2-bit",
-    "vecpress 2-bit + rerank x6", "vecpress 4-bit", "vecpress 4-bit + rerank x3",
+    f"vecpress 2-bit + rerank x{DEFAULT_OVERSAMPLE[2]}", "vecpress 4-bit",
+    "vecpress 4-bit + rerank x3",
     "vecpress 8-bit", "vecpress 8-bit + rerank x2", "LangChain InMemoryVectorStore",
     "LlamaIndex SimpleVectorStore",
 ]
