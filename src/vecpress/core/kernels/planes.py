@@ -63,7 +63,7 @@ def quantize_planes(rotated, bits, words, dither, use_dither):
         if step == 0:
             step = np.float32(1.0)
         # a word's 64 levels first, then each plane's word built in a register (setting
-        # the bits in the planes array one by one cost a query about 4 us per call)
+        # the bits in the planes array one at a time took 3.0 against 2.2 us a 384-d query)
         for word in range(min(words, (dim + 63) >> 6)):
             first = word << 6
             count = min(64, dim - first)
