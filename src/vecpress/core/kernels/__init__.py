@@ -3,7 +3,8 @@
 Plain module-level functions on arrays, compiled once with ``cache=True``. They never raise on
 user data and know nothing of documents or files: the Python layers validate before calling.
 One module per family: ``planes`` (bit-plane codes, ``rabitq``), ``segments`` (segment codes
-in tiles, ``saq``), ``bytes`` (``int8``/``fp8``), with the shared top-k heap in ``heap``, the
+in tiles and their scan, ``saq``, written by ``segment_encoding``), ``bytes``
+(``int8``/``fp8``), with the shared top-k heap in ``heap``, the
 LLVM intrinsics in ``intrinsics``, the k-means loops in ``kmeans``, the rerank's exact
 scores in ``rerank`` and unit-length rows for cosine in ``vectors``. This package re-exports
 the names the codecs, the column store, the index and the clustering use.
@@ -26,9 +27,10 @@ from .heap import sorted_heaps  # noqa: E402
 from .probe import plan_one_query, rows_at, span_extent  # noqa: E402
 from .rerank import (  # noqa: E402
     best_candidates, candidates_by_row, exact_scores_at, rows_checked)
+from .segment_encoding import encode_segments, pack_segments, unpack_segments  # noqa: E402
 from .segments import (  # noqa: E402
-    TILE_ROWS, encode_segments, pack_segments, prepare_queries, read_tiles,
-    scan_segments_parallel, scan_segments_task, unpack_segments, write_tiles)
+    TILE_ROWS, prepare_queries, read_tiles, scan_segments_parallel, scan_segments_task,
+    write_tiles)
 from .vectors import unit_rows  # noqa: E402
 
 #: serial task and parallel driver of each code family
