@@ -33,6 +33,7 @@ class RowFilter:
 
 _EMPTY_BOOL = np.zeros(1, dtype=np.bool_)
 _EMPTY_ROWS = np.zeros(1, dtype=np.int64)
+_NO_ROWS = np.zeros(0, dtype=np.int64)  # (no explicit rows: for kernels.span_extent)
 
 
 #: which items each query scans: ``(offsets, bounds)``, query ``i`` scanning the rows
@@ -65,7 +66,7 @@ def run_scan(family: str, codes: np.ndarray, factors: np.ndarray, flt: RowFilter
         work = n_items * n_queries
     else:
         offsets, bounds = checked_spans(spans, n_queries, flt)
-        work = int(kernels.span_extent(bounds, _EMPTY_ROWS[:0])[1])
+        work = int(kernels.span_extent(bounds, _NO_ROWS)[1])
     minimum = PARALLEL_MIN_ROWS_ONE_QUERY if n_queries == 1 else PARALLEL_MIN_ROWS
     serial = work < minimum or _thread_count() == 1
     chunks = 1
@@ -123,7 +124,7 @@ def checked_spans(spans: Spans, n_queries: int, flt: RowFilter) -> Spans:
     if isinstance(spans, PlannedSpans):
         offsets, bounds = spans
         extra = spans.extra
-        reach = int(kernels.span_extent(bounds, _EMPTY_ROWS[:0] if extra is None
+        reach = int(kernels.span_extent(bounds, _NO_ROWS if extra is None
                                         else np.ascontiguousarray(extra[1], np.int64))[0])
         if len(offsets) != n_queries + 1 or reach > flt.n_rows:
             raise ValueError(f"planned spans for {len(offsets) - 1} queries reach row "
